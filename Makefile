@@ -1,0 +1,29 @@
+# Fresh-machine entry points (README's first lines). Each creates .venv on first use.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+export MUJOCO_GL ?= egl
+
+.PHONY: install demo test bench clean
+
+$(BIN)/cdred: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Exact pin: a range would pull a multi-GB CUDA build; on a GPU machine install the CUDA torch first.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+install: $(BIN)/cdred
+
+demo: install
+	$(BIN)/cdred pipeline dmc:cartpole-balance --preset quickstart
+
+test: install
+	$(BIN)/python -m pytest tests -q
+
+bench: install
+	$(BIN)/python benchmarks/agent_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

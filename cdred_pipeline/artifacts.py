@@ -1,0 +1,282 @@
+"""Cached stage artifacts (ARCHITECTURE §5): manifests, content keys, atomic completion, locks, resume.
+
+An artifact is a folder ``<workdir>/<stage>/<key>/`` holding ``manifest.json``. Its key is a hash of
+(stage, stage version, the resolved config keys the stage reads, the keys of its input artifacts), so
+it changes exactly when one of those changes. Work happens in ``<workdir>/<stage>/.<key>.partial/``
+under an exclusive lock; :meth:`Artifact.complete` writes the final manifest and renames the folder,
+so a folder without ``.partial`` is always complete. Finished work units (episodes, checkpoints) are
+recorded in the partial manifest so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cdred_pipeline import __version__
+from cdred_pipeline.errors import CdredError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+KEY_LENGTH = 16
+
+
+def _plain(value: Any) -> Any:
+    """Turn dataclasses, tuples, paths and numpy scalars into JSON-stable plain Python values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return value
+
+
+def artifact_key(stage: str, version: int, config: Mapping[str, Any] | Any,
+                 inputs: Mapping[str, str] | None = None) -> str:
+    """Content key of an artifact: hash(stage, stage version, config, input keys)."""
+    payload = json.dumps(
+        {"stage": stage, "version": int(version), "config": _plain(config), "inputs": _plain(inputs or {})},
+        sort_keys=True, separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def environment_versions() -> dict[str, str]:
+    """Package and simulator versions recorded in every manifest (missing packages are skipped)."""
+    from importlib import metadata
+
+    versions = {"cdred": __version__, "python": platform.python_version()}
+    for dist in ("torch", "numpy", "mujoco", "dm_control", "metaworld", "gymnasium", "zarr", "mani_skill2", "sapien"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: Path) -> dict:
+    """Read and check a manifest; a corrupt or foreign one raises CdredError (never overwritten)."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CdredError(f"{path}: no manifest.json; this folder is not a cdred artifact") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CdredError(f"{path}: corrupt manifest ({exc}); move the folder away or rerun with --force") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "key" not in data or "stage" not in data:
+        raise CdredError(f"{path}: not a cdred manifest (format {MANIFEST_FORMAT}); refusing to touch it")
+    return data
+
+
+@dataclasses.dataclass
+class Artifact:
+    """One stage output folder. ``path`` is where the stage writes; ``complete`` says if it is done."""
+
+    store: "ArtifactStore"
+    stage: str
+    key: str
+    path: Path
+    manifest: dict
+    _lock_fh: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.get("status") == "complete"
+
+    # ----------------------------------------------------------------------------- work units
+    def done_units(self) -> list[str]:
+        """Work units recorded as finished by an earlier (possibly killed) run, in order."""
+        return list(self.manifest.get("units", []))
+
+    def record_unit(self, name: str, **info: Any) -> None:
+        """Record a finished work unit (after its files are durably written)."""
+        if name not in self.manifest["units"]:
+            self.manifest["units"].append(name)
+        if info:
+            self.manifest.setdefault("unit_info", {})[name] = _plain(info)
+        self._save()
+
+    def update(self, **fields: Any) -> None:
+        """Merge fields (headline figures, timings, notes) into the manifest and save it."""
+        for k, v in fields.items():
+            if isinstance(v, Mapping) and isinstance(self.manifest.get(k), dict):
+                self.manifest[k].update(_plain(v))
+            else:
+                self.manifest[k] = _plain(v)
+        self._save()
+
+    def _save(self) -> None:
+        self.manifest["updated"] = time.time()
+        _write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    # ----------------------------------------------------------------------------- completion
+    def complete_with(self, headline: Mapping[str, Any] | None = None, **fields: Any) -> "Artifact":
+        """Mark complete: write the final manifest, then atomically rename partial -> final folder."""
+        if self.complete:
+            return self
+        self.manifest["status"] = "complete"
+        self.manifest["finished"] = time.time()
+        self.manifest["timings"]["wall_s"] = round(self.manifest["finished"] - self.manifest["created"], 3)
+        if headline:
+            self.manifest["headline"] = _plain(headline)
+        for k, v in fields.items():
+            self.manifest[k] = _plain(v)
+        self._save()
+        final = self.store.folder(self.stage, self.key)
+        if final.exists():  # --force: replace the old complete artifact only now that the new one is whole
+            trash = final.with_name(f".{self.key}.old{os.getpid()}")
+            os.replace(final, trash)
+            os.replace(self.path, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.path, final)
+        self.path = final
+        self.release()
+        return self
+
+    def release(self) -> None:
+        """Release the writer lock (idempotent)."""
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+
+class ArtifactStore:
+    """The work dir: ``<root>/<stage>/<key>/`` folders with manifests, plus locks in ``<root>/.locks``."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def folder(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def partial_folder(self, stage: str, key: str) -> Path:
+        return self.root / stage / f".{key}.partial"
+
+    # --------------------------------------------------------------------------------- lookup
+    def get(self, stage: str, key: str) -> Artifact | None:
+        """The complete artifact of this stage and key, or None."""
+        folder = self.folder(stage, key)
+        if not folder.is_dir():
+            return None
+        manifest = read_manifest(folder)
+        if manifest.get("status") != "complete" or manifest["key"] != key:
+            raise CdredError(f"{folder}: manifest says status={manifest.get('status')!r}, key={manifest['key']!r}; "
+                             "the folder was edited by hand; move it away or rerun with --force")
+        return Artifact(self, stage, key, folder, manifest)
+
+    def find(self, key_prefix: str) -> Artifact:
+        """The artifact (complete or partial) whose key starts with ``key_prefix`` (unique)."""
+        hits = [a for a in self.list() if a.key.startswith(key_prefix)]
+        if not hits:
+            raise CdredError(f"no artifact with key {key_prefix!r} under {self.root}; `cdred status` lists them", exit_code=2)
+        if len({(a.stage, a.key) for a in hits}) > 1:
+            raise CdredError(f"key prefix {key_prefix!r} is ambiguous: " + ", ".join(f"{a.stage}/{a.key}" for a in hits),
+                             exit_code=2)
+        return hits[0]
+
+    def list(self) -> list[Artifact]:
+        """Every artifact under the work dir (complete and partial), oldest first; bad manifests are listed too."""
+        out: list[Artifact] = []
+        if not self.root.is_dir():
+            return out
+        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for folder in sorted(stage_dir.iterdir()):
+                if not folder.is_dir() or ".old" in folder.name:
+                    continue
+                try:
+                    manifest = read_manifest(folder)
+                except CdredError as exc:
+                    manifest = {"stage": stage_dir.name, "key": folder.name.strip(".").removesuffix(".partial"),
+                                "status": "corrupt", "error": str(exc), "created": folder.stat().st_mtime}
+                out.append(Artifact(self, stage_dir.name, manifest["key"], folder, manifest))
+        return sorted(out, key=lambda a: a.manifest.get("created", 0))
+
+    # --------------------------------------------------------------------------------- writing
+    @contextmanager
+    def _lock(self, stage: str, key: str, wait: bool) -> Iterator[Any]:
+        lock_dir = self.root / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_dir / f"{stage}-{key}.lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.close()
+            raise CdredError(f"another cdred process is writing {stage}/{key}; wait for it to finish") from None
+        yield fh
+
+    def begin(self, stage: str, version: int, config: Mapping[str, Any] | Any,
+              inputs: Mapping[str, str] | None = None, *, force: bool = False, wait: bool = True,
+              description: str = "") -> Artifact:
+        """Open the artifact for this (stage, version, config, inputs).
+
+        Returns the complete artifact if one exists (and not ``force``); otherwise takes the writer
+        lock (waiting for another writer when ``wait``; the second writer then finds it complete) and
+        returns a partial artifact to write into, resuming the recorded units of an earlier run.
+        """
+        key = artifact_key(stage, version, config, inputs)
+        if not force:
+            done = self.get(stage, key)
+            if done is not None:
+                return done
+        ctx = self._lock(stage, key, wait)
+        fh = ctx.__enter__()
+        try:
+            if not force:  # another writer may have finished while we waited for the lock
+                done = self.get(stage, key)
+                if done is not None:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                    fh.close()
+                    return done
+            partial = self.partial_folder(stage, key)
+            manifest = None
+            if partial.is_dir() and not force:
+                try:
+                    manifest = read_manifest(partial)
+                    if manifest.get("key") != key:
+                        manifest = None
+                except CdredError:
+                    manifest = None  # a partial folder with a torn manifest holds nothing we can trust
+            if manifest is None:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+                manifest = {
+                    "format": MANIFEST_FORMAT, "stage": stage, "stage_version": int(version), "key": key,
+                    "config": _plain(config), "inputs": _plain(inputs or {}), "versions": environment_versions(),
+                    "status": "partial", "created": time.time(), "units": [], "timings": {}, "headline": {},
+                    "description": description, "resumed": 0,
+                }
+            else:
+                manifest["resumed"] = int(manifest.get("resumed", 0)) + 1
+            art = Artifact(self, stage, key, partial, manifest, _lock_fh=fh)
+            art._save()
+            return art
+        except BaseException:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+            raise
