@@ -66,7 +66,52 @@ def _echo_json(obj) -> None:
 # (owned by the environment layer)
 
 # ------------------------------------------------------------------------------ status / show
-# (owned by the artifact store)
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _headline(manifest: dict) -> str:
+    head = manifest.get("headline") or {}
+    if manifest.get("status") == "corrupt":
+        return manifest.get("error", "")[:60]
+    parts = []
+    for k, v in list(head.items())[:3]:
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+@main.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """List cached artifacts: stage, key, status, age, headline figure."""
+    import time
+
+    arts = _store(ctx).list()
+    if not arts:
+        click.echo(f"no artifacts under {ctx.obj['workdir']}")
+        return
+    now = time.time()
+    click.echo(f"{'stage':<16} {'key':<17} {'status':<9} {'age':>5}  headline")
+    for a in arts:
+        m = a.manifest
+        age = _age(now - float(m.get("updated", m.get("created", now))))
+        click.echo(f"{a.stage:<16} {a.key:<17} {m.get('status', '?'):<9} {age:>5}  {_headline(m)}")
+
+
+@main.command()
+@click.argument("key")
+@click.pass_context
+def show(ctx: click.Context, key: str) -> None:
+    """Print one artifact's manifest (KEY may be a unique prefix)."""
+    art = _store(ctx).find(key)
+    if art.manifest.get("status") == "corrupt":
+        raise CdredError(art.manifest["error"])
+    click.echo(f"# {art.path}")
+    _echo_json(art.manifest)
+
 
 # ------------------------------------------------------------------------------------- package
 # (owned by the dataset issue)

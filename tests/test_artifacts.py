@@ -1,0 +1,155 @@
+"""The artifact store: keys, completion, locks, resume after SIGKILL, concurrent writers, bad manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cdred_pipeline.artifacts import ArtifactStore, artifact_key, read_manifest
+from cdred_pipeline.errors import CdredError
+
+# A writer that records one unit file per step, sleeping between, so a test can kill it mid-way.
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from cdred_pipeline.artifacts import ArtifactStore
+    root, n, delay, tag = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    art = ArtifactStore(root).begin("demo", 1, {"n": n}, {})
+    if art.complete:
+        print("SKIPPED", flush=True)
+        sys.exit(0)
+    for i in range(n):
+        if f"u{i}" in art.done_units():
+            continue
+        (art.path / f"u{i}.txt").write_text(f"{i} {tag}")
+        art.record_unit(f"u{i}")
+        print(f"UNIT {i}", flush=True)
+        time.sleep(delay)
+    art.complete_with({"units": n}, writer=tag)
+    print("DONE", flush=True)
+    """
+)
+
+
+def _run_writer(root: Path, n: int, delay: float, tag: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(n), str(delay), tag],
+                            stdout=subprocess.PIPE, text=True, **kw)
+
+
+def test_key_changes_exactly_with_read_config_and_inputs():
+    base = artifact_key("imitate", 1, {"steps": 100, "seed": 0}, {"demos": "abc"})
+    assert base == artifact_key("imitate", 1, {"seed": 0, "steps": 100}, {"demos": "abc"})  # order-free
+    assert base != artifact_key("imitate", 1, {"steps": 101, "seed": 0}, {"demos": "abc"})
+    assert base != artifact_key("imitate", 1, {"steps": 100, "seed": 0}, {"demos": "abd"})
+    assert base != artifact_key("imitate", 2, {"steps": 100, "seed": 0}, {"demos": "abc"})
+    assert base != artifact_key("evaluate", 1, {"steps": 100, "seed": 0}, {"demos": "abc"})
+    assert base != artifact_key("imitate", 1, {"steps": 100, "seed": 0, "extra": None}, {"demos": "abc"})
+
+
+def test_complete_is_cached_and_force_redoes(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art = store.begin("demo", 1, {"a": 1})
+    assert not art.complete and art.path.name.endswith(".partial")
+    (art.path / "x.txt").write_text("first")
+    art.complete_with({"score": 1.0})
+    assert art.path == tmp_path / "demo" / art.key and (art.path / "x.txt").read_text() == "first"
+    again = store.begin("demo", 1, {"a": 1})
+    assert again.complete and again.manifest["headline"] == {"score": 1.0}
+    redo = store.begin("demo", 1, {"a": 1}, force=True)
+    assert not redo.complete and not (redo.path / "x.txt").exists()
+    # the old complete artifact stays readable until the forced run completes
+    assert store.get("demo", art.key).manifest["headline"] == {"score": 1.0}
+    (redo.path / "x.txt").write_text("second")
+    redo.complete_with({"score": 2.0})
+    assert (tmp_path / "demo" / art.key / "x.txt").read_text() == "second"
+    assert [a.key for a in store.list()] == [art.key]
+
+
+def test_sigkill_leaves_no_complete_artifact_and_rerun_resumes(tmp_path):
+    proc = _run_writer(tmp_path, 6, 0.4, "first")
+    seen = []
+    for line in proc.stdout:
+        seen.append(line.strip())
+        if line.startswith("UNIT 2"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    key = artifact_key("demo", 1, {"n": 6}, {})
+    assert not (tmp_path / "demo" / key).exists(), "a killed writer must not leave a complete-looking folder"
+    partial = read_manifest(tmp_path / "demo" / f".{key}.partial")
+    assert partial["status"] == "partial" and partial["units"][:3] == ["u0", "u1", "u2"]
+
+    out = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path), "6", "0", "second"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "UNIT 0" not in out and "UNIT 3" in out and "DONE" in out  # resumed, did not redo units 0-2
+    final = ArtifactStore(tmp_path).get("demo", key)
+    assert final.complete and final.manifest["resumed"] == 1
+    assert final.done_units() == [f"u{i}" for i in range(6)]
+    assert (final.path / "u0.txt").read_text() == "0 first" and (final.path / "u5.txt").read_text() == "5 second"
+
+
+def test_two_concurrent_writers_do_not_corrupt(tmp_path):
+    a = _run_writer(tmp_path, 5, 0.1, "A")
+    b = _run_writer(tmp_path, 5, 0.1, "B")
+    outs = [p.communicate(timeout=60)[0] for p in (a, b)]
+    assert all(p.returncode == 0 for p in (a, b)), outs
+    # exactly one wrote all units; the other waited for the lock and found the artifact complete
+    assert sorted("SKIPPED" in o for o in outs) == [False, True], outs
+    key = artifact_key("demo", 1, {"n": 5}, {})
+    art = ArtifactStore(tmp_path).get("demo", key)
+    writer = art.manifest["writer"]
+    assert {(art.path / f"u{i}.txt").read_text() for i in range(5)} == {f"{i} {writer}" for i in range(5)}
+    assert not (tmp_path / "demo" / f".{key}.partial").exists()
+
+
+def test_nonblocking_second_writer_gets_one_line_error(tmp_path):
+    store = ArtifactStore(tmp_path)
+    first = store.begin("demo", 1, {"a": 1})
+    with pytest.raises(CdredError, match="another cdred process"):
+        # a second store object in the same process takes a second fd: flock conflicts like another process
+        ArtifactStore(tmp_path).begin("demo", 1, {"a": 1}, wait=False)
+    first.release()
+
+
+def test_corrupt_or_foreign_manifest_is_reported_not_overwritten(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art = store.begin("demo", 1, {"a": 1})
+    art.complete_with({})
+    mpath = art.path / "manifest.json"
+    mpath.write_text("{ not json")
+    with pytest.raises(CdredError, match="corrupt manifest"):
+        store.begin("demo", 1, {"a": 1})
+    assert mpath.read_text() == "{ not json"
+    mpath.write_text(json.dumps({"hello": "world"}))
+    with pytest.raises(CdredError, match="not a cdred manifest"):
+        store.get("demo", art.key)
+    assert [a.manifest["status"] for a in store.list()] == ["corrupt"]
+
+
+def test_status_and_show_cli(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.begin("experts", 1, {"task": "dmc:cartpole-balance"}).complete_with({"expert_return": 812.5})
+    store.begin("imitate", 1, {"steps": 10})  # left partial
+    env = {**os.environ, "CDRED_WORKDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "cli", "status"], capture_output=True, text=True, env=env,
+                         timeout=60, check=True).stdout
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == ["stage", "key", "status", "age"]
+    assert "experts" in lines[1] and "complete" in lines[1] and "expert_return=812.5" in lines[1]
+    assert "imitate" in lines[2] and "partial" in lines[2]
+    key = store.list()[0].key
+    shown = subprocess.run([sys.executable, "-m", "cli", "show", key[:6]], capture_output=True, text=True,
+                           env=env, timeout=60, check=True).stdout
+    assert json.loads(shown.split("\n", 1)[1])["key"] == key
+    bad = subprocess.run([sys.executable, "-m", "cli", "show", "nosuchkey"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
