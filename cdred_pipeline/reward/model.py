@@ -173,36 +173,45 @@ class CDREDRewardHead(_RewardHeadBase):
     ) -> dict[str, Tensor]:
         """Per-step predictor losses of Eq. 4, each of shape (T,): ``{"expert", "behavioral"}``.
 
-        Every sample (t, b) regresses onto ONE target f_k with k ~ Uniform{0..K-1} drawn per sample.
-        f_E is evaluated and trained on the expert samples only, f_B on the behavioural samples only
-        (mode "red": f_B is never evaluated, its term is 0). Each term is the squared error averaged
-        over the p embedding dims (as the released code's MSELoss; Eq. 4's squared norm / p) and over
-        its own half of the batch; a term whose half is empty is 0. Targets are evaluated without
-        gradient; gradient reaches x through the predictors unless ``cfg.detach_input``.
+        Every sample (t, b) regresses onto ONE target f_k with k ~ Uniform{0..K-1} drawn per sample
+        (from ``generator`` if given, on its own device). f_E is trained on the expert samples only and
+        f_B on the behavioural samples only, by masks (mode "red": f_B is never evaluated, its term is
+        0). Each term is the squared error averaged over the p embedding dims (as the released code's
+        MSELoss; Eq. 4's squared norm / p) and over its own half of the batch; an empty half gives 0.
+        Targets are evaluated without gradient; gradient reaches x through the predictors unless
+        ``cfg.detach_input``.
         """
         if x.dim() != 3 or a.dim() != 3:
-            raise ValueError(f"loss expects x (T, B, D) and a (T, B, A), got {tuple(x.shape)} and {tuple(a.shape)}")
+            raise ValueError(
+                f"loss expects x (T, B, D) and a (T, B, A), got {tuple(x.shape)} and {tuple(a.shape)}"
+            )
         inp = self._input(x, a)
         T, B, _ = inp.shape
         is_expert = torch.as_tensor(is_expert, device=inp.device)
         if is_expert.shape != (B,) or is_expert.dtype != torch.bool:
-            raise ValueError(f"is_expert must be a bool tensor of shape ({B},), got {is_expert.dtype} {tuple(is_expert.shape)}")
+            raise ValueError(
+                f"is_expert must be a bool tensor of shape ({B},), got {is_expert.dtype} {tuple(is_expert.shape)}"
+            )
         if self.cfg.detach_input:
             inp = inp.detach()
         K, p = self.cfg.num_targets, self.cfg.embed_dim
         with torch.no_grad():
             tgt = self.targets(inp.reshape(T * B, -1)).reshape(K, T, B, p)
-            k = torch.randint(K, (T, B), device=inp.device, generator=generator)
+            gen_device = generator.device if generator is not None else inp.device
+            k = torch.randint(K, (T, B), device=gen_device, generator=generator).to(inp.device)
             c = tgt.gather(0, k.view(1, T, B, 1).expand(1, T, B, p)).squeeze(0)  # (T, B, p)
-        zero = inp.new_zeros(T)
-        terms = {"expert": zero, "behavioral": zero}
-        if bool(is_expert.any()):
-            f_e = self.expert_predictor(inp[:, is_expert])
-            terms["expert"] = (f_e - c[:, is_expert]).square().mean(dim=-1).mean(dim=-1)
-        beh = ~is_expert
-        if self.cfg.mode == "cdred" and bool(beh.any()):
-            f_b = self.behavioral_predictor(inp[:, beh])
-            terms["behavioral"] = (f_b - c[:, beh]).square().mean(dim=-1).mean(dim=-1)
+        # Masks, not indexing: static shapes and no host sync (torch.compile / CUDA friendly). A masked-out
+        # sample contributes an exact zero to the loss and to the gradient of the other predictor.
+        terms: dict[str, Tensor] = {}
+        halves = [("expert", self.expert_predictor, is_expert)]
+        if self.cfg.mode == "cdred":
+            halves.append(("behavioral", self.behavioral_predictor, ~is_expert))
+        for name, net, mask in halves:
+            err = (net(inp) - c).square().mean(dim=-1)  # (T, B)
+            count = mask.sum().clamp_min(1).to(err.dtype)
+            terms[name] = torch.where(mask, err, torch.zeros((), dtype=err.dtype, device=err.device)).sum(-1) / count
+        if "behavioral" not in terms:
+            terms["behavioral"] = inp.new_zeros(T)
         self.last_loss_terms = {n: t.detach() for n, t in terms.items()}
         return terms
 
