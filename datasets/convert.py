@@ -1,0 +1,663 @@
+"""Converters between the zarr episode store and other formats, plus merging stores.
+
+* HDF5, robomimic layout: ``data/demo_<i>/{obs, next_obs, actions, rewards, dones, states}``.
+  Export writes ``obs/state`` (T, D), ``obs/<camera>_image`` (T, H, W, 3), the same under
+  ``next_obs`` (its last row is the episode's final observation), ``states`` = physics_state,
+  ``final_state`` (the final physics state; not in robomimic), ``dones`` = terminated (uint8), and
+  the rest as attrs (``data`` attrs: ``total``, ``env_args`` and ``cdred_attrs`` as JSON strings;
+  demo attrs: ``num_samples``, ``seed``, ``success``, ``return``).
+* Parquet, a folder: ``steps.parquet`` (one row per step: ``index``, ``episode_index``,
+  ``frame_index``, ``observation.state``, ``action``, ``next.reward``, ``next.done``,
+  ``observation.physics_state`` as list columns and ``observation.images.<camera>`` as raw
+  H*W*3 bytes), ``episodes.parquet`` (one row per episode with the final observation) and
+  ``meta.json`` (attrs, shapes, dtypes).
+* Pickle: a list of episodes ``(obs, action, reward, next_obs)`` as the CDRED / IQ-MPC reference
+  code loads (``pickle.load`` then ``dataset[i][0..3]``; dicts with ``observations``/``actions``/
+  ``rewards``/``next_observations`` also work). Unpickling runs arbitrary code from the file, so
+  it needs ``trust_pickle=True``.
+
+Every output is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.errors import DatasetError, UsageError
+
+from . import layout as L
+from .reader import Dataset, open_dataset
+from .writer import EpisodeWriter, _publish
+
+__all__ = ["export_hdf5", "export_parquet", "import_hdf5", "import_parquet", "import_pickle",
+           "import_file", "merge_datasets", "detect_format", "TASK_RE"]
+
+#: What a task id looks like (suite:name), e.g. ``dmc:cheetah-run``, ``mw:box-close``.
+TASK_RE = re.compile(r"^[a-z0-9_]+:[A-Za-z0-9_.\-]+$")
+PARQUET_FORMAT = "cdred-parquet"
+_BLOCK_BYTES = 64 * 1024 * 1024
+
+
+def _tmp_for(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise DatasetError(f"{out}: already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_for(out)
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    elif tmp.exists():
+        tmp.unlink()
+    return tmp
+
+
+def _episode_blocks(ds: Dataset, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, int]]:
+    """Ranges of whole episodes [lo, hi) whose step data is about ``block_bytes`` (at least one)."""
+    row = 4 * (ds.obs_dim + ds.action_dim + 2) + 8 * ds.physics_state_dim
+    row += sum(int(np.prod(ds.image_shape(c))) for c in ds.cameras)
+    lo = 0
+    while lo < ds.num_episodes:
+        hi = lo + 1
+        start = int(ds.episode_starts[lo])
+        while hi < ds.num_episodes and (int(ds.episode_ends[hi]) - start) * row <= block_bytes:
+            hi += 1
+        yield lo, hi
+        lo = hi
+
+
+def _read_block(ds: Dataset, lo: int, hi: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Step arrays (keys ``data/...``) and episode arrays (``meta/...``) of episodes [lo, hi)."""
+    s, e = int(ds.episode_starts[lo]), int(ds.episode_ends[hi - 1])
+    g = ds.group
+    data = {f"data/{k}": np.asarray(g[f"data/{k}"][s:e]) for k in L.DATA_KEYS}
+    meta = {f"meta/{k}": np.asarray(g[f"meta/{k}"][lo:hi]) for k in L.META_KEYS if k != "episode_ends"}
+    for cam in ds.cameras:
+        data[f"{L.RGB_GROUP}/{cam}"] = np.asarray(g[f"{L.RGB_GROUP}/{cam}"][s:e])
+        meta[f"{L.FINAL_RGB_GROUP}/{cam}"] = np.asarray(g[f"{L.FINAL_RGB_GROUP}/{cam}"][lo:hi])
+    return data, meta
+
+
+# ----------------------------------------------------------------------------------------- merge
+def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Concatenate stores of the same task and dims (and cameras) into ``out``, in the given order."""
+    if len(inputs) < 1:
+        raise UsageError("merge: give at least one input dataset")
+    dss = [open_dataset(p) for p in inputs]
+    first = dss[0]
+    ref = {"task": first.task, "obs_dim": first.obs_dim, "action_dim": first.action_dim,
+           "physics_state_dim": first.physics_state_dim}
+    for ds in dss[1:]:
+        have = {"task": ds.task, "obs_dim": ds.obs_dim, "action_dim": ds.action_dim,
+                "physics_state_dim": ds.physics_state_dim}
+        for k in ref:
+            if have[k] != ref[k]:
+                raise DatasetError(f"{ds.path}: attrs.env.{k}: {have[k]!r} differs from {first.path}'s {ref[k]!r}; "
+                                   "merge only datasets of the same task and dims")
+        if ds.cameras != first.cameras:
+            raise DatasetError(f"{ds.path}: data/rgb: cameras {ds.cameras} differ from {first.path}'s {first.cameras}")
+        for cam in ds.cameras:
+            a, b = ds.array(f"{L.RGB_GROUP}/{cam}"), first.array(f"{L.RGB_GROUP}/{cam}")
+            if a.shape[1:] != b.shape[1:] or dict(a.attrs) != dict(b.attrs):
+                raise DatasetError(f"{ds.path}: {L.RGB_GROUP}/{cam}: frame shape or render attrs differ from "
+                                   f"{first.path}'s; re-render both with the same profile")
+    attrs = dict(first.attrs)
+    attrs["source"] = {"kind": "merge", "parts": [
+        {"path": str(ds.path), "episodes": ds.num_episodes, "source": ds.attrs.get("source", {}),
+         "scores": ds.attrs.get("scores", {})} for ds in dss]}
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DatasetError(f"{out}: already exists; pass --force to replace it")
+    w = EpisodeWriter(out, attrs, overwrite=overwrite)
+    try:
+        for ds in dss:
+            for lo, hi in _episode_blocks(ds):
+                data, meta = _read_block(ds, lo, hi)
+                w._append_block(data, meta)
+        for cam in first.cameras:  # carry the render attrs of each camera
+            w._columns[f"{L.RGB_GROUP}/{cam}"].array.attrs.update(dict(first.array(f"{L.RGB_GROUP}/{cam}").attrs))
+        return w.close()
+    except BaseException:
+        w.abort(discard=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------ HDF5
+def export_hdf5(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+                image_compression: str | None = "gzip") -> Path:
+    """Write a store as a robomimic-style HDF5 file (see the module docstring); returns ``out``."""
+    import h5py
+
+    ds = open_dataset(path)
+    out = Path(out)
+    tmp = _prepare_out(out, overwrite)
+    try:
+        with h5py.File(tmp, "w") as f:
+            grp = f.create_group("data")
+            grp.attrs["total"] = ds.num_steps
+            grp.attrs["env_args"] = json.dumps({"env_name": ds.task, "type": "cdred",
+                                                "env_kwargs": {k: v for k, v in ds.env.items() if k != "task"}})
+            grp.attrs["cdred_attrs"] = json.dumps(ds.attrs)
+            grp.attrs["cdred_dataset_version"] = ds.version
+            for lo, hi in _episode_blocks(ds):
+                data, meta = _read_block(ds, lo, hi)
+                base = int(ds.episode_starts[lo])
+                for i in range(lo, hi):
+                    s, e = int(ds.episode_starts[i]) - base, int(ds.episode_ends[i]) - base
+                    j = i - lo
+                    d = grp.create_group(f"demo_{i}")
+                    d.attrs["num_samples"] = e - s
+                    d.attrs["seed"] = int(meta["meta/seed"][j])
+                    d.attrs["success"] = bool(meta["meta/success"][j])
+                    d.attrs["return"] = float(meta["meta/return"][j])
+                    obs = data["data/obs"][s:e]
+                    d.create_dataset("obs/state", data=obs)
+                    d.create_dataset("next_obs/state", data=np.concatenate([obs[1:], meta["meta/final_obs"][j:j + 1]]))
+                    for cam in ds.cameras:
+                        fr = data[f"{L.RGB_GROUP}/{cam}"][s:e]
+                        nxt = np.concatenate([fr[1:], meta[f"{L.FINAL_RGB_GROUP}/{cam}"][j:j + 1]])
+                        kw = {"compression": image_compression} if image_compression else {}
+                        d.create_dataset(f"obs/{cam}_image", data=fr, **kw)
+                        d.create_dataset(f"next_obs/{cam}_image", data=nxt, **kw)
+                    d.create_dataset("actions", data=data["data/action"][s:e])
+                    d.create_dataset("rewards", data=data["data/reward"][s:e])
+                    d.create_dataset("dones", data=data["data/terminated"][s:e].astype(np.uint8))
+                    d.create_dataset("states", data=data["data/physics_state"][s:e])
+                    d.create_dataset("final_state", data=meta["meta/final_physics_state"][j])
+        _publish(tmp, out, overwrite)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _demo_index(name: str) -> int | None:
+    m = re.fullmatch(r"demo_(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def _h5_obs(file: Path, demo: str, node: Any, what: str) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """A robomimic obs group (or a flat dataset) -> (low-dim obs (T, D), {camera: frames}, key order)."""
+    if not hasattr(node, "keys"):
+        a = np.asarray(node[()])
+        return (a.reshape(len(a), -1) if a.ndim != 2 else a), {}, [what]
+    if "state" in node:
+        keys = ["state"]
+    else:
+        keys = sorted(k for k in node.keys() if not (node[k].ndim == 4 and node[k].dtype == np.uint8))
+    cams = {k[:-len("_image")] if k.endswith("_image") else k: np.asarray(node[k][()])
+            for k in sorted(node.keys()) if node[k].ndim == 4 and node[k].dtype == np.uint8}
+    if not keys:
+        raise DatasetError(f"{file}: data/{demo}/{what}: no low-dimensional observation keys")
+    parts = []
+    for k in keys:
+        a = np.asarray(node[k][()])
+        parts.append(a.reshape(len(a), -1))
+    lens = {len(p) for p in parts}
+    if len(lens) != 1:
+        raise DatasetError(f"{file}: data/{demo}/{what}: keys {keys} have different lengths {sorted(lens)}")
+    return np.concatenate(parts, axis=1), cams, [f"{what}/{k}" for k in keys]
+
+
+def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
+                overwrite: bool = False) -> Path:
+    """Import a robomimic-style HDF5 file (ours or robomimic's) into a zarr store at ``out``.
+
+    Low-dim observation keys are concatenated in sorted key order (``obs/state`` alone when present);
+    ``uint8`` (T, H, W, 3) keys named ``<camera>_image`` become ``data/rgb/<camera>``. The final
+    observation is the last row of ``next_obs``; without ``next_obs`` the last ``obs`` row is
+    repeated and ``attrs.source.notes`` says so.
+    """
+    import h5py
+
+    file = Path(file)
+    try:
+        f = h5py.File(file, "r")
+    except OSError as exc:
+        raise DatasetError(f"{file}: not an HDF5 file ({exc})") from None
+    with f:
+        if "data" not in f:
+            raise DatasetError(f"{file}: data: missing key; expected a robomimic-style file data/demo_<i>/{{obs,actions,rewards}}")
+        grp = f["data"]
+        demos = sorted((i, k) for k in grp.keys() if (i := _demo_index(k)) is not None)
+        if not demos:
+            raise DatasetError(f"{file}: data: no demo_<i> groups")
+        ours = "cdred_attrs" in grp.attrs
+        notes: list[str] = []
+        if ours:
+            attrs = json.loads(grp.attrs["cdred_attrs"])
+            version = attrs.get("cdred_dataset_version")
+            if isinstance(version, int) and version > L.LAYOUT_VERSION:
+                raise DatasetError(f"{file}: data.attrs.cdred_attrs: layout version {version} is newer than this cdred "
+                                   f"reads ({L.LAYOUT_VERSION}); upgrade cdred")
+            if task is not None and task != attrs.get("env", {}).get("task"):
+                raise UsageError(f"{file}: data.attrs.cdred_attrs: the file holds task {attrs['env'].get('task')!r}, "
+                                 f"not --task {task!r}")
+        else:
+            if task is None:
+                raise UsageError(f"{file}: not a cdred export: give --task TASK (e.g. mw:box-close)")
+            env_args = grp.attrs.get("env_args")
+            attrs = {"env": {"task": task}, "source": {"kind": "import", "format": "robomimic", "file": file.name}}
+            if env_args is not None:
+                attrs["source"]["env_args"] = env_args if isinstance(env_args, str) else str(env_args)
+        w: EpisodeWriter | None = None
+        try:
+            for _idx, name in demos:
+                d = grp[name]
+                for req in ("obs", "actions", "rewards"):
+                    if req not in d:
+                        raise DatasetError(f"{file}: data/{name}/{req}: missing key")
+                obs, cams, obs_keys = _h5_obs(file, name, d["obs"], "obs")
+                t = len(obs)
+                if "next_obs" in d:
+                    nobs, ncams, _ = _h5_obs(file, name, d["next_obs"], "next_obs")
+                    if nobs.shape != obs.shape or set(ncams) != set(cams):
+                        raise DatasetError(f"{file}: data/{name}/next_obs: shape {nobs.shape} does not match obs {obs.shape}")
+                    final_obs = nobs[-1]
+                    final_rgb = {c: v[-1] for c, v in ncams.items()}
+                else:
+                    final_obs, final_rgb = obs[-1], {c: v[-1] for c, v in cams.items()}
+                    if "final_obs copied from the last obs row (no next_obs)" not in notes:
+                        notes.append("final_obs copied from the last obs row (no next_obs)")
+                action = np.asarray(d["actions"][()])
+                reward = np.asarray(d["rewards"][()]).reshape(-1)
+                if action.ndim != 2 or len(action) != t or len(reward) != t:
+                    raise DatasetError(f"{file}: data/{name}/actions: shape {action.shape} and rewards {reward.shape} "
+                                       f"do not match obs ({t} steps)")
+                dones = np.asarray(d["dones"][()]).reshape(-1).astype(bool) if "dones" in d else np.zeros(t, bool)
+                if "states" in d:
+                    states = np.asarray(d["states"][()], dtype=np.float64).reshape(t, -1)
+                    if "final_state" in d:
+                        final_state = np.asarray(d["final_state"][()], dtype=np.float64).reshape(-1)
+                    else:
+                        final_state = states[-1]
+                        note = "final_physics_state copied from the last state (no final_state)"
+                        if note not in notes:
+                            notes.append(note)
+                else:
+                    states, final_state = np.zeros((t, 0)), np.zeros(0)
+                    if "no simulator states (states missing): cannot re-render" not in notes:
+                        notes.append("no simulator states (states missing): cannot re-render")
+                if w is None:
+                    if not ours:
+                        attrs["env"].update(obs_dim=int(obs.shape[1]), action_dim=int(action.shape[1]),
+                                            physics_state_dim=int(states.shape[1]))
+                        attrs["source"]["obs_keys"] = obs_keys
+                        shapes = {v.shape[1:3] for v in cams.values()}
+                        if len(shapes) == 1 and (hw := shapes.pop())[0] == hw[1]:
+                            attrs["env"]["image_size"] = int(hw[0])
+                    try:
+                        w = EpisodeWriter(out, attrs, overwrite=overwrite)
+                    except DatasetError as exc:
+                        raise DatasetError(f"{file}: {exc}") from None
+                seed = int(d.attrs.get("seed", _idx))
+                success = bool(d.attrs.get("success", False))
+                try:
+                    w.append_episode(obs, action, reward, dones, states, final_obs, final_state, seed=seed,
+                                     success=success, rgb=cams or None, final_rgb=final_rgb or None)
+                except DatasetError as exc:
+                    raise DatasetError(f"{file}: data/{name}: {str(exc).removeprefix('append_episode: ')}") from None
+            if ours:
+                w.attrs["import"] = {"format": "hdf5", "file": file.name}
+            if notes:
+                src = dict(w.attrs.get("source", {}))
+                src["notes"] = list(src.get("notes", [])) + notes
+                w.attrs["source"] = src
+            w.group.attrs.update(L.plain(w.attrs))
+            return w.close()
+        except BaseException:
+            if w is not None:
+                w.abort(discard=True)
+            raise
+
+
+# --------------------------------------------------------------------------------------- parquet
+def _list_array(a: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    n = len(a)
+    width = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+    offsets = np.arange(0, n * width + 1, width, dtype=np.int32) if width else np.zeros(n + 1, np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(a).reshape(-1)))
+
+
+def _bytes_array(a: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    n = len(a)
+    size = int(np.prod(a.shape[1:]))
+    buf = pa.py_buffer(np.ascontiguousarray(a).tobytes())
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), n, [None, buf])
+
+
+def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a store as a parquet folder (``steps.parquet``, ``episodes.parquet``, ``meta.json``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = open_dataset(path)
+    out = Path(out)
+    tmp = _prepare_out(out, overwrite)
+    tmp.mkdir(parents=True)
+    columns = {
+        "index": {"dtype": "int64", "shape": []},
+        "episode_index": {"dtype": "int64", "shape": []},
+        "frame_index": {"dtype": "int64", "shape": []},
+        "observation.state": {"dtype": "float32", "shape": [ds.obs_dim], "zarr": "data/obs"},
+        "action": {"dtype": "float32", "shape": [ds.action_dim], "zarr": "data/action"},
+        "next.reward": {"dtype": "float32", "shape": [], "zarr": "data/reward"},
+        "next.done": {"dtype": "bool", "shape": [], "zarr": "data/terminated"},
+        "observation.physics_state": {"dtype": "float64", "shape": [ds.physics_state_dim], "zarr": "data/physics_state"},
+    }
+    ep_columns = {
+        "episode_index": {"dtype": "int64", "shape": []},
+        "length": {"dtype": "int64", "shape": [], "zarr": "meta/length"},
+        "seed": {"dtype": "int64", "shape": [], "zarr": "meta/seed"},
+        "success": {"dtype": "bool", "shape": [], "zarr": "meta/success"},
+        "return": {"dtype": "float64", "shape": [], "zarr": "meta/return"},
+        "final_observation.state": {"dtype": "float32", "shape": [ds.obs_dim], "zarr": "meta/final_obs"},
+        "final_observation.physics_state": {"dtype": "float64", "shape": [ds.physics_state_dim],
+                                            "zarr": "meta/final_physics_state"},
+    }
+    for cam in ds.cameras:
+        shape = list(ds.image_shape(cam))
+        columns[f"observation.images.{cam}"] = {"dtype": "uint8", "shape": shape, "encoding": "raw HWC bytes",
+                                                "zarr": f"{L.RGB_GROUP}/{cam}",
+                                                "attrs": dict(ds.array(f"{L.RGB_GROUP}/{cam}").attrs)}
+        ep_columns[f"final_observation.images.{cam}"] = {"dtype": "uint8", "shape": shape, "encoding": "raw HWC bytes",
+                                                         "zarr": f"{L.FINAL_RGB_GROUP}/{cam}"}
+    try:
+        steps_w = ep_w = None
+        for lo, hi in _episode_blocks(ds):
+            data, meta = _read_block(ds, lo, hi)
+            s0 = int(ds.episode_starts[lo])
+            n = len(data["data/obs"])
+            lens = ds.lengths[lo:hi]
+            ep_idx = np.repeat(np.arange(lo, hi, dtype=np.int64), lens)
+            frame = np.arange(n, dtype=np.int64) - np.repeat(ds.episode_starts[lo:hi] - s0, lens)
+            cols: dict[str, Any] = {"index": pa.array(np.arange(s0, s0 + n, dtype=np.int64)),
+                                    "episode_index": pa.array(ep_idx), "frame_index": pa.array(frame)}
+            for name, spec in columns.items():
+                if "zarr" not in spec:
+                    continue
+                a = data[spec["zarr"]]
+                if spec["dtype"] == "uint8":
+                    cols[name] = _bytes_array(a)
+                elif spec["shape"]:
+                    cols[name] = _list_array(a)
+                else:
+                    cols[name] = pa.array(a)
+            table = pa.table(cols)
+            if steps_w is None:
+                steps_w = pq.ParquetWriter(tmp / "steps.parquet", table.schema, compression="zstd")
+            steps_w.write_table(table)
+            ecols: dict[str, Any] = {"episode_index": pa.array(np.arange(lo, hi, dtype=np.int64))}
+            for name, spec in ep_columns.items():
+                if "zarr" not in spec:
+                    continue
+                a = meta[spec["zarr"]]
+                if spec["dtype"] == "uint8":
+                    ecols[name] = _bytes_array(a)
+                elif spec["shape"]:
+                    ecols[name] = _list_array(a)
+                else:
+                    ecols[name] = pa.array(a)
+            etable = pa.table(ecols)
+            if ep_w is None:
+                ep_w = pq.ParquetWriter(tmp / "episodes.parquet", etable.schema, compression="zstd")
+            ep_w.write_table(etable)
+        for wr in (steps_w, ep_w):
+            if wr is not None:
+                wr.close()
+        meta_json = {"format": PARQUET_FORMAT, "cdred_dataset_version": ds.version, "attrs": ds.attrs,
+                     "num_episodes": ds.num_episodes, "num_steps": ds.num_steps, "cameras": ds.cameras,
+                     "files": {"steps": "steps.parquet", "episodes": "episodes.parquet"},
+                     "columns": columns, "episode_columns": ep_columns}
+        (tmp / "meta.json").write_text(json.dumps(meta_json, indent=2, sort_keys=True))
+        _publish(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _col_numpy(table: Any, name: str, spec: Mapping[str, Any], file: Path) -> np.ndarray:
+    import pyarrow as pa
+
+    if name not in table.column_names:
+        raise DatasetError(f"{file}: {name}: missing column")
+    col = table.column(name).combine_chunks()
+    n = len(col)
+    shape = tuple(spec["shape"])
+    if spec["dtype"] == "uint8":
+        if not pa.types.is_fixed_size_binary(col.type) and not pa.types.is_binary(col.type):
+            raise DatasetError(f"{file}: {name}: expected binary image bytes, got {col.type}")
+        raw = b"".join(col.to_pylist()) if not pa.types.is_fixed_size_binary(col.type) else col.buffers()[1].to_pybytes()
+        size = int(np.prod(shape))
+        offset = col.offset * size if pa.types.is_fixed_size_binary(col.type) else 0
+        a = np.frombuffer(raw, dtype=np.uint8, count=n * size, offset=offset)
+        return a.reshape(n, *shape).copy()
+    if shape:
+        if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type) \
+                and not pa.types.is_fixed_size_list(col.type):
+            raise DatasetError(f"{file}: {name}: expected a list column, got {col.type}")
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        if flat.size != n * int(np.prod(shape)):
+            raise DatasetError(f"{file}: {name}: rows do not all have {shape} values")
+        return flat.astype(spec["dtype"], copy=False).reshape(n, *shape)
+    return col.to_numpy(zero_copy_only=False).astype(spec["dtype"], copy=False)
+
+
+def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
+                   overwrite: bool = False) -> Path:
+    """Import a parquet folder written by :func:`export_parquet` (meta.json names every column)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    meta_file = folder / "meta.json" if folder.is_dir() else folder.with_name("meta.json")
+    if folder.is_file():
+        folder = folder.parent
+    try:
+        meta = json.loads(meta_file.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{meta_file}: missing; a cdred parquet export is a folder with meta.json, "
+                           "steps.parquet and episodes.parquet") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{meta_file}: not JSON ({exc})") from None
+    if meta.get("format") != PARQUET_FORMAT:
+        raise DatasetError(f"{meta_file}: format: {meta.get('format')!r}, expected {PARQUET_FORMAT!r}")
+    version = meta.get("cdred_dataset_version")
+    if not isinstance(version, int) or version > L.LAYOUT_VERSION:
+        raise DatasetError(f"{meta_file}: cdred_dataset_version: {version!r} is newer than this cdred reads "
+                           f"({L.LAYOUT_VERSION}); upgrade cdred")
+    attrs = meta["attrs"]
+    if task is not None and task != attrs.get("env", {}).get("task"):
+        raise UsageError(f"{meta_file}: attrs.env.task: the export holds {attrs['env'].get('task')!r}, not --task {task!r}")
+    files = meta.get("files", {})
+    steps_file = folder / files.get("steps", "steps.parquet")
+    ep_file = folder / files.get("episodes", "episodes.parquet")
+    for f in (steps_file, ep_file):
+        if not f.is_file():
+            raise DatasetError(f"{f}: missing file")
+    try:
+        steps = pq.read_table(steps_file)
+        eps = pq.read_table(ep_file)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for damaged files
+        raise DatasetError(f"{folder}: unreadable parquet ({type(exc).__name__}: {exc})") from None
+    cols = {name: _col_numpy(steps, name, spec, steps_file) for name, spec in meta["columns"].items() if "zarr" in spec}
+    ecols = {name: _col_numpy(eps, name, spec, ep_file) for name, spec in meta["episode_columns"].items() if "zarr" in spec}
+    ep_index = _col_numpy(steps, "episode_index", {"dtype": "int64", "shape": []}, steps_file)
+    frame = _col_numpy(steps, "frame_index", {"dtype": "int64", "shape": []}, steps_file)
+    order = np.lexsort((frame, ep_index))
+    if not np.array_equal(order, np.arange(len(order))):
+        cols = {k: v[order] for k, v in cols.items()}
+        ep_index, frame = ep_index[order], frame[order]
+    eorder = np.argsort(_col_numpy(eps, "episode_index", {"dtype": "int64", "shape": []}, ep_file), kind="stable")
+    ecols = {k: v[eorder] for k, v in ecols.items()}
+    lengths = ecols["length"]
+    counts = np.bincount(ep_index, minlength=len(lengths)) if len(ep_index) else np.zeros(len(lengths), np.int64)
+    if len(counts) != len(lengths) or not np.array_equal(counts, lengths):
+        raise DatasetError(f"{steps_file}: episode_index: step counts per episode do not match episodes.parquet lengths")
+    data = {spec["zarr"]: cols[name] for name, spec in meta["columns"].items() if "zarr" in spec}
+    emeta = {spec["zarr"]: ecols[name] for name, spec in meta["episode_columns"].items() if "zarr" in spec}
+    attrs = dict(attrs)
+    attrs["import"] = {"format": "parquet", "file": folder.name}
+    _check_finite_range(folder, data, emeta)
+    w = EpisodeWriter(out, attrs, overwrite=overwrite)
+    try:
+        w._append_block(data, emeta)
+        for name, spec in meta["columns"].items():
+            if spec.get("attrs") and spec["zarr"] in w._columns:
+                w._columns[spec["zarr"]].array.attrs.update(spec["attrs"])
+        return w.close()
+    except BaseException:
+        w.abort(discard=True)
+        raise
+
+
+def _check_finite_range(file: Path, data: Mapping[str, np.ndarray], meta: Mapping[str, np.ndarray]) -> None:
+    for key, a in list(data.items()) + list(meta.items()):
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            row = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
+            raise DatasetError(f"{file}: {key}: NaN/inf at row {row}")
+    act = data.get("data/action")
+    if act is not None and act.size and np.abs(act).max() > 1.0 + L.ACTION_TOL:
+        raise DatasetError(f"{file}: data/action: values outside [-1, 1] (max |a| = {float(np.abs(act).max()):.4g})")
+
+
+# ---------------------------------------------------------------------------------------- pickle
+def _episode_parts(ep: Any, i: int, file: Path) -> tuple[Any, Any, Any, Any]:
+    if isinstance(ep, Mapping):
+        def pick(*names: str) -> Any:
+            for n in names:
+                if n in ep:
+                    return ep[n]
+            raise DatasetError(f"{file}: episode {i}: missing key {names[0]!r} (or {', '.join(map(repr, names[1:]))})")
+
+        return (pick("obs", "observations"), pick("action", "actions"), pick("reward", "rewards"),
+                pick("next_obs", "next_observations"))
+    if isinstance(ep, (list, tuple)) and len(ep) >= 4:
+        return ep[0], ep[1], ep[2], ep[3]
+    raise DatasetError(f"{file}: episode {i}: expected (obs, action, reward, next_obs), got "
+                       f"{type(ep).__name__}{f' of length {len(ep)}' if hasattr(ep, '__len__') else ''}")
+
+
+def _stack(x: Any, what: str, i: int, file: Path) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensors
+        x = x.detach().cpu().numpy()
+    try:
+        if isinstance(x, (list, tuple)):
+            x = [np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for v in x]
+            return np.stack(x) if x else np.zeros((0,))
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise DatasetError(f"{file}: episode {i}: {what}: cannot stack into an array ({exc})") from None
+
+
+def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str, trust_pickle: bool = False,
+                  overwrite: bool = False) -> Path:
+    """Import a pickled list of episodes ``(obs, action, reward, next_obs)`` (CDRED / IQ-MPC demos).
+
+    As the reference loader does, episode i's observation sequence is ``obs[0]`` followed by
+    ``next_obs[0..T-1]``: ``data/obs`` = [obs[0], next_obs[:-1]] and ``final_obs`` = next_obs[-1].
+    No simulator states are stored (physics_state width 0): such a dataset cannot be re-rendered.
+
+    ``trust_pickle`` must be True: unpickling executes code chosen by whoever wrote the file.
+    """
+    file = Path(file)
+    if not trust_pickle:
+        raise UsageError(f"{file}: loading a pickle runs arbitrary code from the file; "
+                         "pass --trust-pickle only for files you trust")
+    if task is None:
+        raise UsageError(f"{file}: give --task TASK (e.g. dmc:cheetah-run) for a pickle import")
+    try:
+        with open(file, "rb") as fh:
+            episodes = pickle.load(fh)  # noqa: S301 - guarded by trust_pickle, documented
+    except FileNotFoundError:
+        raise DatasetError(f"{file}: no such file") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{file}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+    if isinstance(episodes, Mapping) and "observations" in episodes:
+        episodes = [episodes]
+    if not isinstance(episodes, (list, tuple)) or not episodes:
+        raise DatasetError(f"{file}: expected a non-empty list of episodes (obs, action, reward, next_obs), "
+                           f"got {type(episodes).__name__}")
+    w: EpisodeWriter | None = None
+    try:
+        for i, ep in enumerate(episodes):
+            o, a, r, no = (_stack(x, n, i, file) for x, n in
+                           zip(_episode_parts(ep, i, file), ("obs", "action", "reward", "next_obs")))
+            t = len(a)
+            if o.ndim != 2 or no.shape != o.shape or len(o) != t or a.ndim != 2 or r.reshape(-1).shape != (t,) or t < 1:
+                raise DatasetError(f"{file}: episode {i}: shapes obs {o.shape}, action {a.shape}, reward {r.shape}, "
+                                   f"next_obs {no.shape} do not fit (T, D), (T, A), (T,), (T, D) with T >= 1")
+            obs = np.concatenate([o[:1], no[:-1]])
+            if w is None:
+                attrs = {"env": {"task": task, "obs_dim": int(o.shape[1]), "action_dim": int(a.shape[1]),
+                                 "physics_state_dim": 0},
+                         "source": {"kind": "import", "format": "pickle", "file": file.name,
+                                    "notes": ["no simulator states: cannot re-render",
+                                              "obs = [obs[0], next_obs[:-1]], final_obs = next_obs[-1] (reference loader)"]}}
+                w = EpisodeWriter(out, attrs, overwrite=overwrite)
+            if o.shape[1] != w.attrs["env"]["obs_dim"] or a.shape[1] != w.attrs["env"]["action_dim"]:
+                raise DatasetError(f"{file}: episode {i}: dims obs {o.shape[1]}, action {a.shape[1]} differ from "
+                                   f"episode 0's {w.attrs['env']['obs_dim']}, {w.attrs['env']['action_dim']}")
+            try:
+                w.append_episode(obs, a, r.reshape(-1), np.zeros(t, bool), None, no[-1], None, seed=i,
+                                 success=False)
+            except DatasetError as exc:
+                raise DatasetError(f"{file}: episode {i}: {str(exc).removeprefix('append_episode: ')}") from None
+        return w.close()
+    except BaseException:
+        if w is not None:
+            w.abort(discard=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+def detect_format(file: str | os.PathLike) -> str:
+    """'hdf5', 'parquet' or 'pickle' from the file's content (magic bytes) or folder layout."""
+    p = Path(file)
+    if not p.exists():
+        raise DatasetError(f"{p}: no such file or directory")
+    if p.is_dir():
+        if (p / "meta.json").is_file():
+            return "parquet"
+        if (p / "zarr.json").is_file():
+            raise UsageError(f"{p}: already a zarr store; use `cdred package merge` or copy it")
+        raise DatasetError(f"{p}: a folder that is neither a parquet export (meta.json) nor a zarr store")
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head[:1] == b"\x80" or p.suffix in (".pkl", ".pickle"):
+        return "pickle"
+    raise DatasetError(f"{p}: unknown format (not HDF5, parquet or pickle)")
+
+
+def import_file(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
+                fmt: str = "auto", trust_pickle: bool = False, overwrite: bool = False) -> Path:
+    """Import HDF5 (robomimic or our export), our parquet export, or a trusted pickle into ``out``."""
+    if task is not None and not TASK_RE.match(task):
+        raise UsageError(f"--task {task!r}: expected suite:name, e.g. dmc:cheetah-run or mw:box-close")
+    fmt = detect_format(file) if fmt == "auto" else fmt
+    if fmt in ("hdf5", "robomimic"):
+        return import_hdf5(file, out, task=task, overwrite=overwrite)
+    if fmt == "parquet":
+        return import_parquet(file, out, task=task, overwrite=overwrite)
+    if fmt == "pickle":
+        return import_pickle(file, out, task=task, trust_pickle=trust_pickle, overwrite=overwrite)
+    raise UsageError(f"--format {fmt!r}: use auto, hdf5, parquet or pickle")

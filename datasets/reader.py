@@ -1,0 +1,272 @@
+"""Reading episode stores: :func:`open_dataset` (random access by episode and step) and
+:func:`load_episodes` (whole episodes in memory for training, with pixel frame stacking)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.errors import DatasetError
+
+from . import layout as L
+
+__all__ = ["Dataset", "open_dataset", "load_episodes", "stack_frames", "FRAME_STACK"]
+
+#: Frames per pixel observation, as TD-MPC2's pixel wrapper (and ``make_env(obs="rgb")``).
+FRAME_STACK = 3
+
+
+class Dataset:
+    """A finished episode store opened read-only. Use :func:`open_dataset` to get one.
+
+    Per-episode metadata (``episode_ends``, ``lengths``, ``seeds``, ``returns``, ``successes``) is
+    loaded eagerly; step data is read lazily from zarr, one chunk range per call.
+    """
+
+    def __init__(self, path: Path, group: Any) -> None:
+        self.path = path
+        self.group = group
+        self.attrs: dict[str, Any] = dict(group.attrs.asdict())
+        self.env: dict[str, Any] = dict(self.attrs.get("env", {}))
+        self.version: int = int(self.attrs["cdred_dataset_version"])
+        self.episode_ends = np.asarray(group["meta/episode_ends"][:], dtype=np.int64)
+        self.episode_starts = np.concatenate([[0], self.episode_ends[:-1]]).astype(np.int64)
+        self.lengths = np.asarray(group["meta/length"][:], dtype=np.int64)
+        self.seeds = np.asarray(group["meta/seed"][:], dtype=np.int64)
+        self.returns = np.asarray(group["meta/return"][:], dtype=np.float64)
+        self.successes = np.asarray(group["meta/success"][:], dtype=bool)
+        self.cameras: list[str] = sorted(group[L.RGB_GROUP].array_keys()) if L.RGB_GROUP in group else []
+
+    # ----------------------------------------------------------------------------- shape facts
+    @property
+    def num_episodes(self) -> int:
+        return int(len(self.episode_ends))
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.group["data/obs"].shape[1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.group["data/action"].shape[1])
+
+    @property
+    def physics_state_dim(self) -> int:
+        return int(self.group["data/physics_state"].shape[1])
+
+    @property
+    def task(self) -> str:
+        return str(self.env.get("task"))
+
+    def image_shape(self, camera: str) -> tuple[int, int, int]:
+        """(H, W, 3) of a camera's frames."""
+        return tuple(self.group[f"{L.RGB_GROUP}/{self._camera(camera)}"].shape[1:])  # type: ignore[return-value]
+
+    def array(self, key: str) -> Any:
+        """The zarr array at ``key`` (e.g. ``"data/obs"``, ``"data/rgb/corner"``)."""
+        if key not in self.group:
+            raise DatasetError(f"{self.path}: {key}: no such array")
+        return self.group[key]
+
+    def keys(self) -> list[str]:
+        """Every array key in the store, sorted."""
+        out: list[str] = []
+
+        def walk(g: Any, prefix: str) -> None:
+            for name, node in sorted(g.members()):
+                key = f"{prefix}{name}"
+                if hasattr(node, "members"):
+                    walk(node, key + "/")
+                else:
+                    out.append(key)
+
+        walk(self.group, "")
+        return out
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def __repr__(self) -> str:
+        return (f"Dataset({str(self.path)!r}, task={self.task!r}, episodes={self.num_episodes}, "
+                f"steps={self.num_steps}, obs_dim={self.obs_dim}, action_dim={self.action_dim}, cameras={self.cameras})")
+
+    # --------------------------------------------------------------------------- random access
+    def _camera(self, camera: str | None) -> str:
+        if camera is None:
+            if len(self.cameras) == 1:
+                return self.cameras[0]
+            raise DatasetError(f"{self.path}: data/rgb: " + (
+                "no rendered frames; run `cdred render-visual` first" if not self.cameras
+                else f"several cameras {self.cameras}; pick one with camera="))
+        if camera not in self.cameras:
+            raise DatasetError(f"{self.path}: data/rgb/{camera}: no such camera (have {self.cameras or 'none'})")
+        return camera
+
+    def _check_episode(self, i: int) -> int:
+        i = int(i)
+        if i < 0:
+            i += self.num_episodes
+        if not 0 <= i < self.num_episodes:
+            raise IndexError(f"episode {i} out of range [0, {self.num_episodes})")
+        return i
+
+    def episode(self, i: int, *, rgb: bool | str | Sequence[str] = False) -> dict[str, Any]:
+        """Episode ``i``: every per-step array sliced to its T steps plus its metadata.
+
+        Keys: obs, action, reward, terminated, physics_state, final_obs, final_physics_state, seed,
+        length, return, success; with ``rgb`` (True = every camera, or camera names) also
+        ``rgb`` {camera: (T, H, W, 3)} and ``final_rgb`` {camera: (H, W, 3)}.
+        """
+        i = self._check_episode(i)
+        s, e = int(self.episode_starts[i]), int(self.episode_ends[i])
+        g = self.group
+        out: dict[str, Any] = {k: np.asarray(g[f"data/{k}"][s:e]) for k in L.DATA_KEYS}
+        out["final_obs"] = np.asarray(g["meta/final_obs"][i])
+        out["final_physics_state"] = np.asarray(g["meta/final_physics_state"][i])
+        out.update(seed=int(self.seeds[i]), length=int(self.lengths[i]), success=bool(self.successes[i]))
+        out["return"] = float(self.returns[i])
+        if rgb:
+            cams = self.cameras if rgb is True else ([rgb] if isinstance(rgb, str) else list(rgb))
+            out["rgb"], out["final_rgb"] = {}, {}
+            for cam in cams:
+                cam = self._camera(cam)
+                out["rgb"][cam] = np.asarray(g[f"{L.RGB_GROUP}/{cam}"][s:e])
+                out["final_rgb"][cam] = np.asarray(g[f"{L.FINAL_RGB_GROUP}/{cam}"][i])
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.episode(i)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(self.num_episodes):
+            yield self.episode(i)
+
+    def locate(self, steps: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Global step indices -> (episode index, step within episode)."""
+        steps = np.asarray(steps, dtype=np.int64)
+        if steps.size and (steps.min() < 0 or steps.max() >= self.num_steps):
+            raise IndexError(f"step out of range [0, {self.num_steps})")
+        ep = np.searchsorted(self.episode_ends, steps, side="right")
+        return ep, steps - self.episode_starts[ep]
+
+    def steps(self, indices: Any, keys: Sequence[str] = ("obs", "action", "reward")) -> dict[str, np.ndarray]:
+        """Rows at global step ``indices`` (any order, repeats allowed) for ``keys`` under ``data/``
+        (``"rgb/<camera>"`` too), plus ``episode`` and ``t`` (the step within its episode)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ep, t = self.locate(idx)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        out: dict[str, np.ndarray] = {"episode": ep, "t": t}
+        for k in keys:
+            arr = self.array(f"data/{k}")
+            if len(uniq) == 0:
+                out[k] = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
+                continue
+            lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+            if hi - lo <= 4 * len(uniq) + arr.chunks[0]:  # dense enough: one contiguous read
+                block = np.asarray(arr[lo:hi])
+                out[k] = block[uniq - lo][inv]
+            else:
+                out[k] = np.asarray(arr.get_orthogonal_selection((uniq,) + (slice(None),) * (arr.ndim - 1)))[inv]
+        return out
+
+    # ------------------------------------------------------------------------------ sizes
+    def storage(self) -> dict[str, dict[str, Any]]:
+        """Per array: shape, dtype, chunks, uncompressed bytes and bytes stored on disk."""
+        out = {}
+        for key in self.keys():
+            arr = self.group[key]
+            out[key] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
+                        "nbytes": int(arr.nbytes), "stored": _dir_size(self.path / key)}
+        return out
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Open a finished store read-only after its structural checks (version, keys, dtypes, dims,
+    episode_ends against data lengths, chunk files present).
+
+    Raises DatasetError with one line naming the file, the key and the problem when the store is
+    not a dataset, from a newer layout, truncated or inconsistent. Content checks (NaN rows,
+    action range, unreadable chunks) are :func:`~cdred_pipeline.datasets.validate`'s ``deep`` pass.
+    """
+    from .validate import validate
+
+    path = Path(path)
+    problems = validate(path, deep=False)
+    if problems:
+        more = f" (+{len(problems) - 1} more; run `cdred package validate {path}`)" if len(problems) > 1 else ""
+        raise DatasetError(problems[0] + more)
+    return Dataset(path, L.open_group(path, mode="r"))
+
+
+# ------------------------------------------------------------------------------ training reader
+def stack_frames(frames: np.ndarray, k: int = FRAME_STACK) -> np.ndarray:
+    """(T+1, H, W, 3) frames of one episode -> (T+1, 3k, H, W) stacked observations.
+
+    Observation t is frames t-k+1 .. t (oldest first) moved to channels-first and concatenated along
+    channels; before the episode start the first frame is repeated, exactly as a frame-stacking env
+    fills its deque with the reset frame (TD-MPC2's PixelWrapper).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
+    chw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
+    n = len(chw)
+    idx = np.arange(n)[:, None] + np.arange(-k + 1, 1)[None, :]  # (n, k), oldest first
+    np.clip(idx, 0, None, out=idx)
+    return chw[idx].reshape(n, 3 * k, *chw.shape[2:])
+
+
+def load_episodes(path: str | os.PathLike, num_demos: int | None = None, obs: str = "state",
+                  camera: str | None = None) -> list[dict[str, np.ndarray]]:
+    """The first ``num_demos`` episodes (all when None) as dicts for a replay buffer.
+
+    Each dict has obs (T+1, D) float32 (state: final_obs appended as the last row) or (T+1, 9, H, W)
+    uint8 (rgb: 3 stacked frames, channels-first, see :func:`stack_frames`), action (T, A) float32
+    and reward (T,) float32. Each array is read with one contiguous zarr read.
+    """
+    if obs not in ("state", "rgb"):
+        raise DatasetError(f"load_episodes: obs={obs!r}; use 'state' or 'rgb'")
+    ds = open_dataset(path)
+    n = ds.num_episodes if num_demos is None else int(num_demos)
+    if n < 0 or n > ds.num_episodes:
+        raise DatasetError(f"{ds.path}: meta/episode_ends: asked for {n} demos, the dataset has {ds.num_episodes}")
+    if n == 0:
+        return []
+    steps = int(ds.episode_ends[n - 1])
+    g = ds.group
+    action = np.asarray(g["data/action"][:steps])
+    reward = np.asarray(g["data/reward"][:steps])
+    if obs == "state":
+        data = np.asarray(g["data/obs"][:steps])
+        final = np.asarray(g["meta/final_obs"][:n])
+    else:
+        cam = ds._camera(camera)
+        data = np.asarray(g[f"{L.RGB_GROUP}/{cam}"][:steps])
+        final = np.asarray(g[f"{L.FINAL_RGB_GROUP}/{cam}"][:n])
+    out = []
+    for i in range(n):
+        s, e = int(ds.episode_starts[i]), int(ds.episode_ends[i])
+        o = np.concatenate([data[s:e], final[i:i + 1]])
+        if obs == "rgb":
+            o = stack_frames(o)
+        out.append({"obs": o, "action": action[s:e], "reward": reward[s:e]})
+    return out

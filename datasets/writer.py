@@ -1,0 +1,708 @@
+"""Writing episode stores: :class:`EpisodeWriter` (collection), :class:`RgbWriter` (render-visual),
+:func:`copy_dataset` and :func:`write_array`.
+
+Design (ARCHITECTURE §6):
+
+* Every array is chunked along time only (about 2 MB per chunk, Blosc zstd). Appends are buffered in
+  memory per array and written in whole chunks, so appending N episodes costs O(N): a resize only
+  rewrites a small ``zarr.json`` and no chunk is ever read back or written twice, except the one
+  partial tail chunk per array that :meth:`EpisodeWriter.flush` writes (and a later flush rewrites).
+* A store is written under a temporary name (``.<name>.partial`` next to the final path) and renamed
+  to its final name by :meth:`EpisodeWriter.close` after it is consolidated and structurally valid;
+  a directory with the final name is therefore always complete.
+* One writer per store: an exclusive ``flock`` on ``.<name>.lock``; a second writer gets a
+  :class:`~cdred_pipeline.errors.DatasetError` at once.
+* Resume: :meth:`EpisodeWriter.resume` reopens the partial store of a killed run; ``num_episodes``
+  says how many episodes are durably stored (everything up to the last :meth:`flush`), and a stage
+  skips those. Episodes are committed by ``meta/episode_ends``, written last in every flush; rows
+  beyond the last committed episode are discarded on resume.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.errors import DatasetError
+
+from . import layout as L
+
+__all__ = ["EpisodeWriter", "RgbWriter", "copy_dataset", "write_array"]
+
+
+# --------------------------------------------------------------------------------------- locking
+class _Lock:
+    """An exclusive, non-blocking ``flock`` on the lock file of a store path."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = L.lock_path(path)
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.file, "a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            self._fh = None
+            raise DatasetError(f"{path}: another process is writing this dataset (lock {self.file.name}); "
+                               "wait for it to finish") from None
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Atomically move a finished store (or file) from its temporary name to ``final``."""
+    if final.exists():
+        if not overwrite:
+            raise DatasetError(f"{final}: already exists; pass overwrite=True (--force) to replace it")
+        trash = final.with_name(f".{final.name}.old{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        if trash.is_dir():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+# --------------------------------------------------------------------------------------- columns
+class _Column:
+    """One zarr array appended along axis 0 in whole chunks.
+
+    ``base`` is the chunk-aligned row where the in-memory buffer starts; the rows before it are on
+    disk in whole chunks. ``flush(partial=True)`` also writes the buffered partial chunk but keeps it
+    in memory, so the next write rewrites that chunk without reading it back.
+    """
+
+    def __init__(self, array: Any, length: int | None = None) -> None:
+        self.array = array
+        self.rows = int(array.chunks[0])
+        n = int(array.shape[0]) if length is None else int(length)
+        self.base = (n // self.rows) * self.rows
+        tail = np.asarray(array[self.base:n]) if n > self.base else None
+        self._parts: list[np.ndarray] = [tail] if tail is not None else []
+        self._nbuf = 0 if tail is None else len(tail)
+        self.row_shape = tuple(array.shape[1:])
+        self.dtype = np.dtype(array.dtype)
+
+    @classmethod
+    def create(cls, group: Any, name: str, row_shape: tuple[int, ...], dtype: str,
+               chunk_bytes: int, clevel: int) -> "_Column":
+        rows = L.chunk_rows(row_shape, dtype, chunk_bytes)
+        arr = group.create_array(
+            name, shape=(0, *row_shape), dtype=dtype, chunks=(rows, *(max(1, d) for d in row_shape)),
+            compressors=L.compressors(clevel), fill_value=np.zeros((), dtype=dtype).item(),
+            config=L.array_config(),
+        )
+        return cls(arr, 0)
+
+    @property
+    def length(self) -> int:
+        return self.base + self._nbuf
+
+    def append(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        self._parts.append(rows)
+        self._nbuf += len(rows)
+        if self._nbuf >= self.rows:
+            self._write(partial=False)
+
+    def flush(self) -> None:
+        self._write(partial=True)
+
+    def _write(self, partial: bool) -> None:
+        if self._nbuf == 0:
+            return
+        data = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
+        full = (len(data) // self.rows) * self.rows
+        n = len(data) if partial else full
+        if n == 0:
+            return
+        end = self.base + n
+        if self.array.shape[0] < end:
+            self.array.resize((end, *self.row_shape))
+        self.array[self.base:end] = data[:n]
+        rest = data[full:]
+        self.base += full
+        self._parts = [rest] if len(rest) else []
+        self._nbuf = len(rest)
+
+
+def _open_column(group: Any, key: str, length: int) -> _Column:
+    """Reopen an existing array for appending, cutting it to ``length`` committed rows."""
+    arr = group[key].with_config(L.array_config())
+    if arr.shape[0] > length:
+        arr.resize((length, *arr.shape[1:]))
+    return _Column(arr, length)
+
+
+def _as(x: Any, dtype: str, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """``x`` as a C-contiguous array of ``dtype`` with ``shape`` (None = any); DatasetError otherwise."""
+    try:
+        a = np.ascontiguousarray(np.asarray(x), dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"append_episode: {name}: cannot convert to {dtype} ({exc})") from None
+    if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+        raise DatasetError(f"append_episode: {name}: shape {a.shape}, expected {want}")
+    return a
+
+
+# --------------------------------------------------------------------------------- EpisodeWriter
+class EpisodeWriter:
+    """Append whole episodes to a zarr episode store (ARCHITECTURE §6); see the module docstring.
+
+    Example::
+
+        with EpisodeWriter("demos.zarr", attrs) as w:        # created as .demos.zarr.partial
+            w.append_episode(obs, action, reward, terminated, physics_state,
+                             final_obs, final_physics_state, seed=3, success=True)
+        # leaving the block closes: consolidates and renames to demos.zarr
+
+    ``attrs`` needs ``env.task``, ``env.obs_dim`` and ``env.action_dim`` (plain Python types only);
+    ``sim``, ``source`` and ``scores`` sections are added empty when missing, and
+    ``cdred_dataset_version`` is set. With ``check=True`` (default) an episode with NaN/inf values or
+    actions outside [-1, 1] is refused with a DatasetError before anything is written.
+    """
+
+    def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any], *, overwrite: bool = False,
+                 chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, clevel: int = L.DEFAULT_CLEVEL,
+                 check: bool = True) -> None:
+        self._setup(Path(path), attrs, resume=False, overwrite=overwrite, chunk_bytes=chunk_bytes,
+                    clevel=clevel, check=check)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None, *,
+               chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, clevel: int = L.DEFAULT_CLEVEL,
+               check: bool = True) -> "EpisodeWriter":
+        """Reopen the partial store of an interrupted run (or a finished store, to append more).
+
+        Starts a new store when neither exists (``attrs`` then required). When ``attrs`` is given for
+        an existing store, its ``env`` task and dims must match. ``num_episodes`` of the returned
+        writer is the number of episodes already stored: skip that many.
+        """
+        self = cls.__new__(cls)
+        self._setup(Path(path), attrs, resume=True, overwrite=False, chunk_bytes=chunk_bytes,
+                    clevel=clevel, check=check)
+        return self
+
+    # ------------------------------------------------------------------------------- setup
+    def _setup(self, path: Path, attrs: Mapping[str, Any] | None, *, resume: bool, overwrite: bool,
+               chunk_bytes: int, clevel: int, check: bool) -> None:
+        self.path = path
+        self.tmp = L.partial_path(path)
+        self.chunk_bytes, self.clevel, self.check = int(chunk_bytes), int(clevel), bool(check)
+        self.overwrite = overwrite
+        self._columns: dict[str, _Column] = {}
+        self.cameras: tuple[str, ...] | None = None
+        self.num_episodes = 0
+        self.num_steps = 0
+        self._closed = False
+        self._lock = _Lock(path)
+        try:
+            if resume and (self.tmp.is_dir() or path.is_dir()):
+                if not self.tmp.is_dir():
+                    os.replace(path, self.tmp)  # appending to a finished store: it is partial again
+                self._reopen(attrs)
+            else:
+                if attrs is None:
+                    raise DatasetError(f"{path}: no partial store to resume and no attrs to start a new one")
+                if path.exists() and not overwrite:
+                    raise DatasetError(f"{path}: already exists; pass overwrite=True (--force) to replace it, "
+                                       "or EpisodeWriter.resume() to append")
+                try:
+                    self.attrs = L.normalise_attrs(attrs)
+                except ValueError as exc:
+                    raise DatasetError(f"{path}: bad attrs: {exc}") from None
+                if self.tmp.exists():
+                    shutil.rmtree(self.tmp)  # a stale partial store of a run we are not resuming
+                self.group = L.open_group(self.tmp, mode="w")
+                self.group.attrs.update(self.attrs)
+                self.group.require_group("data")
+                self.group.require_group("meta")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _reopen(self, attrs: Mapping[str, Any] | None) -> None:
+        g = L.open_group(self.tmp, mode="r+")
+        self.group = g
+        self.attrs = dict(g.attrs.asdict())
+        version = self.attrs.get("cdred_dataset_version")
+        if version != L.LAYOUT_VERSION:
+            raise DatasetError(f"{self.tmp}: attrs.cdred_dataset_version={version!r}; this writer appends "
+                               f"only to layout version {L.LAYOUT_VERSION}")
+        if attrs is not None:
+            want = L.plain(dict(attrs)).get("env", {})
+            have = self.attrs.get("env", {})
+            for k in ("task", "obs_dim", "action_dim", "physics_state_dim"):
+                if k in want and k in have and want[k] != have[k]:
+                    raise DatasetError(f"{self.tmp}: attrs.env.{k}: stored {have[k]!r}, resuming with {want[k]!r}; "
+                                       "this partial store belongs to another task: delete it or use another path")
+        keys = [f"data/{k}" for k in L.DATA_KEYS] + [f"meta/{k}" for k in L.META_KEYS]
+        present = [k for k in keys if k in g]
+        if not present:
+            return  # created but no episode flushed yet
+        if sorted(present) != sorted(keys):
+            missing = sorted(set(keys) - set(present))
+            raise DatasetError(f"{self.tmp}: {missing[0]}: missing in the partial store; delete it and recollect")
+        cams = sorted(g["data/rgb"].array_keys()) if "data/rgb" in g else []
+        # Committed episodes: every per-episode array and every per-step array must cover them.
+        ends = np.asarray(g["meta/episode_ends"][:], dtype=np.int64)
+        n_meta = min(int(g[k].shape[0]) for k in keys if k.startswith("meta/"))
+        n_meta = min([n_meta] + [int(g[f"{L.FINAL_RGB_GROUP}/{c}"].shape[0]) for c in cams if f"{L.FINAL_RGB_GROUP}/{c}" in g])
+        n_data = min([int(g[k].shape[0]) for k in keys if k.startswith("data/")]
+                     + [int(g[f"{L.RGB_GROUP}/{c}"].shape[0]) for c in cams])
+        e = 0
+        for i in range(min(len(ends), n_meta)):
+            if ends[i] > n_data:
+                break
+            e = i + 1
+        n = int(ends[e - 1]) if e else 0
+        try:
+            for k in keys:
+                self._columns[k] = _open_column(g, k, e if k.startswith("meta/") else n)
+            for c in cams:
+                self._columns[f"{L.RGB_GROUP}/{c}"] = _open_column(g, f"{L.RGB_GROUP}/{c}", n)
+                self._columns[f"{L.FINAL_RGB_GROUP}/{c}"] = _open_column(g, f"{L.FINAL_RGB_GROUP}/{c}", e)
+        except (ValueError, KeyError, OSError, RuntimeError) as exc:
+            raise DatasetError(f"{self.tmp}: the partial store is damaged ({exc}); delete it and recollect") from None
+        self.cameras = tuple(cams)
+        self.num_episodes, self.num_steps = e, n
+
+    # ---------------------------------------------------------------------------- appending
+    def _create_columns(self, obs_dim: int, action_dim: int, state_dim: int,
+                        rgb_shapes: Mapping[str, tuple[int, ...]]) -> None:
+        g, cb, cl = self.group, self.chunk_bytes, self.clevel
+        data, meta = g.require_group("data"), g.require_group("meta")
+        spec = {
+            "data/obs": (data, "obs", (obs_dim,), "float32"),
+            "data/action": (data, "action", (action_dim,), "float32"),
+            "data/reward": (data, "reward", (), "float32"),
+            "data/terminated": (data, "terminated", (), "bool"),
+            "data/physics_state": (data, "physics_state", (state_dim,), "float64"),
+            "meta/episode_ends": (meta, "episode_ends", (), "int64"),
+            "meta/seed": (meta, "seed", (), "int64"),
+            "meta/length": (meta, "length", (), "int64"),
+            "meta/return": (meta, "return", (), "float64"),
+            "meta/success": (meta, "success", (), "bool"),
+            "meta/final_obs": (meta, "final_obs", (obs_dim,), "float32"),
+            "meta/final_physics_state": (meta, "final_physics_state", (state_dim,), "float64"),
+        }
+        if rgb_shapes:
+            rgb, frgb = g.require_group(L.RGB_GROUP), g.require_group(L.FINAL_RGB_GROUP)
+            for cam, shape in rgb_shapes.items():
+                spec[f"{L.RGB_GROUP}/{cam}"] = (rgb, cam, shape, L.RGB_DTYPE)
+                spec[f"{L.FINAL_RGB_GROUP}/{cam}"] = (frgb, cam, shape, L.RGB_DTYPE)
+        for key, (grp, name, row, dt) in spec.items():
+            self._columns[key] = _Column.create(grp, name, row, dt, cb, cl)
+        self.cameras = tuple(sorted(rgb_shapes))
+        env = dict(self.attrs["env"])
+        env.setdefault("physics_state_dim", int(state_dim))
+        self.attrs["env"] = env
+        self.group.attrs.update({"env": env})
+
+    def append_episode(self, obs: Any, action: Any, reward: Any, terminated: Any, physics_state: Any,
+                       final_obs: Any, final_physics_state: Any, seed: int, success: bool,
+                       rgb: Mapping[str, Any] | None = None, final_rgb: Mapping[str, Any] | None = None) -> int:
+        """Append one episode of T steps; returns its index.
+
+        obs (T, D) float32, action (T, A) float32 in [-1, 1], reward (T,) float32, terminated (T,)
+        bool, physics_state (T, S) float64 (None for an import without simulator states: S = 0),
+        final_obs (D,), final_physics_state (S,), rgb {camera: (T, H, W, 3) uint8} with final_rgb
+        {camera: (H, W, 3) uint8} (the frame of final_obs, needed to stack pixel observations).
+        """
+        self._ensure_open()
+        env = self.attrs["env"]
+        obs = _as(obs, "float32", "obs", (None, env["obs_dim"]))
+        t = len(obs)
+        if t < 1:
+            raise DatasetError("append_episode: obs: an episode needs at least one step")
+        action = _as(action, "float32", "action", (t, env["action_dim"]))
+        reward = _as(np.reshape(np.asarray(reward), (-1,)), "float32", "reward", (t,))
+        terminated = _as(np.reshape(np.asarray(terminated), (-1,)), "bool", "terminated", (t,))
+        s_dim = env.get("physics_state_dim")
+        if physics_state is None:
+            physics_state = np.zeros((t, 0))
+            final_physics_state = np.zeros((0,)) if final_physics_state is None else final_physics_state
+        physics_state = _as(physics_state, "float64", "physics_state", (t, s_dim))
+        s_dim = physics_state.shape[1]
+        final_obs = _as(final_obs, "float32", "final_obs", (env["obs_dim"],))
+        final_physics_state = _as(final_physics_state, "float64", "final_physics_state", (s_dim,))
+        rgb = dict(rgb or {})
+        final_rgb = dict(final_rgb or {})
+        if set(rgb) != set(final_rgb):
+            raise DatasetError("append_episode: final_rgb: give the frame of final_obs for every camera in rgb "
+                               f"(rgb has {sorted(rgb)}, final_rgb has {sorted(final_rgb)})")
+        frames: dict[str, np.ndarray] = {}
+        for cam in sorted(rgb):
+            f = _as(rgb[cam], L.RGB_DTYPE, f"rgb[{cam}]", (t, None, None, 3))
+            frames[cam] = f
+            frames["\0" + cam] = _as(final_rgb[cam], L.RGB_DTYPE, f"final_rgb[{cam}]", f.shape[1:])[None]
+        if self.cameras is not None and set(rgb) != set(self.cameras):
+            raise DatasetError(f"append_episode: rgb: cameras {sorted(rgb)} differ from the store's {list(self.cameras)}")
+        if self.check:
+            for name, a in (("obs", obs), ("action", action), ("reward", reward), ("physics_state", physics_state),
+                            ("final_obs", final_obs), ("final_physics_state", final_physics_state)):
+                if not np.isfinite(a).all():
+                    bad = np.argwhere(~np.isfinite(a))[0]
+                    raise DatasetError(f"append_episode: {name}: NaN/inf at index {tuple(int(i) for i in bad)}; "
+                                       "refusing to store a non-finite episode")
+            if action.size and np.abs(action).max() > 1.0 + L.ACTION_TOL:
+                raise DatasetError(f"append_episode: action: values outside [-1, 1] (max |a| = "
+                                   f"{float(np.abs(action).max()):.4g}); store the executed, clipped action")
+        if not self._columns:
+            self._create_columns(env["obs_dim"], env["action_dim"], s_dim,
+                                 {cam: frames[cam].shape[1:] for cam in rgb})
+        elif self._columns["data/physics_state"].row_shape != (s_dim,):
+            raise DatasetError(f"append_episode: physics_state: width {s_dim}, the store has "
+                               f"{self._columns['data/physics_state'].row_shape[0]}")
+        for cam in rgb:
+            have = self._columns[f"{L.RGB_GROUP}/{cam}"].row_shape
+            if frames[cam].shape[1:] != have:
+                raise DatasetError(f"append_episode: rgb[{cam}]: frame shape {frames[cam].shape[1:]}, the store has {have}")
+        c = self._columns
+        c["data/obs"].append(obs)
+        c["data/action"].append(action)
+        c["data/reward"].append(reward)
+        c["data/terminated"].append(terminated)
+        c["data/physics_state"].append(physics_state)
+        for cam in rgb:
+            c[f"{L.RGB_GROUP}/{cam}"].append(frames[cam])
+            c[f"{L.FINAL_RGB_GROUP}/{cam}"].append(frames["\0" + cam])
+        c["meta/seed"].append(np.array([int(seed)], dtype=np.int64))
+        c["meta/length"].append(np.array([t], dtype=np.int64))
+        c["meta/return"].append(np.array([reward.astype(np.float64).sum()], dtype=np.float64))
+        c["meta/success"].append(np.array([bool(success)]))
+        c["meta/final_obs"].append(final_obs[None])
+        c["meta/final_physics_state"].append(final_physics_state[None])
+        self.num_steps += t
+        c["meta/episode_ends"].append(np.array([self.num_steps], dtype=np.int64))
+        self.num_episodes += 1
+        return self.num_episodes - 1
+
+    def _append_block(self, data: Mapping[str, np.ndarray], meta: Mapping[str, np.ndarray]) -> None:
+        """Append many episodes at once (merge, import): arrays keyed like the store, already checked.
+
+        ``meta`` holds per-episode arrays including ``meta/length``; ``meta/episode_ends`` is derived.
+        """
+        self._ensure_open()
+        lengths = np.asarray(meta["meta/length"], dtype=np.int64)
+        if not self._columns:
+            rgb_shapes = {k.split("/")[-1]: v.shape[1:] for k, v in data.items() if k.startswith(L.RGB_GROUP + "/")}
+            self._create_columns(self.attrs["env"]["obs_dim"], self.attrs["env"]["action_dim"],
+                                 data["data/physics_state"].shape[1], rgb_shapes)
+        expected = set(self._columns)
+        given = set(data) | set(meta) | {"meta/episode_ends"}
+        if given != expected:
+            raise DatasetError(f"{self.path}: arrays {sorted(given ^ expected)} do not match the store's layout")
+        for k, v in data.items():
+            self._columns[k].append(np.ascontiguousarray(v, dtype=self._columns[k].dtype))
+        for k, v in meta.items():
+            self._columns[k].append(np.ascontiguousarray(v, dtype=self._columns[k].dtype))
+        ends = self.num_steps + np.cumsum(lengths)
+        self._columns["meta/episode_ends"].append(ends.astype(np.int64))
+        self.num_steps = int(ends[-1]) if len(ends) else self.num_steps
+        self.num_episodes += len(lengths)
+
+    # ------------------------------------------------------------------------------ finishing
+    def flush(self) -> None:
+        """Write every buffered row (partial tail chunks included): everything appended so far is
+        durable and survives a kill; ``meta/episode_ends`` is written last and commits the episodes."""
+        self._ensure_open()
+        for k, col in self._columns.items():
+            if k != "meta/episode_ends":
+                col.flush()
+        if "meta/episode_ends" in self._columns:
+            self._columns["meta/episode_ends"].flush()
+
+    def close(self) -> Path:
+        """Flush, check the structure, consolidate and rename the store to its final path; returns it."""
+        if self._closed:
+            return self.path
+        self._ensure_open()
+        try:
+            if not self._columns:
+                env = self.attrs["env"]
+                self._create_columns(env["obs_dim"], env["action_dim"], int(env.get("physics_state_dim", 0)), {})
+            self.flush()
+            from .validate import validate
+
+            problems = validate(self.tmp, deep=False, finished=False)
+            if problems:
+                raise DatasetError(f"{problems[0]} (the partial store is kept at {self.tmp})")
+            L.consolidate(self.tmp)
+            _publish(self.tmp, self.path, overwrite=True)
+            self._closed = True
+        finally:
+            self._lock.release()
+        return self.path
+
+    def abort(self, discard: bool = False) -> None:
+        """Stop without finishing: flush what is buffered (kept for :meth:`resume`) or ``discard`` it."""
+        if self._closed:
+            return
+        try:
+            if discard:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            else:
+                self.flush()
+        finally:
+            self._closed = True
+            self._lock.release()
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise DatasetError(f"{self.path}: the writer is closed")
+
+    def __enter__(self) -> "EpisodeWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ------------------------------------------------------------------------------------ copying
+def _copy_tree(src: Path, dst: Path, exclude: Iterable[str]) -> None:
+    excl = {str(e).strip("/") for e in exclude}
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        rel = Path(folder).relative_to(src).as_posix()
+        rel = "" if rel == "." else rel + "/"
+        return [n for n in names if (rel + n) in excl or n.endswith(".partial")]
+
+    shutil.copytree(src, dst, ignore=ignore)
+
+
+def copy_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, exclude: Iterable[str] = (),
+                 overwrite: bool = False) -> Path:
+    """Copy a finished store to ``dst`` (chunk files copied as is), leaving out the keys in ``exclude``
+    (e.g. ``"data/rgb/corner"``); written under a temporary name, consolidated, renamed. Returns dst."""
+    from .reader import open_dataset
+
+    src, dst = Path(src), Path(dst)
+    open_dataset(src)  # refuses a damaged or foreign source
+    if dst.exists() and not overwrite:
+        raise DatasetError(f"{dst}: already exists; pass overwrite=True (--force) to replace it")
+    lock = _Lock(dst)
+    try:
+        tmp = L.partial_path(dst)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _copy_tree(src, tmp, exclude)
+        L.consolidate(tmp)
+        _publish(tmp, dst, overwrite)
+    finally:
+        lock.release()
+    return dst
+
+
+def write_array(store: str | os.PathLike, key: str, data: np.ndarray | Iterable[np.ndarray], *,
+                dtype: str | None = None, attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+                chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, clevel: int = L.DEFAULT_CLEVEL) -> None:
+    """Add one array (chunked along time, Blosc zstd) to an existing store, from an array or an
+    iterable of row blocks, then reconsolidate. Not atomic for the store: use it on a copy (see
+    :func:`copy_dataset`) and validate afterwards."""
+    store = Path(store)
+    if not (store / "zarr.json").is_file():
+        raise DatasetError(f"{store}: not a zarr store")
+    lock = _Lock(store)
+    try:
+        g = L.open_group(store, mode="r+")
+        if key in g:
+            if not overwrite:
+                raise DatasetError(f"{store}: {key}: already exists; pass overwrite=True")
+            del g[key]
+        blocks = [data] if isinstance(data, np.ndarray) else data
+        col: _Column | None = None
+        for block in blocks:
+            block = np.asarray(block, dtype=dtype)
+            if col is None:
+                parent, _, name = key.rpartition("/")
+                grp = g.require_group(parent) if parent else g
+                col = _Column.create(grp, name, tuple(block.shape[1:]), str(block.dtype), chunk_bytes, clevel)
+            col.append(block)
+        if col is None:
+            raise DatasetError(f"{store}: {key}: no data given")
+        col.flush()
+        if attrs:
+            col.array.attrs.update(L.plain(dict(attrs)))
+        L.consolidate(store)
+    finally:
+        lock.release()
+
+
+# ------------------------------------------------------------------------------------ RgbWriter
+class RgbWriter:
+    """Write a copy of a state dataset with rendered frames of one camera added (render-visual).
+
+    ``RgbWriter(src, dst, camera)`` copies ``src`` (without ``data/rgb/<camera>``) to ``dst``'s
+    temporary name, or reopens that copy after a kill; :attr:`num_episodes` then says how many
+    episodes already have their frames. Append each episode's T+1 frames in order (frame t shows
+    obs t, the last one shows final_obs); :meth:`close` checks that every step has a frame, records
+    ``attrs`` (image size, render profile, ...) on the array, consolidates and renames to ``dst``.
+    """
+
+    def __init__(self, src: str | os.PathLike, dst: str | os.PathLike, camera: str, *,
+                 attrs: Mapping[str, Any] | None = None, root_attrs: Mapping[str, Any] | None = None,
+                 overwrite: bool = False, chunk_bytes: int = L.DEFAULT_CHUNK_BYTES,
+                 clevel: int = L.DEFAULT_CLEVEL) -> None:
+        from .reader import open_dataset
+
+        self.src, self.path, self.camera = Path(src), Path(dst), str(camera)
+        if not self.camera or "/" in self.camera:
+            raise DatasetError(f"RgbWriter: camera name {camera!r} must be non-empty and contain no '/'")
+        self.tmp = L.partial_path(self.path)
+        self.chunk_bytes, self.clevel = int(chunk_bytes), int(clevel)
+        self.array_attrs = L.plain(dict(attrs or {}))
+        self.root_attrs = L.plain(dict(root_attrs or {}))
+        self.overwrite = overwrite
+        self._closed = False
+        if self.path.exists() and not overwrite:
+            raise DatasetError(f"{self.path}: already exists; pass overwrite=True (--force) to replace it")
+        self._lock = _Lock(self.path)
+        try:
+            src_ds = open_dataset(self.src)
+            self.lengths = src_ds.lengths.copy()
+            self.ends = src_ds.episode_ends.copy()
+            key, fkey = f"{L.RGB_GROUP}/{self.camera}", f"{L.FINAL_RGB_GROUP}/{self.camera}"
+            if self.tmp.is_dir() and (self.tmp / "zarr.json").is_file():
+                g = L.open_group(self.tmp, mode="r+")
+                if g.attrs.get("cdred_dataset_version") != L.LAYOUT_VERSION or "meta/episode_ends" not in g \
+                        or not np.array_equal(g["meta/episode_ends"][:], self.ends):
+                    shutil.rmtree(self.tmp)  # not a copy of this source: start over
+            if not self.tmp.is_dir():
+                _copy_tree(self.src, self.tmp, exclude=[key, fkey])
+            self.group = L.open_group(self.tmp, mode="r+")
+            self.num_episodes = 0
+            self._data: _Column | None = None
+            self._final: _Column | None = None
+            if key in self.group and fkey in self.group:
+                n_rgb, n_fin = self.group[key].shape[0], self.group[fkey].shape[0]
+                e = 0
+                while e < len(self.ends) and self.ends[e] <= n_rgb and e < n_fin:
+                    e += 1
+                self._data = _open_column(self.group, key, int(self.ends[e - 1]) if e else 0)
+                self._final = _open_column(self.group, fkey, e)
+                self.num_episodes = e
+        except BaseException:
+            self._lock.release()
+            raise
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.ends[self.num_episodes - 1]) if self.num_episodes else 0
+
+    def append_episode(self, frames: Any, final_frame: Any | None = None) -> int:
+        """Append the frames of the next episode: (T+1, H, W, 3) uint8, or (T, H, W, 3) plus final_frame."""
+        if self._closed:
+            raise DatasetError(f"{self.path}: the writer is closed")
+        i = self.num_episodes
+        if i >= len(self.lengths):
+            raise DatasetError(f"{self.path}: all {len(self.lengths)} episodes already have frames")
+        t = int(self.lengths[i])
+        frames = np.asarray(frames)
+        if final_frame is not None:
+            frames = np.concatenate([frames, np.asarray(final_frame)[None]])
+        frames = _as(frames, L.RGB_DTYPE, f"rgb[{self.camera}] episode {i}", (t + 1, None, None, 3))
+        if self._data is None:
+            rgb, frgb = self.group.require_group(L.RGB_GROUP), self.group.require_group(L.FINAL_RGB_GROUP)
+            shape = frames.shape[1:]
+            self._data = _Column.create(rgb, self.camera, shape, L.RGB_DTYPE, self.chunk_bytes, self.clevel)
+            self._final = _Column.create(frgb, self.camera, shape, L.RGB_DTYPE, self.chunk_bytes, self.clevel)
+        elif frames.shape[1:] != self._data.row_shape:
+            raise DatasetError(f"{self.path}: rgb[{self.camera}]: frame shape {frames.shape[1:]}, "
+                               f"earlier episodes have {self._data.row_shape}")
+        self._data.append(frames[:t])
+        self._final.append(frames[t:])
+        self.num_episodes += 1
+        return i
+
+    def flush(self) -> None:
+        """Make the frames appended so far durable (a killed run resumes after them)."""
+        if self._data is not None:
+            self._data.flush()
+            self._final.flush()
+
+    def close(self) -> Path:
+        """Check every episode has frames, record attrs, consolidate and rename to ``dst``."""
+        if self._closed:
+            return self.path
+        try:
+            if self.num_episodes != len(self.lengths):
+                raise DatasetError(f"{self.path}: rgb[{self.camera}]: frames for {self.num_episodes} of "
+                                   f"{len(self.lengths)} episodes; append the rest before close() "
+                                   f"(the partial copy is kept at {self.tmp})")
+            if self._data is None:  # a dataset with no episodes
+                raise DatasetError(f"{self.src}: has no episodes to render")
+            self.flush()
+            h, w = self._data.row_shape[:2]
+            self._data.array.attrs.update({"camera": self.camera, "height": h, "width": w, **self.array_attrs})
+            if self.root_attrs:
+                merged = dict(self.group.attrs.asdict())
+                for k, v in self.root_attrs.items():
+                    if isinstance(v, dict) and isinstance(merged.get(k), dict):
+                        merged[k] = {**merged[k], **v}
+                    else:
+                        merged[k] = v
+                self.group.attrs.update(L.normalise_attrs(merged))
+            from .validate import validate
+
+            problems = validate(self.tmp, deep=False, finished=False)
+            if problems:
+                raise DatasetError(f"{problems[0]} (the partial copy is kept at {self.tmp})")
+            L.consolidate(self.tmp)
+            _publish(self.tmp, self.path, overwrite=self.overwrite)
+            self._closed = True
+        finally:
+            self._lock.release()
+        return self.path
+
+    def abort(self, discard: bool = False) -> None:
+        """Stop without finishing: keep the flushed frames for a rerun, or ``discard`` the copy."""
+        if self._closed:
+            return
+        try:
+            if discard:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            else:
+                self.flush()
+        finally:
+            self._closed = True
+            self._lock.release()
+
+    def __enter__(self) -> "RgbWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
