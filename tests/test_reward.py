@@ -429,3 +429,9 @@ def test_paper_preset_parameter_count():
     per_net = (518 * 512 + 512 + 2 * 512) + (512 * 512 + 512 + 2 * 512) + (512 * 64 + 64)
     assert sum(p.numel() for p in head.parameters()) == 2 * per_net
     assert sum(b.numel() for b in head.targets.buffers()) == 5 * (518 * 512 + 512 + 512 * 512 + 512 + 512 * 64 + 64)
+
+
+def test_is_a_reward_head_when_the_agent_base_exists():
+    base = pytest.importorskip("cdred_pipeline.agent.reward_head").RewardHead
+    head = _head()
+    assert isinstance(head, base) and head.uses_env_reward is False

@@ -24,17 +24,18 @@ from cdred_pipeline.reward.functional import bonus, lemma1_statistic, red_reward
 
 try:  # the pluggable reward-head base class of the agent (interfaces.md)
     from cdred_pipeline.agent.reward_head import RewardHead as _RewardHeadBase
-except ImportError:  # not written yet: same two methods + uses_env_reward on a plain Module
+except ModuleNotFoundError as _err:  # not written yet: same two methods + uses_env_reward on a Module
+    if _err.name != "cdred_pipeline.agent.reward_head":
+        raise
     _RewardHeadBase = nn.Module  # type: ignore[assignment,misc]
-
-try:  # reuse the agent's NormedLinear when it exists
-    from cdred_pipeline.agent.layers import NormedLinear as _AgentNormedLinear  # type: ignore[attr-defined]
-except ImportError:
-    _AgentNormedLinear = None
 
 
 class NormedLinear(nn.Linear):
-    """Linear -> LayerNorm -> Mish, as TD-MPC2's NormedLinear (paper App. A.1)."""
+    """Linear -> LayerNorm -> Mish, as TD-MPC2's NormedLinear (paper App. A.1).
+
+    Local to the reward package: cdred_pipeline/agent/layers.py did not exist when this was written;
+    its NormedLinear (same semantics) can replace this one without changing results.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
@@ -44,18 +45,12 @@ class NormedLinear(nn.Linear):
         return F.mish(self.ln(super().forward(x)))
 
 
-def _normed_linear(in_features: int, out_features: int) -> nn.Module:
-    if _AgentNormedLinear is not None:
-        return _AgentNormedLinear(in_features, out_features)
-    return NormedLinear(in_features, out_features)
-
-
 def predictor_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
     """A predictor network: NormedLinear-Mish layers over ``hidden`` then a plain Linear to p."""
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers.append(_normed_linear(d, h))
+        layers.append(NormedLinear(d, h))
         d = h
     layers.append(nn.Linear(d, out_dim))
     return nn.Sequential(*layers)
