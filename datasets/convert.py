@@ -39,7 +39,7 @@ from .reader import Dataset, open_dataset
 from .writer import EpisodeWriter, _publish
 
 __all__ = ["export_hdf5", "export_parquet", "import_hdf5", "import_parquet", "import_pickle",
-           "import_file", "merge_datasets", "detect_format", "TASK_RE"]
+           "import_file", "merge_datasets", "detect_format", "canonical_task", "TASK_RE"]
 
 #: What a task id looks like (suite:name), e.g. ``dmc:cheetah-run``, ``mw:box-close``.
 TASK_RE = re.compile(r"^[a-z0-9_]+:[A-Za-z0-9_.\-]+$")
@@ -626,6 +626,18 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
 
 
 # ---------------------------------------------------------------------------------------- dispatch
+def canonical_task(task: str) -> str:
+    """The canonical id of ``task`` (``cdred_pipeline.envs.parse_task``); UsageError with the closest
+    ids when unknown. Falls back to a syntax check when the env layer cannot be imported."""
+    try:
+        from cdred_pipeline.envs import parse_task
+    except ImportError:
+        if not TASK_RE.match(task):
+            raise UsageError(f"--task {task!r}: expected suite:name, e.g. dmc:cheetah-run or mw:box-close") from None
+        return task
+    return parse_task(task).task
+
+
 def detect_format(file: str | os.PathLike) -> str:
     """'hdf5', 'parquet' or 'pickle' from the file's content (magic bytes) or folder layout."""
     p = Path(file)
@@ -651,8 +663,8 @@ def detect_format(file: str | os.PathLike) -> str:
 def import_file(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
                 fmt: str = "auto", trust_pickle: bool = False, overwrite: bool = False) -> Path:
     """Import HDF5 (robomimic or our export), our parquet export, or a trusted pickle into ``out``."""
-    if task is not None and not TASK_RE.match(task):
-        raise UsageError(f"--task {task!r}: expected suite:name, e.g. dmc:cheetah-run or mw:box-close")
+    if task is not None:
+        task = canonical_task(task)
     fmt = detect_format(file) if fmt == "auto" else fmt
     if fmt in ("hdf5", "robomimic"):
         return import_hdf5(file, out, task=task, overwrite=overwrite)

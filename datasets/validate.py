@@ -64,22 +64,22 @@ def validate(path: str | os.PathLike, *, deep: bool = True, finished: bool = Tru
     path = Path(path)
     problems: list[str] = []
 
-    def bad(key: str, msg: str) -> None:
-        problems.append(f"{path}: {key}: {msg}")
+    def bad(key: str | None, msg: str) -> None:
+        problems.append(f"{path}: {key}: {msg}" if key else f"{path}: {msg}")
 
     # ---------------------------------------------------------------- is it a v3 store at all?
     if not path.exists():
-        bad("zarr.json", "no such file or directory")
+        bad(None, "no such file or directory")
         return problems
     if not path.is_dir():
-        bad("zarr.json", "not a zarr store (a file, not a directory); `cdred package import` converts HDF5/parquet/pickle")
+        bad(None, "not a zarr store (a file, not a directory); `cdred package import` converts HDF5/parquet/pickle")
         return problems
     root_json = path / "zarr.json"
     if not root_json.is_file():
         if (path / ".zgroup").is_file():
             bad(".zgroup", "a zarr format 2 store; cdred datasets are zarr format 3 (re-import it)")
         else:
-            bad("zarr.json", "missing: not a zarr store")
+            bad(None, "not a zarr store (no zarr.json)")
         return problems
     try:
         root = _read_json(root_json)

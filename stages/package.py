@@ -1,0 +1,166 @@
+"""`cdred package`: inspect, validate, merge, export and import episode stores (ARCHITECTURE §6).
+
+Each function takes paths, does the work through :mod:`cdred_pipeline.datasets` and returns plain
+data the CLI prints. Outputs are written under a temporary name and renamed when complete, so an
+interrupted command never leaves an output that looks finished. In the pipeline, :func:`run` is the
+`package` step between render-visual and imitate: a deep validation of the demos with a summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.datasets import open_dataset, validate
+from cdred_pipeline.datasets import convert
+from cdred_pipeline.datasets.reader import _dir_size
+from cdred_pipeline.errors import DatasetError, UsageError
+
+__all__ = ["PackageConfig", "PACKAGE_PRESETS", "run", "inspect", "format_summary", "validate_dataset", "merge", "export", "import_",
+           "EXPORT_FORMATS", "IMPORT_FORMATS"]
+
+EXPORT_FORMATS = ("hdf5", "parquet")
+IMPORT_FORMATS = ("auto", "hdf5", "parquet", "pickle")
+
+
+def _mean_std(x: np.ndarray) -> dict[str, float | None]:
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return {"mean": None, "std": None}
+    return {"mean": float(x.mean()), "std": float(x.std())}
+
+
+def inspect(path: str | os.PathLike) -> dict[str, Any]:
+    """Summary of a store: counts, dims, return and success mean ± std, arrays, size and compression."""
+    ds = open_dataset(path)
+    storage = ds.storage()
+    nbytes = sum(v["nbytes"] for v in storage.values())
+    stored = sum(v["stored"] for v in storage.values())
+    lengths = ds.lengths
+    return {
+        "path": str(ds.path),
+        "task": ds.task,
+        "layout_version": ds.version,
+        "episodes": ds.num_episodes,
+        "steps": ds.num_steps,
+        "obs_dim": ds.obs_dim,
+        "action_dim": ds.action_dim,
+        "physics_state_dim": ds.physics_state_dim,
+        "cameras": {c: list(ds.image_shape(c)) for c in ds.cameras},
+        "episode_length": {"mean": float(lengths.mean()) if len(lengths) else None,
+                           "min": int(lengths.min()) if len(lengths) else None,
+                           "max": int(lengths.max()) if len(lengths) else None},
+        "return": _mean_std(ds.returns),
+        "success": _mean_std(ds.successes),
+        "scores": ds.attrs.get("scores", {}),
+        "source": ds.attrs.get("source", {}),
+        "arrays": storage,
+        "bytes_uncompressed": nbytes,
+        "bytes_stored": stored,
+        "size_on_disk": _dir_size(ds.path),
+        "compression_ratio": (nbytes / stored) if stored else None,
+    }
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _pm(d: dict[str, float | None], fmt: str = ".4g") -> str:
+    if d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:{fmt}} ± {d['std']:{fmt}}"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The text `cdred package inspect` prints for :func:`inspect`'s summary."""
+    el = s["episode_length"]
+    lines = [
+        f"{s['path']}  (cdred dataset layout v{s['layout_version']})",
+        f"  task            {s['task']}",
+        f"  episodes        {s['episodes']}   steps {s['steps']}   length mean {el['mean'] if el['mean'] is None else round(el['mean'], 1)}"
+        f" (min {el['min']}, max {el['max']})",
+        f"  dims            obs {s['obs_dim']}   action {s['action_dim']}   physics_state {s['physics_state_dim']}"
+        + ("".join(f"   rgb/{c} {'x'.join(map(str, sh))}" for c, sh in s["cameras"].items())),
+        f"  return          {_pm(s['return'])}",
+        f"  success         {_pm(s['success'], '.3f')}",
+        f"  scores          random {s['scores'].get('random')}   expert {s['scores'].get('expert')}",
+        f"  source          {s['source'].get('kind', '-')}",
+        f"  size on disk    {_human(s['size_on_disk'])}   (arrays {_human(s['bytes_stored'])} stored, "
+        f"{_human(s['bytes_uncompressed'])} uncompressed, ratio {s['compression_ratio']:.2f}x)"
+        if s["compression_ratio"] else f"  size on disk    {_human(s['size_on_disk'])}",
+        "  keys",
+    ]
+    width = max((len(k) for k in s["arrays"]), default=10)
+    for key, a in s["arrays"].items():
+        shape = "(" + ", ".join(map(str, a["shape"])) + ")"
+        ratio = f"{a['nbytes'] / a['stored']:.2f}x" if a["stored"] else "-"
+        lines.append(f"    {key:<{width}}  {shape:<20} {a['dtype']:<8} chunk {a['chunks'][0]:<7} "
+                     f"{_human(a['stored']):>10}  {ratio}")
+    return "\n".join(lines)
+
+
+def validate_dataset(path: str | os.PathLike, *, deep: bool = True) -> list[str]:
+    """Every problem in the store (empty list: valid)."""
+    return validate(path, deep=deep)
+
+
+def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
+    """Merge stores of one task and dims into ``out``; returns the output's summary."""
+    convert.merge_datasets(inputs, out, overwrite=force)
+    return inspect(out)
+
+
+def export(path: str | os.PathLike, fmt: str, out: str | os.PathLike, *, force: bool = False) -> Path:
+    """Export a store to robomimic-style HDF5 or a parquet folder."""
+    if fmt == "hdf5":
+        return convert.export_hdf5(path, out, overwrite=force)
+    if fmt == "parquet":
+        return convert.export_parquet(path, out, overwrite=force)
+    raise UsageError(f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+
+
+def import_(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None, fmt: str = "auto",
+            trust_pickle: bool = False, force: bool = False) -> dict[str, Any]:
+    """Import an HDF5 / parquet / pickle file into a zarr store; returns the new store's summary."""
+    convert.import_file(file, out, task=task, fmt=fmt, trust_pickle=trust_pickle, overwrite=force)
+    return inspect(out)
+
+
+# ------------------------------------------------------------------------------ pipeline step
+@dataclasses.dataclass(frozen=True)
+class PackageConfig:
+    """The pipeline's package step: validate the demos (deep) and summarise them."""
+
+    deep: bool = True  # decode every chunk (NaN rows, action range, unreadable chunks); False: structure only
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides: Any) -> "PackageConfig":
+        """``default`` (deep validation) or ``quick`` (structure only), with field overrides."""
+        if name not in PACKAGE_PRESETS:
+            raise UsageError(f"package preset {name!r}: use one of {', '.join(PACKAGE_PRESETS)}")
+        return dataclasses.replace(PACKAGE_PRESETS[name], **overrides)
+
+
+PACKAGE_PRESETS: dict[str, PackageConfig] = {"default": PackageConfig(), "quick": PackageConfig(deep=False)}
+
+
+def run(config: PackageConfig, inputs: dict[str, str | os.PathLike]) -> dict[str, Any]:
+    """Validate ``inputs["demos"]`` (a demos.zarr) and return its summary; DatasetError lists problems."""
+    if "demos" not in inputs:
+        raise UsageError("package: inputs need a 'demos' dataset path")
+    problems = validate(inputs["demos"], deep=config.deep)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DatasetError(problems[0] + more)
+    return inspect(inputs["demos"])

@@ -1,0 +1,334 @@
+"""The zarr episode store on a real disk: write/read round trips, the documented layout through plain
+zarr, random access, resume after an interrupted writer, the writer lock, atomic publication,
+RgbWriter/copy_dataset, frame stacking against a real MuJoCo env, and append linearity."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from cdred_pipeline.datasets import (
+    EpisodeWriter, RgbWriter, copy_dataset, load_episodes, open_dataset, stack_frames, validate, write_array,
+)
+from cdred_pipeline.datasets import layout as L
+from cdred_pipeline.datasets.synthetic import default_attrs, random_episode, write_random_dataset
+from cdred_pipeline.errors import DatasetError
+
+STEP_KEYS = ("obs", "action", "reward", "terminated", "physics_state")
+
+
+def _assert_episode(got: dict, ep: dict) -> None:
+    for k in STEP_KEYS + ("final_obs", "final_physics_state"):
+        want = np.asarray(ep[k], dtype=got[k].dtype)
+        assert got[k].shape == want.shape, k
+        assert np.array_equal(got[k], want), k
+    assert got["seed"] == ep["seed"] and got["success"] == ep["success"]
+    assert got["length"] == len(ep["obs"])
+    assert got["return"] == pytest.approx(float(np.sum(ep["reward"], dtype=np.float64)))
+
+
+def test_round_trip_varying_lengths_small_chunks(tmp_path):
+    lengths = [1, 7, 64, 3, 200, 1, 129, 50]
+    # 1 KB chunks: every array spans many chunks and episodes straddle chunk boundaries
+    path, eps = write_random_dataset(tmp_path / "d.zarr", lengths, chunk_bytes=1024, seed=1)
+    ds = open_dataset(path)
+    assert ds.num_episodes == len(lengths) and ds.num_steps == sum(lengths)
+    assert ds.episode_ends.tolist() == np.cumsum(lengths).tolist()
+    assert ds.array("data/obs").chunks[0] < 64
+    for i, ep in enumerate(eps):
+        _assert_episode(ds.episode(i), ep)
+    _assert_episode(ds[-1], eps[-1])
+    assert validate(path) == []
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["d.zarr"]
+
+
+def test_plain_zarr_reads_the_documented_layout(tmp_path):
+    path, eps = write_random_dataset(tmp_path / "d.zarr", [5, 9, 4], obs_dim=6, action_dim=3, state_dim=7,
+                                     cameras={"front": 8}, seed=2)
+    root = zarr.open_group(str(path), mode="r")  # plain zarr, no cdred code
+    assert root.attrs["cdred_dataset_version"] == 1
+    for section in ("env", "sim", "source", "scores"):
+        assert isinstance(root.attrs[section], dict)
+    assert set(root.attrs["scores"]) >= {"random", "expert"}
+    assert root.attrs["env"]["obs_dim"] == 6 and root.attrs["env"]["action_dim"] == 3
+    assert root.attrs["env"]["physics_state_dim"] == 7
+    expect = {
+        "data/obs": ((18, 6), "float32"), "data/action": ((18, 3), "float32"), "data/reward": ((18,), "float32"),
+        "data/terminated": ((18,), "bool"), "data/physics_state": ((18, 7), "float64"),
+        "data/rgb/front": ((18, 8, 8, 3), "uint8"),
+        "meta/episode_ends": ((3,), "int64"), "meta/seed": ((3,), "int64"), "meta/length": ((3,), "int64"),
+        "meta/return": ((3,), "float64"), "meta/success": ((3,), "bool"), "meta/final_obs": ((3, 6), "float32"),
+        "meta/final_physics_state": ((3, 7), "float64"), "meta/final_rgb/front": ((3, 8, 8, 3), "uint8"),
+    }
+    for key, (shape, dtype) in expect.items():
+        arr = root[key]
+        assert arr.shape == shape and str(arr.dtype) == dtype, key
+        assert arr.chunks[1:] == tuple(max(1, s) for s in shape[1:]), f"{key}: chunked along time only"
+        codecs = json.loads((path / key / "zarr.json").read_text())["codecs"]
+        assert any(c["name"] == "blosc" and c["configuration"]["cname"] == "zstd" for c in codecs), key
+    ends = root["meta/episode_ends"][:]
+    assert ends.tolist() == [5, 14, 18]
+    obs = root["data/obs"][:]
+    np.testing.assert_array_equal(obs[5:14], eps[1]["obs"])  # episode i = rows ends[i-1]:ends[i]
+    np.testing.assert_array_equal(root["data/rgb/front"][14:18], eps[2]["rgb"]["front"])
+    assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
+    assert json.loads((path / "zarr.json").read_text())["zarr_format"] == 3
+
+
+def test_random_access_by_step_and_episode(tmp_path):
+    path, eps = write_random_dataset(tmp_path / "d.zarr", [10, 3, 20], chunk_bytes=256, seed=3)
+    ds = open_dataset(path)
+    idx = np.array([12, 0, 32, 12, 9, 13])
+    rows = ds.steps(idx, keys=("obs", "reward", "physics_state"))
+    flat = {k: np.concatenate([e[k] for e in eps]) for k in ("obs", "reward", "physics_state")}
+    for k in flat:
+        np.testing.assert_array_equal(rows[k], flat[k][idx])
+    assert rows["episode"].tolist() == [1, 0, 2, 1, 0, 2]
+    assert rows["t"].tolist() == [2, 0, 19, 2, 9, 0]
+    sparse = ds.steps([0, 32], keys=("obs",))  # orthogonal selection path
+    np.testing.assert_array_equal(sparse["obs"], flat["obs"][[0, 32]])
+    with pytest.raises(IndexError):
+        ds.steps([33])
+    with pytest.raises(IndexError):
+        ds.episode(3)
+
+
+def test_load_episodes_state(tmp_path):
+    path, eps = write_random_dataset(tmp_path / "d.zarr", [4, 6, 2], seed=4)
+    out = load_episodes(path, num_demos=2)
+    assert len(out) == 2
+    for got, ep in zip(out, eps):
+        assert got["obs"].shape == (len(ep["obs"]) + 1, 5) and got["obs"].dtype == np.float32
+        np.testing.assert_array_equal(got["obs"][:-1], ep["obs"])
+        np.testing.assert_array_equal(got["obs"][-1], ep["final_obs"])
+        np.testing.assert_array_equal(got["action"], ep["action"])
+        np.testing.assert_array_equal(got["reward"], ep["reward"])
+    assert len(load_episodes(path)) == 3
+    with pytest.raises(DatasetError, match="asked for 4 demos"):
+        load_episodes(path, num_demos=4)
+    with pytest.raises(DatasetError, match="no rendered frames"):
+        load_episodes(path, obs="rgb")
+
+
+def test_stack_frames_repeats_first_frame_channels_first():
+    frames = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
+    st = stack_frames(frames)
+    assert st.shape == (4, 9, 2, 2)
+    chw = frames.transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(st[0], np.concatenate([chw[0], chw[0], chw[0]]))
+    np.testing.assert_array_equal(st[1], np.concatenate([chw[0], chw[0], chw[1]]))
+    np.testing.assert_array_equal(st[3], np.concatenate([chw[1], chw[2], chw[3]]))
+
+
+def test_load_episodes_rgb_matches_a_real_frame_stacking_env(tmp_path):
+    """Frames rendered per step and stacked by the reader equal what make_env(obs="rgb") returns."""
+    envs = pytest.importorskip("cdred_pipeline.envs")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        env = envs.make_env("dmc:cartpole-balance", obs="rgb", seed=0, image_size=16)
+        obs, info = env.reset(seed=0)
+    except Exception as exc:  # noqa: BLE001 - no GL / simulator on this machine: nothing to compare with
+        pytest.skip(f"rgb env unavailable: {type(exc).__name__}: {exc}")
+    spec = env.spec_info
+    rng = np.random.default_rng(0)
+    observed, frames, states, actions = [obs], [env.render_frame()], [], []
+    for _ in range(5):
+        states.append(env.get_physics_state())
+        a = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
+        obs, r, term, trunc, info = env.step(a)
+        actions.append(a)
+        observed.append(obs)
+        frames.append(env.render_frame())
+    t = len(actions)
+    attrs = default_attrs(spec.obs_dim, spec.action_dim, spec.task, image_size=16)
+    with EpisodeWriter(tmp_path / "d.zarr", attrs) as w:
+        w.append_episode(np.zeros((t, spec.obs_dim)), np.stack(actions), np.zeros(t), np.zeros(t, bool),
+                         np.stack(states), np.zeros(spec.obs_dim), env.get_physics_state(), seed=0, success=False,
+                         rgb={"cam0": np.stack(frames[:t])}, final_rgb={"cam0": frames[t]})
+    got = load_episodes(tmp_path / "d.zarr", obs="rgb")[0]["obs"]
+    assert got.shape == (t + 1, 9, 16, 16) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.stack(observed))
+
+
+def test_writer_refuses_bad_episodes_and_attrs(tmp_path):
+    rng = np.random.default_rng(0)
+    with pytest.raises(DatasetError, match="attrs.env is missing obs_dim"):
+        EpisodeWriter(tmp_path / "x.zarr", {"env": {"task": "dmc:cheetah-run", "action_dim": 2}})
+    with pytest.raises(DatasetError, match="not a plain Python type"):
+        EpisodeWriter(tmp_path / "x.zarr", {**default_attrs(), "sim": {"obj": object()}})
+    w = EpisodeWriter(tmp_path / "x.zarr", default_attrs())
+    ep = random_episode(rng, 5)
+    for change, msg in [
+        ({"obs": np.zeros((5, 4))}, r"obs: shape \(5, 4\)"),
+        ({"action": np.full((5, 2), 1.5)}, r"outside \[-1, 1\]"),
+        ({"reward": np.array([0, 0, np.nan, 0, 0])}, "reward: NaN/inf"),
+        ({"obs": np.zeros((0, 5)), "action": np.zeros((0, 2))}, "at least one step"),
+        ({"rgb": {"c": np.zeros((5, 4, 4, 3), np.uint8)}}, "final_rgb"),
+    ]:
+        with pytest.raises(DatasetError, match=msg):
+            w.append_episode(**{**ep, **change})
+    w.append_episode(**ep)
+    with pytest.raises(DatasetError, match="physics_state"):
+        w.append_episode(**{**ep, "physics_state": np.zeros((5, 3)), "final_physics_state": np.zeros(3)})
+    assert w.num_episodes == 1
+    w.close()
+    with pytest.raises(DatasetError, match="already exists"):
+        EpisodeWriter(tmp_path / "x.zarr", default_attrs())
+
+
+def test_output_only_appears_complete_and_lock_is_exclusive(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.zarr"
+    w = EpisodeWriter(path, default_attrs())
+    w.append_episode(**random_episode(rng, 10))
+    w.flush()
+    assert not path.exists() and L.partial_path(path).is_dir()  # nothing with the final name yet
+    with pytest.raises(DatasetError, match="another process is writing"):
+        EpisodeWriter(path, default_attrs())
+    with pytest.raises(DatasetError, match="not finished by a writer|no such file"):
+        open_dataset(L.partial_path(path))
+    w.close()
+    assert path.is_dir() and not L.partial_path(path).exists()
+    assert open_dataset(path).num_episodes == 1
+
+
+_KILLED_WRITER = """
+import os, sys, numpy as np
+from cdred_pipeline.datasets import EpisodeWriter
+from cdred_pipeline.datasets.synthetic import default_attrs, random_episode
+rng = np.random.default_rng(7)
+w = EpisodeWriter(sys.argv[1], default_attrs(), chunk_bytes=2048)
+for i in range(12):
+    w.append_episode(**random_episode(rng, 37, seed=i))
+    if i == 6:
+        w.flush()      # episodes 0..6 are durable
+os.kill(os.getpid(), 9)  # killed before close: episodes 7..11 were only buffered
+"""
+
+
+def test_resume_after_sigkill_keeps_flushed_episodes(tmp_path):
+    path = tmp_path / "d.zarr"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert not path.exists() and L.partial_path(path).is_dir()
+    rng = np.random.default_rng(7)
+    eps = [random_episode(rng, 37, seed=i) for i in range(12)]
+    w = EpisodeWriter.resume(path, default_attrs(), chunk_bytes=2048)
+    assert w.num_episodes == 7 and w.num_steps == 7 * 37
+    for ep in eps[w.num_episodes:]:
+        w.append_episode(**ep)
+    w.close()
+    ds = open_dataset(path)
+    assert ds.num_episodes == 12 and validate(path) == []
+    for i, ep in enumerate(eps):
+        _assert_episode(ds.episode(i), ep)
+    # appending to a finished store reopens it as partial, then publishes it again
+    w = EpisodeWriter.resume(path)
+    assert w.num_episodes == 12 and not path.exists()
+    w.append_episode(**eps[0])
+    w.close()
+    assert open_dataset(path).num_episodes == 13
+    with pytest.raises(DatasetError, match="another task"):
+        EpisodeWriter.resume(path, default_attrs(task="mw:box-close"))
+
+
+def test_resume_drops_rows_beyond_the_last_committed_episode(tmp_path):
+    """A writer killed between flushing step data and episode_ends: the extra rows are discarded."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "d.zarr"
+    w = EpisodeWriter(path, default_attrs(), chunk_bytes=512)
+    eps = [random_episode(rng, n, seed=i) for i, n in enumerate([9, 30, 4])]
+    for ep in eps[:2]:
+        w.append_episode(**ep)
+    w.flush()
+    w.append_episode(**eps[2])
+    for k, col in w._columns.items():  # simulate the kill: step data on disk, meta not yet
+        if k.startswith("data/"):
+            col.flush()
+    w._lock.release()
+    w = EpisodeWriter.resume(path)
+    assert (w.num_episodes, w.num_steps) == (2, 39)
+    w.append_episode(**eps[2])
+    w.close()
+    ds = open_dataset(path)
+    assert validate(path) == [] and ds.num_steps == 43
+    _assert_episode(ds.episode(2), eps[2])
+
+
+def test_empty_store_closes_valid(tmp_path):
+    EpisodeWriter(tmp_path / "e.zarr", default_attrs(physics_state_dim=3)).close()
+    ds = open_dataset(tmp_path / "e.zarr")
+    assert (ds.num_episodes, ds.num_steps, ds.physics_state_dim) == (0, 0, 3)
+    assert load_episodes(tmp_path / "e.zarr") == []
+
+
+def test_rgb_writer_copies_and_resumes(tmp_path):
+    src, eps = write_random_dataset(tmp_path / "s.zarr", [6, 11, 3], seed=5)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (len(e["obs"]) + 1, 8, 8, 3), dtype=np.uint8) for e in eps]
+    dst = tmp_path / "v.zarr"
+    rw = RgbWriter(src, dst, "corner", attrs={"render_profile": "fast"}, chunk_bytes=1024)
+    assert rw.num_episodes == 0
+    rw.append_episode(frames[0])
+    rw.append_episode(frames[1][:-1], final_frame=frames[1][-1])
+    rw.flush()
+    with pytest.raises(DatasetError, match="frame shape"):
+        rw.append_episode(np.zeros((4, 4, 4, 3), np.uint8))
+    rw.abort()  # a kill after the flush
+    assert not dst.exists()
+    rw = RgbWriter(src, dst, "corner", attrs={"render_profile": "fast"}, chunk_bytes=1024)
+    assert rw.num_episodes == 2 and rw.num_frames == 17
+    with pytest.raises(DatasetError, match="frames for 2 of 3"):
+        rw.close()
+    rw = RgbWriter(src, dst, "corner", attrs={"render_profile": "fast"}, chunk_bytes=1024)
+    rw.append_episode(frames[2])
+    rw.close()
+    ds = open_dataset(dst)
+    assert ds.cameras == ["corner"] and validate(dst) == []
+    assert dict(ds.array("data/rgb/corner").attrs)["render_profile"] == "fast"
+    for i, e in enumerate(eps):
+        got = ds.episode(i, rgb=True)
+        _assert_episode(got, e)
+        np.testing.assert_array_equal(got["rgb"]["corner"], frames[i][:-1])
+        np.testing.assert_array_equal(got["final_rgb"]["corner"], frames[i][-1])
+    assert open_dataset(src).cameras == []  # the source is untouched
+    st = load_episodes(dst, obs="rgb", camera="corner")
+    np.testing.assert_array_equal(st[1]["obs"], stack_frames(frames[1]))
+    # copy without the camera
+    copy = copy_dataset(dst, tmp_path / "c.zarr", exclude=["data/rgb/corner", "meta/final_rgb/corner"])
+    assert open_dataset(copy).cameras == [] and validate(copy) == []
+
+
+def test_write_array_adds_a_chunked_array(tmp_path):
+    path, _ = write_random_dataset(tmp_path / "d.zarr", [5, 5], seed=0)
+    blocks = [np.arange(6, dtype=np.float32).reshape(3, 2), np.ones((7, 2), np.float32)]
+    write_array(path, "data/extra", iter(blocks), attrs={"note": "x"}, chunk_bytes=16)
+    root = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(root["data/extra"][:], np.concatenate(blocks))
+    assert root["data/extra"].chunks == (2, 2) and root["data/extra"].attrs["note"] == "x"
+    assert validate(path) == []  # consolidated again
+
+
+def test_append_is_linear_not_quadratic(tmp_path):
+    """Per-episode append time is flat from the first to the last hundred episodes (loose bound:
+    timing on a shared machine; benchmarks/dataset_io.py measures 1000 episodes)."""
+    rng = np.random.default_rng(0)
+    ep = random_episode(rng, 50, obs_dim=17, action_dim=6, state_dim=18)
+    w = EpisodeWriter(tmp_path / "d.zarr", default_attrs(17, 6), chunk_bytes=64 * 1024)
+    times = []
+    for i in range(500):
+        t0 = time.perf_counter()
+        w.append_episode(**ep)
+        times.append(time.perf_counter() - t0)
+    w.close()
+    first, last = np.median(times[:100]), np.median(times[-100:])
+    assert last < 3 * first + 1e-4, (first, last)
+    assert open_dataset(tmp_path / "d.zarr").num_steps == 500 * 50
