@@ -115,6 +115,78 @@ def show(ctx: click.Context, key: str) -> None:
 
 # ------------------------------------------------------------------------------------- package
 # (owned by the dataset issue)
+@main.group()
+def package() -> None:
+    """Dataset tools for zarr episode stores: inspect, validate, merge, export, import."""
+
+
+@package.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def package_inspect(path: Path, as_json: bool) -> None:
+    """Episodes, steps, dims, return/success mean ± std, keys, size on disk, compression ratio."""
+    from cdred_pipeline.stages import package as stage
+
+    summary = stage.inspect(path)
+    click.echo(json.dumps(summary, indent=2, sort_keys=True) if as_json else stage.format_summary(summary))
+
+
+@package.command("validate")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--quick", is_flag=True, help="Structure only (metadata, lengths, chunk files); skip decoding every chunk.")
+def package_validate(path: Path, quick: bool) -> None:
+    """Check every layout invariant; print each problem; exit 4 if any."""
+    from cdred_pipeline.errors import DatasetError
+    from cdred_pipeline.stages import package as stage
+
+    problems = stage.validate_dataset(path, deep=not quick)
+    for p in problems:
+        click.echo(p)
+    if problems:
+        raise DatasetError(f"{path}: {len(problems)} problem(s) found")
+    click.echo(f"{path}: valid")
+
+
+@package.command("merge")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output store (.zarr).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def package_merge(inputs: tuple[Path, ...], out: Path, force: bool) -> None:
+    """Concatenate stores of the same task and dims into OUT."""
+    from cdred_pipeline.stages import package as stage
+
+    s = stage.merge(list(inputs), out, force=force)
+    click.echo(f"{out}: {s['episodes']} episodes, {s['steps']} steps from {len(inputs)} datasets")
+
+
+@package.command("export")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["hdf5", "parquet"]), help="Output format.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output file (hdf5) or folder (parquet).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def package_export(path: Path, fmt: str, out: Path, force: bool) -> None:
+    """Export to robomimic-style HDF5 or a parquet folder (LeRobot/pandas style)."""
+    from cdred_pipeline.stages import package as stage
+
+    click.echo(f"wrote {stage.export(path, fmt, out, force=force)}")
+
+
+@package.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output store (.zarr).")
+@click.option("--task", default=None, help="Task id (suite:name); required unless FILE is a cdred export.")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "hdf5", "parquet", "pickle"]), help="Input format (auto: by content).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading a pickle: unpickling runs arbitrary code from the file; only for files you trust.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def package_import(file: Path, out: Path, task: str | None, fmt: str, trust_pickle: bool, force: bool) -> None:
+    """Import robomimic HDF5, a cdred HDF5/parquet export, or a pickled episode list into a zarr store."""
+    from cdred_pipeline.stages import package as stage
+
+    s = stage.import_(file, out, task=task, fmt=fmt, trust_pickle=trust_pickle, force=force)
+    click.echo(f"{out}: {s['episodes']} episodes, {s['steps']} steps, obs {s['obs_dim']}, action {s['action_dim']}")
+
 
 # ----------------------------------------------------------------------------- collect-experts
 # (owned by the agent issue)
