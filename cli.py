@@ -64,6 +64,60 @@ def _echo_json(obj) -> None:
 
 # ----------------------------------------------------------------------------------------- envs
 # (owned by the environment layer)
+@main.command()
+@click.argument("task", required=False)
+@click.option("--suite", type=click.Choice(["dmc", "mw", "ms2", "gym"]), default=None,
+              help="Only this suite (gym: classic-control and MuJoCo Box-action ids).")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="With TASK: random-action agent steps to run.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="With TASK: reset seed.")
+@click.pass_context
+def envs(ctx: click.Context, task: str | None, suite: str | None, steps: int, seed: int) -> None:
+    """List tasks (obs/action dims, action repeat, episode length, usable here?), or, given TASK,
+    build it and step it with random actions."""
+    import time
+
+    import numpy as np
+
+    from cdred_pipeline.envs import list_tasks, make_env, suite_available, task_available
+
+    if task is not None:
+        env = make_env(task, seed=seed)
+        s = env.spec_info
+        click.echo(f"{s.task}: obs {s.obs_dim}, action {s.action_dim}, repeat {s.action_repeat}, "
+                   f"episode {s.episode_length}, physics state {s.physics_state_dim}, camera {s.camera}")
+        rng = np.random.default_rng(seed)
+        env.reset(seed=seed)
+        ret, n, t0 = 0.0, 0, time.perf_counter()
+        for _ in range(steps):
+            _, r, term, trunc, _ = env.step(rng.uniform(-1, 1, s.action_dim))
+            ret, n = ret + r, n + 1
+            if term or trunc:
+                break
+        dt = time.perf_counter() - t0
+        click.echo(f"stepped {n} agent steps with random actions: return {ret:.3f}, {n / dt:.0f} agent steps/s")
+        env.close()
+        return
+    rows, notes = [], {}
+    for spec in list_tasks(suite):
+        ok, why = task_available(spec.task) if spec.suite == "gym" else suite_available(spec.suite)
+        dim = lambda v: "?" if v is None else str(v)  # noqa: E731
+        short = why.split(" (")[0]
+        if not ok and short != why:
+            notes[short] = why
+        rows.append((spec.task, dim(spec.obs_dim), dim(spec.action_dim), str(spec.action_repeat),
+                     dim(spec.episode_length), "yes" if ok else f"no: {short}"))
+    header = ("task", "obs", "act", "repeat", "ep_len", "usable here?")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+    fmt = "{:<%d}  {:>%d}  {:>%d}  {:>%d}  {:>%d}  {}" % tuple(widths)
+    click.echo(fmt.format(*header))
+    for r in rows:
+        click.echo(fmt.format(*r))
+    if not ctx.obj.get("quiet"):
+        click.echo(f"{len(rows)} tasks")
+        for why in notes.values():
+            click.echo(f"note: {why}")
+
 
 # ------------------------------------------------------------------------------ status / show
 def _age(seconds: float) -> str:

@@ -1,1 +1,48 @@
-"""envs"""
+"""Environments: one factory for DMControl, Meta-World, ManiSkill2 and gymnasium tasks (ARCHITECTURE §2).
+
+```python
+from cdred_pipeline.envs import make_env, list_tasks, TaskSpec, parse_task, scripted_policy
+env = make_env("dmc:cheetah-run", obs="state", seed=0)
+obs, info = env.reset(seed=1)
+obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+state = env.get_physics_state(); frame = env.render_frame(64)
+```
+
+Heavy simulator imports happen inside ``make_env``; importing this package is cheap.
+"""
+
+from cdred_pipeline.envs.base import CdredEnv, InvalidActionError, check_gl_env, check_gl_for_rendering
+from cdred_pipeline.envs.factory import make_env
+from cdred_pipeline.envs.spec import (
+    DEFAULT_ACTION_REPEAT,
+    DEFAULT_EPISODE_LENGTH,
+    GYM_LISTED,
+    MS2_TASKS,
+    RENDER_PROFILES,
+    SUITES,
+    ParsedTask,
+    TaskSpec,
+    all_task_ids,
+    closest_task_ids,
+    default_camera,
+    list_tasks,
+    parse_task,
+    suite_available,
+    task_available,
+)
+from cdred_pipeline.envs.tremble import TrembleWrapper, check_tremble
+
+
+def scripted_policy(task: str):
+    """Meta-World scripted expert for ``task``: ``policy(state_obs) -> action`` (see ``envs.mw``)."""
+    from cdred_pipeline.envs.mw import scripted_policy as _scripted
+
+    return _scripted(task)
+
+
+__all__ = [
+    "CdredEnv", "DEFAULT_ACTION_REPEAT", "DEFAULT_EPISODE_LENGTH", "GYM_LISTED", "InvalidActionError",
+    "MS2_TASKS", "ParsedTask", "RENDER_PROFILES", "SUITES", "TaskSpec", "TrembleWrapper", "all_task_ids",
+    "check_gl_env", "check_gl_for_rendering", "check_tremble", "closest_task_ids", "default_camera",
+    "list_tasks", "make_env", "parse_task", "scripted_policy", "suite_available", "task_available",
+]
