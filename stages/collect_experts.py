@@ -1,0 +1,344 @@
+"""Stage ``collect-experts``: train (or load, or script) an expert for a task, then collect its
+demonstrations with every simulator state into the zarr episode store (ARCHITECTURE §5, §6).
+
+Two cached artifacts:
+
+* ``experts/<key>/``: ``agent.pt``, ``metrics.jsonl``, ``curve.png`` (absent for scripted policies);
+* ``demos/<key>/demos.zarr``: the demonstrations, keyed by the expert artifact and the collection
+  settings, so collecting more episodes from the same expert never retrains it.
+
+Both resume after a kill: training from its last checkpoint, collection from the last episode that
+was flushed to the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.artifacts import Artifact, ArtifactStore
+from cdred_pipeline.errors import CdredError, UsageError
+
+EXPERT_STAGE, EXPERT_VERSION = "experts", 1
+DEMO_STAGE, DEMO_VERSION = "demos", 1
+DATASET_NAME = "demos.zarr"
+POLICIES = ("tdmpc2", "scripted", "checkpoint")
+
+Policy = Callable[[np.ndarray, bool], np.ndarray]
+"""``policy(obs, first_step) -> action in [-1, 1]``."""
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Settings of collect-experts. ``train_steps`` counts environment steps (simulator steps after
+    action repeat), as TD-MPC2 and the paper report them."""
+
+    task: str
+    policy: str = "tdmpc2"
+    checkpoint: str | None = None
+    preset: str = "small"
+    train_steps: int = 100_000
+    seed: int = 0
+    episodes: int = 100
+    random_episodes: int = 10
+    episode_length: int | None = None
+    device: str = "auto"
+    plan: bool | None = None
+    eval_every: int | None = None
+    probe: bool = True
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise UsageError(f"--policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
+        if self.policy == "checkpoint" and not self.checkpoint:
+            raise UsageError("--policy checkpoint needs --checkpoint PATH")
+        if self.policy == "scripted":
+            from cdred_pipeline.envs import scripted_policy
+
+            scripted_policy(self.task)  # one-line UsageError for tasks without a scripted expert
+        if self.episodes < 1 or self.random_episodes < 0 or self.train_steps < 1:
+            raise UsageError("--episodes must be >= 1, --random-episodes >= 0, --train-steps >= 1")
+
+    @classmethod
+    def preset_for(cls, name: str, task: str, **overrides: Any) -> "CollectConfig":
+        """Named presets: ``paper`` (1M env steps, paper-sized model), ``cpu`` (small model, 100k steps),
+        ``quickstart`` (a few minutes on 2 CPU cores), ``test`` (seconds)."""
+        presets: dict[str, dict[str, Any]] = {
+            "paper": dict(preset="paper", train_steps=1_000_000, episodes=100),
+            "cpu": dict(preset="small", train_steps=100_000, episodes=100),
+            "quickstart": dict(preset="small", train_steps=20_000, episodes=10, random_episodes=5),
+            "test": dict(preset="tiny", train_steps=400, episodes=2, random_episodes=2, episode_length=50),
+        }
+        if name not in presets:
+            raise UsageError(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
+        return cls(task=task, **{**presets[name], **overrides})
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _episode_seed(seed: int, index: int, stream: int) -> int:
+    """Seed of episode ``index`` of a stream (0: demos, 1: random-policy baseline); independent of order."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+
+
+def run_episode(env: Any, policy: Policy, seed: int, *, record_state: bool = True) -> dict[str, Any]:
+    """Roll one episode; returns the arrays of the dataset layout (obs before each action, states...)."""
+    obs, info = env.reset(seed=seed)
+    rows: dict[str, list] = {"obs": [], "action": [], "reward": [], "terminated": [], "physics_state": []}
+    success, first = False, True
+    while True:
+        if record_state:
+            rows["physics_state"].append(env.get_physics_state())
+        action = np.asarray(policy(obs, first), dtype=np.float32)
+        first = False
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        rows["obs"].append(obs)
+        rows["action"].append(np.asarray(info.get("executed_action", np.clip(action, -1, 1)), dtype=np.float32))
+        rows["reward"].append(float(reward))
+        rows["terminated"].append(bool(terminated))
+        success = success or bool(info.get("success", False))
+        obs = next_obs
+        if terminated or truncated:
+            break
+    out = {k: np.asarray(v) for k, v in rows.items() if v}
+    out["final_obs"] = np.asarray(obs)
+    if record_state:
+        out["final_physics_state"] = env.get_physics_state()
+    out["success"] = success
+    out["return"] = float(np.sum(rows["reward"]))
+    return out
+
+
+def random_policy(action_dim: int, seed: int) -> Policy:
+    """Uniform random actions in [-1, 1] from a seeded generator (the random-policy baseline)."""
+    rng = np.random.default_rng(seed)
+    return lambda obs, first: rng.uniform(-1.0, 1.0, size=action_dim).astype(np.float32)
+
+
+def random_scores(task: str, n: int, seed: int, episode_length: int | None) -> dict[str, float]:
+    """Mean return and success of the uniform random policy over ``n`` seeded episodes."""
+    from cdred_pipeline.envs import make_env
+
+    if n == 0:
+        return {}
+    env = make_env(task, seed=seed, episode_length=episode_length)
+    rets, succ = [], []
+    for i in range(n):
+        ep = run_episode(env, random_policy(env.action_space.shape[0], _episode_seed(seed, i, 2)),
+                         _episode_seed(seed, i, 1), record_state=False)
+        rets.append(ep["return"])
+        succ.append(ep["success"])
+    env.close()
+    return {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)),
+            "success_rate": float(np.mean(succ)), "episodes": n}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ experts
+def _expert_config(cfg: CollectConfig) -> dict[str, Any]:
+    """The config keys the expert artifact depends on (collection settings excluded)."""
+    keys = ("task", "policy", "preset", "train_steps", "seed", "episode_length", "plan", "eval_every")
+    out = {k: getattr(cfg, k) for k in keys}
+    if cfg.policy == "checkpoint":
+        out = {"task": cfg.task, "policy": "checkpoint", "checkpoint_sha256": file_sha256(cfg.checkpoint)}
+    elif cfg.policy == "scripted":
+        out = {"task": cfg.task, "policy": "scripted"}
+    return out
+
+
+def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> Artifact:
+    """The expert artifact: a TD-MPC2 agent trained online on the task's own reward (resumable)."""
+    from cdred_pipeline.envs import make_env
+
+    art = store.begin(EXPERT_STAGE, EXPERT_VERSION, _expert_config(cfg), {}, force=force,
+                      description=f"{cfg.policy} expert for {cfg.task}")
+    if art.complete:
+        return art
+    try:
+        if cfg.policy == "scripted":
+            return art.complete_with({"policy": "scripted"}, task=cfg.task)
+        if cfg.policy == "checkpoint":
+            from cdred_pipeline.agent.checkpoint import load_agent_checkpoint
+
+            agent, meta = load_agent_checkpoint(cfg.checkpoint, device=cfg.device)
+            _check_checkpoint_task(cfg.checkpoint, meta, cfg.task)
+            agent.save(art.path / "agent.pt", extra=meta.get("extra", {}))
+            return art.complete_with({"policy": "checkpoint"}, task=cfg.task)
+        from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
+        from cdred_pipeline.agent.trainer import TrainerConfig, train_online
+
+        spec = make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length).spec_info
+        overrides = {} if cfg.plan is None else {"plan": cfg.plan}
+        acfg = AgentConfig.preset(cfg.preset, seed=cfg.seed, device=cfg.device,
+                                  episode_length=spec.episode_length, **overrides)
+        tcfg = TrainerConfig(env_steps=cfg.train_steps, seed=cfg.seed,
+                             **({} if cfg.eval_every is None else {"eval_every": cfg.eval_every}))
+        agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim)
+        env_fn = lambda seed: make_env(cfg.task, seed=seed, episode_length=cfg.episode_length)  # noqa: E731
+        result = train_online(env_fn, agent, tcfg, art.path, progress=progress,
+                              extra={"task": cfg.task, "preset": cfg.preset, "obs": "state"})
+        return art.complete_with({"eval_return": result.get("eval_return"), "env_steps": result.get("env_steps")},
+                                 task=cfg.task, train=result)
+    finally:
+        art.release()
+
+
+def _check_checkpoint_task(path: str | Path, meta: dict, task: str) -> None:
+    extra = meta.get("extra", {})
+    if extra.get("task") not in (None, task):
+        raise CdredError(f"{path}: checkpoint is for task {extra.get('task')!r}, not {task!r}; "
+                         "pass a checkpoint trained on this task", exit_code=2)
+
+
+def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[Policy, dict[str, Any]]:
+    """A ``policy(obs, first)`` callable for the expert artifact, and the dataset's ``source`` attrs."""
+    if cfg.policy == "scripted":
+        from cdred_pipeline.envs import scripted_policy
+
+        act = scripted_policy(cfg.task)
+        return (lambda obs, first: act(obs)), {"kind": "scripted", "policy": f"metaworld {cfg.task}"}
+    from cdred_pipeline.agent.checkpoint import load_agent_checkpoint
+
+    path = expert.path / "agent.pt"
+    agent, meta = load_agent_checkpoint(path, device=cfg.device)
+    _check_checkpoint_task(path, meta, cfg.task)
+    if tuple(agent.obs_shape) != (int(meta.get("obs_shape", agent.obs_shape)[0]),) and len(agent.obs_shape) != 1:
+        raise CdredError(f"{path}: checkpoint observes {tuple(agent.obs_shape)}; collection needs a state agent",
+                         exit_code=2)
+    source = {"kind": "tdmpc2", "checkpoint_sha256": file_sha256(path),
+              "train_steps": int(meta.get("env_step", 0)), "preset": meta.get("extra", {}).get("preset")}
+    return (lambda obs, first: agent.act(obs, t0=first, eval_mode=True)), source
+
+
+# ------------------------------------------------------------------------------------------ demos
+def _demo_config(cfg: CollectConfig) -> dict[str, Any]:
+    return {"task": cfg.task, "seed": cfg.seed, "episodes": cfg.episodes, "random_episodes": cfg.random_episodes,
+            "episode_length": cfg.episode_length, "probe": cfg.probe}
+
+
+def collect_demos(cfg: CollectConfig, expert: Artifact, store: ArtifactStore, *, force: bool = False,
+                  progress: bool = True) -> Artifact:
+    """Roll the expert for ``cfg.episodes`` seeded episodes and write them with simulator states."""
+    from tqdm.auto import tqdm
+
+    from cdred_pipeline.datasets import EpisodeWriter, open_dataset
+    from cdred_pipeline.envs import make_env
+
+    art = store.begin(DEMO_STAGE, DEMO_VERSION, _demo_config(cfg), {"expert": expert.key}, force=force,
+                      description=f"{cfg.episodes} expert episodes of {cfg.task}")
+    if art.complete:
+        return art
+    try:
+        policy, source = load_expert_policy(cfg, expert)
+        env = make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length)
+        spec = env.spec_info
+        scores = art.manifest.get("random_scores")
+        if scores is None:
+            scores = random_scores(cfg.task, cfg.random_episodes, cfg.seed, cfg.episode_length)
+            art.update(random_scores=scores)
+        attrs = {
+            "env": {**spec.to_dict(), "task": spec.task, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim},
+            "sim": _sim_attrs(env),
+            "source": source,
+            "scores": {"random": scores},
+        }
+        path = art.path / DATASET_NAME
+        writer = EpisodeWriter.resume(path, attrs)
+        t0 = time.time()
+        bar = tqdm(total=cfg.episodes, initial=writer.num_episodes, desc=f"collect {cfg.task}", unit="ep",
+                   disable=not progress)
+        returns: list[float] = []
+        try:
+            for i in range(writer.num_episodes, cfg.episodes):
+                ep = run_episode(env, policy, _episode_seed(cfg.seed, i, 0))
+                writer.append_episode(ep["obs"], ep["action"], ep["reward"], ep["terminated"],
+                                      ep["physics_state"], ep["final_obs"], ep["final_physics_state"],
+                                      seed=_episode_seed(cfg.seed, i, 0), success=ep["success"])
+                writer.flush()  # an episode counts as done once it is on disk: a kill loses no finished episode
+                returns.append(ep["return"])
+                bar.update(1)
+                bar.set_postfix(ret=f"{ep['return']:.1f}", mean=f"{np.mean(returns):.1f}")
+            bar.close()
+            ds_meta = _episode_meta(writer)
+            expert_scores = {"return_mean": float(np.mean(ds_meta["return"])),
+                             "return_std": float(np.std(ds_meta["return"])),
+                             "success_rate": float(np.mean(ds_meta["success"])), "episodes": cfg.episodes}
+            writer.group.attrs.update({"scores": {"random": scores, "expert": expert_scores}})
+            if cfg.probe:
+                writer.group.attrs.update({"sim": {**_sim_attrs(env), "probe": _probe(cfg, env, writer)}})
+            writer.close()
+        except BaseException:
+            writer.abort(discard=False)  # keep flushed episodes for the resume
+            raise
+        finally:
+            env.close()
+        ds = open_dataset(path)
+        return art.complete_with(
+            {"expert_return": expert_scores["return_mean"], "random_return": scores.get("return_mean"),
+             "expert_success": expert_scores["success_rate"]},
+            task=cfg.task, dataset=str(path), episodes=ds.num_episodes, steps=ds.num_steps,
+            scores={"random": scores, "expert": expert_scores},
+            timings={**art.manifest["timings"], "collect_s": round(time.time() - t0, 2)},
+        )
+    finally:
+        art.release()
+
+
+def _episode_meta(writer: Any) -> dict[str, np.ndarray]:
+    writer.flush()
+    g = writer.group
+    return {"return": np.asarray(g["meta/return"][:]), "success": np.asarray(g["meta/success"][:])}
+
+
+def _sim_attrs(env: Any) -> dict[str, Any]:
+    from cdred_pipeline.artifacts import environment_versions
+
+    import os
+
+    versions = environment_versions()
+    sim: dict[str, Any] = {"engine": "mujoco" if "mujoco" in versions else "unknown",
+                           "versions": versions, "gl_backend": os.environ.get("MUJOCO_GL", "")}
+    model = getattr(getattr(env, "unwrapped", env), "model_xml_sha256", None)
+    if callable(model):
+        sim["model_xml_sha256"] = model()
+    return sim
+
+
+def _probe(cfg: CollectConfig, env: Any, writer: Any) -> dict[str, Any] | None:
+    """Hashes of a few rendered probe frames, so render-visual can verify it reproduces the pixels."""
+    try:
+        from cdred_pipeline.render import probe_frames
+    except ImportError:
+        return None
+    g = writer.group
+    ends = np.asarray(g["meta/episode_ends"][:])
+    steps = sorted({0, int(ends[0]) // 2, int(ends[0]) - 1})
+    states = np.asarray(g["data/physics_state"].get_orthogonal_selection((steps, slice(None))))
+    spec = env.spec_info
+    return probe_frames(cfg.task, states, steps=steps, size=spec.image_size, camera=spec.camera,
+                        render_profile=spec.render_profile, episode_length=cfg.episode_length)
+
+
+# ------------------------------------------------------------------------------------------ stage
+def run(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> Artifact:
+    """collect-experts: expert artifact (cached) then demos artifact (cached); returns the demos."""
+    expert = train_expert(cfg, store, force=force, progress=progress)
+    return collect_demos(cfg, expert, store, force=force, progress=progress)
+
+
+def replace(cfg: CollectConfig, **changes: Any) -> CollectConfig:
+    """A changed copy of a config (configs are frozen, never mutated)."""
+    return dataclasses.replace(cfg, **changes)
