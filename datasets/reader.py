@@ -262,6 +262,13 @@ def load_episodes(path: str | os.PathLike, num_demos: int | None = None, obs: st
         cam = ds._camera(camera)
         data = np.asarray(g[f"{L.RGB_GROUP}/{cam}"][:steps])
         final = np.asarray(g[f"{L.FINAL_RGB_GROUP}/{cam}"][:n])
+    for key, a in (("data/action", action), ("data/reward", reward),
+                   ("data/obs" if obs == "state" else "", data), ("meta/final_obs" if obs == "state" else "", final)):
+        if key and not np.isfinite(a).all():
+            row = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
+            raise DatasetError(f"{ds.path}: {key}: NaN/inf at row {row}; `cdred package validate {ds.path}` lists all problems")
+    if action.size and np.abs(action).max() > 1.0 + L.ACTION_TOL:
+        raise DatasetError(f"{ds.path}: data/action: values outside [-1, 1] (max |a| = {float(np.abs(action).max()):.4g})")
     out = []
     for i in range(n):
         s, e = int(ds.episode_starts[i]), int(ds.episode_ends[i])
