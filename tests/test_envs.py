@@ -101,6 +101,9 @@ def test_list_tasks_mw_has_50_v3_tasks_obs39_act4_and_ms2_reason():
     if not ok:
         assert "ManiSkill2" in why or "Vulkan" in why
     assert {s.task for s in list_tasks("ms2")} >= {"ms2:lift-cube", "ms2:pick-cube", "ms2:turn-faucet"}
+    out = _run_cli("envs", "--suite", "mw")
+    rows = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("mw:")]
+    assert out.returncode == 0 and len(rows) == 50 and {(r[1], r[2]) for r in rows} == {("39", "4")}
 
 
 @pytest.mark.parametrize("task", ["dmc:cheetah-run", "dmc:quadruped-escape", "mw:box-close", "mw:stick-pull"])
@@ -410,3 +413,28 @@ def test_cli_steps_a_task():
     out = _run_cli("envs", "mw:reach", "--steps", "20")
     assert out.returncode == 0, out.stderr
     assert "obs 39, action 4" in out.stdout and "stepped 20 agent steps" in out.stdout
+
+
+# ------------------------------------------------------------------------------- slow: whole registries
+@pytest.mark.slow
+def test_recorded_dims_table_matches_every_built_env():
+    """task_dims.json (what `cdred envs` prints without building envs) equals a live probe of all tasks."""
+    import json
+
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    from cdred_pipeline.envs import spec as spec_mod
+
+    recorded = json.loads(spec_mod._DIMS_FILE.read_text())
+    assert recorded["versions"] == spec_mod._versions()
+    assert {k for k in recorded["tasks"] if k.startswith("mw:")} == {f"mw:{n[:-3]}" for n in ALL_V3_ENVIRONMENTS}
+    for task, dims in recorded["tasks"].items():
+        assert spec_mod.probe_dims(task) == dims, task
+
+
+@pytest.mark.slow
+def test_meta_world_model_fields_cover_resets_all_50():
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    for full in ALL_V3_ENVIRONMENTS:
+        test_meta_world_model_fields_cover_resets(full[: -len("-v3")])

@@ -17,6 +17,7 @@ asking for them is a one-line error.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,8 @@ class GymEnv(CdredEnv):
 
         gid = spec.task.split(":", 1)[1]
         env_spec = gym.spec(gid)
-        if "mujoco" in str(env_spec.entry_point):
+        mujoco_entry = "mujoco" in str(env_spec.entry_point)
+        if mujoco_entry:
             check_gl_env()
         try:
             env = gym.make(gid, disable_env_checker=True)
@@ -52,9 +54,11 @@ class GymEnv(CdredEnv):
         self._a_low = aspace.low.astype(np.float64).reshape(-1)
         self._a_high = aspace.high.astype(np.float64).reshape(-1)
         self._a_shape, self._a_dtype = aspace.shape, aspace.dtype
-        from gymnasium.envs.mujoco import MujocoEnv
+        self._is_mujoco = False
+        if mujoco_entry or "mujoco" in sys.modules:  # importing MujocoEnv imports mujoco (reads MUJOCO_GL)
+            from gymnasium.envs.mujoco import MujocoEnv
 
-        self._is_mujoco = isinstance(self._env, MujocoEnv)
+            self._is_mujoco = isinstance(self._env, MujocoEnv)
         state_dim = None
         if self._is_mujoco:
             import mujoco

@@ -244,11 +244,21 @@ def task_available(task: str) -> tuple[bool, str]:
     ok, why = suite_available(p.suite)
     if not ok:
         return ok, why
+    if p.suite == "gym" and "mujoco" in str(_gym_entry_point(p.name)):
+        gl = os.environ.get("MUJOCO_GL")
+        if gl is not None and gl.lower() not in _GL_VALID:
+            return False, f"MUJOCO_GL={gl} is invalid (use MUJOCO_GL=egl)"
     if p.suite == "gym" and p.name.split("-")[0] in ("LunarLanderContinuous", "BipedalWalker",
                                                      "BipedalWalkerHardcore", "CarRacing", "LunarLander"):
         if not _has_module("Box2D"):
             return False, "needs gymnasium[box2d] (box2d not installed)"
     return True, ""
+
+
+def _gym_entry_point(gid: str) -> object:
+    import gymnasium
+
+    return gymnasium.spec(gid).entry_point
 
 
 _GL_VALID = {"egl", "osmesa", "glfw", "", "0", "1", "disable", "disabled", "enable", "enabled", "false",
