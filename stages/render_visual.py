@@ -1,0 +1,534 @@
+"""`cdred render-visual`: render stored expert states into a pixel dataset, in parallel, verified
+(paper §4.3; ARCHITECTURE §2, §5, §6; issue 5).
+
+The paper's visual datasets are state-based expert trajectories whose observations are replaced by
+RGB images rendered from the stored states (§4.3). :func:`run` restores every ``data/physics_state``
+row (and every ``meta/final_physics_state``) in a fresh environment of the dataset's task and renders
+it exactly as ``make_env(task, obs="rgb")`` does online (same renderer, camera, size and render
+profile), so an agent trained on rendered demos sees the pixels it will see online. The frames go
+into a NEW dataset inside the artifact folder (``<workdir>/render-visual/<key>/demos.zarr``: a copy
+of the input with ``data/rgb/<camera>`` (N, H, W, 3) and ``meta/final_rgb/<camera>`` (E, H, W, 3)
+added); the input is never modified. Frame stacking is the reader's job
+(:func:`cdred_pipeline.datasets.load_episodes`), not stored.
+
+Work is split into episode ranges (the work units). One worker renders in the driver process and
+appends to the output as it goes; ``workers > 1`` runs a pool of spawned processes (one GL context
+each) that each write a part store per range; the driver merges the parts in episode order as they
+arrive and deletes them. A range is recorded as a finished unit in the manifest only once its frames
+are durable, so a killed run resumes from the recorded ranges. The result does not depend on the
+number of workers or the range size (bitwise; tested), so neither is part of the cache key.
+
+Verification (``verify``): the probe frames hashed at collection time (``attrs.sim.probe``, see
+:func:`cdred_pipeline.render.probe_frames`) are re-rendered here and compared before the long run; a
+mismatch (other GL backend, other simulator version) is reported with its PSNR and the versions in
+the manifest and as a :class:`RenderMismatchWarning`, never silently accepted. After the run, the
+frames written at the probe steps are checked against the same hashes when the settings agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline import render as R
+from cdred_pipeline.artifacts import MANIFEST, Artifact, ArtifactStore, read_manifest
+from cdred_pipeline.errors import CdredError, DatasetError, UsageError
+
+__all__ = ["STAGE", "STAGE_VERSION", "DATASET_NAME", "RenderConfig", "PRESETS", "RenderMismatchWarning",
+           "run", "resolve_dataset", "dataset_identity", "summary_line"]
+
+STAGE = "render-visual"
+STAGE_VERSION = 1
+DATASET_NAME = "demos.zarr"
+#: Test hook: seconds to sleep after each recorded unit (makes kill-and-resume tests deterministic).
+UNIT_DELAY_ENV = "CDRED_RENDER_UNIT_DELAY_S"
+#: Auto range size aims at this many ranges per worker (progress granularity vs. per-range overhead).
+RANGES_PER_WORKER = 4
+#: ... and at most this many frames per range, so a part store stays small (MB, not GB).
+MAX_RANGE_FRAMES = 20_000
+
+
+class RenderMismatchWarning(UserWarning):
+    """Re-rendered probe frames differ from the collection-time hashes (other GL backend or versions)."""
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Settings of render-visual. Only ``size``, ``camera`` and ``render_profile`` change the pixels
+    (they form the cache key with the input dataset's identity); the rest is how the work is done.
+
+    Attributes:
+        size: image side in pixels, 16-512 (64 = TD-MPC2's and make_env's default).
+        camera: camera name or id; None = the task's default camera (what make_env uses online).
+        workers: render processes (1 = render in this process; >1 = a spawn pool, one GL context each).
+        render_profile: ``"fast"`` or ``"default"``; None = the dataset's own (attrs.env.render_profile,
+            else the probe's, else ``"fast"``): the profile must be the one used online.
+        verify: re-render the collection-time probe frames and compare their hashes.
+        chunk_episodes: episodes per work unit (range); 0 = auto (about 4 ranges per worker).
+        lp_threads: llvmpipe threads per worker process when ``workers > 1`` (None = cores // workers;
+            ignored where LP_NUM_THREADS is set or the GL driver is not llvmpipe). Never changes pixels.
+    """
+
+    size: int = 64
+    camera: str | None = None
+    workers: int = 1
+    render_profile: str | None = None
+    verify: bool = True
+    chunk_episodes: int = 0
+    lp_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        R.check_size(self.size)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise UsageError(f"workers must be a positive integer, got {self.workers!r}")
+        if isinstance(self.chunk_episodes, bool) or not isinstance(self.chunk_episodes, int) or self.chunk_episodes < 0:
+            raise UsageError(f"chunk_episodes must be a non-negative integer (0 = auto), got {self.chunk_episodes!r}")
+        if self.render_profile is not None:
+            from cdred_pipeline.envs import RENDER_PROFILES
+
+            if self.render_profile not in RENDER_PROFILES:
+                raise UsageError(f"render_profile must be one of {', '.join(RENDER_PROFILES)}, got {self.render_profile!r}")
+        if self.camera is not None and (not str(self.camera) or "/" in str(self.camera)):
+            raise UsageError(f"camera must be a camera name or id without '/', got {self.camera!r}")
+        if self.lp_threads is not None and (not isinstance(self.lp_threads, int) or self.lp_threads < 0):
+            raise UsageError(f"lp_threads must be a non-negative integer or None, got {self.lp_threads!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "RenderConfig":
+        """A named preset (see :data:`PRESETS`) with fields replaced by ``overrides``."""
+        if name not in PRESETS:
+            raise UsageError(f"unknown render preset {name!r}: use one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, RenderConfig] = {
+    "default": RenderConfig(),  # TD-MPC2 pixels: 64x64, the task's camera, the dataset's profile
+    "parallel": RenderConfig(workers=max(1, min(8, os.cpu_count() or 1))),
+    "large": RenderConfig(size=128),
+}
+
+
+# --------------------------------------------------------------------------------- dataset input
+def resolve_dataset(arg: str | os.PathLike, store: ArtifactStore | None = None) -> Path:
+    """DATASET as given on the command line: a path to a ``.zarr`` store, an artifact folder holding
+    ``demos.zarr``, or an artifact key (prefix) in ``store`` -> the store's path."""
+    p = Path(arg)
+    if p.exists():
+        if (p / MANIFEST).is_file() and (p / DATASET_NAME).is_dir():
+            return p / DATASET_NAME
+        return p
+    if store is not None and str(arg) and "/" not in str(arg):
+        try:
+            art = store.find(str(arg))
+        except CdredError:
+            art = None
+        if art is not None:
+            if not art.complete:
+                raise DatasetError(f"artifact {art.stage}/{art.key} is not complete (status "
+                                   f"{art.manifest.get('status')!r}); finish its stage first")
+            ds = art.path / DATASET_NAME
+            if not ds.is_dir():
+                raise DatasetError(f"artifact {art.stage}/{art.key} holds no {DATASET_NAME}; pass a dataset path")
+            return ds
+    raise DatasetError(f"{arg}: no such dataset path, and no artifact with that key under "
+                       f"{store.root if store else 'the work dir'} (`cdred status` lists them)")
+
+
+def _hash_files(h: Any, folder: Path) -> None:
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+
+
+def dataset_identity(path: Path, attrs: Mapping[str, Any]) -> dict[str, str]:
+    """Identity of the input for the cache key: ``{stage: key}`` when the dataset is the output of a
+    complete artifact (``<artifact>/demos.zarr``), else ``{"dataset": "sha256:..."}`` over the things
+    the frames depend on: the attrs, ``meta/episode_ends`` and the stored bytes of the physics-state
+    arrays (path-independent: a moved or copied dataset keeps its cache)."""
+    parent = path.resolve().parent
+    if (parent / MANIFEST).is_file():
+        try:
+            m = read_manifest(parent)
+        except CdredError:
+            m = None
+        if m is not None and m.get("status") == "complete" and parent.name == m.get("key"):
+            return {str(m["stage"]): str(m["key"])}
+    h = hashlib.sha256()
+    h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
+    for key in ("meta/episode_ends", "data/physics_state", "meta/final_physics_state"):
+        _hash_files(h, path / key)
+    return {"dataset": "sha256:" + h.hexdigest()[:32]}
+
+
+def _resolve_profile(config: RenderConfig, attrs: Mapping[str, Any]) -> str:
+    if config.render_profile is not None:
+        return config.render_profile
+    env_profile = (attrs.get("env") or {}).get("render_profile")
+    if env_profile:
+        return str(env_profile)
+    for p in R.probes_of(attrs):
+        if p.get("render_profile"):
+            return str(p["render_profile"])
+    return "fast"
+
+
+# ------------------------------------------------------------------------------------ the ranges
+def _split(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
+    return [(a, min(a + n, hi)) for a in range(lo, hi, n)]
+
+
+def _auto_chunk(lengths: np.ndarray, workers: int) -> int:
+    e = len(lengths)
+    per = max(1, math.ceil(e / (RANGES_PER_WORKER * workers)))
+    mean_frames = float(lengths.mean() + 1) if e else 1.0
+    return max(1, min(per, int(MAX_RANGE_FRAMES // mean_frames)))
+
+
+def _unit_name(a: int, b: int) -> str:
+    return f"ep{a:06d}-{b:06d}"
+
+
+# ------------------------------------------------------------------------------------------- run
+def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactStore, *, force: bool = False,
+        progress: bool = True) -> Artifact:
+    """Render every stored state of ``dataset_path`` into a new cached pixel dataset (see module docstring).
+
+    Returns the complete artifact; its folder holds ``demos.zarr`` and ``contact_sheet_<camera>.png``,
+    its manifest ``headline`` (frames, fps, verify), ``render`` (settings, GL backend, workers) and
+    ``verification`` (per probe: expected/got hash, match, PSNR; versions recorded vs here).
+
+    Raises:
+        DatasetError: the input is not a dataset, has no episodes, or stores no physics states (pixels
+            cannot be re-rendered without them), or its states do not fit this simulator.
+        MissingDependencyError: the task's simulator is not usable here.
+        UsageError: bad config values (size outside 16-512, unknown camera, ...).
+    """
+    from cdred_pipeline.datasets import open_dataset
+    from cdred_pipeline.envs import default_camera, parse_task, task_available
+    from cdred_pipeline.errors import MissingDependencyError
+
+    path = Path(dataset_path)
+    ds = open_dataset(path)
+    attrs = ds.attrs
+    task_id = (attrs.get("env") or {}).get("task")
+    if not task_id:
+        raise DatasetError(f"{path}: attrs.env.task is missing: cannot tell which simulator renders these states")
+    p = parse_task(str(task_id))
+    if ds.physics_state_dim == 0:
+        raise DatasetError(f"{path}: data/physics_state has 0 columns: pixels cannot be re-rendered because the "
+                           "dataset stores no simulator states (e.g. imported without them); re-collect with "
+                           "`cdred collect-experts` or import a file that carries the states")
+    if ds.num_episodes == 0:
+        raise DatasetError(f"{path}: has no episodes to render")
+    ok, why = task_available(p.task)
+    if not ok:
+        raise MissingDependencyError(f"{p.task}: cannot re-render this dataset here: {why}")
+    camera = R.camera_name(config.camera if config.camera is not None else default_camera(p.suite, p.name))
+    profile = _resolve_profile(config, attrs)
+    key_config = {"size": config.size, "camera": camera, "render_profile": profile}
+    inputs = dataset_identity(path, attrs)
+    art = store.begin(STAGE, STAGE_VERSION, key_config, inputs, force=force,
+                      description=f"{p.task} pixels {config.size}x{config.size} camera {camera} ({profile})")
+    if art.complete:
+        v = art.manifest.get("verification") or {}
+        if config.verify and v.get("status") == "skipped" and v.get("reason") == "--no-verify":
+            # cached pixels made with --no-verify: check the probes now (cheap) and record the result
+            verification = R.verify_probes(attrs, ds.array("data/physics_state"))
+            art.update(verification=verification)
+            _warn_mismatch(ds.path, verification)
+        return art
+    try:
+        return _render(art, config, ds, p.task, camera, profile, progress)
+    finally:
+        art.release()
+
+
+def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str, profile: str,
+            progress: bool) -> Artifact:
+    from cdred_pipeline.datasets import RgbWriter, open_dataset
+
+    t_start = time.perf_counter()
+    out = art.path / DATASET_NAME
+    size = config.size
+    # A fresh env in this process: checks the camera and the state layout, reads the GL driver.
+    driver = R.cached_renderer(task, size, camera, profile)
+    driver.check_states(ds.physics_state_dim, str(ds.path))
+    backend = R.gl_backend(driver)
+
+    # ---------------------------------------------------------------- verification, before the long run
+    verification: dict[str, Any] = {"status": "skipped", "reason": "--no-verify", "checks": []}
+    if config.verify:
+        phys = ds.array("data/physics_state")
+
+        def reference(probe: Mapping[str, Any], step: int) -> np.ndarray | None:
+            cam_key = f"data/rgb/{probe.get('camera')}"
+            if cam_key in ds.group and tuple(ds.group[cam_key].shape[1:3]) == (probe.get("size"),) * 2:
+                return np.asarray(ds.group[cam_key][step])
+            return None
+
+        verification = R.verify_probes(ds.attrs, phys, reference=reference)
+        _warn_mismatch(ds.path, verification)
+    art.update(verification=verification)
+
+    # ---------------------------------------------------------------- the work units
+    lengths = ds.lengths
+    E = ds.num_episodes
+    chunk = config.chunk_episodes or _auto_chunk(lengths, config.workers)
+    settings = {"task": task, "size": size, "camera": camera, "render_profile": profile, "gl_backend": backend,
+                "versions": R.simulator_versions()}
+    array_attrs = {**settings, "source": art.manifest.get("inputs", {})}
+    root_attrs = {"render": {camera: array_attrs}}
+    parts_dir = art.path / "parts"
+    frames_total = int(ds.num_steps + E)
+    rendered = 0
+    t_render = time.perf_counter()
+    lp_used: str | None = os.environ.get("LP_NUM_THREADS")
+    if out.is_dir() and _has_camera(out, camera, E):
+        pass  # an earlier run finished the dataset and was killed before completing the artifact
+    else:
+        writer = RgbWriter(ds.path, out, camera, attrs=array_attrs, root_attrs=root_attrs, overwrite=True)
+        try:
+            done = writer.num_episodes
+            if config.workers == 1:
+                rendered = _render_inline(art, writer, ds, task, size, camera, profile, chunk, done, progress)
+            else:
+                rendered, lp_used = _render_pool(art, writer, ds, task, size, camera, profile, chunk, done,
+                                                 config, parts_dir, progress)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    render_s = time.perf_counter() - t_render
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    for stale in art.path.glob(f".{DATASET_NAME}.lock"):
+        stale.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- the written frames at the probe steps
+    result = open_dataset(out)
+    if config.verify and verification.get("checks"):
+        rgb = result.group[f"data/rgb/{camera}"]
+        wrong = [c["step"] for c in verification["checks"]
+                 if c["size"] == size and c["camera"] == camera and c["render_profile"] == profile
+                 and R.frame_sha256(np.asarray(rgb[c["step"]])) != c["got"]]
+        if wrong:
+            verification["status"] = "mismatch"
+            verification["written_mismatch"] = f"written frames at steps {wrong} differ from a fresh re-render"
+            warnings.warn(f"{out}: {verification['written_mismatch']}", RenderMismatchWarning, stacklevel=2)
+
+    # ---------------------------------------------------------------- contact sheet
+    sheet = R.contact_sheet(lambda i: _episode_frames(result, camera, i), E,
+                            art.path / f"contact_sheet_{camera}.png")
+
+    fps = rendered / render_s if rendered and render_s > 0 else None
+    runs = list(art.manifest.get("render_runs", []))
+    runs.append({"frames_rendered": rendered, "render_s": round(render_s, 3), "workers": config.workers,
+                 "chunk_episodes": chunk, "lp_threads": lp_used})
+    headline = {"frames": frames_total, "fps": None if fps is None else round(fps, 1),
+                "verify": verification["status"]}
+    return art.complete_with(
+        headline=headline, verification=verification, render_runs=runs, dataset=str(DATASET_NAME),
+        contact_sheet=sheet.name,
+        render={**settings, "workers": config.workers, "chunk_episodes": chunk, "episodes": E,
+                "steps": int(ds.num_steps), "frames": frames_total, "source_path": str(ds.path.resolve())},
+        timings={"render_s": round(render_s, 3), "total_s": round(time.perf_counter() - t_start, 3)},
+    )
+
+
+def _warn_mismatch(path: Path, verification: Mapping[str, Any]) -> None:
+    if verification.get("status") == "mismatch":
+        warnings.warn(f"{path}: {R.describe_verification(verification)}", RenderMismatchWarning, stacklevel=3)
+
+
+def _has_camera(path: Path, camera: str, episodes: int) -> bool:
+    from cdred_pipeline.datasets import open_dataset
+
+    try:
+        ds = open_dataset(path)
+    except DatasetError:
+        return False
+    return camera in ds.cameras and ds.num_episodes == episodes
+
+
+def _episode_frames(ds: Any, camera: str, i: int) -> np.ndarray:
+    s, e = int(ds.episode_starts[i]), int(ds.episode_ends[i])
+    frames = np.asarray(ds.group[f"data/rgb/{camera}"][s:e])
+    final = np.asarray(ds.group[f"meta/final_rgb/{camera}"][i])
+    return np.concatenate([frames, final[None]])
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="frame", unit_scale=False, desc=desc, disable=not enabled,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def _unit_delay() -> None:
+    delay = os.environ.get(UNIT_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
+
+
+def _render_inline(art: Artifact, writer: Any, ds: Any, task: str, size: int, camera: str, profile: str,
+                   chunk: int, done: int, progress: bool) -> int:
+    """One worker, in this process: render each range straight into the writer; a range is a unit once
+    the writer has flushed it."""
+    E = ds.num_episodes
+    ends, starts, lengths = ds.episode_ends, ds.episode_starts, ds.lengths
+    r = R.cached_renderer(task, size, camera, profile)
+    phys, final = ds.array("data/physics_state"), ds.array("meta/final_physics_state")
+    initial = int(ends[done - 1] + done) if done else 0
+    rendered = 0
+    with _progress_bar(int(ds.num_steps + E), initial, progress, f"render {task} {size}px") as bar:
+        for a, b in _split(done, E, chunk):
+            t0 = time.perf_counter()
+            states = np.asarray(phys[int(starts[a]):int(ends[b - 1])], dtype=np.float64)
+            finals = np.asarray(final[a:b], dtype=np.float64)
+            off = 0
+            for i in range(a, b):
+                n = int(lengths[i])
+                frames = np.empty((n + 1, size, size, 3), dtype=np.uint8)
+                for t in range(n):
+                    frames[t] = r.render(states[off + t])
+                frames[n] = r.render(finals[i - a])
+                off += n
+                writer.append_episode(frames)
+                rendered += n + 1
+                bar.update(n + 1)
+            writer.flush()
+            art.record_unit(_unit_name(a, b), start=a, end=b, frames=int(off + b - a),
+                            seconds=round(time.perf_counter() - t0, 3), pid=os.getpid())
+            _unit_delay()
+    return rendered
+
+
+def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, camera: str, profile: str,
+                 chunk: int, done: int, config: RenderConfig, parts_dir: Path,
+                 progress: bool) -> tuple[int, str | None]:
+    """Several workers: a spawn pool renders ranges into part stores; the driver records each finished
+    range as a unit and merges parts into the writer in episode order (then deletes them)."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    E = ds.num_episodes
+    ends, starts, lengths = ds.episode_ends, ds.episode_starts, ds.lengths
+    parts_dir.mkdir(exist_ok=True)
+    for junk in parts_dir.glob(".*.tmp*"):  # half-written parts of a killed run
+        shutil.rmtree(junk, ignore_errors=True)
+    # Ranges recorded by an earlier run whose parts are still on disk (unmerged) are reused.
+    ready: dict[int, tuple[int, Path]] = {}
+    for name, info in (art.manifest.get("unit_info") or {}).items():
+        a, b = int(info.get("start", -1)), int(info.get("end", -1))
+        part = parts_dir / str(info.get("part", ""))
+        if b > done and a >= 0 and info.get("part") and part.is_dir() and _part_ok(part, ends, starts, a, b):
+            ready[a] = (b, part)
+    todo: list[tuple[int, int]] = []
+    cursor = done
+    for a in sorted(ready):
+        if a > cursor:
+            todo += _split(cursor, a, chunk)
+        cursor = max(cursor, ready[a][0])
+    todo += _split(cursor, E, chunk)
+
+    lp = config.lp_threads if config.lp_threads is not None else max(1, (os.cpu_count() or 1) // config.workers)
+    lp_used = os.environ.get("LP_NUM_THREADS", str(lp))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    merged = done
+    rendered = 0
+
+    def merge_ready() -> None:
+        nonlocal merged
+        while True:
+            hit = next(((a, b, p) for a, (b, p) in ready.items() if a <= merged < b), None)
+            if hit is None:
+                return
+            a, b, part = hit
+            arr = R.read_part(part)
+            off = int(starts[merged] - starts[a]) + (merged - a)  # rows of the episodes before `merged`
+            for i in range(merged, b):
+                n = int(lengths[i])
+                writer.append_episode(np.asarray(arr[off:off + n + 1]))
+                off += n + 1
+            writer.flush()
+            merged = b
+            del ready[a]
+            shutil.rmtree(part, ignore_errors=True)
+
+    def drain(bar: Any) -> None:
+        nonlocal rendered
+        while True:
+            try:
+                n = q.get_nowait()
+            except queue_mod.Empty:
+                return
+            rendered += int(n)
+            bar.update(int(n))
+
+    initial = int(ends[done - 1] + done) if done else 0
+    initial += sum(int(ends[b - 1] - starts[a]) + (b - a) for a, (b, _) in ready.items())
+    jobs = [R.RangeJob(str(ds.path), a, b, str(parts_dir / f"{_unit_name(a, b)}.zarr"), task, size, camera, profile)
+            for a, b in todo]
+    with _progress_bar(int(ds.num_steps + E), initial, progress, f"render {task} {size}px x{config.workers}") as bar:
+        merge_ready()
+        pool = ProcessPoolExecutor(max_workers=min(config.workers, max(1, len(jobs))), mp_context=ctx,
+                                   initializer=R.init_worker, initargs=(q, lp))
+        try:
+            pending = {pool.submit(R.render_range, j) for j in jobs}
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                drain(bar)
+                for fut in finished:
+                    res = fut.result()
+                    part = parts_dir / res["part"]
+                    art.record_unit(_unit_name(res["start"], res["end"]), **res)
+                    ready[int(res["start"])] = (int(res["end"]), part)
+                    _unit_delay()
+                merge_ready()
+            drain(bar)
+            merge_ready()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+    if merged != E:
+        raise CdredError(f"render-visual: merged {merged} of {E} episodes (parts missing); rerun to resume")
+    return rendered, lp_used
+
+
+def _part_ok(part: Path, ends: np.ndarray, starts: np.ndarray, a: int, b: int) -> bool:
+    """A part store exists and holds exactly the frames of episodes [a, b)."""
+    try:
+        arr = R.read_part(part)
+    except Exception:  # any zarr/IO error means the part cannot be trusted: re-render the range
+        return False
+    return int(arr.shape[0]) == int(ends[b - 1] - starts[a]) + (b - a)
+
+
+def summary_line(art: Artifact) -> str:
+    """What the CLI prints after a run: artifact path, frames, fps and the verification result."""
+    m = art.manifest
+    head = m.get("headline") or {}
+    fps = head.get("fps")
+    runs = m.get("render_runs") or []
+    rendered = runs[-1]["frames_rendered"] if runs else 0
+    v = R.describe_verification(m.get("verification") or {"status": "skipped", "reason": "not recorded"})
+    fps_text = f"{fps:.1f} frames/s" if isinstance(fps, (int, float)) else "n/a frames/s"
+    return (f"{art.path / DATASET_NAME}\nframes: {head.get('frames')} ({rendered} rendered in the last run), "
+            f"{fps_text}, workers {(m.get('render') or {}).get('workers')}\nverify: {v}")
