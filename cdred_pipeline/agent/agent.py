@@ -1,0 +1,377 @@
+"""TD-MPC2-style agent: world model + optimisers + acting + checkpoints (paper App. A-B).
+
+```python
+agent = TDMPC2Agent(AgentConfig.preset("small"), obs_shape=(5,), action_dim=1)
+a = agent.act(obs, t0=True, eval_mode=False)        # MPPI (cfg.plan) or the policy prior
+info = agent.update(buffer.sample(256, 3))          # one gradient step -> dict of floats
+agent.save("agent.pt", extra={"task": "dmc:cartpole-balance"})
+agent = TDMPC2Agent.load("agent.pt", device="auto")
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cdred_pipeline import __version__
+from cdred_pipeline.agent.checkpoint import atomic_torch_save, get_rng_state, safe_torch_load, set_rng_state
+from cdred_pipeline.agent.config import AgentConfig, resolve_device
+from cdred_pipeline.agent.layers import RunningScale
+from cdred_pipeline.agent.ops import two_hot
+from cdred_pipeline.agent.planner import mppi_plan
+from cdred_pipeline.agent.reward_head import RewardHead, TwoHotRewardHead
+from cdred_pipeline.agent.world_model import WorldModel
+from cdred_pipeline.errors import CdredError, TrainingDivergedError, UsageError
+
+CHECKPOINT_FORMAT = "cdred-agent"
+CHECKPOINT_VERSION = 1
+
+
+def _class_path(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _check_plain(value: Any, where: str = "extra") -> None:
+    """Checkpoint ``extra`` may hold only tensors and plain Python types (weights_only-safe)."""
+    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where} keys must be str, got {type(k).__name__}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(f"{where} holds a {type(value).__name__}; checkpoints store only tensors and plain types")
+
+
+class TDMPC2Agent:
+    """The agent of paper Alg. 1-2 with a pluggable reward head.
+
+    Args:
+        cfg: :class:`AgentConfig` (frozen).
+        obs_shape: ``(D,)`` (float32 states) or ``(C, H, W)`` (uint8 stacked frames).
+        action_dim: A (actions in [-1, 1]^A).
+        reward_head: ``None`` builds a :class:`TwoHotRewardHead` on environment reward; pass the
+            CDRED head for imitation. Built for x = z (``cfg.reward_space="latent"``, x_dim =
+            latent_dim) or x = obs ("obs", x_dim = obs_dim, state observations only).
+        device: ``auto`` | ``cpu`` | ``cuda`` | a torch.device.
+    """
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        obs_shape: Sequence[int],
+        action_dim: int,
+        reward_head: Optional[RewardHead] = None,
+        device: "str | torch.device" = "auto",
+    ) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.obs_shape, self.action_dim = tuple(int(s) for s in obs_shape), int(action_dim)
+        self.is_pixel = len(self.obs_shape) == 3
+        if cfg.reward_space == "obs" and self.is_pixel:
+            raise UsageError("reward_space='obs' needs state observations; pixel observations use 'latent'")
+        self.x_dim = cfg.latent_dim if cfg.reward_space == "latent" else self.obs_shape[0]
+        with torch.random.fork_rng(devices=[]):  # reproducible init that leaves the global RNG alone
+            torch.manual_seed(cfg.seed)
+            if reward_head is None:
+                reward_head = TwoHotRewardHead(
+                    self.x_dim, self.action_dim, mlp_dim=cfg.mlp_dim, num_bins=cfg.num_bins, vmin=cfg.vmin, vmax=cfg.vmax
+                )
+            for attr in ("reward", "loss", "uses_env_reward"):
+                if not hasattr(reward_head, attr):
+                    raise TypeError(f"reward_head must implement the RewardHead interface; {type(reward_head).__name__} lacks {attr!r}")
+            self.model = WorldModel(cfg, self.obs_shape, self.action_dim, reward_head).to(self.device)
+        self.model.eval()
+        m = self.model
+        self._model_params = [p for part in (m._encoder, m._dynamics, m._reward, m._Qs) for p in part.parameters() if p.requires_grad]
+        self.optim = torch.optim.Adam(
+            [
+                {"params": [p for p in m._encoder.parameters() if p.requires_grad], "lr": cfg.lr * cfg.enc_lr_scale},
+                {"params": [p for part in (m._dynamics, m._reward, m._Qs) for p in part.parameters() if p.requires_grad]},
+            ],
+            lr=cfg.lr,
+        )
+        self.pi_optim = torch.optim.Adam(m._pi.parameters(), lr=cfg.lr, eps=1e-5)
+        self.schedulers = (
+            [torch.optim.lr_scheduler.StepLR(o, cfg.lr_step_every, cfg.lr_gamma) for o in (self.optim, self.pi_optim)]
+            if cfg.lr_step_every > 0 else []
+        )
+        self.scale = RunningScale(cfg.scale_tau).to(self.device)
+        self.gamma = cfg.gamma
+        self.update_step = 0
+        self._prev_mean: Optional[Tensor] = None
+        self._act_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self._rho = cfg.rho ** torch.arange(cfg.horizon + 1, device=self.device, dtype=torch.float32)
+        self._model_loss_fn = torch.compile(self._model_loss) if cfg.compile else self._model_loss
+        self.extra: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------ info
+    @property
+    def reward_head(self) -> RewardHead:
+        return self.model._reward
+
+    def num_params(self, include_reward: bool = True) -> int:
+        """Trainable parameters (encoder, dynamics, policy, Q ensemble, and the reward head)."""
+        return self.model.num_trainable(include_reward)
+
+    # ------------------------------------------------------------------------------------ acting
+    def _obs_tensor(self, obs: Any) -> Tensor:
+        t = torch.as_tensor(np.asarray(obs), device=self.device)
+        if tuple(t.shape) != self.obs_shape:
+            raise ValueError(f"observation shape {tuple(t.shape)} does not match the agent's {self.obs_shape}")
+        return (t if self.is_pixel else t.float()).unsqueeze(0)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, t0: bool = False, eval_mode: bool = False) -> np.ndarray:
+        """An action in [-1, 1]^A (float32 numpy) for one observation.
+
+        ``cfg.plan``: MPPI (App. B.2) warm-started from the previous step unless ``t0`` (first step of
+        an episode). Otherwise the policy prior. ``eval_mode``: the mean action (MPPI: the final
+        elite-weighted mean; policy: tanh(mu)) instead of a sample. Randomness comes from the agent's
+        own generator (seeded by ``cfg.seed``, saved in checkpoints).
+        """
+        z = self.model.encode(self._obs_tensor(obs))
+        if self.cfg.plan:
+            a, self._prev_mean = mppi_plan(
+                self.model, z, self.cfg, gamma=self.gamma, prev_mean=None if t0 else self._prev_mean,
+                eval_mode=eval_mode, generator=self._act_gen,
+            )
+        else:
+            sample, info = self.model.pi(z, generator=self._act_gen)
+            a = (info["mean"] if eval_mode else sample)[0]
+        return a.float().cpu().numpy()
+
+    # ------------------------------------------------------------------------------------ learning
+    def _model_loss(self, obs: Tensor, action: Tensor, reward: Optional[Tensor], is_expert: Tensor) -> dict[str, Tensor]:
+        """World-model loss of Alg. 1 / Eq. 15 (TD-MPC2 ``_update``): consistency + reward + value."""
+        cfg, m = self.cfg, self.model
+        H = action.shape[0]
+        rho = self._rho[:H]
+        with torch.no_grad():
+            next_z = m.encode(obs[1:], augment=self.is_pixel)                       # consistency targets
+        z = m.encode(obs[0], augment=self.is_pixel)
+        zs = [z]
+        consistency = z.new_zeros(())
+        for t in range(H):                                                           # latent rollout
+            z = m.next(z, action[t])
+            consistency = consistency + F.mse_loss(z, next_z[t]) * rho[t]
+            zs.append(z)
+        zs_all = torch.stack(zs)                                                     # (H+1, B, L)
+        x = zs_all[:-1] if cfg.reward_space == "latent" else obs[:-1].float()
+        reward_loss = (m._reward.loss(x, action, reward, is_expert) * rho).sum() / H
+        with torch.no_grad():                                                        # TD targets
+            r = reward if m._reward.uses_env_reward else m.reward(x.detach(), action)
+            next_a, _ = m.pi(next_z)
+            td = r + self.gamma * m.Q(next_z, next_a, "min", target=True)            # (H, B, 1)
+            td_probs = two_hot(td, cfg.num_bins, cfg.vmin, cfg.vmax)                 # (H, B, bins)
+        q_logits = m.Q(zs_all[:-1], action, "all")                                   # (E, H, B, bins)
+        value_ce = -(td_probs * F.log_softmax(q_logits, dim=-1)).sum(-1).mean(dim=(0, 2))  # (H,)
+        value_loss = (value_ce * rho).sum() / H
+        consistency = consistency / H
+        total = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
+        return {"total_loss": total, "consistency_loss": consistency, "reward_loss": reward_loss,
+                "value_loss": value_loss, "zs": zs_all, "td_target": td.mean()}
+
+    def _pi_loss(self, zs: Tensor) -> dict[str, Tensor]:
+        """Policy-prior loss (Eq. 16 / TD-MPC2): -(entropy_coef * scaled entropy + Q / S), rho-weighted,
+        on detached latents; Q from detached parameters of two random heads, S the RunningScale."""
+        a, info = self.model.pi(zs)
+        q = self.model.Q(zs, a, "avg", detach=True)                                  # (H+1, B, 1)
+        self.scale.update(q[0])
+        q = self.scale(q)
+        rho = self._rho[: zs.shape[0]]
+        loss = (-(self.cfg.entropy_coef * info["scaled_entropy"] + q).mean(dim=(1, 2)) * rho).mean()
+        return {"pi_loss": loss, "pi_entropy": info["entropy"].mean(), "pi_scale": self.scale.value.clone()}
+
+    def _check_finite(self, name: str, value: Tensor) -> None:
+        if not torch.isfinite(value).all():
+            raise TrainingDivergedError(
+                f"non-finite {name} ({float(value):.4g}) at update step {self.update_step + 1}; "
+                "training stopped; resume from the last good checkpoint"
+            )
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One gradient step on a batch (interfaces.md): ``obs`` (H+1, B, ...), ``action`` (H, B, A),
+        ``reward`` (H, B, 1), optional ``is_expert`` (B,) bool (default all False).
+
+        Returns floats: total/consistency/reward/value losses, grad norms, pi loss/entropy/scale, lr.
+        A NaN/inf loss raises :class:`TrainingDivergedError` before any weight changes.
+        """
+        missing = {"obs", "action"} - set(batch)
+        if missing:
+            raise KeyError(f"batch lacks {sorted(missing)}; need obs, action, reward (and optionally is_expert)")
+        obs = batch["obs"].to(self.device, non_blocking=True)
+        action = batch["action"].to(self.device, non_blocking=True).float()
+        reward = batch.get("reward")
+        reward = reward.to(self.device, non_blocking=True).float() if reward is not None else None
+        H, B = action.shape[:2]
+        if H > self.cfg.horizon:
+            raise ValueError(f"batch horizon {H} exceeds cfg.horizon {self.cfg.horizon}")
+        is_expert = batch.get("is_expert")
+        is_expert = (torch.zeros(B, dtype=torch.bool, device=self.device) if is_expert is None
+                     else is_expert.to(self.device).bool())
+        if self.reward_head.uses_env_reward and reward is None:
+            raise KeyError("the reward head learns from environment reward but the batch has no 'reward'")
+
+        self.model.train()
+        try:
+            out = self._model_loss_fn(obs, action, reward, is_expert)
+            self._check_finite("world-model loss", out["total_loss"].detach())
+            self.optim.zero_grad(set_to_none=True)
+            out["total_loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._model_params, self.cfg.grad_clip_norm)
+            self._check_finite("world-model grad norm", grad_norm)
+            self.optim.step()
+
+            pi = self._pi_loss(out["zs"].detach())
+            self._check_finite("policy loss", pi["pi_loss"].detach())
+            self.pi_optim.zero_grad(set_to_none=True)
+            pi["pi_loss"].backward()
+            pi_grad_norm = torch.nn.utils.clip_grad_norm_(self.model._pi.parameters(), self.cfg.grad_clip_norm)
+            self.pi_optim.step()
+        finally:
+            self.model.eval()
+            self.optim.zero_grad(set_to_none=True)
+            self.pi_optim.zero_grad(set_to_none=True)
+        self.model.soft_update_target_Q(self.cfg.tau)
+        for s in self.schedulers:
+            s.step()
+        self.update_step += 1
+        names = ["total_loss", "consistency_loss", "reward_loss", "value_loss", "td_target"]
+        vals = torch.stack([out[n].detach().float() for n in names]
+                           + [grad_norm.float(), pi["pi_loss"].detach(), pi_grad_norm.float(), pi["pi_entropy"].detach(), pi["pi_scale"]])
+        result = dict(zip(names + ["grad_norm", "pi_loss", "pi_grad_norm", "pi_entropy", "pi_scale"], vals.tolist()))
+        result["lr"] = self.optim.param_groups[1]["lr"]
+        return result
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self, extra: Optional[dict] = None) -> dict[str, Any]:
+        """Everything needed to resume, as tensors and plain types (weights_only-safe)."""
+        extra = dict(extra or {})
+        _check_plain(extra)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "package_version": __version__,
+            "torch_version": torch.__version__,
+            "config": self.cfg.to_dict(),
+            "obs_shape": list(self.obs_shape),
+            "action_dim": self.action_dim,
+            "reward_head": {"class": _class_path(self.reward_head), "uses_env_reward": bool(self.reward_head.uses_env_reward),
+                            "x_dim": self.x_dim},
+            "model": self.model.state_dict(),
+            "optim": self.optim.state_dict(),
+            "pi_optim": self.pi_optim.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "scale": self.scale.state_dict(),
+            "update_step": self.update_step,
+            "prev_mean": self._prev_mean,
+            "act_generator": self._act_gen.get_state(),
+            "rng": get_rng_state(self.device),
+            "extra": extra,
+        }
+
+    def save(self, path: "str | Path", extra: Optional[dict] = None) -> None:
+        """Atomically write a self-describing checkpoint; ``extra`` (task, preset, step counters, ...)
+        must hold only tensors and plain Python types."""
+        atomic_torch_save(self.state_dict(extra), path)
+
+    @staticmethod
+    def read_checkpoint(path: "str | Path") -> dict[str, Any]:
+        """Load and validate a checkpoint file (weights_only); foreign files are a one-line CdredError."""
+        ckpt = safe_torch_load(path, what="agent checkpoint")
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise CdredError(f"{path} is not a cdred agent checkpoint (format {ckpt.get('format')!r})")
+        if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
+            raise CdredError(f"{path} was written by a newer cdred (checkpoint format {ckpt['format_version']}); upgrade")
+        return ckpt
+
+    def load_state(self, ckpt: "str | Path | dict", *, restore_rng: bool = False) -> dict[str, Any]:
+        """Load a checkpoint (path or dict) into this agent; returns its ``extra``.
+
+        The agent's observation shape, action dimension and reward head class must match.
+        ``restore_rng`` also restores the global torch/numpy RNG states (resuming training).
+        """
+        src = ckpt if isinstance(ckpt, dict) else self.read_checkpoint(ckpt)
+        where = "checkpoint" if isinstance(ckpt, dict) else str(ckpt)
+        if tuple(src["obs_shape"]) != self.obs_shape or int(src["action_dim"]) != self.action_dim:
+            raise CdredError(
+                f"{where} is for obs_shape {tuple(src['obs_shape'])} / action_dim {src['action_dim']}, "
+                f"this agent has {self.obs_shape} / {self.action_dim}"
+            )
+        head_cls = src["reward_head"]["class"]
+        if head_cls != _class_path(self.reward_head):
+            raise CdredError(f"{where} was trained with reward head {head_cls}, this agent has {_class_path(self.reward_head)}")
+        try:
+            self.model.load_state_dict(src["model"])
+            self.optim.load_state_dict(src["optim"])
+            self.pi_optim.load_state_dict(src["pi_optim"])
+            for s, st in zip(self.schedulers, src["schedulers"]):
+                s.load_state_dict(st)
+            self.scale.load_state_dict(src["scale"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CdredError(f"{where} does not fit this agent's architecture ({first[:200]})") from None
+        self.update_step = int(src["update_step"])
+        pm = src.get("prev_mean")
+        self._prev_mean = pm.to(self.device) if pm is not None else None
+        self._act_gen.set_state(src["act_generator"])
+        if restore_rng:
+            set_rng_state(src["rng"], self.device)
+        self.extra = dict(src.get("extra", {}))
+        return self.extra
+
+    @classmethod
+    def load(
+        cls,
+        path: "str | Path",
+        device: "str | torch.device" = "auto",
+        *,
+        reward_head: Optional[RewardHead] = None,
+        task: Optional[str] = None,
+        obs_shape: Optional[Sequence[int]] = None,
+        action_dim: Optional[int] = None,
+        restore_rng: bool = False,
+        **config_overrides: Any,
+    ) -> "TDMPC2Agent":
+        """Build an agent from a checkpoint.
+
+        ``task`` / ``obs_shape`` / ``action_dim``: when given, a checkpoint for something else is a
+        one-line CdredError naming both. ``reward_head``: required when the checkpoint's head is not
+        the default two-hot head (pass one built the same way; its weights are then loaded).
+        ``config_overrides``: acting-time changes (e.g. ``plan=False``) applied by dataclasses.replace.
+        """
+        ckpt = cls.read_checkpoint(path)
+        ck_task = ckpt.get("extra", {}).get("task")
+        if task is not None and ck_task is not None and ck_task != task:
+            raise CdredError(f"checkpoint {path} is for task {ck_task}, not {task}")
+        if obs_shape is not None and tuple(obs_shape) != tuple(ckpt["obs_shape"]):
+            raise CdredError(f"checkpoint {path} is for observation shape {tuple(ckpt['obs_shape'])}, not {tuple(obs_shape)}")
+        if action_dim is not None and int(action_dim) != int(ckpt["action_dim"]):
+            raise CdredError(f"checkpoint {path} is for action_dim {ckpt['action_dim']}, not {action_dim}")
+        try:
+            cfg = AgentConfig.from_dict(ckpt["config"])
+            if config_overrides:
+                cfg = AgentConfig.preset("paper", **{**cfg.to_dict(), **config_overrides})
+        except TypeError as exc:
+            raise CdredError(f"checkpoint {path} has an unusable config ({exc})") from None
+        head_cls = ckpt["reward_head"]["class"]
+        if reward_head is None and head_cls != f"{TwoHotRewardHead.__module__}.{TwoHotRewardHead.__qualname__}":
+            raise CdredError(f"checkpoint {path} uses reward head {head_cls}; pass reward_head= built the same way to load it")
+        agent = cls(cfg, ckpt["obs_shape"], ckpt["action_dim"], reward_head=reward_head, device=device)
+        agent.load_state(ckpt, restore_rng=restore_rng)
+        return agent
+
+
+__all__ = ["TDMPC2Agent", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
