@@ -264,7 +264,7 @@ class TDMPC2Agent:
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
             "package_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "config": self.cfg.to_dict(),
             "obs_shape": list(self.obs_shape),
             "action_dim": self.action_dim,

@@ -42,7 +42,8 @@ def safe_torch_load(path: "str | Path", *, what: str = "checkpoint", map_locatio
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
         raise CdredError(f"{path} is not a readable cdred {what} ({first[:160]})") from None
     if not isinstance(obj, dict):
         raise CdredError(f"{path} is not a cdred {what} (holds a {type(obj).__name__})")

@@ -41,6 +41,8 @@ def two_hot(y: Tensor, num_bins: int, vmin: float, vmax: float) -> Tensor:
     if y.shape[-1] != 1:
         raise ValueError(f"two_hot expects a trailing dim of size 1, got shape {tuple(y.shape)}")
     x = symlog(y).clamp(vmin, vmax)
+    nan = torch.isnan(x)                       # NaN targets give NaN rows (a loss the agent reports as
+    x = torch.where(nan, torch.zeros_like(x), x)  # diverged) instead of an out-of-range scatter index
     pos = (x - vmin) / ((vmax - vmin) / (num_bins - 1))              # fractional bin index in [0, nb-1]
     low = pos.floor().clamp(0, num_bins - 2)                          # keep low+1 a valid bin
     w_high = pos - low                                                # in [0, 1]
@@ -48,7 +50,7 @@ def two_hot(y: Tensor, num_bins: int, vmin: float, vmax: float) -> Tensor:
     out = torch.zeros(*y.shape[:-1], num_bins, device=y.device, dtype=y.dtype)
     out.scatter_(-1, low, 1 - w_high)
     out.scatter_(-1, low + 1, w_high)
-    return out
+    return torch.where(nan, torch.full_like(out, float("nan")), out)
 
 
 def two_hot_decode_probs(probs: Tensor, vmin: float, vmax: float) -> Tensor:
