@@ -23,6 +23,8 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(path: Path) -> None:
+    """fsync every file and folder under ``path``: the data is on disk before the atomic rename."""
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
 def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
     """Atomically move a finished store (or file) from its temporary name to ``final``."""
     if final.exists():
@@ -101,21 +118,29 @@ class _Column:
     def __init__(self, array: Any, length: int | None = None) -> None:
         self.array = array
         self.rows = int(array.chunks[0])
-        n = int(array.shape[0]) if length is None else int(length)
-        self.base = (n // self.rows) * self.rows
-        tail = np.asarray(array[self.base:n]) if n > self.base else None
-        self._parts: list[np.ndarray] = [tail] if tail is not None else []
-        self._nbuf = 0 if tail is None else len(tail)
         self.row_shape = tuple(array.shape[1:])
         self.dtype = np.dtype(array.dtype)
+        n = int(array.shape[0]) if length is None else int(length)
+        self.base = (n // self.rows) * self.rows
+        self._direct = _DirectChunks.for_array(array)
+        self._pending: list[Future] = []
+        # buffer several chunks so they are compressed in parallel (at most 8 chunks / ~16 MB)
+        self.batch_rows = self.rows * max(1, min(8, (16 << 20) // max(1, self.rows * self._row_bytes())))
+        self._buf = np.empty((0, *self.row_shape), dtype=self.dtype)
+        self._nbuf = 0
+        if n > self.base:
+            self.append(np.asarray(array[self.base:n]))
+
+    def _row_bytes(self) -> int:
+        return int(self.dtype.itemsize * max(1, int(np.prod(self.row_shape))))
 
     @classmethod
-    def create(cls, group: Any, name: str, row_shape: tuple[int, ...], dtype: str,
-               chunk_bytes: int, clevel: int) -> "_Column":
+    def create(cls, group: Any, name: str, row_shape: tuple[int, ...], dtype: str, chunk_bytes: int,
+               compression: str = L.DEFAULT_COMPRESSION, clevel: int | None = None) -> "_Column":
         rows = L.chunk_rows(row_shape, dtype, chunk_bytes)
         arr = group.create_array(
             name, shape=(0, *row_shape), dtype=dtype, chunks=(rows, *(max(1, d) for d in row_shape)),
-            compressors=L.compressors(clevel), fill_value=np.zeros((), dtype=dtype).item(),
+            compressors=L.compressors(dtype, compression, clevel), fill_value=np.zeros((), dtype=dtype).item(),
             config=L.array_config(),
         )
         return cls(arr, 0)
@@ -125,20 +150,39 @@ class _Column:
         return self.base + self._nbuf
 
     def append(self, rows: np.ndarray) -> None:
-        if len(rows) == 0:
-            return
-        self._parts.append(rows)
-        self._nbuf += len(rows)
-        if self._nbuf >= self.rows:
-            self._write(partial=False)
+        """Copy ``rows`` into the buffer (the caller may reuse its arrays); write whole batches."""
+        rows = np.asarray(rows)
+        while len(rows):
+            if self._nbuf == len(self._buf):
+                self._grow(len(rows))
+            k = min(len(rows), len(self._buf) - self._nbuf)
+            self._buf[self._nbuf:self._nbuf + k] = rows[:k]
+            self._nbuf += k
+            rows = rows[k:]
+            if self._nbuf >= self.batch_rows:
+                self._write(partial=False)
+
+    def _grow(self, want: int) -> None:
+        cap = min(self.batch_rows, max(2 * len(self._buf), self._nbuf + want, 256))
+        buf = np.empty((cap, *self.row_shape), dtype=self.dtype)
+        buf[:self._nbuf] = self._buf[:self._nbuf]
+        self._buf = buf
 
     def flush(self) -> None:
+        """Write everything buffered (the partial tail chunk too) and wait until it is on disk."""
         self._write(partial=True)
+        self.wait()
+
+    def wait(self) -> None:
+        """Wait for every chunk handed to the writer threads (re-raising their errors)."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
     def _write(self, partial: bool) -> None:
         if self._nbuf == 0:
             return
-        data = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
+        data = self._buf[:self._nbuf]
         full = (len(data) // self.rows) * self.rows
         n = len(data) if partial else full
         if n == 0:
@@ -146,11 +190,97 @@ class _Column:
         end = self.base + n
         if self.array.shape[0] < end:
             self.array.resize((end, *self.row_shape))
-        self.array[self.base:end] = data[:n]
+        if self._direct is not None and data.size:
+            if partial:
+                self.wait()  # the tail chunk may be rewritten later: never two writes of one file in flight
+            first = self.base // self.rows
+            for j in range(0, n, self.rows):
+                # the chunk's rows are handed over: this buffer is never written again (a new one follows)
+                self._pending.append(_pool().submit(self._direct.write, first + j // self.rows,
+                                                    data[j:j + self.rows], self.rows))
+            while len(self._pending) > 4 * _POOL_WORKERS:
+                self._pending.pop(0).result()
+        elif data.size:
+            self.array[self.base:end] = data[:n]
         rest = data[full:]
         self.base += full
-        self._parts = [rest] if len(rest) else []
+        if full:  # the written rows now belong to the writer threads: continue in a fresh buffer
+            buf = np.empty((min(self.batch_rows, max(256, 2 * len(rest))), *self.row_shape), dtype=self.dtype)
+            buf[:len(rest)] = rest
+            self._buf = buf
         self._nbuf = len(rest)
+
+
+# ------------------------------------------------------------------------------ direct chunk writes
+_POOL_WORKERS = max(2, min(8, 2 * (os.cpu_count() or 1)))  # fsync waits overlap: more threads than cores
+_POOL_OBJ: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL_OBJ
+    if _POOL_OBJ is None:
+        _POOL_OBJ = ThreadPoolExecutor(max_workers=_POOL_WORKERS, thread_name_prefix="cdred-chunks")
+    return _POOL_OBJ
+
+
+class _DirectChunks:
+    """Encode and write whole chunks of one array as zarr v3 chunk files, without zarr's async layer.
+
+    Used only for arrays this module creates in a local directory store with the codec chain
+    ``[bytes (little endian), blosc]`` and chunking along axis 0: a chunk file is exactly what zarr
+    writes (the chunk's little-endian bytes, padded with the fill value 0 to the full chunk shape,
+    Blosc-compressed with the array's own settings), written to a temporary name and renamed. Blosc
+    releases the GIL, so the writer threads compress chunks in parallel. Reading goes through zarr.
+    """
+
+    def __init__(self, folder: Path, codec: Any, chunk_key: Any, dtype: np.dtype, durable: bool = True) -> None:
+        self.durable = durable
+        self.folder = folder
+        self.codec = codec
+        self.chunk_key = chunk_key
+        self.dtype = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
+
+    @classmethod
+    def for_array(cls, array: Any) -> "_DirectChunks | None":
+        try:
+            from numcodecs import Blosc
+            from zarr.codecs import BloscCodec, BytesCodec
+            from zarr.storage import LocalStore
+
+            codecs = array.metadata.codecs
+            store = array.store_path.store
+            if not isinstance(store, LocalStore) or len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) \
+                    or not isinstance(codecs[1], BloscCodec):
+                return None
+            endian = getattr(codecs[0], "endian", None)
+            if endian is not None and getattr(endian, "value", endian) != "little":
+                return None
+            if any(c != max(1, s) for c, s in zip(array.chunks[1:], array.shape[1:])) or array.metadata.fill_value not in (0, False):
+                return None
+            b = codecs[1]
+            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[b.shuffle.value]
+            codec = Blosc(cname=b.cname.value, clevel=b.clevel, shuffle=shuffle, blocksize=b.blocksize, typesize=b.typesize)
+            nd = len(array.shape)
+            return cls(Path(store.root) / array.path, codec,
+                       lambda i: array.metadata.encode_chunk_key((i,) + (0,) * (nd - 1)), np.dtype(array.dtype))
+        except (ImportError, AttributeError, KeyError, TypeError):
+            return None
+
+    def write(self, index: int, block: np.ndarray, rows: int) -> None:
+        if len(block) < rows:  # the edge chunk: zarr stores the full chunk shape, padded with the fill value
+            pad = np.zeros((rows, *block.shape[1:]), dtype=block.dtype)
+            pad[:len(block)] = block
+            block = pad
+        raw = np.ascontiguousarray(block, dtype=self.dtype).reshape(-1).view(np.uint8)
+        data = self.codec.encode(raw)
+        path = self.folder / self.chunk_key(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if self.durable:
+                os.fsync(fh.fileno())  # here, in the writer thread, overlapped with other chunks
+        os.replace(tmp, path)
 
 
 def _open_column(group: Any, key: str, length: int) -> _Column:
@@ -191,15 +321,15 @@ class EpisodeWriter:
     """
 
     def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any], *, overwrite: bool = False,
-                 chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, clevel: int = L.DEFAULT_CLEVEL,
-                 check: bool = True) -> None:
+                 chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, compression: str = L.DEFAULT_COMPRESSION,
+                 clevel: int | None = None, check: bool = True) -> None:
         self._setup(Path(path), attrs, resume=False, overwrite=overwrite, chunk_bytes=chunk_bytes,
-                    clevel=clevel, check=check)
+                    compression=compression, clevel=clevel, check=check)
 
     @classmethod
     def resume(cls, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None, *,
-               chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, clevel: int = L.DEFAULT_CLEVEL,
-               check: bool = True) -> "EpisodeWriter":
+               chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, compression: str = L.DEFAULT_COMPRESSION,
+               clevel: int | None = None, check: bool = True) -> "EpisodeWriter":
         """Reopen the partial store of an interrupted run (or a finished store, to append more).
 
         Starts a new store when neither exists (``attrs`` then required). When ``attrs`` is given for
@@ -208,15 +338,18 @@ class EpisodeWriter:
         """
         self = cls.__new__(cls)
         self._setup(Path(path), attrs, resume=True, overwrite=False, chunk_bytes=chunk_bytes,
-                    clevel=clevel, check=check)
+                    compression=compression, clevel=clevel, check=check)
         return self
 
     # ------------------------------------------------------------------------------- setup
     def _setup(self, path: Path, attrs: Mapping[str, Any] | None, *, resume: bool, overwrite: bool,
-               chunk_bytes: int, clevel: int, check: bool) -> None:
+               chunk_bytes: int, compression: str, clevel: int | None, check: bool) -> None:
         self.path = path
         self.tmp = L.partial_path(path)
-        self.chunk_bytes, self.clevel, self.check = int(chunk_bytes), int(clevel), bool(check)
+        if compression not in L.COMPRESSIONS:
+            raise DatasetError(f"{path}: compression {compression!r}: use one of {', '.join(L.COMPRESSIONS)}")
+        self.chunk_bytes, self.check = int(chunk_bytes), bool(check)
+        self.compression, self.clevel = compression, clevel
         self.overwrite = overwrite
         self._columns: dict[str, _Column] = {}
         self.cameras: tuple[str, ...] | None = None
@@ -298,7 +431,7 @@ class EpisodeWriter:
     # ---------------------------------------------------------------------------- appending
     def _create_columns(self, obs_dim: int, action_dim: int, state_dim: int,
                         rgb_shapes: Mapping[str, tuple[int, ...]]) -> None:
-        g, cb, cl = self.group, self.chunk_bytes, self.clevel
+        g, cb = self.group, self.chunk_bytes
         data, meta = g.require_group("data"), g.require_group("meta")
         spec = {
             "data/obs": (data, "obs", (obs_dim,), "float32"),
@@ -320,7 +453,7 @@ class EpisodeWriter:
                 spec[f"{L.RGB_GROUP}/{cam}"] = (rgb, cam, shape, L.RGB_DTYPE)
                 spec[f"{L.FINAL_RGB_GROUP}/{cam}"] = (frgb, cam, shape, L.RGB_DTYPE)
         for key, (grp, name, row, dt) in spec.items():
-            self._columns[key] = _Column.create(grp, name, row, dt, cb, cl)
+            self._columns[key] = _Column.create(grp, name, row, dt, cb, self.compression, self.clevel)
         self.cameras = tuple(sorted(rgb_shapes))
         env = dict(self.attrs["env"])
         env.setdefault("physics_state_dim", int(state_dim))
@@ -457,6 +590,7 @@ class EpisodeWriter:
             if problems:
                 raise DatasetError(f"{problems[0]} (the partial store is kept at {self.tmp})")
             L.consolidate(self.tmp)
+            _fsync_tree(self.tmp)
             _publish(self.tmp, self.path, overwrite=True)
             self._closed = True
         finally:
@@ -469,6 +603,11 @@ class EpisodeWriter:
             return
         try:
             if discard:
+                for col in self._columns.values():
+                    try:
+                        col.wait()
+                    except Exception:  # noqa: BLE001 - the store is being thrown away
+                        pass
                 shutil.rmtree(self.tmp, ignore_errors=True)
             else:
                 self.flush()
@@ -518,6 +657,7 @@ def copy_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, exclude: Ite
         shutil.rmtree(tmp, ignore_errors=True)
         _copy_tree(src, tmp, exclude)
         L.consolidate(tmp)
+        _fsync_tree(tmp)
         _publish(tmp, dst, overwrite)
     finally:
         lock.release()
@@ -526,7 +666,8 @@ def copy_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, exclude: Ite
 
 def write_array(store: str | os.PathLike, key: str, data: np.ndarray | Iterable[np.ndarray], *,
                 dtype: str | None = None, attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
-                chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, clevel: int = L.DEFAULT_CLEVEL) -> None:
+                chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, compression: str = L.DEFAULT_COMPRESSION,
+                clevel: int | None = None) -> None:
     """Add one array (chunked along time, Blosc zstd) to an existing store, from an array or an
     iterable of row blocks, then reconsolidate. Not atomic for the store: use it on a copy (see
     :func:`copy_dataset`) and validate afterwards."""
@@ -547,7 +688,8 @@ def write_array(store: str | os.PathLike, key: str, data: np.ndarray | Iterable[
             if col is None:
                 parent, _, name = key.rpartition("/")
                 grp = g.require_group(parent) if parent else g
-                col = _Column.create(grp, name, tuple(block.shape[1:]), str(block.dtype), chunk_bytes, clevel)
+                col = _Column.create(grp, name, tuple(block.shape[1:]), str(block.dtype), chunk_bytes,
+                                     compression, clevel)
             col.append(block)
         if col is None:
             raise DatasetError(f"{store}: {key}: no data given")
@@ -573,14 +715,14 @@ class RgbWriter:
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike, camera: str, *,
                  attrs: Mapping[str, Any] | None = None, root_attrs: Mapping[str, Any] | None = None,
                  overwrite: bool = False, chunk_bytes: int = L.DEFAULT_CHUNK_BYTES,
-                 clevel: int = L.DEFAULT_CLEVEL) -> None:
+                 compression: str = L.DEFAULT_COMPRESSION, clevel: int | None = None) -> None:
         from .reader import open_dataset
 
         self.src, self.path, self.camera = Path(src), Path(dst), str(camera)
         if not self.camera or "/" in self.camera:
             raise DatasetError(f"RgbWriter: camera name {camera!r} must be non-empty and contain no '/'")
         self.tmp = L.partial_path(self.path)
-        self.chunk_bytes, self.clevel = int(chunk_bytes), int(clevel)
+        self.chunk_bytes, self.compression, self.clevel = int(chunk_bytes), compression, clevel
         self.array_attrs = L.plain(dict(attrs or {}))
         self.root_attrs = L.plain(dict(root_attrs or {}))
         self.overwrite = overwrite
@@ -635,8 +777,9 @@ class RgbWriter:
         if self._data is None:
             rgb, frgb = self.group.require_group(L.RGB_GROUP), self.group.require_group(L.FINAL_RGB_GROUP)
             shape = frames.shape[1:]
-            self._data = _Column.create(rgb, self.camera, shape, L.RGB_DTYPE, self.chunk_bytes, self.clevel)
-            self._final = _Column.create(frgb, self.camera, shape, L.RGB_DTYPE, self.chunk_bytes, self.clevel)
+            kw = {"compression": self.compression, "clevel": self.clevel}
+            self._data = _Column.create(rgb, self.camera, shape, L.RGB_DTYPE, self.chunk_bytes, **kw)
+            self._final = _Column.create(frgb, self.camera, shape, L.RGB_DTYPE, self.chunk_bytes, **kw)
         elif frames.shape[1:] != self._data.row_shape:
             raise DatasetError(f"{self.path}: rgb[{self.camera}]: frame shape {frames.shape[1:]}, "
                                f"earlier episodes have {self._data.row_shape}")
@@ -679,6 +822,7 @@ class RgbWriter:
             if problems:
                 raise DatasetError(f"{problems[0]} (the partial copy is kept at {self.tmp})")
             L.consolidate(self.tmp)
+            _fsync_tree(self.tmp)
             _publish(self.tmp, self.path, overwrite=self.overwrite)
             self._closed = True
         finally:
@@ -691,6 +835,12 @@ class RgbWriter:
             return
         try:
             if discard:
+                for col in (self._data, self._final):
+                    if col is not None:
+                        try:
+                            col.wait()
+                        except Exception:  # noqa: BLE001 - the copy is being thrown away
+                            pass
                 shutil.rmtree(self.tmp, ignore_errors=True)
             else:
                 self.flush()

@@ -16,7 +16,8 @@ import pytest
 import zarr
 
 from cdred_pipeline.datasets import (
-    EpisodeWriter, RgbWriter, copy_dataset, load_episodes, open_dataset, stack_frames, validate, write_array,
+    EpisodeSampler, EpisodeWriter, RgbWriter, copy_dataset, fill_buffer, load_episodes, open_dataset, stack_frames,
+    validate, write_array,
 )
 from cdred_pipeline.datasets import layout as L
 from cdred_pipeline.datasets.synthetic import default_attrs, random_episode, write_random_dataset
@@ -73,7 +74,9 @@ def test_plain_zarr_reads_the_documented_layout(tmp_path):
         assert arr.shape == shape and str(arr.dtype) == dtype, key
         assert arr.chunks[1:] == tuple(max(1, s) for s in shape[1:]), f"{key}: chunked along time only"
         codecs = json.loads((path / key / "zarr.json").read_text())["codecs"]
-        assert any(c["name"] == "blosc" and c["configuration"]["cname"] == "zstd" for c in codecs), key
+        want = "zstd" if dtype == "uint8" else "lz4"  # compression="auto" (docs/dataset-layout.md)
+        assert [c["name"] for c in codecs] == ["bytes", "blosc"], key
+        assert codecs[1]["configuration"]["cname"] == want and codecs[1]["configuration"]["shuffle"] == "shuffle", key
     ends = root["meta/episode_ends"][:]
     assert ends.tolist() == [5, 14, 18]
     obs = root["data/obs"][:]
@@ -81,6 +84,27 @@ def test_plain_zarr_reads_the_documented_layout(tmp_path):
     np.testing.assert_array_equal(root["data/rgb/front"][14:18], eps[2]["rgb"]["front"])
     assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
     assert json.loads((path / "zarr.json").read_text())["zarr_format"] == 3
+
+
+def test_compression_zstd_everywhere_reads_the_same(tmp_path):
+    a, eps = write_random_dataset(tmp_path / "a.zarr", [30, 7], cameras={"c": 8}, compression="zstd", seed=9)
+    b, _ = write_random_dataset(tmp_path / "b.zarr", [30, 7], cameras={"c": 8}, seed=9)
+    for key in open_dataset(a).keys():
+        codecs = json.loads((a / key / "zarr.json").read_text())["codecs"]
+        assert codecs[1]["configuration"]["cname"] == "zstd", key
+        np.testing.assert_array_equal(open_dataset(a).array(key)[:], open_dataset(b).array(key)[:])
+    with pytest.raises(DatasetError, match="compression 'gzip'"):
+        EpisodeWriter(tmp_path / "c.zarr", default_attrs(), compression="gzip")
+
+
+def test_direct_chunk_files_decode_with_plain_zarr(tmp_path):
+    """The writer threads write chunk files themselves: zarr must decode every one, edge chunks too."""
+    path, eps = write_random_dataset(tmp_path / "d.zarr", [333, 1, 250], obs_dim=3, chunk_bytes=120, seed=4)
+    root = zarr.open_group(str(path), mode="r")
+    obs = root["data/obs"]
+    assert obs.chunks[0] == 10 and obs.nchunks == 59 and obs.nchunks_initialized == 59
+    np.testing.assert_array_equal(obs[:], np.concatenate([e["obs"] for e in eps]))
+    np.testing.assert_array_equal(root["data/terminated"][:], np.concatenate([e["terminated"] for e in eps]))
 
 
 def test_random_access_by_step_and_episode(tmp_path):
@@ -332,3 +356,42 @@ def test_append_is_linear_not_quadratic(tmp_path):
     first, last = np.median(times[:100]), np.median(times[-100:])
     assert last < 3 * first + 1e-4, (first, last)
     assert open_dataset(tmp_path / "d.zarr").num_steps == 500 * 50
+
+
+def _tagged_dataset(path: Path, lengths: list[int]) -> Path:
+    """obs row = (episode, t): a sampled window is inside one episode iff its tags are consecutive."""
+    with EpisodeWriter(path, default_attrs(2, 1, physics_state_dim=0)) as w:
+        for i, n in enumerate(lengths):
+            tags = np.stack([np.full(n + 1, i), np.arange(n + 1)], axis=1).astype(np.float32)
+            w.append_episode(tags[:n], np.zeros((n, 1)), np.arange(n, dtype=np.float32), np.zeros(n, bool), None,
+                             tags[n], None, seed=i, success=False)
+    return path
+
+
+def test_sampler_windows_never_cross_episode_ends(tmp_path):
+    path = _tagged_dataset(tmp_path / "d.zarr", [1, 2, 3, 10, 4])
+    smp = EpisodeSampler(load_episodes(path), horizon=3, seed=0)
+    assert smp.num_windows == (0 + 0 + 1 + 8 + 2)  # T - H + 1 per episode with T >= H
+    b = smp.sample(4096)
+    assert b["obs"].shape == (4, 4096, 2) and b["action"].shape == (3, 4096, 1) and b["reward"].shape == (3, 4096, 1)
+    ep, t = b["obs"][..., 0], b["obs"][..., 1]
+    assert (ep == ep[0]).all() and (np.diff(t, axis=0) == 1).all()
+    np.testing.assert_array_equal(b["reward"][..., 0], t[:-1])  # reward t belongs to obs t
+    assert set(np.unique(ep[0])) == {2.0, 3.0, 4.0}
+    assert smp.nbytes > 0
+
+
+def test_fill_agent_replay_buffer(tmp_path):
+    torch = pytest.importorskip("torch")
+    try:
+        from cdred_pipeline.agent.buffer import ReplayBuffer
+    except ImportError as exc:
+        pytest.skip(f"agent ReplayBuffer not available: {exc}")
+    path = _tagged_dataset(tmp_path / "d.zarr", [3, 10, 4])
+    buf = ReplayBuffer(100, (2,), 1, "cpu", torch.float32)
+    info = fill_buffer(buf, path)
+    assert info["episodes"] == 3 and info["steps"] == 17 and info["bytes"] == 20 * 2 * 4 + 17 * 4 + 17 * 4
+    batch = buf.sample(256, 3)
+    obs = batch["obs"].numpy()
+    assert obs.shape == (4, 256, 2)
+    assert (obs[..., 0] == obs[0, :, 0]).all() and (np.diff(obs[..., 1], axis=0) == 1).all()

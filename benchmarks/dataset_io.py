@@ -1,0 +1,266 @@
+"""Dataset I/O figures (issue 4): zarr episode store vs numpy.save/numpy.load on the same disk.
+
+Prints:
+  * write and read throughput (MB/s) of 1M steps x 39 float32 (156 MB) through the store's chunked
+    writer vs ``numpy.save``/``numpy.load`` of the same bytes, both including ``fsync`` (bytes on
+    disk, not only in the page cache), in the same folder;
+  * the compression ratio of that array (Blosc zstd, byte shuffle);
+  * the same for whole episodes through :class:`EpisodeWriter` (obs, action, reward, terminated,
+    physics_state) and the per-array compression ratios;
+  * append linearity: 1000 episodes appended one by one, time per episode over the first vs the last
+    hundred episodes;
+  * random sub-trajectory sampling (horizon 3, batch 256) from ``load_episodes`` into the agent's
+    ReplayBuffer when ``cdred_pipeline/agent/buffer.py`` exists, else into
+    :class:`~cdred_pipeline.datasets.EpisodeSampler`.
+
+Data: random walks (``cumsum`` of small Gaussian steps), which compress like simulator states;
+``--data noise`` uses i.i.d. Gaussian floats (near-incompressible; the worst case for the writer).
+
+    /work/venv/bin/python benchmarks/dataset_io.py [--steps 1000000] [--dir /tmp] [--data walk|noise]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cdred_pipeline.datasets import EpisodeSampler, EpisodeWriter, load_episodes, open_dataset
+from cdred_pipeline.datasets import layout as L
+from cdred_pipeline.datasets.synthetic import default_attrs
+from cdred_pipeline.datasets.writer import _Column
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under ``path`` (or the file itself) and its folders."""
+    paths = [path] if path.is_file() else [Path(r) / f for r, _, fs in os.walk(path) for f in fs]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    if path.is_dir():
+        for r, _, _ in os.walk(path):
+            fd = os.open(r, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+
+
+def du(path: Path) -> int:
+    return sum(os.path.getsize(Path(r) / f) for r, _, fs in os.walk(path) for f in fs)
+
+
+def make_data(n: int, d: int, kind: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        return rng.standard_normal((n, d), dtype=np.float32)
+    steps = rng.standard_normal((n, d), dtype=np.float32)
+    steps *= np.float32(0.01)
+    return np.cumsum(steps, axis=0, dtype=np.float32)
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        times.append(fn())
+    return min(times)
+
+
+def bench_array(x: np.ndarray, root: Path, repeats: int, episode_len: int, compression: str) -> dict:
+    mb = x.nbytes / 1e6
+    npy = root / "x.npy"
+
+    def np_write() -> float:
+        npy.unlink(missing_ok=True)
+        t = time.perf_counter()
+        np.save(npy, x)
+        fsync_tree(npy)
+        return time.perf_counter() - t
+
+    def np_read() -> float:
+        t = time.perf_counter()
+        y = np.load(npy)
+        dt = time.perf_counter() - t
+        assert y.shape == x.shape
+        return dt
+
+    store = root / "x.zarr"
+    import zarr
+
+    def z_write() -> float:
+        shutil.rmtree(store, ignore_errors=True)
+        t = time.perf_counter()
+        g = zarr.open_group(str(store), mode="w")
+        col = _Column.create(g, "obs", (x.shape[1],), "float32", L.DEFAULT_CHUNK_BYTES, compression)
+        for s in range(0, len(x), episode_len):  # appended episode by episode, as a collector does
+            col.append(x[s:s + episode_len])
+        col.flush()
+        fsync_tree(store)
+        return time.perf_counter() - t
+
+    def z_read() -> float:
+        t = time.perf_counter()
+        y = zarr.open_group(str(store), mode="r")["obs"][:]
+        dt = time.perf_counter() - t
+        assert y.shape == x.shape
+        return dt
+
+    out = {"mb": mb}
+    out["numpy_write_s"] = best_of(np_write, repeats)
+    out["zarr_write_s"] = best_of(z_write, repeats)
+    out["numpy_read_s"] = best_of(np_read, repeats)
+    out["zarr_read_s"] = best_of(z_read, repeats)
+    y = zarr.open_group(str(store), mode="r")["obs"][:]
+    assert np.array_equal(x, y), "zarr round trip is not exact"
+    out["stored_mb"] = du(store) / 1e6
+    out["ratio"] = x.nbytes / du(store)
+    out["chunk_rows"] = L.chunk_rows((x.shape[1],), "float32")
+    return out
+
+
+def bench_writer(root: Path, n_eps: int, length: int, obs_dim: int, action_dim: int, state_dim: int,
+                 kind: str, compression: str) -> dict:
+    """1000 whole episodes through EpisodeWriter: throughput, per-episode time first vs last 100."""
+    rng = np.random.default_rng(1)
+    obs = make_data(n_eps * length + n_eps, obs_dim, kind, seed=2)
+    state = make_data(n_eps * length + n_eps, state_dim, kind, seed=3).astype(np.float64)
+    path = root / "episodes.zarr"
+    shutil.rmtree(path, ignore_errors=True)
+    attrs = default_attrs(obs_dim, action_dim, "mw:box-close", physics_state_dim=state_dim)
+    per_ep = []
+    nbytes = 0
+    t0 = time.perf_counter()
+    with EpisodeWriter(path, attrs, compression=compression) as w:
+        for i in range(n_eps):
+            s = i * (length + 1)
+            ep = dict(obs=obs[s:s + length], final_obs=obs[s + length],
+                      action=rng.uniform(-1, 1, (length, action_dim)).astype(np.float32),
+                      reward=rng.standard_normal(length).astype(np.float32),
+                      terminated=np.zeros(length, bool), physics_state=state[s:s + length],
+                      final_physics_state=state[s + length], seed=i, success=bool(i % 2))
+            nbytes += sum(v.nbytes for v in ep.values() if isinstance(v, np.ndarray))
+            t = time.perf_counter()
+            w.append_episode(**ep)
+            per_ep.append(time.perf_counter() - t)
+    fsync_tree(path)
+    total = time.perf_counter() - t0
+    ds = open_dataset(path)
+    storage = ds.storage()
+    first, last = np.array(per_ep[:100]), np.array(per_ep[-100:])
+    return {
+        "episodes": n_eps, "steps": n_eps * length, "mb": nbytes / 1e6, "write_s": total,
+        "first100_mean_ms": 1e3 * first.mean(), "last100_mean_ms": 1e3 * last.mean(),
+        "first100_median_ms": 1e3 * np.median(first), "last100_median_ms": 1e3 * np.median(last),
+        "ratios": {k: v["nbytes"] / v["stored"] for k, v in storage.items() if k.startswith("data/")},
+        "path": path,
+    }
+
+
+def bench_sampling(path: Path, horizon: int, batch: int, seconds: float) -> dict:
+    t = time.perf_counter()
+    eps = load_episodes(path)
+    load_s = time.perf_counter() - t
+    del t
+    buf_file = Path(__file__).resolve().parents[1] / "cdred_pipeline" / "agent" / "buffer.py"
+    sampler_name = "datasets.EpisodeSampler"
+    sample = None
+    nbytes = None
+    if buf_file.exists():
+        try:
+            import torch
+
+            from cdred_pipeline.agent.buffer import ReplayBuffer
+            from cdred_pipeline.datasets import fill_buffer
+
+            steps = sum(len(e["action"]) for e in eps)
+            buf = ReplayBuffer(steps + len(eps), eps[0]["obs"].shape[1:], eps[0]["action"].shape[1], "cpu",
+                               torch.float32)
+            t = time.perf_counter()
+            nbytes = fill_buffer(buf, path)["bytes"]
+            load_s = time.perf_counter() - t
+
+            def sample() -> None:
+                buf.sample(batch, horizon)
+
+            sampler_name = "agent.ReplayBuffer (cpu)"
+        except Exception as exc:  # noqa: BLE001 - report and fall back: the buffer may be mid-development
+            print(f"  (agent ReplayBuffer not usable: {type(exc).__name__}: {exc}; using EpisodeSampler)")
+            sample = None
+    if sample is None:
+        smp = EpisodeSampler(eps, horizon, seed=0)
+        nbytes = smp.nbytes
+
+        def sample() -> None:
+            b = smp.sample(batch)
+            assert b["obs"].shape[:2] == (horizon + 1, batch)
+
+    for _ in range(10):
+        sample()
+    n = 0
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        sample()
+        n += 1
+    dt = time.perf_counter() - t
+    return {"sampler": sampler_name, "samples_per_s": n * batch / dt, "load_s": load_s, "bytes": nbytes,
+            "episodes": len(eps)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=39)
+    ap.add_argument("--dir", type=Path, default=None, help="folder on the disk to measure (default: a temp folder)")
+    ap.add_argument("--data", choices=["walk", "noise"], default="walk")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compression", choices=list(L.COMPRESSIONS), default=L.DEFAULT_COMPRESSION,
+                    help="Blosc codec policy (auto: lz4 for numeric arrays, zstd for uint8 frames)")
+    ap.add_argument("--episodes", type=int, default=1000)
+    ap.add_argument("--episode-length", type=int, default=100)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="cdred-bench-", dir=args.dir))
+    try:
+        print(f"disk folder: {root}   cores: {os.cpu_count()}   data: {args.data}   compression: {args.compression}")
+        x = make_data(args.steps, args.dim, args.data)
+        a = bench_array(x, root, args.repeats, episode_len=500, compression=args.compression)
+        mb = a["mb"]
+        w_np, w_z = mb / a["numpy_write_s"], mb / a["zarr_write_s"]
+        r_np, r_z = mb / a["numpy_read_s"], mb / a["zarr_read_s"]
+        print(f"\n[1] {args.steps:,} steps x {args.dim} float32 = {mb:.0f} MB (best of {args.repeats}, write includes fsync)")
+        print(f"    write   numpy.save {w_np:8.0f} MB/s   zarr store {w_z:8.0f} MB/s   ratio {w_z / w_np:6.1%}  (target >= 70%)")
+        print(f"    read    numpy.load {r_np:8.0f} MB/s   zarr store {r_z:8.0f} MB/s   ratio {r_z / r_np:6.1%}")
+        cname = L.codec_name("float32", args.compression)
+        print(f"    compression ratio {a['ratio']:.2f}x  ({a['stored_mb']:.0f} MB on disk; chunks of {a['chunk_rows']} rows, "
+              f"Blosc {cname} clevel {L.CLEVEL[cname]}, byte shuffle)")
+
+        wr = bench_writer(root, args.episodes, args.episode_length, args.dim, 4, 39, args.data, args.compression)
+        print(f"\n[2] EpisodeWriter: {wr['episodes']} episodes x {args.episode_length} steps "
+              f"(obs {args.dim} f32, action 4, reward, terminated, physics_state 39 f64) = {wr['mb']:.0f} MB")
+        print(f"    write {wr['mb'] / wr['write_s']:.0f} MB/s incl. fsync and close ({wr['write_s']:.2f} s)")
+        print(f"    per-episode append: first 100 mean {wr['first100_mean_ms']:.3f} ms (median {wr['first100_median_ms']:.3f}), "
+              f"last 100 mean {wr['last100_mean_ms']:.3f} ms (median {wr['last100_median_ms']:.3f})  "
+              f"-> last/first {wr['last100_mean_ms'] / wr['first100_mean_ms']:.2f}x mean, "
+              f"{wr['last100_median_ms'] / wr['first100_median_ms']:.2f}x median (target within 2x)")
+        print("    compression ratio per array: " + ", ".join(f"{k.split('/', 1)[1]} {v:.2f}x" for k, v in wr["ratios"].items()))
+
+        sm = bench_sampling(wr["path"], horizon=3, batch=256, seconds=3.0)
+        mem = f", {sm['bytes'] / 1e6:.0f} MB in memory" if sm["bytes"] else ""
+        print(f"\n[3] random sub-trajectories, horizon 3, batch 256, {sm['sampler']}: "
+              f"{sm['samples_per_s']:,.0f} samples/s  (target >= 100,000; load_episodes {sm['load_s']:.2f} s{mem})")
+        if args.json:
+            args.json.write_text(json.dumps({"array": a, "writer": {k: v for k, v in wr.items() if k != "path"},
+                                             "sampling": sm, "data": args.data, "cores": os.cpu_count()},
+                                            indent=2, default=str))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
