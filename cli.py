@@ -246,6 +246,40 @@ def package_import(file: Path, out: Path, task: str | None, fmt: str, trust_pick
 # (owned by the agent issue)
 
 # ------------------------------------------------------------------------------- render-visual
+# (owned by the render-visual issue)
+@main.command("render-visual")
+@click.argument("dataset")
+@click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels (16-512).")
+@click.option("--camera", default=None, help="Camera name or id (default: the task's camera, as make_env uses online).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Render processes (one GL context each).")
+@click.option("--render-profile", type=click.Choice(["fast", "default"]), default=None,
+              help="Render profile (default: the dataset's own, which the online env must use too).")
+@click.option("--chunk-episodes", type=int, default=0, show_default=True, help="Episodes per work unit (0 = auto).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Re-render the collection-time probe frames and compare their hashes.")
+@click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
+@click.pass_context
+def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | None, workers: int,
+                  render_profile: str | None, chunk_episodes: int, verify: bool, force: bool) -> None:
+    """Render every stored physics state of DATASET (a demos.zarr path or an artifact key) into a new
+    pixel dataset: data/rgb/<camera>, exactly the frames the online pixel env shows."""
+    import warnings
+
+    from cdred_pipeline.stages import render_visual as stage
+
+    cfg = stage.RenderConfig(size=size, camera=camera, workers=workers, render_profile=render_profile,
+                             verify=verify, chunk_episodes=chunk_episodes)
+    store = _store(ctx)
+    path = stage.resolve_dataset(dataset, store)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", stage.RenderMismatchWarning)
+        art = stage.run(cfg, path, store, force=force, progress=not ctx.obj.get("quiet"))
+    for w in caught:
+        if issubclass(w.category, stage.RenderMismatchWarning):
+            click.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    click.echo(stage.summary_line(art))
 
 # ------------------------------------------------------------------------------------- imitate
 

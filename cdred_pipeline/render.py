@@ -533,6 +533,10 @@ def render_range(job: RangeJob) -> dict[str, Any]:
         if q is not None:
             q.put(n + 1)
     w.close()
+    if part.exists():  # a leftover of a killed run that was never recorded as a unit: replace it
+        import shutil
+
+        shutil.rmtree(part, ignore_errors=True)
     os.replace(tmp, part)
     return {"start": job.start, "end": job.end, "frames": total, "part": part.name,
             "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}

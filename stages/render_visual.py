@@ -174,6 +174,14 @@ def dataset_identity(path: Path, attrs: Mapping[str, Any]) -> dict[str, str]:
     return {"dataset": "sha256:" + h.hexdigest()[:32]}
 
 
+def camera_of(config: RenderConfig, task: Any) -> str:
+    """The camera name written to ``data/rgb/<camera>``: the configured one or the task's default."""
+    from cdred_pipeline.envs import default_camera
+
+    cam = config.camera if config.camera is not None else default_camera(task.suite, task.name)
+    return R.camera_name(-1 if cam is None else cam)
+
+
 def _resolve_profile(config: RenderConfig, attrs: Mapping[str, Any]) -> str:
     if config.render_profile is not None:
         return config.render_profile
@@ -218,7 +226,7 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
         UsageError: bad config values (size outside 16-512, unknown camera, ...).
     """
     from cdred_pipeline.datasets import open_dataset
-    from cdred_pipeline.envs import default_camera, parse_task, task_available
+    from cdred_pipeline.envs import parse_task, task_available
     from cdred_pipeline.errors import MissingDependencyError
 
     path = Path(dataset_path)
@@ -234,10 +242,16 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
                            "`cdred collect-experts` or import a file that carries the states")
     if ds.num_episodes == 0:
         raise DatasetError(f"{path}: has no episodes to render")
+    others = {c: ds.image_shape(c)[:2] for c in ds.cameras if c != camera_of(config, p)}
+    clash = {c: hw for c, hw in others.items() if hw != (config.size, config.size)}
+    if clash:
+        c, (h, w) = next(iter(clash.items()))
+        raise UsageError(f"{path}: already holds camera {c} at {h}x{w}; a dataset has one image size "
+                         f"(attrs.env.image_size): render at --size {h}, or from a dataset without that camera")
     ok, why = task_available(p.task)
     if not ok:
         raise MissingDependencyError(f"{p.task}: cannot re-render this dataset here: {why}")
-    camera = R.camera_name(config.camera if config.camera is not None else default_camera(p.suite, p.name))
+    camera = camera_of(config, p)
     profile = _resolve_profile(config, attrs)
     key_config = {"size": config.size, "camera": camera, "render_profile": profile}
     inputs = dataset_identity(path, attrs)
@@ -291,7 +305,10 @@ def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str
     settings = {"task": task, "size": size, "camera": camera, "render_profile": profile, "gl_backend": backend,
                 "versions": R.simulator_versions()}
     array_attrs = {**settings, "source": art.manifest.get("inputs", {})}
-    root_attrs = {"render": {camera: array_attrs}}
+    # attrs.env says how to make the online env that shows these pixels: make_env(task, obs="rgb",
+    # image_size=size, camera=camera, render_profile=profile)
+    root_attrs = {"render": {camera: array_attrs},
+                  "env": {"image_size": size, "camera": camera, "render_profile": profile}}
     parts_dir = art.path / "parts"
     frames_total = int(ds.num_steps + E)
     rendered = 0
@@ -437,6 +454,10 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
         part = parts_dir / str(info.get("part", ""))
         if b > done and a >= 0 and info.get("part") and part.is_dir() and _part_ok(part, ends, starts, a, b):
             ready[a] = (b, part)
+    keep = {p for _, p in ready.values()}
+    for leftover in parts_dir.glob("*.zarr"):  # finished by a killed run but never recorded (or merged)
+        if leftover not in keep:
+            shutil.rmtree(leftover, ignore_errors=True)
     todo: list[tuple[int, int]] = []
     cursor = done
     for a in sorted(ready):

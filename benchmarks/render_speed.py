@@ -1,0 +1,119 @@
+"""render-visual speed: frames/s with 1 and 2 workers against the raw ``mujoco.Renderer`` rate (issue 5).
+
+    MUJOCO_GL=egl python benchmarks/render_speed.py [--task dmc:cheetah-run] [--episodes 40] [--steps 250]
+
+1. Builds a state dataset by stepping the real env with seeded random actions (no pixels stored).
+2. Raw rate, the limit: a ``mujoco.Renderer`` configured exactly as the env's (same model, size and
+   render profile), ``update_scene`` + ``render`` in a loop on one state, in this process.
+3. ``cdred render-visual`` in a fresh process for each worker count (its own work dir): the stage's
+   own render time (manifest ``timings.render_s``: restoring every state, rendering, compressing,
+   merging, including the spawn of the worker pool) and the whole command's wall time.
+
+Targets (issue 5): one worker >= 80 % of the raw rate; two workers >= 1.7x one worker. On a machine
+whose cores are shared with other jobs the figures are disturbed; the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def raw_rate(task: str, size: int, profile: str, frames: int, state) -> float:
+    """Frames/s of a bare mujoco.Renderer (update_scene + render) on the env's own model and camera."""
+    from cdred_pipeline.envs import make_env
+    from cdred_pipeline.envs.base import MjFrameRenderer
+
+    env = make_env(task, image_size=size, render_profile=profile)
+    env.set_physics_state(state)
+    model, data = env._scene()  # noqa: SLF001  the model and data the env renders
+    cam, _ = env._resolve_camera(None)  # noqa: SLF001
+    renderer = MjFrameRenderer(model, profile).get(size)  # a plain mujoco.Renderer, profile applied
+    for _ in range(20):  # warm up
+        renderer.update_scene(data, camera=cam)
+        renderer.render()
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        renderer.update_scene(data, camera=cam)
+        renderer.render()
+    rate = frames / (time.perf_counter() - t0)
+    renderer.close()
+    env.close()
+    return rate
+
+
+def stage_rate(dataset: Path, workdir: Path, workers: int, size: int, profile: str) -> dict:
+    cdred = Path(sys.executable).with_name("cdred")
+    cmd = [str(cdred), "--workdir", str(workdir), "-q", "render-visual", str(dataset), "--size", str(size),
+           "--render-profile", profile, "--workers", str(workers), "--no-verify"]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"render-visual failed: {res.stderr.strip()}")
+    manifest = json.loads(next(workdir.glob("render-visual/*/manifest.json")).read_text())
+    frames = manifest["render_runs"][-1]["frames_rendered"]
+    render_s = manifest["timings"]["render_s"]
+    return {"workers": workers, "frames": frames, "render_s": render_s, "fps": frames / render_s,
+            "wall_s": wall, "fps_wall": frames / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="dmc:cheetah-run")
+    ap.add_argument("--episodes", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=250, help="Agent steps per episode.")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--profile", default="fast", choices=["fast", "default"])
+    ap.add_argument("--raw-frames", type=int, default=3000)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+
+    from cdred_pipeline.datasets import open_dataset
+    from cdred_pipeline.render import gl_backend, write_random_dataset
+
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="render-speed-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        ds_path = write_random_dataset(root / "demos.zarr", args.task, episodes=args.episodes,
+                                       episode_length=args.steps, seed=0, size=args.size,
+                                       render_profile=args.profile, probe=False)
+        ds = open_dataset(ds_path)
+        print(f"dataset: {args.task}, {ds.num_episodes} episodes x {args.steps} steps = "
+              f"{ds.num_steps + ds.num_episodes} frames at {args.size}px ({args.profile}); "
+              f"built in {time.perf_counter() - t0:.1f} s")
+        state = ds.group["data/physics_state"][ds.num_steps // 2]
+        raw = raw_rate(args.task, args.size, args.profile, args.raw_frames, state)
+        print(f"GL: {gl_backend()}  cores: {os.cpu_count()}")
+        print(f"raw mujoco.Renderer: {raw:8.1f} frames/s (the limit, one process)")
+        results = []
+        for w in args.workers:
+            r = stage_rate(ds_path, root / f"runs-w{w}", w, args.size, args.profile)
+            results.append(r)
+            print(f"render-visual --workers {w}: {r['fps']:8.1f} frames/s over the render phase "
+                  f"({r['frames']} frames in {r['render_s']:.2f} s; whole command {r['wall_s']:.2f} s = "
+                  f"{r['fps_wall']:.1f} frames/s)")
+    one = next((r for r in results if r["workers"] == 1), None)
+    two = next((r for r in results if r["workers"] == 2), None)
+    if one:
+        ratio = one["fps"] / raw
+        print(f"one worker / raw      = {ratio:5.2f}  (target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'})")
+    if one and two:
+        sp = two["fps"] / one["fps"]
+        print(f"two workers / one     = {sp:5.2f}x (target >= 1.70: {'met' if sp >= 1.7 else 'NOT met'})")
+    load1 = os.getloadavg()
+    print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} on {os.cpu_count()} cores"
+          + ("  (other jobs share these cores: figures disturbed)" if max(load0[0], load1[0]) > 0.5 else ""))
+
+
+if __name__ == "__main__":
+    main()
