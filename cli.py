@@ -243,7 +243,46 @@ def package_import(file: Path, out: Path, task: str | None, fmt: str, trust_pick
 
 
 # ----------------------------------------------------------------------------- collect-experts
-# (owned by the agent issue)
+def _progress(ctx: click.Context) -> bool:
+    return not ctx.obj["quiet"]
+
+
+@main.command("collect-experts")
+@click.argument("task")
+@click.option("--policy", type=click.Choice(["tdmpc2", "scripted", "checkpoint"]), default=None,
+              help="Expert source: train TD-MPC2 (default), Meta-World scripted policy, or --checkpoint.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Collect with this cdred agent checkpoint instead of training one.")
+@click.option("--preset", default="small", show_default=True, help="Agent size preset: tiny | small | paper.")
+@click.option("--train-steps", type=int, default=100_000, show_default=True, help="Env steps of expert training.")
+@click.option("--episodes", type=int, default=100, show_default=True, help="Expert episodes to collect.")
+@click.option("--random-episodes", type=int, default=10, show_default=True,
+              help="Random-policy episodes for the score baseline.")
+@click.option("--episode-length", type=int, default=None, help="Agent steps per episode (task default if unset).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--plan/--no-plan", default=None, help="Act with MPPI planning or the policy prior (preset default).")
+@click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
+@click.pass_context
+def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoint: str | None, **opts) -> None:
+    """Train (or load) an expert for TASK and collect its demonstrations into demos.zarr."""
+    from cdred_pipeline.envs import parse_task
+    from cdred_pipeline.stages import collect_experts as stage
+
+    force = opts.pop("force")
+    policy = policy or ("checkpoint" if checkpoint else "tdmpc2")
+    cfg = stage.CollectConfig(task=parse_task(task).task, policy=policy, checkpoint=checkpoint, **opts)
+    art = stage.run(cfg, _store(ctx), force=force, progress=_progress(ctx))
+    scores = art.manifest.get("scores", {})
+    click.echo(f"demos: {art.path / stage.DATASET_NAME}  ({art.manifest.get('episodes')} episodes, "
+               f"{art.manifest.get('steps')} steps)")
+    for name in ("expert", "random"):
+        s = scores.get(name) or {}
+        if s:
+            click.echo(f"  {name:<6} return {s['return_mean']:9.2f} ± {s['return_std']:.2f}   "
+                       f"success {s['success_rate']:.2f}")
+    click.echo(f"key: {art.key}")
+
 
 # ------------------------------------------------------------------------------- render-visual
 # (owned by the render-visual issue)
@@ -284,6 +323,37 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
 # ------------------------------------------------------------------------------------- imitate
 
 # ------------------------------------------------------------------------------------ evaluate
+@main.command()
+@click.argument("agent")
+@click.option("--tremble", default="0", show_default=True,
+              help="Tremble probability p in [0, 1], or a comma list to sweep (e.g. 0,0.1,0.2).")
+@click.option("--episodes", type=int, default=10, show_default=True, help="Episodes per seed and p.")
+@click.option("--seeds", default="0", show_default=True, help="Comma list of evaluation seeds.")
+@click.option("--videos", type=int, default=0, show_default=True, help="Rollout videos (mp4) to write.")
+@click.option("--plan/--no-plan", default=None, help="Act with MPPI or the policy prior (checkpoint default).")
+@click.option("--episode-length", type=int, default=None, help="Agent steps per episode (task default if unset).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--scores-from", "scores_from", default=None,
+              help="Dataset (path or key) whose stored random/expert scores normalise the returns "
+                   "(default: the scores saved in an imitation checkpoint).")
+@click.option("--force", is_flag=True, help="Redo even if a complete report exists.")
+@click.pass_context
+def evaluate(ctx: click.Context, agent: str, tremble: str, seeds: str, force: bool, scores_from: str | None,
+             **opts) -> None:
+    """Evaluate AGENT (a checkpoint path or an experts/imitate artifact key) under tremble noise."""
+    from cdred_pipeline.stages import evaluate as stage
+    from cdred_pipeline.stages.common import dataset_scores
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"--seeds must be a comma list of integers, got {seeds!r}") from None
+    cfg = stage.EvalConfig(tremble=stage.parse_tremble_list(tremble), seeds=seed_list, **opts)
+    scores = dataset_scores(scores_from, _store(ctx)) if scores_from else None
+    art = stage.run(cfg, agent, _store(ctx), force=force, progress=_progress(ctx), scores=scores)
+    click.echo(stage.format_table(art.manifest["aggregates"]))
+    click.echo(f"report: {art.path / 'report.json'}\nplot:   {art.path / 'tremble.png'}\nkey:    {art.key}")
+
 
 # ------------------------------------------------------------------------------------ pipeline
 

@@ -14,7 +14,6 @@ was flushed to the store.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ import numpy as np
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import CdredError, UsageError
+from cdred_pipeline.stages.common import DATASET_NAME, file_sha256
 
 EXPERT_STAGE, EXPERT_VERSION = "experts", 1
 DEMO_STAGE, DEMO_VERSION = "demos", 1
-DATASET_NAME = "demos.zarr"
 POLICIES = ("tdmpc2", "scripted", "checkpoint")
 
 Policy = Callable[[np.ndarray, bool], np.ndarray]
@@ -51,7 +50,8 @@ class CollectConfig:
     episode_length: int | None = None
     device: str = "auto"
     plan: bool | None = None
-    eval_every: int | None = None
+    eval_every: int | None = None     # env steps between evaluations during training (trainer default if unset)
+    eval_episodes: int = 5
     probe: bool = True
 
     def __post_init__(self) -> None:
@@ -139,18 +139,12 @@ def random_scores(task: str, n: int, seed: int, episode_length: int | None) -> d
             "success_rate": float(np.mean(succ)), "episodes": n}
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ experts
 def _expert_config(cfg: CollectConfig) -> dict[str, Any]:
     """The config keys the expert artifact depends on (collection settings excluded)."""
-    keys = ("task", "policy", "preset", "train_steps", "seed", "episode_length", "plan", "eval_every")
+    keys = ("task", "policy", "preset", "train_steps", "seed", "episode_length", "plan", "eval_every", "eval_episodes")
     out = {k: getattr(cfg, k) for k in keys}
     if cfg.policy == "checkpoint":
         out = {"task": cfg.task, "policy": "checkpoint", "checkpoint_sha256": file_sha256(cfg.checkpoint)}
@@ -171,33 +165,35 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
         if cfg.policy == "scripted":
             return art.complete_with({"policy": "scripted"}, task=cfg.task)
         if cfg.policy == "checkpoint":
-            from cdred_pipeline.agent.checkpoint import load_agent_checkpoint
+            import shutil
 
-            agent, meta = load_agent_checkpoint(cfg.checkpoint, device=cfg.device)
-            _check_checkpoint_task(cfg.checkpoint, meta, cfg.task)
-            agent.save(art.path / "agent.pt", extra=meta.get("extra", {}))
+            from cdred_pipeline.stages.common import load_agent
+
+            _agent, extra = load_agent(cfg.checkpoint, device="cpu")  # validates the file before copying it
+            _check_checkpoint_task(cfg.checkpoint, extra, cfg.task)
+            shutil.copyfile(cfg.checkpoint, art.path / "agent.pt")
             return art.complete_with({"policy": "checkpoint"}, task=cfg.task)
         from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
         from cdred_pipeline.agent.trainer import TrainerConfig, train_online
 
         spec = make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length).spec_info
         overrides = {} if cfg.plan is None else {"plan": cfg.plan}
-        acfg = AgentConfig.preset(cfg.preset, seed=cfg.seed, device=cfg.device,
-                                  episode_length=spec.episode_length, **overrides)
-        tcfg = TrainerConfig(env_steps=cfg.train_steps, seed=cfg.seed,
-                             **({} if cfg.eval_every is None else {"eval_every": cfg.eval_every}))
-        agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim)
-        env_fn = lambda seed: make_env(cfg.task, seed=seed, episode_length=cfg.episode_length)  # noqa: E731
+        acfg = AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, **overrides)
+        agent_steps = max(1, cfg.train_steps // spec.action_repeat)
+        tcfg = TrainerConfig(steps=agent_steps, seed=cfg.seed, checkpoint_every=max(1, min(10_000, agent_steps // 4)),
+                             eval_episodes=cfg.eval_episodes,
+                             **({} if cfg.eval_every is None else {"eval_every": max(1, cfg.eval_every // spec.action_repeat)}))
+        agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim, device=cfg.device)
+        env_fn = lambda: make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length)  # noqa: E731
         result = train_online(env_fn, agent, tcfg, art.path, progress=progress,
                               extra={"task": cfg.task, "preset": cfg.preset, "obs": "state"})
-        return art.complete_with({"eval_return": result.get("eval_return"), "env_steps": result.get("env_steps")},
+        return art.complete_with({"eval_return": result.get("final_eval_return"), "env_steps": result.get("env_step")},
                                  task=cfg.task, train=result)
     finally:
         art.release()
 
 
-def _check_checkpoint_task(path: str | Path, meta: dict, task: str) -> None:
-    extra = meta.get("extra", {})
+def _check_checkpoint_task(path: str | Path, extra: dict, task: str) -> None:
     if extra.get("task") not in (None, task):
         raise CdredError(f"{path}: checkpoint is for task {extra.get('task')!r}, not {task!r}; "
                          "pass a checkpoint trained on this task", exit_code=2)
@@ -210,16 +206,18 @@ def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[Policy, di
 
         act = scripted_policy(cfg.task)
         return (lambda obs, first: act(obs)), {"kind": "scripted", "policy": f"metaworld {cfg.task}"}
-    from cdred_pipeline.agent.checkpoint import load_agent_checkpoint
+    from cdred_pipeline.envs import make_env
+    from cdred_pipeline.stages.common import load_agent
 
     path = expert.path / "agent.pt"
-    agent, meta = load_agent_checkpoint(path, device=cfg.device)
-    _check_checkpoint_task(path, meta, cfg.task)
-    if tuple(agent.obs_shape) != (int(meta.get("obs_shape", agent.obs_shape)[0]),) and len(agent.obs_shape) != 1:
-        raise CdredError(f"{path}: checkpoint observes {tuple(agent.obs_shape)}; collection needs a state agent",
-                         exit_code=2)
+    agent, extra = load_agent(path, device=cfg.device, plan=cfg.plan)
+    _check_checkpoint_task(path, extra, cfg.task)
+    want = make_env(cfg.task, episode_length=cfg.episode_length).spec_info.obs_shape
+    if tuple(agent.obs_shape) != tuple(want):
+        raise CdredError(f"{path}: checkpoint observes {tuple(agent.obs_shape)} but {cfg.task} state observations "
+                         f"are {tuple(want)}; pass a state-observation checkpoint of this task", exit_code=2)
     source = {"kind": "tdmpc2", "checkpoint_sha256": file_sha256(path),
-              "train_steps": int(meta.get("env_step", 0)), "preset": meta.get("extra", {}).get("preset")}
+              "train_steps": int(extra.get("env_step", 0)), "preset": extra.get("preset")}
     return (lambda obs, first: agent.act(obs, t0=first, eval_mode=True)), source
 
 
@@ -317,19 +315,16 @@ def _sim_attrs(env: Any) -> dict[str, Any]:
     return sim
 
 
-def _probe(cfg: CollectConfig, env: Any, writer: Any) -> dict[str, Any] | None:
-    """Hashes of a few rendered probe frames, so render-visual can verify it reproduces the pixels."""
-    try:
-        from cdred_pipeline.render import probe_frames
-    except ImportError:
-        return None
+def _probe(cfg: CollectConfig, env: Any, writer: Any) -> dict[str, Any]:
+    """Hashes of a few rendered frames of episode 0, so render-visual can verify it reproduces the pixels."""
+    from cdred_pipeline.render import probe_frames
+
     g = writer.group
-    ends = np.asarray(g["meta/episode_ends"][:])
-    steps = sorted({0, int(ends[0]) // 2, int(ends[0]) - 1})
-    states = np.asarray(g["data/physics_state"].get_orthogonal_selection((steps, slice(None))))
+    first_end = int(g["meta/episode_ends"][0])
+    states = np.asarray(g["data/physics_state"][:first_end])
     spec = env.spec_info
-    return probe_frames(cfg.task, states, steps=steps, size=spec.image_size, camera=spec.camera,
-                        render_profile=spec.render_profile, episode_length=cfg.episode_length)
+    return probe_frames(cfg.task, states, size=spec.image_size, camera=spec.camera,
+                        render_profile=spec.render_profile)
 
 
 # ------------------------------------------------------------------------------------------ stage

@@ -190,6 +190,19 @@ class CdredEnv(gym.Env):
         self._frames: deque[np.ndarray] = deque(maxlen=self.FRAME_STACK)
         self._mj_renderer: MjFrameRenderer | None = None
 
+    @property
+    def control_dt(self) -> float | None:
+        """Seconds of simulated time per agent step (action repeat included): the frame period of a
+        rollout video at the control rate. None where the simulator does not say."""
+        inner = getattr(self, "_env", None)
+        if hasattr(inner, "control_timestep"):  # dm_control
+            dt = float(inner.control_timestep())
+        elif isinstance(getattr(inner, "dt", None), (int, float)):  # Meta-World and gymnasium MuJoCo envs
+            dt = float(inner.dt)
+        else:
+            return None
+        return dt * self.spec_info.action_repeat
+
     # ------------------------------------------------------------------ hooks for the suites
     def _reset_sim(self, episode_seed: int) -> np.ndarray:
         """Reset the simulator for ``episode_seed``; return the state observation."""

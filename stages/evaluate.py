@@ -1,0 +1,263 @@
+"""Stage ``evaluate``: roll a trained agent under tremble noise and write a report a person can read.
+
+For every tremble probability p (paper App. D.4) and every seed, ``episodes`` episodes are run with the
+agent in evaluation mode. Per episode we record seed, p, return, success (``success_any``: success at
+any step, as LeRobot reports it; ``success_final``: success at the last step), length and the number of
+trembles. ``report.json`` (schema: ``REPORT_SCHEMA`` below, documented in docs/evaluation.md) holds the
+rows and aggregates; ``episodes.csv`` the rows; ``videos/*.mp4`` K rollouts at the control rate; and
+``tremble.png`` return and success against p.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.artifacts import Artifact, ArtifactStore
+from cdred_pipeline.errors import CdredError, UsageError
+
+STAGE, VERSION = "eval", 1
+BOOTSTRAP_SAMPLES = 2000
+
+REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["agent", "task", "obs", "config", "scores", "rows", "aggregates"],
+    "properties": {
+        "agent": {"type": "string"}, "task": {"type": "string"}, "obs": {"type": "string"},
+        "config": {"type": "object"},
+        "scores": {"type": "object", "description": "random/expert return means used for normalisation (may be empty)"},
+        "rows": {"type": "array", "items": {"type": "object", "required": [
+            "p", "seed", "episode", "episode_seed", "return", "success_any", "success_final", "length", "trembles"]}},
+        "aggregates": {"type": "array", "items": {"type": "object", "required": [
+            "p", "episodes", "return_mean", "return_std", "seed_means", "return_seed_mean", "return_ci95",
+            "success_rate", "success_final_rate", "tremble_rate", "normalized_score"]}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of an evaluation; every field is part of the cache key."""
+
+    tremble: tuple[float, ...] = (0.0,)
+    episodes: int = 10
+    seeds: tuple[int, ...] = (0,)
+    videos: int = 0
+    video_size: int = 256
+    plan: bool | None = None
+    episode_length: int | None = None
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from cdred_pipeline.envs import check_tremble
+
+        object.__setattr__(self, "tremble", tuple(check_tremble(p) for p in self.tremble))
+        if not self.tremble or self.episodes < 1 or not self.seeds or self.videos < 0:
+            raise UsageError("evaluate needs at least one p, --episodes >= 1, one seed and --videos >= 0")
+
+
+def parse_tremble_list(text: str) -> tuple[float, ...]:
+    """``"0,0.1,0.2"`` -> (0.0, 0.1, 0.2), each checked to lie in [0, 1]."""
+    from cdred_pipeline.envs import check_tremble
+
+    return tuple(check_tremble(p.strip()) for p in str(text).split(",") if p.strip())
+
+
+def _episode_seed(seed: int, index: int) -> int:
+    # stream 7: evaluation seeds never coincide with the collection (0) or baseline (1) streams
+    return int(np.random.SeedSequence([seed, 7, index]).generate_state(1)[0])
+
+
+def bootstrap_ci(values: np.ndarray, *, level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (over seeds); a single value gives a zero-width interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()), float(v.mean())
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(samples, len(v)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def normalized_score(ret: float, scores: dict[str, Any]) -> float | None:
+    """100 (R - R_random) / (R_expert - R_random) with the dataset's stored scores, or None."""
+    try:
+        r_rand = float(scores["random"]["return_mean"])
+        r_exp = float(scores["expert"]["return_mean"])
+    except (KeyError, TypeError):
+        return None
+    if not math.isfinite(r_exp - r_rand) or abs(r_exp - r_rand) < 1e-9:
+        return None
+    return 100.0 * (ret - r_rand) / (r_exp - r_rand)
+
+
+def aggregate(rows: list[dict[str, Any]], scores: dict[str, Any]) -> list[dict[str, Any]]:
+    """Aggregates per p: over episodes (mean ± std) and over seeds (mean, 95% bootstrap CI)."""
+    out = []
+    for p in sorted({r["p"] for r in rows}):
+        sel = [r for r in rows if r["p"] == p]
+        ret = np.array([r["return"] for r in sel])
+        seeds = sorted({r["seed"] for r in sel})
+        seed_means = np.array([np.mean([r["return"] for r in sel if r["seed"] == s]) for s in seeds])
+        lo, hi = bootstrap_ci(seed_means)
+        steps = sum(r["length"] for r in sel)
+        out.append({
+            "p": p, "episodes": len(sel), "return_mean": float(ret.mean()), "return_std": float(ret.std()),
+            "seed_means": {str(s): float(m) for s, m in zip(seeds, seed_means)},
+            "return_seed_mean": float(seed_means.mean()), "return_ci95": [lo, hi],
+            "success_rate": float(np.mean([r["success_any"] for r in sel])),
+            "success_final_rate": float(np.mean([r["success_final"] for r in sel])),
+            "tremble_rate": float(sum(r["trembles"] for r in sel) / max(steps, 1)),
+            "normalized_score": normalized_score(float(ret.mean()), scores),
+        })
+    return out
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    import imageio.v2 as imageio
+
+    tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, quality=7,
+                            ffmpeg_log_level="error") as w:
+        for f in frames:
+            w.append_data(f)
+    os.replace(tmp, path)
+
+
+def _plot(path: Path, aggs: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ps = [a["p"] for a in aggs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.errorbar(ps, [a["return_mean"] for a in aggs], yerr=[a["return_std"] for a in aggs], marker="o", capsize=3)
+    ax1.set_xlabel("tremble probability p")
+    ax1.set_ylabel("episode return")
+    ax2.plot(ps, [a["success_rate"] for a in aggs], marker="o")
+    ax2.set_xlabel("tremble probability p")
+    ax2.set_ylabel("success rate (any step)")
+    ax2.set_ylim(-0.05, 1.05)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_eval_episode(env: Any, agent: Any, seed: int, *, frames: list | None = None,
+                     video_size: int = 256) -> dict[str, Any]:
+    """One evaluation episode in eval mode (mean actions); frames are appended when a list is given."""
+    obs, info = env.reset(seed=seed)
+    ret, length, trembles, success_any, success = 0.0, 0, 0, False, False
+    first = True
+    if frames is not None:
+        frames.append(env.render_frame(video_size))
+    while True:
+        action = agent.act(obs, t0=first, eval_mode=True)
+        first = False
+        obs, reward, terminated, truncated, info = env.step(action)
+        ret += float(reward)
+        length += 1
+        trembles += int(bool(info.get("trembled", False)))
+        success = bool(info.get("success", False))
+        success_any = success_any or success
+        if frames is not None:
+            frames.append(env.render_frame(video_size))
+        if terminated or truncated:
+            break
+    return {"return": ret, "success_any": success_any, "success_final": success, "length": length,
+            "trembles": trembles}
+
+
+def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = False, progress: bool = True,
+        scores: dict[str, Any] | None = None) -> Artifact:
+    """Evaluate the agent under each tremble p; returns the eval artifact with report.json."""
+    from tqdm.auto import tqdm
+
+    from cdred_pipeline.envs import make_env
+    from cdred_pipeline.stages.common import load_agent, resolve_checkpoint
+
+    ckpt, input_key = resolve_checkpoint(agent, store)
+    policy, extra = load_agent(ckpt, device=cfg.device, plan=cfg.plan)
+    task, obs_kind = extra.get("task"), extra.get("obs", "state")
+    if not task:
+        raise CdredError(f"{ckpt}: the checkpoint does not say which task it was trained on", exit_code=2)
+    scores = scores if scores is not None else extra.get("scores", {})
+    config = {**{k: v for k, v in cfg.__dict__.items() if k != "device"}, "task": task, "obs": obs_kind}
+    art = store.begin(STAGE, VERSION, config, {"agent": input_key}, force=force,
+                      description=f"evaluate {task} under tremble {list(cfg.tremble)}")
+    if art.complete:
+        return art
+    try:
+        t0 = time.time()
+        rows: list[dict[str, Any]] = []
+        videos_dir = art.path / "videos"
+        videos_left = cfg.videos
+        total = len(cfg.tremble) * len(cfg.seeds) * cfg.episodes
+        bar = tqdm(total=total, desc=f"evaluate {task}", unit="ep", disable=not progress)
+        for p in cfg.tremble:
+            env = make_env(task, obs=obs_kind, seed=0, tremble=p, episode_length=cfg.episode_length)
+            _check_obs_shape(ckpt, policy, env)
+            dt = getattr(env.unwrapped, "control_dt", None)
+            fps = 1.0 / dt if dt else 30.0  # videos play at the control rate (real time)
+            for seed in cfg.seeds:
+                for i in range(cfg.episodes):
+                    ep_seed = _episode_seed(seed, i)
+                    frames: list | None = [] if videos_left > 0 else None
+                    ep = run_eval_episode(env, policy, ep_seed, frames=frames, video_size=cfg.video_size)
+                    if frames is not None:
+                        videos_dir.mkdir(exist_ok=True)
+                        _write_video(videos_dir / f"p{p:g}_seed{seed}_ep{i}.mp4", frames, fps)
+                        videos_left -= 1
+                    rows.append({"p": p, "seed": seed, "episode": i, "episode_seed": ep_seed, **ep})
+                    bar.update(1)
+                    bar.set_postfix(p=p, ret=f"{ep['return']:.1f}")
+            env.close()
+        bar.close()
+        aggs = aggregate(rows, scores)
+        report = {"agent": str(ckpt), "task": task, "obs": obs_kind, "config": config, "scores": scores,
+                  "rows": rows, "aggregates": aggs, "wall_s": round(time.time() - t0, 2)}
+        (art.path / "report.json").write_text(json.dumps(report, indent=2))
+        with open(art.path / "episodes.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        _plot(art.path / "tremble.png", aggs, f"{task}: return and success under tremble")
+        head = {f"return@p={a['p']:g}": round(a["return_mean"], 2) for a in aggs}
+        return art.complete_with(head, task=task, aggregates=aggs)
+    finally:
+        art.release()
+
+
+def _check_obs_shape(ckpt: Path, agent: Any, env: Any) -> None:
+    want = tuple(agent.obs_shape)
+    have = tuple(env.observation_space.shape)
+    if want != have:
+        raise CdredError(f"{ckpt}: the agent observes {want} but the env gives {have} "
+                         "(a pixel agent on a state env or the reverse); evaluate with the agent's own obs kind",
+                         exit_code=2)
+
+
+def format_table(aggs: list[dict[str, Any]]) -> str:
+    """A readable table of the aggregates, one row per p."""
+    lines = [f"{'p':>5}  {'episodes':>8}  {'return mean ± std':>20}  {'seed mean [95% CI]':>28}  {'success':>7}  {'score':>6}"]
+    for a in aggs:
+        lo, hi = a["return_ci95"]
+        score = "-" if a["normalized_score"] is None else f"{a['normalized_score']:.1f}"
+        ret = f"{a['return_mean']:.2f} ± {a['return_std']:.2f}"
+        seed = f"{a['return_seed_mean']:.2f} [{lo:.2f}, {hi:.2f}]"
+        lines.append(f"{a['p']:>5.2f}  {a['episodes']:>8d}  {ret:>20}  {seed:>28}  {a['success_rate']:>7.2f}  {score:>6}")
+    return "\n".join(lines)
