@@ -214,12 +214,15 @@ class _Column:
 # ------------------------------------------------------------------------------ direct chunk writes
 _POOL_WORKERS = max(2, min(8, 2 * (os.cpu_count() or 1)))  # fsync waits overlap: more threads than cores
 _POOL_OBJ: ThreadPoolExecutor | None = None
+_POOL_PID = -1
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _POOL_OBJ
-    if _POOL_OBJ is None:
+    """The process's chunk writer threads (made again in a forked child, whose copy has no threads)."""
+    global _POOL_OBJ, _POOL_PID
+    if _POOL_OBJ is None or _POOL_PID != os.getpid():
         _POOL_OBJ = ThreadPoolExecutor(max_workers=_POOL_WORKERS, thread_name_prefix="cdred-chunks")
+        _POOL_PID = os.getpid()
     return _POOL_OBJ
 
 

@@ -410,3 +410,20 @@ def test_docs_example_reads_a_store_with_plain_zarr(tmp_path, monkeypatch):
     np.testing.assert_array_equal(ns["ep_act"], ref["action"])
     np.testing.assert_array_equal(ns["stacked"], load_episodes(tmp_path / "demos.zarr", obs="rgb")[3]["obs"])
     assert len(ns["episodes"]) == 5
+
+
+def test_writer_works_in_a_forked_child_after_the_parent_wrote(tmp_path):
+    """Process pools fork: the child must not reuse the parent's (thread-less) chunk writer pool."""
+    import multiprocessing as mp
+
+    write_random_dataset(tmp_path / "parent.zarr", [300, 200], chunk_bytes=512, seed=0)  # starts the pool here
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        res = pool.apply_async(_child_write, (str(tmp_path / "child.zarr"),))
+        assert res.get(timeout=30) == 500
+    assert open_dataset(tmp_path / "child.zarr").num_steps == 500
+
+
+def _child_write(path: str) -> int:
+    write_random_dataset(path, [300, 200], chunk_bytes=512, seed=1)
+    return open_dataset(path).num_steps
