@@ -149,6 +149,9 @@ def export_hdf5(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: b
             grp.attrs["env_args"] = json.dumps({"env_name": ds.task, "type": "cdred",
                                                 "env_kwargs": {k: v for k, v in ds.env.items() if k != "task"}})
             grp.attrs["cdred_attrs"] = json.dumps(ds.attrs)
+            arr_attrs = {k: dict(ds.array(k).attrs) for k in ds.keys() if dict(ds.array(k).attrs)}
+            if arr_attrs:
+                grp.attrs["cdred_array_attrs"] = json.dumps(arr_attrs)
             grp.attrs["cdred_dataset_version"] = ds.version
             for lo, hi in _episode_blocks(ds):
                 data, meta = _read_block(ds, lo, hi)
@@ -310,6 +313,9 @@ def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | 
                     raise DatasetError(f"{file}: data/{name}: {str(exc).removeprefix('append_episode: ')}") from None
             if ours:
                 w.attrs["import"] = {"format": "hdf5", "file": file.name}
+                for key, a in json.loads(grp.attrs.get("cdred_array_attrs", "{}")).items():
+                    if key in w._columns:
+                        w._columns[key].array.attrs.update(a)
             if notes:
                 src = dict(w.attrs.get("source", {}))
                 src["notes"] = list(src.get("notes", [])) + notes

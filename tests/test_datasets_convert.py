@@ -79,6 +79,20 @@ def test_parquet_round_trip_lossless_and_table_shape(src, tmp_path):
     assert_same_store(src, back)
 
 
+def test_round_trips_keep_render_attrs_of_rendered_stores(tmp_path):
+    from cdred_pipeline.datasets import RgbWriter
+
+    state, eps = write_random_dataset(tmp_path / "s.zarr", [4, 6], seed=3)
+    rng = np.random.default_rng(0)
+    with RgbWriter(state, tmp_path / "v.zarr", "corner", attrs={"render_profile": "fast", "probe": "ab12"}) as rw:
+        for e in eps:
+            rw.append_episode(rng.integers(0, 256, (len(e["obs"]) + 1, 8, 8, 3), dtype=np.uint8))
+    src = tmp_path / "v.zarr"
+    assert dict(open_dataset(src).array("data/rgb/corner").attrs)["render_profile"] == "fast"
+    assert_same_store(src, import_file(export_hdf5(src, tmp_path / "v.h5"), tmp_path / "h.zarr"))
+    assert_same_store(src, import_file(export_parquet(src, tmp_path / "v.pq"), tmp_path / "p.zarr"))
+
+
 def test_round_trips_without_physics_state(tmp_path):
     path, _ = write_random_dataset(tmp_path / "d.zarr", [3, 4], state_dim=0, seed=2)
     assert open_dataset(path).physics_state_dim == 0
