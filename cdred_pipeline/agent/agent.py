@@ -198,7 +198,7 @@ class TDMPC2Agent:
         if not torch.isfinite(value).all():
             raise TrainingDivergedError(
                 f"non-finite {name} ({float(value):.4g}) at update step {self.update_step + 1}; "
-                "training stopped; resume from the last good checkpoint"
+                "training stopped (lower the learning rate or check the data)"
             )
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 import warnings
@@ -218,7 +219,7 @@ def train_online(
         user_extra.setdefault("task", task)
 
     state: dict[str, Any] = {
-        "agent_step": 0, "episode": 0, "pretrained": False, "update_credit": 0.0, "elapsed_s": 0.0,
+        "agent_step": 0, "episode": 0, "pretrained": False, "utd_updates": 0, "elapsed_s": 0.0,
         "next_eval": cfg.eval_every if cfg.eval_every > 0 else cfg.steps, "next_ckpt": cfg.checkpoint_every,
         "updates_from": seed_steps, "last_eval": None, "best_eval_return": None, "eval_at_step": -1,
     }
@@ -238,6 +239,7 @@ def train_online(
         if not buf_ok and state["agent_step"] < cfg.steps:
             # no matching buffer: refill it by acting with the (trained) agent before updating again
             state["updates_from"] = state["agent_step"] + min(seed_steps, cfg.steps - state["agent_step"])
+            state["utd_updates"] = 0
             warnings.warn(f"resuming at agent step {state['agent_step']} without a saved replay buffer; "
                           f"refilling {seed_steps} steps before updates resume", stacklevel=2)
         _rollback_metrics(metrics_path, state["agent_step"])
@@ -307,13 +309,13 @@ def train_online(
                 state["agent_step"] += 1
                 done = bool(term or trunc)
                 # --- updates (Alg. 1 "num updates per step")
+                # every step after seeding earns utd updates (exact count, no float drift);
+                # they run once the buffer can be sampled
                 if state["agent_step"] >= state["updates_from"] and buffer.num_valid_starts(H) > 0:
-                    if not state["pretrained"]:
-                        n, state["pretrained"] = pretrain_updates, True
-                    else:
-                        state["update_credit"] += cfg.utd
-                        n = int(state["update_credit"])
-                        state["update_credit"] -= n
+                    due = math.floor((state["agent_step"] - state["updates_from"]) * cfg.utd + 1e-9)
+                    n, state["utd_updates"] = due - state["utd_updates"], due
+                    if not state["pretrained"]:  # TD-MPC2: a burst of updates when seeding ends
+                        n, state["pretrained"] = n + pretrain_updates, True
                     for _ in tqdm(range(n), desc="pretrain", leave=False, disable=not progress or n < 100):
                         m = agent.update(sample_batch(buffer, B, H, expert_buffer, agent.device))
                         for k, v in m.items():
@@ -342,8 +344,9 @@ def train_online(
                     state["next_ckpt"] += cfg.checkpoint_every
                 checkpoint()
     except TrainingDivergedError as exc:
-        where = f"{ckpt_path} at agent step {last_ckpt[0]}" if last_ckpt[0] is not None else "none written yet"
-        raise TrainingDivergedError(f"{exc} (agent step {state['agent_step']}); last good checkpoint: {where}") from None
+        where = (f"{ckpt_path} (agent step {last_ckpt[0]}), kept; rerun to resume from it"
+                 if last_ckpt[0] is not None else "none written yet")
+        raise TrainingDivergedError(f"{exc}, at agent step {state['agent_step']}; last good checkpoint: {where}") from None
     finally:
         bar.close()
     plot_learning_curve(metrics_path, png_path, title=str(task or ""))
