@@ -204,8 +204,8 @@ class _Column:
             self.array[self.base:end] = data[:n]
         rest = data[full:]
         self.base += full
-        if full:  # the written rows now belong to the writer threads: continue in a fresh buffer
-            buf = np.empty((min(self.batch_rows, max(256, 2 * len(rest))), *self.row_shape), dtype=self.dtype)
+        if full:  # the written rows now belong to the writer threads: continue in a fresh, full-size buffer
+            buf = np.empty((self.batch_rows, *self.row_shape), dtype=self.dtype)
             buf[:len(rest)] = rest
             self._buf = buf
         self._nbuf = len(rest)
