@@ -60,10 +60,11 @@ def stage_rate(dataset: Path, workdir: Path, workers: int, size: int, profile: s
     if res.returncode != 0:
         raise SystemExit(f"render-visual failed: {res.stderr.strip()}")
     manifest = json.loads(next(workdir.glob("render-visual/*/manifest.json")).read_text())
-    frames = manifest["render_runs"][-1]["frames_rendered"]
+    run = manifest["render_runs"][-1]
+    frames = run["frames_rendered"]
     render_s = manifest["timings"]["render_s"]
     return {"workers": workers, "frames": frames, "render_s": render_s, "fps": frames / render_s,
-            "wall_s": wall, "fps_wall": frames / wall}
+            "fps_steady": run.get("fps_steady"), "wall_s": wall, "fps_wall": frames / wall}
 
 
 def main() -> None:
@@ -78,7 +79,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from cdred_pipeline.datasets import open_dataset
-    from cdred_pipeline.render import gl_backend, write_random_dataset
+    from cdred_pipeline.render import StateRenderer, gl_backend, write_random_dataset
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="render-speed-") as tmp:
@@ -93,13 +94,15 @@ def main() -> None:
               f"built in {time.perf_counter() - t0:.1f} s")
         state = ds.group["data/physics_state"][ds.num_steps // 2]
         raw = raw_rate(args.task, args.size, args.profile, args.raw_frames, state)
-        print(f"GL: {gl_backend()}  cores: {os.cpu_count()}")
+        with StateRenderer(args.task, size=args.size, render_profile=args.profile) as r:
+            print(f"GL: {gl_backend(r)}  cores: {os.cpu_count()}")
         print(f"raw mujoco.Renderer: {raw:8.1f} frames/s (the limit, one process)")
         results = []
         for w in args.workers:
             r = stage_rate(ds_path, root / f"runs-w{w}", w, args.size, args.profile)
             results.append(r)
-            print(f"render-visual --workers {w}: {r['fps']:8.1f} frames/s over the render phase "
+            print(f"render-visual --workers {w}: {r['fps']:8.1f} frames/s over the render phase, "
+                  f"{r['fps_steady'] or float('nan'):.1f} steady (after worker start-up) "
                   f"({r['frames']} frames in {r['render_s']:.2f} s; whole command {r['wall_s']:.2f} s = "
                   f"{r['fps_wall']:.1f} frames/s)")
     one = next((r for r in results if r["workers"] == 1), None)
@@ -107,9 +110,13 @@ def main() -> None:
     if one:
         ratio = one["fps"] / raw
         print(f"one worker / raw      = {ratio:5.2f}  (target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'})")
+    if one and one["fps_steady"]:
+        print(f"one worker / raw, steady = {one['fps_steady'] / raw:5.2f}")
     if one and two:
         sp = two["fps"] / one["fps"]
         print(f"two workers / one     = {sp:5.2f}x (target >= 1.70: {'met' if sp >= 1.7 else 'NOT met'})")
+        if one["fps_steady"] and two["fps_steady"]:
+            print(f"two workers / one, steady = {two['fps_steady'] / one['fps_steady']:5.2f}x")
     load1 = os.getloadavg()
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} on {os.cpu_count()} cores"
           + ("  (other jobs share these cores: figures disturbed)" if max(load0[0], load1[0]) > 0.5 else ""))

@@ -424,12 +424,13 @@ _WORKER: dict[str, Any] = {"queue": None, "ppid": None, "datasets": {}}
 _PR_SET_PDEATHSIG = 1
 
 
-def init_worker(queue: Any, lp_threads: int | None) -> None:
+def init_worker(queue: Any, lp_threads: int | None, warm: tuple[str, int, str, str] | None = None) -> None:
     """Initializer of a spawned render worker: die with the driver, share the cores, report progress.
 
     ``PR_SET_PDEATHSIG`` (Linux) kills the worker when the driver dies (e.g. SIGKILL), so a killed run
     never leaves workers writing into a folder a resumed run owns. ``lp_threads`` sets llvmpipe's
     ``LP_NUM_THREADS`` unless the user set it (pixels do not depend on it, see the module docstring).
+    ``warm`` = (task, size, camera, profile) creates the worker's renderer at once.
     """
     _WORKER["queue"] = queue
     _WORKER["ppid"] = os.getppid()
@@ -442,6 +443,8 @@ def init_worker(queue: Any, lp_threads: int | None) -> None:
         os._exit(1)
     if lp_threads is not None and "LP_NUM_THREADS" not in os.environ:
         os.environ["LP_NUM_THREADS"] = str(int(lp_threads))
+    if warm is not None:  # import the simulator and create the GL context before the first job
+        cached_renderer(*warm).render_current()
 
 
 def _worker_group(path: str) -> Any:

@@ -273,8 +273,6 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
 
 def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str, profile: str,
             progress: bool) -> Artifact:
-    from cdred_pipeline.datasets import RgbWriter, open_dataset
-
     t_start = time.perf_counter()
     out = art.path / DATASET_NAME
     size = config.size
@@ -282,6 +280,23 @@ def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str
     driver = R.cached_renderer(task, size, camera, profile)
     driver.check_states(ds.physics_state_dim, str(ds.path))
     backend = R.gl_backend(driver)
+    pool: _WorkerPool | None = None
+    if config.workers > 1 and not (out.is_dir() and _has_camera(out, camera, ds.num_episodes)):
+        # start the workers now: their imports and GL contexts overlap the verification and the copy
+        pool = _WorkerPool(min(config.workers, ds.num_episodes), config.lp_threads, (task, size, camera, profile))
+    try:
+        return _render_body(art, config, ds, task, camera, profile, progress, out, backend, pool, t_start)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _render_body(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str, profile: str,
+                 progress: bool, out: Path, backend: str, pool: "_WorkerPool | None",
+                 t_start: float) -> Artifact:
+    from cdred_pipeline.datasets import RgbWriter, open_dataset
+
+    size = config.size
 
     # ---------------------------------------------------------------- verification, before the long run
     verification: dict[str, Any] = {"status": "skipped", "reason": "--no-verify", "checks": []}
@@ -311,8 +326,8 @@ def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str
                   "env": {"image_size": size, "camera": camera, "render_profile": profile}}
     parts_dir = art.path / "parts"
     frames_total = int(ds.num_steps + E)
-    rendered = 0
-    t_render = time.perf_counter()
+    meter = _Meter()
+    t_render = t_start  # the render phase includes the worker start-up, the verification and the copy
     lp_used: str | None = os.environ.get("LP_NUM_THREADS")
     if out.is_dir() and _has_camera(out, camera, E):
         pass  # an earlier run finished the dataset and was killed before completing the artifact
@@ -320,11 +335,12 @@ def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str
         writer = RgbWriter(ds.path, out, camera, attrs=array_attrs, root_attrs=root_attrs, overwrite=True)
         try:
             done = writer.num_episodes
-            if config.workers == 1:
-                rendered = _render_inline(art, writer, ds, task, size, camera, profile, chunk, done, progress)
+            if pool is None:
+                _render_inline(art, writer, ds, task, size, camera, profile, chunk, done, progress, meter)
             else:
-                rendered, lp_used = _render_pool(art, writer, ds, task, size, camera, profile, chunk, done,
-                                                 config, parts_dir, progress)
+                _render_pool(art, writer, ds, task, size, camera, profile, chunk, done,
+                             config, parts_dir, progress, meter, pool)
+                lp_used = pool.lp_used
             writer.close()
         except BaseException:
             writer.abort()
@@ -350,9 +366,12 @@ def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str
     sheet = R.contact_sheet(lambda i: _episode_frames(result, camera, i), E,
                             art.path / f"contact_sheet_{camera}.png")
 
+    rendered = meter.frames
     fps = rendered / render_s if rendered and render_s > 0 else None
+    steady = meter.steady_fps()
     runs = list(art.manifest.get("render_runs", []))
     runs.append({"frames_rendered": rendered, "render_s": round(render_s, 3), "workers": config.workers,
+                 "fps": None if fps is None else round(fps, 1), "fps_steady": None if steady is None else round(steady, 1),
                  "chunk_episodes": chunk, "lp_threads": lp_used})
     headline = {"frames": frames_total, "fps": None if fps is None else round(fps, 1),
                 "verify": verification["status"]}
@@ -400,8 +419,29 @@ def _unit_delay() -> None:
         time.sleep(float(delay))
 
 
+class _Meter:
+    """Frames rendered in this run, and the steady rate: frames after the first report over the time
+    from the first report to the last (leaves out worker start-up: spawn, imports, GL context)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self._first: tuple[float, int] | None = None
+        self._last = 0.0
+
+    def add(self, n: int) -> None:
+        self.frames += int(n)
+        self._last = time.perf_counter()
+        if self._first is None:
+            self._first = (self._last, self.frames)
+
+    def steady_fps(self) -> float | None:
+        if self._first is None or self._last <= self._first[0]:
+            return None
+        return (self.frames - self._first[1]) / (self._last - self._first[0])
+
+
 def _render_inline(art: Artifact, writer: Any, ds: Any, task: str, size: int, camera: str, profile: str,
-                   chunk: int, done: int, progress: bool) -> int:
+                   chunk: int, done: int, progress: bool, meter: _Meter) -> None:
     """One worker, in this process: render each range straight into the writer; a range is a unit once
     the writer has flushed it."""
     E = ds.num_episodes
@@ -409,7 +449,6 @@ def _render_inline(art: Artifact, writer: Any, ds: Any, task: str, size: int, ca
     r = R.cached_renderer(task, size, camera, profile)
     phys, final = ds.array("data/physics_state"), ds.array("meta/final_physics_state")
     initial = int(ends[done - 1] + done) if done else 0
-    rendered = 0
     with _progress_bar(int(ds.num_steps + E), initial, progress, f"render {task} {size}px") as bar:
         for a, b in _split(done, E, chunk):
             t0 = time.perf_counter()
@@ -424,23 +463,22 @@ def _render_inline(art: Artifact, writer: Any, ds: Any, task: str, size: int, ca
                 frames[n] = r.render(finals[i - a])
                 off += n
                 writer.append_episode(frames)
-                rendered += n + 1
+                meter.add(n + 1)
                 bar.update(n + 1)
             writer.flush()
             art.record_unit(_unit_name(a, b), start=a, end=b, frames=int(off + b - a),
                             seconds=round(time.perf_counter() - t0, 3), pid=os.getpid())
             _unit_delay()
-    return rendered
 
 
 def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, camera: str, profile: str,
                  chunk: int, done: int, config: RenderConfig, parts_dir: Path,
-                 progress: bool) -> tuple[int, str | None]:
+                 progress: bool, meter: _Meter, pool: "_WorkerPool") -> None:
     """Several workers: a spawn pool renders ranges into part stores; the driver records each finished
     range as a unit and merges parts into the writer in episode order (then deletes them)."""
-    import multiprocessing as mp
     import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     E = ds.num_episodes
     ends, starts, lengths = ds.episode_ends, ds.episode_starts, ds.lengths
@@ -466,12 +504,8 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
         cursor = max(cursor, ready[a][0])
     todo += _split(cursor, E, chunk)
 
-    lp = config.lp_threads if config.lp_threads is not None else max(1, (os.cpu_count() or 1) // config.workers)
-    lp_used = os.environ.get("LP_NUM_THREADS", str(lp))
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
+    q = pool.queue
     merged = done
-    rendered = 0
 
     def merge_ready() -> None:
         nonlocal merged
@@ -492,13 +526,12 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
             shutil.rmtree(part, ignore_errors=True)
 
     def drain(bar: Any) -> None:
-        nonlocal rendered
         while True:
             try:
                 n = q.get_nowait()
             except queue_mod.Empty:
                 return
-            rendered += int(n)
+            meter.add(int(n))
             bar.update(int(n))
 
     initial = int(ends[done - 1] + done) if done else 0
@@ -507,15 +540,17 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
             for a, b in todo]
     with _progress_bar(int(ds.num_steps + E), initial, progress, f"render {task} {size}px x{config.workers}") as bar:
         merge_ready()
-        pool = ProcessPoolExecutor(max_workers=min(config.workers, max(1, len(jobs))), mp_context=ctx,
-                                   initializer=R.init_worker, initargs=(q, lp))
         try:
-            pending = {pool.submit(R.render_range, j) for j in jobs}
+            pending = {pool.executor.submit(R.render_range, j) for j in jobs}
             while pending:
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 drain(bar)
                 for fut in finished:
-                    res = fut.result()
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool as exc:
+                        raise CdredError(f"a render worker died ({exc}); finished ranges are kept: rerun to "
+                                         "resume, or use --workers 1 to see the error in this process") from exc
                     part = parts_dir / res["part"]
                     art.record_unit(_unit_name(res["start"], res["end"]), **res)
                     ready[int(res["start"])] = (int(res["end"]), part)
@@ -524,13 +559,32 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
             drain(bar)
             merge_ready()
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.executor.shutdown(wait=False, cancel_futures=True)
             raise
-        finally:
-            pool.shutdown(wait=True)
     if merged != E:
         raise CdredError(f"render-visual: merged {merged} of {E} episodes (parts missing); rerun to resume")
-    return rendered, lp_used
+
+
+class _WorkerPool:
+    """A spawn-context process pool whose workers start at once, each with its GL context ready
+    (``warm`` = task, size, camera, profile), report frames on :attr:`queue`, and die with the driver."""
+
+    def __init__(self, workers: int, lp_threads: int | None, warm: tuple[str, int, str, str]) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        lp = lp_threads if lp_threads is not None else max(1, (os.cpu_count() or 1) // workers)
+        self.lp_used: str | None = os.environ.get("LP_NUM_THREADS", str(lp))
+        ctx = mp.get_context("spawn")
+        self.queue = ctx.Queue()
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=R.init_worker,
+                                            initargs=(self.queue, lp, warm))
+        for _ in range(workers):  # each submit with no idle worker spawns one: all start now
+            self.executor.submit(os.getpid)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.queue.close()
 
 
 def _part_ok(part: Path, ends: np.ndarray, starts: np.ndarray, a: int, b: int) -> bool:
@@ -542,14 +596,20 @@ def _part_ok(part: Path, ends: np.ndarray, starts: np.ndarray, a: int, b: int) -
     return int(arr.shape[0]) == int(ends[b - 1] - starts[a]) + (b - a)
 
 
-def summary_line(art: Artifact) -> str:
+def summary_line(art: Artifact, *, cached: bool = False) -> str:
     """What the CLI prints after a run: artifact path, frames, fps and the verification result."""
     m = art.manifest
     head = m.get("headline") or {}
-    fps = head.get("fps")
     runs = m.get("render_runs") or []
-    rendered = runs[-1]["frames_rendered"] if runs else 0
+    last = runs[-1] if runs else {}
+    fps, steady = last.get("fps"), last.get("fps_steady")
+    if cached:
+        done = "cached: nothing rendered now"
+    else:
+        done = f"{last.get('frames_rendered', 0)} rendered now"
+    rate = "n/a" if fps is None else f"{fps:.1f} frames/s over the render phase"
+    if steady is not None:
+        rate += f" ({steady:.1f} steady)"
     v = R.describe_verification(m.get("verification") or {"status": "skipped", "reason": "not recorded"})
-    fps_text = f"{fps:.1f} frames/s" if isinstance(fps, (int, float)) else "n/a frames/s"
-    return (f"{art.path / DATASET_NAME}\nframes: {head.get('frames')} ({rendered} rendered in the last run), "
-            f"{fps_text}, workers {(m.get('render') or {}).get('workers')}\nverify: {v}")
+    return (f"{art.path / DATASET_NAME}\nframes: {head.get('frames')} ({done}); {rate}; workers "
+            f"{last.get('workers')}\nverify: {v}")
