@@ -88,8 +88,8 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"{s['path']}  (cdred dataset layout v{s['layout_version']})",
         f"  task            {s['task']}",
-        f"  episodes        {s['episodes']}   steps {s['steps']}   length mean {el['mean'] if el['mean'] is None else round(el['mean'], 1)}"
-        f" (min {el['min']}, max {el['max']})",
+        f"  episodes        {s['episodes']}   steps {s['steps']}"
+        + (f"   length mean {el['mean']:.1f} (min {el['min']}, max {el['max']})" if el["mean"] is not None else ""),
         f"  dims            obs {s['obs_dim']}   action {s['action_dim']}   physics_state {s['physics_state_dim']}"
         + ("".join(f"   rgb/{c} {'x'.join(map(str, sh))}" for c, sh in s["cameras"].items())),
         f"  return          {_pm(s['return'])}",
@@ -103,7 +103,7 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     width = max((len(k) for k in s["arrays"]), default=10)
     for key, a in s["arrays"].items():
-        shape = "(" + ", ".join(map(str, a["shape"])) + ")"
+        shape = str(tuple(a["shape"]))
         ratio = f"{a['nbytes'] / a['stored']:.2f}x" if a["stored"] else "-"
         lines.append(f"    {key:<{width}}  {shape:<20} {a['dtype']:<8} chunk {a['chunks'][0]:<7} "
                      f"{_human(a['stored']):>10}  {ratio}")
