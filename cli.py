@@ -302,6 +302,7 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
                   render_profile: str | None, chunk_episodes: int, verify: bool, force: bool) -> None:
     """Render every stored physics state of DATASET (a demos.zarr path or an artifact key) into a new
     pixel dataset: data/rgb/<camera>, exactly the frames the online pixel env shows."""
+    import time
     import warnings
 
     from cdred_pipeline.stages import render_visual as stage
@@ -310,6 +311,7 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
                              verify=verify, chunk_episodes=chunk_episodes)
     store = _store(ctx)
     path = stage.resolve_dataset(dataset, store)
+    started = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", stage.RenderMismatchWarning)
         art = stage.run(cfg, path, store, force=force, progress=not ctx.obj.get("quiet"))
@@ -318,7 +320,7 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
             click.echo(f"warning: {w.message}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    click.echo(stage.summary_line(art))
+    click.echo(stage.summary_line(art, cached=float(art.manifest.get("finished", 0)) < started))
 
 # ------------------------------------------------------------------------------------- imitate
 

@@ -135,8 +135,13 @@ def test_cache_hit_and_artifact_key_resolution(data, one_worker):
     assert rv.dataset_identity(ref.path / rv.DATASET_NAME, {}) == {"render-visual": ref.key}
     with pytest.raises(DatasetError, match="no such dataset"):
         rv.resolve_dataset("nope-not-here", store)
-    # other pixels, other key
-    assert rv.run(rv.RenderConfig(size=32, verify=False), data[DMC], store, progress=False).key != ref.key
+    # other pixels, other key; a cached --no-verify result is verified when asked later (probes are at 64 px)
+    small = rv.run(rv.RenderConfig(size=32, verify=False), data[DMC], store, progress=False)
+    assert small.key != ref.key and small.manifest["verification"]["reason"] == "--no-verify"
+    assert open_dataset(small.path / rv.DATASET_NAME).image_shape("0") == (32, 32, 3)
+    checked = rv.run(rv.RenderConfig(size=32), data[DMC], store, progress=False)
+    assert checked.key == small.key and checked.manifest["verification"]["status"] == "ok"
+    assert store.get(rv.STAGE, small.key).manifest["verification"]["status"] == "ok"
 
 
 # ---------------------------------------------------------------------------------- kill/resume
