@@ -323,6 +323,45 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
     click.echo(stage.summary_line(art, cached=float(art.manifest.get("finished", 0)) < started))
 
 # ------------------------------------------------------------------------------------- imitate
+@main.command()
+@click.argument("dataset")
+@click.option("--steps", type=int, default=100_000, show_default=True, help="Env steps of online imitation.")
+@click.option("--preset", default="small", show_default=True, help="Agent size preset: tiny | small | paper.")
+@click.option("--obs", type=click.Choice(["state", "rgb"]), default="state", show_default=True,
+              help="rgb: learn from pixels (the dataset must come from render-visual).")
+@click.option("--reward", type=click.Choice(["cdred", "red"]), default="cdred", show_default=True,
+              help="cdred (coupled, Eq. 5) or red (uncoupled ablation, Eq. 3).")
+@click.option("--reward-space", type=click.Choice(["latent", "obs"]), default="latent", show_default=True,
+              help="Reward model on world-model latents (paper) or raw observations (Fig. 9 ablation).")
+@click.option("--g", "g", type=click.Choice(["identity", "exp"]), default="identity", show_default=True,
+              help="g in Eq. 5 (exp: the Fig. 11 ablation).")
+@click.option("--num-demos", type=int, default=None, help="Use only the first N expert episodes.")
+@click.option("--tremble", type=float, default=0.0, show_default=True, help="Train under tremble noise p.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plan/--no-plan", default=False, show_default=True,
+              help="Act with MPPI planning on the CDRED reward (Eq. 17) or the policy prior alone.")
+@click.option("--camera", default=None, help="Pixel runs: which rendered camera (default: the dataset's).")
+@click.option("--eval-every", type=int, default=10_000, show_default=True, help="Env steps between evaluations.")
+@click.option("--eval-episodes", type=int, default=5, show_default=True)
+@click.option("--diagnose/--no-diagnose", default=True, show_default=True,
+              help="Log reward on expert vs random vs current-policy data at each evaluation.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
+@click.pass_context
+def imitate(ctx: click.Context, dataset: str, force: bool, **opts) -> None:
+    """Learn from DATASET (a demos.zarr or a demos/render-visual artifact key) online with CDRED."""
+    from cdred_pipeline.stages import imitate as stage
+
+    cfg = stage.ImitateConfig(**opts)
+    art = stage.run(cfg, dataset, _store(ctx), force=force, progress=_progress(ctx))
+    head = art.manifest.get("headline", {})
+    score = head.get("normalized_score")
+    click.echo(f"imitation: {art.path / 'agent.pt'}")
+    click.echo(f"  final eval return {head.get('eval_return')}, expert-normalised score "
+               f"{'-' if score is None else f'{score:.1f}'}")
+    click.echo(f"  curve {art.path / 'curve.png'}, metrics {art.path / 'metrics.jsonl'}")
+    click.echo(f"key: {art.key}  (evaluate with `cdred evaluate {art.key} --tremble 0.1`)")
+
 
 # ------------------------------------------------------------------------------------ evaluate
 @main.command()
@@ -358,6 +397,29 @@ def evaluate(ctx: click.Context, agent: str, tremble: str, seeds: str, force: bo
 
 
 # ------------------------------------------------------------------------------------ pipeline
+@main.command()
+@click.argument("task")
+@click.option("--preset", type=click.Choice(["smoke", "quickstart", "cpu", "paper"]), default="quickstart",
+              show_default=True, help="smoke: seconds (checks an install); quickstart: minutes on 2 CPU cores; "
+                                      "cpu: the 100k-step CPU setting; paper: App. A-B (GPU).")
+@click.option("--obs", type=click.Choice(["state", "rgb"]), default="state", show_default=True)
+@click.option("--reward", type=click.Choice(["cdred", "red"]), default="cdred", show_default=True)
+@click.option("--tremble", default="0,0.1", show_default=True, help="Evaluation tremble probabilities.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--expert-policy", type=click.Choice(["tdmpc2", "scripted"]), default=None,
+              help="Expert source (default: scripted for Meta-World, TD-MPC2 otherwise).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Redo every stage.")
+@click.pass_context
+def pipeline(ctx: click.Context, task: str, tremble: str, force: bool, **opts) -> None:
+    """The whole chain for TASK: collect-experts -> (render-visual) -> imitate -> evaluate, all cached."""
+    from cdred_pipeline.stages import evaluate as ev
+    from cdred_pipeline.stages import pipeline as stage
+
+    cfg = stage.PipelineConfig(task=task, tremble=ev.parse_tremble_list(tremble), **opts)
+    result = stage.run(cfg, _store(ctx), force=force, progress=_progress(ctx))
+    click.echo(stage.format_summary(result))
+
 
 
 if __name__ == "__main__":  # pragma: no cover

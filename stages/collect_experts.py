@@ -66,20 +66,6 @@ class CollectConfig:
         if self.episodes < 1 or self.random_episodes < 0 or self.train_steps < 1:
             raise UsageError("--episodes must be >= 1, --random-episodes >= 0, --train-steps >= 1")
 
-    @classmethod
-    def preset_for(cls, name: str, task: str, **overrides: Any) -> "CollectConfig":
-        """Named presets: ``paper`` (1M env steps, paper-sized model), ``cpu`` (small model, 100k steps),
-        ``quickstart`` (a few minutes on 2 CPU cores), ``test`` (seconds)."""
-        presets: dict[str, dict[str, Any]] = {
-            "paper": dict(preset="paper", train_steps=1_000_000, episodes=100),
-            "cpu": dict(preset="small", train_steps=100_000, episodes=100),
-            "quickstart": dict(preset="small", train_steps=20_000, episodes=10, random_episodes=5),
-            "test": dict(preset="tiny", train_steps=400, episodes=2, random_episodes=2, episode_length=50),
-        }
-        if name not in presets:
-            raise UsageError(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
-        return cls(task=task, **{**presets[name], **overrides})
-
 
 # ------------------------------------------------------------------------------------------ helpers
 def _episode_seed(seed: int, index: int, stream: int) -> int:
@@ -186,7 +172,8 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
         agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim, device=cfg.device)
         env_fn = lambda: make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length)  # noqa: E731
         result = train_online(env_fn, agent, tcfg, art.path, progress=progress,
-                              extra={"task": cfg.task, "preset": cfg.preset, "obs": "state"})
+                              extra={"task": cfg.task, "preset": cfg.preset, "obs": "state",
+                                     "episode_length": spec.episode_length})
         return art.complete_with({"eval_return": result.get("final_eval_return"), "env_steps": result.get("env_step")},
                                  task=cfg.task, train=result)
     finally:

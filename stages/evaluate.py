@@ -196,6 +196,11 @@ def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = Fals
     if not task:
         raise CdredError(f"{ckpt}: the checkpoint does not say which task it was trained on", exit_code=2)
     scores = scores if scores is not None else extra.get("scores", {})
+    # episodes as long as the agent was trained on (and the demos were), unless asked otherwise
+    episode_length = cfg.episode_length or extra.get("episode_length")
+    kw = {k: extra[k] for k in ("camera", "image_size", "render_profile", "action_repeat") if extra.get(k) is not None}
+    if obs_kind != "rgb":
+        kw = {k: v for k, v in kw.items() if k == "action_repeat"}
     config = {**{k: v for k, v in cfg.__dict__.items() if k != "device"}, "task": task, "obs": obs_kind}
     art = store.begin(STAGE, VERSION, config, {"agent": input_key}, force=force,
                       description=f"evaluate {task} under tremble {list(cfg.tremble)}")
@@ -209,7 +214,7 @@ def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = Fals
         total = len(cfg.tremble) * len(cfg.seeds) * cfg.episodes
         bar = tqdm(total=total, desc=f"evaluate {task}", unit="ep", disable=not progress)
         for p in cfg.tremble:
-            env = make_env(task, obs=obs_kind, seed=0, tremble=p, episode_length=cfg.episode_length)
+            env = make_env(task, obs=obs_kind, seed=0, tremble=p, episode_length=episode_length, **kw)
             _check_obs_shape(ckpt, policy, env)
             dt = getattr(env.unwrapped, "control_dt", None)
             fps = 1.0 / dt if dt else 30.0  # videos play at the control rate (real time)

@@ -136,8 +136,11 @@ def _rollback_metrics(path: Path, agent_step: int) -> None:
     os.replace(tmp, path)
 
 
-def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", title: str = "") -> None:
-    """Episode returns (train) and evaluation returns against env steps, written atomically (Agg)."""
+def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", title: str = "",
+                        reference_lines: Optional[dict[str, float]] = None) -> None:
+    """Episode returns (train) and evaluation returns against env steps, written atomically (Agg).
+
+    ``reference_lines`` ({label: return}) are drawn as horizontal lines (e.g. the expert's return)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -155,11 +158,13 @@ def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", titl
         s = np.array([r["eval_return_std"] for r in evals])
         ax.plot(x, m, "-o", label="eval (mean)")
         ax.fill_between(x, m - s, m + s, alpha=0.2)
+    for i, (label, value) in enumerate((reference_lines or {}).items()):
+        ax.axhline(value, linestyle="--", color=f"C{i + 2}", label=label)
     ax.set_xlabel("env steps (simulator control steps)")
     ax.set_ylabel("episode return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if train or evals:
+    if train or evals or reference_lines:
         ax.legend(loc="lower right")
     png_path = Path(png_path)
     tmp = png_path.with_name(png_path.stem + ".tmp.png")
@@ -178,12 +183,17 @@ def train_online(
     progress: bool = True,
     expert_buffer: Optional[ReplayBuffer] = None,
     extra: Optional[dict[str, Any]] = None,
+    eval_hook: Optional[Callable[[TDMPC2Agent, ReplayBuffer], dict[str, float]]] = None,
+    reference_lines: Optional[dict[str, float]] = None,
 ) -> dict[str, Any]:
     """Train ``agent`` online for ``cfg.steps`` agent steps; resumable. Returns a summary dict.
 
     ``env_fn``/``eval_env_fn`` build gymnasium envs (``make_env``); their ``spec_info`` supplies the
     episode length and action repeat when present. ``expert_buffer``: see the module docstring.
     ``extra``: plain data stored in every checkpoint (task, preset, ...).
+    ``eval_hook(agent, behavioural_buffer) -> dict``: extra figures merged into every eval row of
+    ``metrics.jsonl`` (imitation logs its reward diagnostics this way).
+    ``reference_lines``: horizontal lines on ``curve.png`` ({label: return}).
     Files in ``out_dir``: ``agent.pt``, ``buffer.pt``, ``metrics.jsonl``, ``curve.png``.
     A diverged update raises :class:`TrainingDivergedError` naming the step and the last checkpoint.
     """
@@ -260,12 +270,14 @@ def train_online(
                "eval_return_mean": res["return_mean"], "eval_return_std": res["return_std"],
                "eval_success_rate": res["success_rate"], "eval_episodes": cfg.eval_episodes,
                "eval_returns": res["returns"], "wall_s": wall()}
+        if eval_hook is not None:
+            row.update(eval_hook(agent, buffer))
         _append_jsonl(metrics_path, row)
         state["last_eval"] = {k: row[k] for k in ("agent_step", "eval_return_mean", "eval_return_std", "eval_success_rate")}
         best = state["best_eval_return"]
         state["best_eval_return"] = res["return_mean"] if best is None else max(best, res["return_mean"])
         state["eval_at_step"] = state["agent_step"]
-        plot_learning_curve(metrics_path, png_path, title=str(task or ""))
+        plot_learning_curve(metrics_path, png_path, title=str(task or ""), reference_lines=reference_lines)
         return res
 
     def checkpoint() -> None:
@@ -349,7 +361,7 @@ def train_online(
         raise TrainingDivergedError(f"{exc}, at agent step {state['agent_step']}; last good checkpoint: {where}") from None
     finally:
         bar.close()
-    plot_learning_curve(metrics_path, png_path, title=str(task or ""))
+    plot_learning_curve(metrics_path, png_path, title=str(task or ""), reference_lines=reference_lines)
     last = state["last_eval"] or {}
     return {
         "agent_step": state["agent_step"], "env_step": state["agent_step"] * action_repeat,
