@@ -250,7 +250,7 @@ def probe_frames(task: str, physics_states: np.ndarray | Sequence[np.ndarray], *
 
     Returns:
         Plain-JSON dict: ``format, task, size, camera, render_profile, gl_backend, versions, steps,
-        sha256`` (and ``frames`` when kept).
+        sha256, states`` (and ``frames`` when kept).
     """
     states = np.asarray(physics_states, dtype=np.float64)
     if states.ndim != 2:
@@ -271,6 +271,9 @@ def probe_frames(task: str, physics_states: np.ndarray | Sequence[np.ndarray], *
             "format": PROBE_FORMAT, "task": r.task, "size": size, "camera": camera_name(r.camera),
             "render_profile": render_profile, "gl_backend": backend, "versions": simulator_versions(),
             "steps": idx, "sha256": [frame_sha256(f) for f in frames],
+            # the states themselves (exact: JSON floats round-trip float64), so a later check does not
+            # depend on the rows still sitting at these indices (merged or re-ordered datasets)
+            "states": [states[s].tolist() for s in idx],
         }
     if keep:
         out["frames"] = [encode_frame(f) for f in frames]
@@ -318,12 +321,18 @@ def verify_probes(attrs: Mapping[str, Any], physics_state: Any, *,
         steps = [int(s) for s in probe.get("steps", [])]
         hashes = [str(h) for h in probe.get("sha256", [])]
         stored = probe.get("frames") or []
+        probe_states = probe.get("states") or []
         recorded_versions = {**recorded_versions, **dict(probe.get("versions") or {})}
         backends["recorded"].append(probe.get("gl_backend"))
         r = cached_renderer(task, size, camera, profile)
         backends["here"].append(gl_backend(r))
         for j, (step, expected) in enumerate(zip(steps, hashes)):
-            frame = r.render(np.asarray(physics_state[step], dtype=np.float64))
+            row = np.asarray(physics_state[step], dtype=np.float64) if 0 <= step < int(physics_state.shape[0]) else None
+            state = np.asarray(probe_states[j], dtype=np.float64) if j < len(probe_states) else row
+            if state is None:
+                raise DatasetError(f"probe step {step} is outside data/physics_state ({int(physics_state.shape[0])} rows) "
+                                   "and the probe record holds no states")
+            frame = r.render(state)
             got = frame_sha256(frame)
             ref = None
             if j < len(stored):
@@ -333,6 +342,7 @@ def verify_probes(attrs: Mapping[str, Any], physics_state: Any, *,
             p = None if ref is None or ref.shape != frame.shape else psnr(ref, frame)
             checks.append({"step": step, "size": size, "camera": camera_name(r.camera), "render_profile": profile,
                            "expected": expected, "got": got, "match": got == expected,
+                           "row_matches": bool(row is not None and np.array_equal(row, state)),
                            "psnr": None if p is None else ("inf" if math.isinf(p) else round(p, 3))})
     ok = all(c["match"] for c in checks) and bool(checks)
     finite = [c["psnr"] for c in checks if isinstance(c["psnr"], float)]

@@ -355,7 +355,7 @@ def _render_body(art: Artifact, config: RenderConfig, ds: Any, task: str, camera
     if config.verify and verification.get("checks"):
         rgb = result.group[f"data/rgb/{camera}"]
         wrong = [c["step"] for c in verification["checks"]
-                 if c["size"] == size and c["camera"] == camera and c["render_profile"] == profile
+                 if c["size"] == size and c["camera"] == camera and c["render_profile"] == profile and c["row_matches"]
                  and R.frame_sha256(np.asarray(rgb[c["step"]])) != c["got"]]
         if wrong:
             verification["status"] = "mismatch"

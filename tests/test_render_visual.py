@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +89,7 @@ def one_worker(data: dict[str, Path]) -> dict[str, object]:
 def test_rendered_frames_equal_online_pixel_env_bitwise(data, one_worker, task):
     art = one_worker[task]
     assert art.complete and art.manifest["headline"]["verify"] == "ok"
+    assert all(c["match"] and c["row_matches"] for c in art.manifest["verification"]["checks"])
     src, out = open_dataset(data[task]), open_dataset(art.path / rv.DATASET_NAME)
     cam = src.cameras[0]
     assert cam == ("0" if task == DMC else "corner4")
@@ -196,7 +196,8 @@ def test_probe_frames_record():
     assert p["render_profile"] == "fast" and p["gl_backend"].startswith("egl") and "mujoco" in p["versions"]
     assert R.probe_frames(DMC, states, size=32)["sha256"] == p["sha256"]  # deterministic in fresh envs
     assert [R.frame_sha256(R.decode_frame(f)) for f in p["frames"]] == p["sha256"]
-    json.dumps(p)  # plain JSON for dataset attrs
+    back = json.loads(json.dumps(p))  # plain JSON for dataset attrs; the states round-trip exactly
+    assert np.array_equal(np.array(back["states"]), states[[0, 3, 6]])
     with pytest.raises(UsageError, match="out of range"):
         R.probe_frames(DMC, states, steps=[9])
     with pytest.raises(DatasetError, match="needs 4"):
