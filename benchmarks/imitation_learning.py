@@ -1,0 +1,71 @@
+"""CDRED vs RED imitation on CPU: the full chain for dmc:cartpole-balance and dmc:reacher-easy.
+
+Expert from collect-experts (small preset, cached: run expert_learning.py first or let this train it),
+10 demos, small preset, policy-prior acting; prints eval return against env steps for --reward cdred
+and --reward red, as a fraction of the expert's return, and the wall time.
+
+    python benchmarks/imitation_learning.py --env-steps 100000                     # the issue's setting
+    python benchmarks/imitation_learning.py --tasks dmc:cartpole-balance --env-steps 20000 --expert-steps 20000
+    python benchmarks/imitation_learning.py --preset paper --plan --device cuda     # unchanged on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
+from cdred_pipeline.stages import collect_experts, imitate  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="dmc:cartpole-balance,dmc:reacher-easy")
+    ap.add_argument("--env-steps", type=int, default=100_000, help="imitation env steps")
+    ap.add_argument("--expert-steps", type=int, default=100_000, help="expert training env steps")
+    ap.add_argument("--rewards", default="cdred,red")
+    ap.add_argument("--num-demos", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=10_000)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--plan", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default="benchmarks/results/runs")
+    args = ap.parse_args()
+    store = ArtifactStore(args.workdir)
+    summary: dict = {}
+    for task in args.tasks.split(","):
+        ccfg = collect_experts.CollectConfig(task=task, preset=args.preset, train_steps=args.expert_steps,
+                                             seed=args.seed, episodes=args.num_demos, plan=args.plan,
+                                             eval_every=args.eval_every, eval_episodes=5, device=args.device)
+        demos = collect_experts.run(ccfg, store)
+        expert = demos.manifest["scores"]["expert"]["return_mean"]
+        random = demos.manifest["scores"]["random"]["return_mean"]
+        print(f"\n{task}: expert return {expert:.1f}, random {random:.1f} ({demos.path})")
+        for reward in args.rewards.split(","):
+            icfg = imitate.ImitateConfig(steps=args.env_steps, preset=args.preset, reward=reward,
+                                         num_demos=args.num_demos, seed=args.seed, plan=args.plan,
+                                         eval_every=args.eval_every, device=args.device)
+            t0 = time.time()
+            art = imitate.run(icfg, str(demos.path / "demos.zarr"), store)
+            rows = imitate.read_metrics(art)
+            print(f"  --reward {reward}  ({time.time() - t0:.0f} s this call, artifact {art.path})")
+            print(f"  {'env steps':>10} {'eval return':>12} {'% expert':>9} {'R(expert)':>10} {'R(current)':>11} {'wall s':>8}")
+            for r in rows:
+                print(f"  {r['env_step']:>10d} {r['eval_return_mean']:>12.1f} {100 * r['eval_return_mean'] / expert:>8.1f}%"
+                      f" {r.get('diag_reward_expert', float('nan')):>10.3f} {r.get('diag_reward_current', float('nan')):>11.3f}"
+                      f" {r['wall_s']:>8.0f}")
+            summary.setdefault(task, {})[reward] = {"expert": expert, "random": random, "rows": rows}
+    out = Path("benchmarks/results/imitation_learning.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"\nwritten {out}")
+
+
+if __name__ == "__main__":
+    main()
