@@ -64,13 +64,6 @@ def make_data(n: int, d: int, kind: str, seed: int = 0) -> np.ndarray:
     return np.cumsum(steps, axis=0, dtype=np.float32)
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        times.append(fn())
-    return min(times)
-
-
 def bench_array(x: np.ndarray, root: Path, repeats: int, episode_len: int, compression: str) -> dict:
     mb = x.nbytes / 1e6
     npy = root / "x.npy"
@@ -110,11 +103,16 @@ def bench_array(x: np.ndarray, root: Path, repeats: int, episode_len: int, compr
         assert y.shape == x.shape
         return dt
 
-    out = {"mb": mb}
-    out["numpy_write_s"] = best_of(np_write, repeats)
-    out["zarr_write_s"] = best_of(z_write, repeats)
-    out["numpy_read_s"] = best_of(np_read, repeats)
-    out["zarr_read_s"] = best_of(z_read, repeats)
+    out: dict = {"mb": mb}
+    runs: dict[str, list[float]] = {"numpy_write_s": [], "zarr_write_s": [], "numpy_read_s": [], "zarr_read_s": []}
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        runs["numpy_write_s"].append(np_write())
+        runs["zarr_write_s"].append(z_write())
+        runs["numpy_read_s"].append(np_read())
+        runs["zarr_read_s"].append(z_read())
+    for k, v in runs.items():
+        out[k] = min(v)
+        out[k.replace("_s", "_median_s")] = float(np.median(v))
     y = zarr.open_group(str(store), mode="r")["obs"][:]
     assert np.array_equal(x, y), "zarr round trip is not exact"
     out["stored_mb"] = du(store) / 1e6
@@ -161,15 +159,33 @@ def bench_writer(root: Path, n_eps: int, length: int, obs_dim: int, action_dim: 
     }
 
 
-def bench_sampling(path: Path, horizon: int, batch: int, seconds: float) -> dict:
+def _rate(sample, batch: int, seconds: float) -> float:
+    for _ in range(10):
+        sample()
+    n = 0
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        sample()
+        n += 1
+    return n * batch / (time.perf_counter() - t)
+
+
+def bench_sampling(path: Path, horizon: int, batch: int, seconds: float) -> list[dict]:
+    """Samples/s of windows of horizon ``horizon`` from ``load_episodes`` data: EpisodeSampler, and the
+    agent's ReplayBuffer (cpu) when cdred_pipeline/agent/buffer.py exists."""
+    out = []
     t = time.perf_counter()
     eps = load_episodes(path)
     load_s = time.perf_counter() - t
-    del t
+    smp = EpisodeSampler(eps, horizon, seed=0)
+
+    def sample_np() -> None:
+        b = smp.sample(batch)
+        assert b["obs"].shape[:2] == (horizon + 1, batch)
+
+    out.append({"sampler": "datasets.EpisodeSampler", "samples_per_s": _rate(sample_np, batch, seconds),
+                "load_s": load_s, "bytes": smp.nbytes})
     buf_file = Path(__file__).resolve().parents[1] / "cdred_pipeline" / "agent" / "buffer.py"
-    sampler_name = "datasets.EpisodeSampler"
-    sample = None
-    nbytes = None
     if buf_file.exists():
         try:
             import torch
@@ -182,33 +198,13 @@ def bench_sampling(path: Path, horizon: int, batch: int, seconds: float) -> dict
                                torch.float32)
             t = time.perf_counter()
             nbytes = fill_buffer(buf, path)["bytes"]
-            load_s = time.perf_counter() - t
-
-            def sample() -> None:
-                buf.sample(batch, horizon)
-
-            sampler_name = "agent.ReplayBuffer (cpu)"
-        except Exception as exc:  # noqa: BLE001 - report and fall back: the buffer may be mid-development
-            print(f"  (agent ReplayBuffer not usable: {type(exc).__name__}: {exc}; using EpisodeSampler)")
-            sample = None
-    if sample is None:
-        smp = EpisodeSampler(eps, horizon, seed=0)
-        nbytes = smp.nbytes
-
-        def sample() -> None:
-            b = smp.sample(batch)
-            assert b["obs"].shape[:2] == (horizon + 1, batch)
-
-    for _ in range(10):
-        sample()
-    n = 0
-    t = time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        sample()
-        n += 1
-    dt = time.perf_counter() - t
-    return {"sampler": sampler_name, "samples_per_s": n * batch / dt, "load_s": load_s, "bytes": nbytes,
-            "episodes": len(eps)}
+            fill_s = time.perf_counter() - t
+            out.append({"sampler": f"agent.ReplayBuffer (cpu, torch {torch.get_num_threads()} threads)",
+                        "samples_per_s": _rate(lambda: buf.sample(batch, horizon), batch, seconds),
+                        "load_s": fill_s, "bytes": nbytes})
+        except Exception as exc:  # noqa: BLE001 - report: the buffer may be mid-development
+            print(f"  (agent ReplayBuffer not usable: {type(exc).__name__}: {exc})")
+    return out
 
 
 def main() -> None:
@@ -217,7 +213,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=39)
     ap.add_argument("--dir", type=Path, default=None, help="folder on the disk to measure (default: a temp folder)")
     ap.add_argument("--data", choices=["walk", "noise"], default="walk")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compression", choices=list(L.COMPRESSIONS), default=L.DEFAULT_COMPRESSION,
                     help="Blosc codec policy (auto: lz4 for numeric arrays, zstd for uint8 frames)")
     ap.add_argument("--episodes", type=int, default=1000)
@@ -229,13 +225,19 @@ def main() -> None:
     try:
         print(f"disk folder: {root}   cores: {os.cpu_count()}   data: {args.data}   compression: {args.compression}")
         x = make_data(args.steps, args.dim, args.data)
+        load0 = os.getloadavg()[0]
         a = bench_array(x, root, args.repeats, episode_len=500, compression=args.compression)
         mb = a["mb"]
         w_np, w_z = mb / a["numpy_write_s"], mb / a["zarr_write_s"]
         r_np, r_z = mb / a["numpy_read_s"], mb / a["zarr_read_s"]
-        print(f"\n[1] {args.steps:,} steps x {args.dim} float32 = {mb:.0f} MB (best of {args.repeats}, write includes fsync)")
-        print(f"    write   numpy.save {w_np:8.0f} MB/s   zarr store {w_z:8.0f} MB/s   ratio {w_z / w_np:6.1%}  (target >= 70%)")
-        print(f"    read    numpy.load {r_np:8.0f} MB/s   zarr store {r_z:8.0f} MB/s   ratio {r_z / r_np:6.1%}")
+        mw_np, mw_z = mb / a["numpy_write_median_s"], mb / a["zarr_write_median_s"]
+        mr_np, mr_z = mb / a["numpy_read_median_s"], mb / a["zarr_read_median_s"]
+        print(f"\n[1] {args.steps:,} steps x {args.dim} float32 = {mb:.0f} MB ({args.repeats} interleaved runs, "
+              f"write includes fsync; 1-min load average {load0:.2f} on {os.cpu_count()} cores)")
+        print(f"    write best   numpy.save {w_np:6.0f} MB/s   zarr store {w_z:6.0f} MB/s   ratio {w_z / w_np:6.1%}  (target >= 70%)")
+        print(f"    write median numpy.save {mw_np:6.0f} MB/s   zarr store {mw_z:6.0f} MB/s   ratio {mw_z / mw_np:6.1%}")
+        print(f"    read  best   numpy.load {r_np:6.0f} MB/s   zarr store {r_z:6.0f} MB/s   ratio {r_z / r_np:6.1%}")
+        print(f"    read  median numpy.load {mr_np:6.0f} MB/s   zarr store {mr_z:6.0f} MB/s   ratio {mr_z / mr_np:6.1%}")
         cname = L.codec_name("float32", args.compression)
         print(f"    compression ratio {a['ratio']:.2f}x  ({a['stored_mb']:.0f} MB on disk; chunks of {a['chunk_rows']} rows, "
               f"Blosc {cname} clevel {L.CLEVEL[cname]}, byte shuffle)")
@@ -250,13 +252,14 @@ def main() -> None:
               f"{wr['last100_median_ms'] / wr['first100_median_ms']:.2f}x median (target within 2x)")
         print("    compression ratio per array: " + ", ".join(f"{k.split('/', 1)[1]} {v:.2f}x" for k, v in wr["ratios"].items()))
 
-        sm = bench_sampling(wr["path"], horizon=3, batch=256, seconds=3.0)
-        mem = f", {sm['bytes'] / 1e6:.0f} MB in memory" if sm["bytes"] else ""
-        print(f"\n[3] random sub-trajectories, horizon 3, batch 256, {sm['sampler']}: "
-              f"{sm['samples_per_s']:,.0f} samples/s  (target >= 100,000; load_episodes {sm['load_s']:.2f} s{mem})")
+        sms = bench_sampling(wr["path"], horizon=3, batch=256, seconds=3.0)
+        print("\n[3] random sub-trajectories from load_episodes, horizon 3, batch 256 (target >= 100,000 samples/s)")
+        for sm in sms:
+            print(f"    {sm['sampler']:<44} {sm['samples_per_s']:>12,.0f} samples/s   "
+                  f"(loading {sm['load_s']:.2f} s, {sm['bytes'] / 1e6:.0f} MB in memory)")
         if args.json:
             args.json.write_text(json.dumps({"array": a, "writer": {k: v for k, v in wr.items() if k != "path"},
-                                             "sampling": sm, "data": args.data, "cores": os.cpu_count()},
+                                             "sampling": sms, "data": args.data, "cores": os.cpu_count()},
                                             indent=2, default=str))
     finally:
         shutil.rmtree(root, ignore_errors=True)
