@@ -749,6 +749,10 @@ class RgbWriter:
             self.num_episodes = 0
             self._data: _Column | None = None
             self._final: _Column | None = None
+            if (key in self.group) != (fkey in self.group):  # killed between creating the two arrays
+                for k in (key, fkey):
+                    if k in self.group:
+                        del self.group[k]
             if key in self.group and fkey in self.group:
                 n_rgb, n_fin = self.group[key].shape[0], self.group[fkey].shape[0]
                 e = 0
