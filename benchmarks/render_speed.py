@@ -50,6 +50,31 @@ def raw_rate(task: str, size: int, profile: str, frames: int, state) -> float:
     return rate
 
 
+def interleaved(task: str, size: int, profile: str, states, reps: int = 10, n: int = 250) -> tuple[float, float]:
+    """Raw renderer vs the stage's per-frame path (restore a stored state + render_frame), alternated in
+    short bursts in one process so that load from other jobs hits both alike. Returns both rates."""
+    from cdred_pipeline.render import StateRenderer
+
+    r = StateRenderer(task, size=size, render_profile=profile)
+    r.render(states[0])
+    model, data = r.env._scene()  # noqa: SLF001
+    cam, _ = r.env._resolve_camera(None)  # noqa: SLF001
+    raw = r.env._mj_renderer.get(size)  # noqa: SLF001  the very renderer render_frame uses
+    t_raw = t_stage = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            raw.update_scene(data, camera=cam)
+            raw.render()
+        t_raw += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(n):
+            r.render(states[i % len(states)])
+        t_stage += time.perf_counter() - t0
+    r.close()
+    return reps * n / t_raw, reps * n / t_stage
+
+
 def stage_rate(dataset: Path, workdir: Path, workers: int, size: int, profile: str) -> dict:
     cdred = Path(sys.executable).with_name("cdred")
     cmd = [str(cdred), "--workdir", str(workdir), "-q", "render-visual", str(dataset), "--size", str(size),
@@ -97,6 +122,9 @@ def main() -> None:
         with StateRenderer(args.task, size=args.size, render_profile=args.profile) as r:
             print(f"GL: {gl_backend(r)}  cores: {os.cpu_count()}")
         print(f"raw mujoco.Renderer: {raw:8.1f} frames/s (the limit, one process)")
+        ir, ist = interleaved(args.task, args.size, args.profile, ds.group["data/physics_state"][:500])
+        print(f"interleaved in one process: raw {ir:.1f} vs restore+render {ist:.1f} frames/s = {ist / ir:.2f} "
+              "(the per-frame cost of restoring states, robust to load from other jobs)")
         results = []
         for w in args.workers:
             r = stage_rate(ds_path, root / f"runs-w{w}", w, args.size, args.profile)

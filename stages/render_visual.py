@@ -536,7 +536,7 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
 
     initial = int(ends[done - 1] + done) if done else 0
     initial += sum(int(ends[b - 1] - starts[a]) + (b - a) for a, (b, _) in ready.items())
-    jobs = [R.RangeJob(str(ds.path), a, b, str(parts_dir / f"{_unit_name(a, b)}.zarr"), task, size, camera, profile)
+    jobs = [R.RangeJob(str(ds.path.resolve()), a, b, str(parts_dir / f"{_unit_name(a, b)}.zarr"), task, size, camera, profile)
             for a, b in todo]
     with _progress_bar(int(ds.num_steps + E), initial, progress, f"render {task} {size}px x{config.workers}") as bar:
         merge_ready()
