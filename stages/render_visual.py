@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline import render as R
-from cdred_pipeline.artifacts import MANIFEST, Artifact, ArtifactStore, read_manifest
+from cdred_pipeline.artifacts import MANIFEST, Artifact, ArtifactStore, artifact_key, read_manifest
 from cdred_pipeline.errors import CdredError, DatasetError, UsageError
 
 __all__ = ["STAGE", "STAGE_VERSION", "DATASET_NAME", "RenderConfig", "PRESETS", "RenderMismatchWarning",
@@ -255,6 +255,11 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
     profile = _resolve_profile(config, attrs)
     key_config = {"size": config.size, "camera": camera, "render_profile": profile}
     inputs = dataset_identity(path, attrs)
+    if force or store.get(STAGE, artifact_key(STAGE, STAGE_VERSION, key_config, inputs)) is None:
+        # before any folder is made: a fresh env here checks the camera, the state layout and the GL backend
+        driver = R.cached_renderer(p.task, config.size, camera, profile)
+        driver.check_states(ds.physics_state_dim, str(ds.path))
+        R.gl_backend(driver)
     art = store.begin(STAGE, STAGE_VERSION, key_config, inputs, force=force,
                       description=f"{p.task} pixels {config.size}x{config.size} camera {camera} ({profile})")
     if art.complete:
@@ -276,9 +281,7 @@ def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str
     t_start = time.perf_counter()
     out = art.path / DATASET_NAME
     size = config.size
-    # A fresh env in this process: checks the camera and the state layout, reads the GL driver.
-    driver = R.cached_renderer(task, size, camera, profile)
-    driver.check_states(ds.physics_state_dim, str(ds.path))
+    driver = R.cached_renderer(task, size, camera, profile)  # made and checked in run()
     backend = R.gl_backend(driver)
     pool: _WorkerPool | None = None
     if config.workers > 1 and not (out.is_dir() and _has_camera(out, camera, ds.num_episodes)):

@@ -250,6 +250,7 @@ def test_dataset_without_physics_state_is_one_line_error_cli(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be re-rendered" in lines[0] and "no simulator states" in lines[0]
     assert "Traceback" not in res.stderr
+    assert not (tmp_path / "runs" / rv.STAGE).exists()
 
 
 def test_unavailable_simulator_and_bad_sizes(tmp_path):
@@ -260,6 +261,7 @@ def test_unavailable_simulator_and_bad_sizes(tmp_path):
     wrong = _stateless_dataset(tmp_path / "wrong.zarr", DMC, 5, 1, 7)
     with pytest.raises(DatasetError, match="7 entries but dmc:cartpole-balance here needs 4"):
         rv.run(rv.RenderConfig(), wrong, ArtifactStore(tmp_path / "runs"), progress=False)
+    assert not (tmp_path / "runs" / rv.STAGE).exists()  # refused before any artifact folder is made
     for size in (8, 15, 513, 4096):
         with pytest.raises(UsageError, match="16-512"):
             rv.RenderConfig(size=size)
