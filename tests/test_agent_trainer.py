@@ -189,3 +189,22 @@ def test_resume_without_saved_buffer_refills_before_updating(tmp_path):
     with pytest.warns(UserWarning, match="without a saved replay buffer"):
         s = train_online(env_fn, tiny_agent(), longer, tmp_path, progress=False)
     assert s["resumed_from"] == 400 and s["agent_step"] == 800 and s["update_step"] == 60 + 50
+
+
+def test_pixel_training_on_rendered_frames(tmp_path):
+    """Real MuJoCo rendering: 3 stacked 64x64 RGB frames, uint8 in the buffer, conv encoder updates."""
+    from cdred_pipeline.envs import make_env
+
+    def pix_env():
+        return make_env("dmc:cartpole-balance", obs="rgb", episode_length=30, seed=0)
+
+    agent = TDMPC2Agent(AgentConfig.preset("tiny", episode_length=30, plan=False, batch_size=8), (9, 64, 64), 1,
+                        device="cpu")
+    cfg = TrainerConfig(steps=60, seed_steps=30, pretrain_updates=3, utd=0.1, eval_every=0, eval_episodes=1)
+    s = train_online(pix_env, agent, cfg, tmp_path, progress=False, extra={"obs": "rgb"})
+    assert s["agent_step"] == 60 and s["env_step"] == 120 and s["update_step"] == 3 + 3
+    saved = torch.load(tmp_path / "buffer.pt", weights_only=True)["state"]
+    assert saved["obs"].dtype == torch.uint8 and tuple(saved["obs"].shape[1:]) == (9, 64, 64)
+    loaded = TDMPC2Agent.load(tmp_path / "agent.pt", device="cpu", task="dmc:cartpole-balance", obs_shape=(9, 64, 64))
+    frame = pix_env().reset(seed=0)[0]
+    assert np.array_equal(loaded.act(frame, t0=True, eval_mode=True), agent.act(frame, t0=True, eval_mode=True))

@@ -277,7 +277,7 @@ class TDMPC2Agent:
             "scale": self.scale.state_dict(),
             "update_step": self.update_step,
             "prev_mean": self._prev_mean,
-            "act_generator": self._act_gen.get_state(),
+            "act_generator": {"device": self.device.type, "state": self._act_gen.get_state()},
             "rng": get_rng_state(self.device),
             "extra": extra,
         }
@@ -326,7 +326,11 @@ class TDMPC2Agent:
         self.update_step = int(src["update_step"])
         pm = src.get("prev_mean")
         self._prev_mean = pm.to(self.device) if pm is not None else None
-        self._act_gen.set_state(src["act_generator"])
+        gen = src["act_generator"]
+        if gen["device"] == self.device.type:
+            self._act_gen.set_state(gen["state"])
+        else:  # saved on another device type (e.g. trained on cuda, evaluated on cpu): states differ in kind
+            self._act_gen.manual_seed(self.cfg.seed + self.update_step)
         if restore_rng:
             set_rng_state(src["rng"], self.device)
         self.extra = dict(src.get("extra", {}))

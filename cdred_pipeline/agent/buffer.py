@@ -162,6 +162,7 @@ class ReplayBuffer:
             "filled": self._filled,
             "num_episodes": self.num_episodes,
             "gen_state": self._gen.get_state(),
+            "gen_device": self.device.type,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -179,7 +180,10 @@ class ReplayBuffer:
         self._steps_left[:n] = state["steps_left"].to(self.device)
         self._steps_left[n:] = -1
         self._ptr, self._filled, self.num_episodes = int(state["ptr"]), n, int(state["num_episodes"])
-        self._gen.set_state(state["gen_state"])
+        if state.get("gen_device", "cpu") == self.device.type:
+            self._gen.set_state(state["gen_state"])
+        else:  # generator states are device-specific; reseed deterministically
+            self._gen.manual_seed(int(state["num_episodes"]))
         self._starts.clear()
 
     def save(self, path: "str | Path") -> None:
