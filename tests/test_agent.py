@@ -240,6 +240,22 @@ def test_buffer_pixels_stay_uint8_and_state_round_trip():
         buf.add_episode(obs.astype(np.float32), np.zeros((20, 2), np.float32), np.zeros(20, np.float32))
 
 
+def test_buffer_state_loads_into_another_capacity():
+    """A wrapped ring re-added oldest first into a bigger buffer keeps every valid window."""
+    small = ReplayBuffer(50, (2,), 1, "cpu")
+    for ep, T in enumerate([20, 15, 18, 9]):  # 21+16+19+10 = 66 slots: the first episode is partly overwritten
+        obs = np.stack([np.full(T + 1, ep), np.arange(T + 1)], 1).astype(np.float32)
+        small.add_episode(obs, np.arange(T, dtype=np.float32).reshape(T, 1), np.arange(T, dtype=np.float32))
+    big = ReplayBuffer(500, (2,), 1, "cpu")
+    big.load_state_dict(small.state_dict())
+    assert big.num_steps == small.num_steps and big.num_valid_starts(3) == small.num_valid_starts(3)
+    assert big.num_episodes == 4
+    b = big.sample(500, 3)
+    ids, times = b["obs"][..., 0], b["obs"][..., 1]
+    assert torch.all(ids == ids[0]) and torch.all(times[1:] - times[:-1] == 1)
+    assert set(ids[0].unique().tolist()) == {0.0, 1.0, 2.0, 3.0} and times[0][ids[0] == 0].min() == 16
+
+
 def test_sample_batch_with_expert_buffer_marks_halves():
     beh, exp = fill_buffer(seed=0), fill_buffer(seed=1)
     b = sample_batch(beh, 8, 3, exp)

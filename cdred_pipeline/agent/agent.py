@@ -327,6 +327,8 @@ class TDMPC2Agent:
         pm = src.get("prev_mean")
         self._prev_mean = pm.to(self.device) if pm is not None else None
         gen = src["act_generator"]
+        if isinstance(gen, Tensor):  # early checkpoints stored the bare CPU generator state
+            gen = {"device": "cpu", "state": gen}
         if gen["device"] == self.device.type:
             self._act_gen.set_state(gen["state"])
         else:  # saved on another device type (e.g. trained on cuda, evaluated on cpu): states differ in kind

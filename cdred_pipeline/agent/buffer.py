@@ -169,17 +169,30 @@ class ReplayBuffer:
         """Restore :meth:`state_dict` into a buffer built with the same capacity and shapes."""
         if state.get("format") != "cdred-replay-buffer":
             raise CdredError("not a cdred replay-buffer state")
-        want = (self.capacity, list(self.obs_shape), self.action_dim)
-        got = (state["capacity"], list(state["obs_shape"]), state["action_dim"])
+        want = (list(self.obs_shape), self.action_dim)
+        got = (list(state["obs_shape"]), state["action_dim"])
         if want != got:
-            raise CdredError(f"replay buffer state is for (capacity, obs_shape, action_dim)={got}, this buffer is {want}")
+            raise CdredError(f"replay buffer state is for (obs_shape, action_dim)={got}, this buffer is {want}")
         n = int(state["filled"])
-        self._obs[:n] = state["obs"].to(self.device, self.obs_dtype)
-        self._action[:n] = state["action"].to(self.device)
-        self._reward[:n] = state["reward"].to(self.device)
-        self._steps_left[:n] = state["steps_left"].to(self.device)
-        self._steps_left[n:] = -1
-        self._ptr, self._filled, self.num_episodes = int(state["ptr"]), n, int(state["num_episodes"])
+        if int(state["capacity"]) == self.capacity:  # same ring: copy it as is
+            self._obs[:n] = state["obs"].to(self.device, self.obs_dtype)
+            self._action[:n] = state["action"].to(self.device)
+            self._reward[:n] = state["reward"].to(self.device)
+            self._steps_left[:n] = state["steps_left"].to(self.device)
+            self._steps_left[n:] = -1
+            self._ptr, self._filled = int(state["ptr"]), n
+        else:  # another capacity (e.g. a run extended to more steps): re-add the episodes oldest first
+            self._steps_left.fill_(-1)
+            self._ptr = self._filled = 0
+            order = (int(state["ptr"]) + torch.arange(n)) % n if n == int(state["capacity"]) else torch.arange(n)
+            ends = torch.nonzero(state["steps_left"][order] == 0).squeeze(1).tolist()
+            start = 0
+            for end in ends:  # a loop over episodes, not samples; the oldest may be a tail fragment
+                seg = order[start : end + 1]
+                if len(seg) >= 2:
+                    self.add_episode(state["obs"][seg], state["action"][seg[:-1]], state["reward"][seg[:-1]])
+                start = end + 1
+        self.num_episodes = int(state["num_episodes"])
         if state.get("gen_device", "cpu") == self.device.type:
             self._gen.set_state(state["gen_state"])
         else:  # generator states are device-specific; reseed deterministically

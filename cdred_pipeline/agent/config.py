@@ -139,7 +139,7 @@ class AgentConfig:
 PRESETS: dict[str, AgentConfig] = {
     # App. A.1 sizes: the TD-MPC2 5M model (latent 512, MLP 512, encoder 256), App. B.2 MPPI.
     "paper": AgentConfig(),
-    # CPU: a quarter-width model (~0.2M parameters for a 5-dim state), batch 128, acting with the
+    # CPU: a quarter-width model (~0.3M parameters for a state task), batch 128, acting with the
     # policy prior (MPPI costs ~25 ms per step on one core; ``plan=True`` uses the lighter planner
     # below). Measured on this 2-core machine: ~24 updates/s (1 thread) vs ~5 at latent 128 / MLP 256
     # / batch 256 and ~1.5 for "paper" (benchmarks/agent_speed.py).
