@@ -174,6 +174,8 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
         result = train_online(env_fn, agent, tcfg, art.path, progress=progress,
                               extra={"task": cfg.task, "preset": cfg.preset, "obs": "state",
                                      "episode_length": spec.episode_length})
+        final = store.folder(EXPERT_STAGE, art.key)  # the trainer wrote its paths in .partial
+        result = {k: str(final / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v for k, v in result.items()}
         return art.complete_with({"eval_return": result.get("final_eval_return"), "env_steps": result.get("env_step")},
                                  task=cfg.task, train=result)
     finally:

@@ -232,6 +232,8 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
         head = {"eval_return": final,
                 "normalized_score": None if final is None else normalized_score(final, scores),
                 "env_steps": result.get("env_step")}
+        final_dir = store.folder(STAGE, art.key)  # the trainer wrote its paths in .partial
+        result = {k: str(final_dir / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v for k, v in result.items()}
         return art.complete_with(head, task=task, train=result, scores=scores)
     finally:
         art.release()
