@@ -177,6 +177,27 @@ def test_checkpoint_with_another_observation_shape_names_both(tmp_path):
     assert _complete(tmp_path / "wd", ce.DEMO_STAGE) == []
 
 
+@pytest.mark.parametrize("case", ["other-task", "pixel"])
+def test_bad_checkpoint_leaves_no_artifact(cartpole, tmp_path, case):
+    """A refused checkpoint leaves nothing in the work dir: no partial folder that `cdred status` lists
+    and a rerun would 'resume', and no complete experts artifact holding an unusable checkpoint."""
+    from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
+    from cdred_pipeline.errors import CdredError
+
+    if case == "other-task":
+        ckpt, task = cartpole["expert"].path / "agent.pt", "dmc:cartpole-swingup"
+    else:
+        ckpt, task = tmp_path / "pixel.pt", DMC_TASK
+        TDMPC2Agent(AgentConfig.preset("tiny", plan=False, episode_length=50), (9, 64, 64), 1, device="cpu").save(
+            ckpt, extra={"task": DMC_TASK, "obs": "rgb", "episode_length": 50})
+    store = ArtifactStore(tmp_path / "wd")
+    cfg = ce.CollectConfig(task=task, policy="checkpoint", checkpoint=str(ckpt), episodes=1, random_episodes=0,
+                           episode_length=50, device="cpu")
+    with pytest.raises(CdredError):
+        ce.run(cfg, store, progress=False)
+    assert store.list() == [], [f"{a.stage}/{a.path.name} ({a.manifest.get('status')})" for a in store.list()]
+
+
 # ------------------------------------------------------------------------------------- resume
 def _flushed_episodes(root: Path) -> int:
     """Episodes committed to the partial store of a running collection (meta/episode_ends rows > 0)."""

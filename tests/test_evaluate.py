@@ -87,7 +87,7 @@ def test_schema_checker_rejects_bad_reports():
 # ------------------------------------------------------------------------------ module fixtures
 @pytest.fixture(scope="module")
 def agents(tmp_path_factory):
-    """Two different untrained tiny state agents for cartpole-balance, a pixel one, and a work dir."""
+    """Two different untrained tiny state agents for cartpole-balance and a work dir."""
     root = tmp_path_factory.mktemp("eval")
     return {
         "root": root, "store": ArtifactStore(root / "wd"),
