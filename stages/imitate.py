@@ -153,12 +153,10 @@ def reward_diagnostics(agent: Any, buffers: dict[str, Any], n: int = 512) -> dic
 def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool = False,
         progress: bool = True) -> Artifact:
     """Train a CDRED imitation agent online from DATASET; returns the ``imitate`` artifact."""
-    import dataclasses
-
     import torch
 
     from cdred_pipeline.agent import AgentConfig, ReplayBuffer, TDMPC2Agent
-    from cdred_pipeline.agent.trainer import TrainerConfig, plot_learning_curve, train_online
+    from cdred_pipeline.agent.trainer import TrainerConfig, train_online
     from cdred_pipeline.datasets import load_episodes, open_dataset
     from cdred_pipeline.envs import make_env
     from cdred_pipeline.reward import CDREDConfig, CDREDRewardHead
@@ -177,6 +175,20 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
     rgb_key = render.pop("rgb_key", None)
     scores = dict(ds.attrs.get("scores", {}))
 
+    # every input check happens before the artifact folder exists: bad input leaves nothing behind
+    acfg = AgentConfig.preset(
+        cfg.preset, seed=cfg.seed, episode_length=state_spec.episode_length, plan=cfg.plan,
+        reward_space=cfg.reward_space,
+        lr_step_every=cfg.lr_step_every if cfg.lr_step_every is not None else LR_STEP_BY_SUITE[state_spec.suite])
+    n_demos = ds.num_episodes if cfg.num_demos is None else cfg.num_demos
+    if n_demos > ds.num_episodes:
+        raise DatasetError(f"{path}: --num-demos {n_demos} but the dataset has {ds.num_episodes} episodes")
+    lengths = np.asarray(ds.lengths[:n_demos])
+    valid = int(np.clip(lengths - acfg.horizon + 1, 0, None).sum())
+    if valid < acfg.batch_size:
+        raise DatasetError(f"{path}: {n_demos} demos hold {int(lengths.sum())} transitions, {valid} sub-trajectories "
+                           f"of {acfg.horizon} steps; a batch needs {acfg.batch_size}: use more demos or a smaller preset")
+
     art = store.begin(STAGE, VERSION, cfg.key_config(), {"dataset": input_key}, force=force,
                       description=f"CDRED imitation on {task} ({cfg.reward}, {cfg.obs})")
     if art.complete:
@@ -187,17 +199,8 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
 
         env = env_fn()
         spec = env.spec_info
-        episodes = load_episodes(path, cfg.num_demos, obs=cfg.obs, camera=rgb_key)
+        episodes = load_episodes(path, n_demos, obs=cfg.obs, camera=rgb_key)
         obs_dtype = torch.uint8 if cfg.obs == "rgb" else torch.float32
-        acfg = AgentConfig.preset(
-            cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, plan=cfg.plan,
-            reward_space=cfg.reward_space,
-            lr_step_every=cfg.lr_step_every if cfg.lr_step_every is not None else LR_STEP_BY_SUITE[spec.suite])
-        valid = sum(max(0, len(e["action"]) - acfg.horizon + 1) for e in episodes)
-        if valid < acfg.batch_size:
-            n_tr = sum(len(e["action"]) for e in episodes)
-            raise DatasetError(f"{path}: {len(episodes)} demos hold {n_tr} transitions, {valid} sub-trajectories of "
-                               f"{acfg.horizon} steps; a batch needs {acfg.batch_size}: use more demos or a smaller preset")
         rcfg = CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed)
         x_dim = acfg.latent_dim if cfg.reward_space == "latent" else spec.obs_dim
         agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim,

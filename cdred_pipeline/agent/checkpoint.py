@@ -41,7 +41,8 @@ def safe_torch_load(path: "str | Path", *, what: str = "checkpoint", map_locatio
         raise CdredError(f"{what} not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
+            IndexError, KeyError, TypeError, UnicodeDecodeError) as exc:  # what torch.load raises on foreign bytes
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
         first = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
         raise CdredError(f"{path} is not a readable cdred {what} ({first[:160]})") from None
