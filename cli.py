@@ -343,6 +343,8 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
 @click.option("--camera", default=None, help="Pixel runs: which rendered camera (default: the dataset's).")
 @click.option("--eval-every", type=int, default=10_000, show_default=True, help="Env steps between evaluations.")
 @click.option("--eval-episodes", type=int, default=5, show_default=True)
+@click.option("--seed-steps", type=int, default=None,
+              help="Agent steps of random actions before updates start (default max(1000, 5 x episode length)).")
 @click.option("--diagnose/--no-diagnose", default=True, show_default=True,
               help="Log reward on expert vs random vs current-policy data at each evaluation.")
 @click.option("--device", default="auto", show_default=True)

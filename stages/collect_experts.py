@@ -143,6 +143,8 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
     """The expert artifact: a TD-MPC2 agent trained online on the task's own reward (resumable)."""
     from cdred_pipeline.envs import make_env
 
+    if cfg.policy == "checkpoint":  # check the file before any artifact exists: bad input leaves nothing behind
+        check_expert_checkpoint(cfg.checkpoint, cfg)
     art = store.begin(EXPERT_STAGE, EXPERT_VERSION, _expert_config(cfg), {}, force=force,
                       description=f"{cfg.policy} expert for {cfg.task}")
     if art.complete:
@@ -153,10 +155,6 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
         if cfg.policy == "checkpoint":
             import shutil
 
-            from cdred_pipeline.stages.common import load_agent
-
-            _agent, extra = load_agent(cfg.checkpoint, device="cpu")  # validates the file before copying it
-            _check_checkpoint_task(cfg.checkpoint, extra, cfg.task)
             shutil.copyfile(cfg.checkpoint, art.path / "agent.pt")
             return art.complete_with({"policy": "checkpoint"}, task=cfg.task)
         from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
@@ -182,10 +180,20 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
         art.release()
 
 
-def _check_checkpoint_task(path: str | Path, extra: dict, task: str) -> None:
-    if extra.get("task") not in (None, task):
-        raise CdredError(f"{path}: checkpoint is for task {extra.get('task')!r}, not {task!r}; "
+def check_expert_checkpoint(path: str | Path, cfg: CollectConfig) -> tuple[Any, dict[str, Any]]:
+    """Load an expert checkpoint and check it acts on this task's state observations (one-line errors)."""
+    from cdred_pipeline.envs import make_env
+    from cdred_pipeline.stages.common import load_agent
+
+    agent, extra = load_agent(path, device=cfg.device, plan=cfg.plan)
+    if extra.get("task") not in (None, cfg.task):
+        raise CdredError(f"{path}: checkpoint is for task {extra.get('task')!r}, not {cfg.task!r}; "
                          "pass a checkpoint trained on this task", exit_code=2)
+    want = make_env(cfg.task, episode_length=cfg.episode_length).spec_info.obs_shape
+    if tuple(agent.obs_shape) != tuple(want):
+        raise CdredError(f"{path}: checkpoint observes {tuple(agent.obs_shape)} but {cfg.task} state observations "
+                         f"are {tuple(want)}; pass a state-observation checkpoint of this task", exit_code=2)
+    return agent, extra
 
 
 def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[Policy, dict[str, Any]]:
@@ -195,16 +203,8 @@ def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[Policy, di
 
         act = scripted_policy(cfg.task)
         return (lambda obs, first: act(obs)), {"kind": "scripted", "policy": f"metaworld {cfg.task}"}
-    from cdred_pipeline.envs import make_env
-    from cdred_pipeline.stages.common import load_agent
-
     path = expert.path / "agent.pt"
-    agent, extra = load_agent(path, device=cfg.device, plan=cfg.plan)
-    _check_checkpoint_task(path, extra, cfg.task)
-    want = make_env(cfg.task, episode_length=cfg.episode_length).spec_info.obs_shape
-    if tuple(agent.obs_shape) != tuple(want):
-        raise CdredError(f"{path}: checkpoint observes {tuple(agent.obs_shape)} but {cfg.task} state observations "
-                         f"are {tuple(want)}; pass a state-observation checkpoint of this task", exit_code=2)
+    agent, extra = check_expert_checkpoint(path, cfg)
     source = {"kind": "tdmpc2", "checkpoint_sha256": file_sha256(path),
               "train_steps": int(extra.get("env_step", 0)), "preset": extra.get("preset")}
     return (lambda obs, first: agent.act(obs, t0=first, eval_mode=True)), source
