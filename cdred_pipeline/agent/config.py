@@ -140,9 +140,10 @@ PRESETS: dict[str, AgentConfig] = {
     # App. A.1 sizes: the TD-MPC2 5M model (latent 512, MLP 512, encoder 256), App. B.2 MPPI.
     "paper": AgentConfig(),
     # CPU: a quarter-width model (~0.3M parameters for a state task), batch 128, acting with the
-    # policy prior (MPPI costs ~25 ms per step on one core; ``plan=True`` uses the lighter planner
-    # below). Measured on this 2-core machine: ~24 updates/s (1 thread) vs ~5 at latent 128 / MLP 256
-    # / batch 256 and ~1.5 for "paper" (benchmarks/agent_speed.py).
+    # policy prior (MPPI with the lighter planner below costs ~35-50 ms per step on one core; set
+    # ``plan=True`` to use it). Measured on this shared 2-core machine with 1 torch thread
+    # (benchmarks/agent_speed.py): ~19 updates/s at batch 128 (8 at batch 256; "paper": 1.7).
+    # Learns dmc:cartpole-balance: eval return 830 after 20k agent steps (40k env steps), 19 min.
     "small": AgentConfig(
         latent_dim=64, mlp_dim=128, enc_dim=64, batch_size=128, plan=False,
         num_samples=256, num_pi_trajs=24, num_elites=32, iterations=4,
