@@ -412,7 +412,7 @@ def test_g_exp_mode_and_loss_coef():
 
 def test_config_presets_and_validation():
     assert set(PRESETS) == {"paper", "small", "tiny"}
-    assert CDREDConfig.preset("small").hidden == (256, 256)
+    assert CDREDConfig.preset("small").hidden == (128, 128)
     assert CDREDConfig.preset("paper", alpha=0.5).alpha == 0.5
     assert CDREDConfig.preset("tiny").to_dict()["hidden"] == [64, 64]
     for bad in ({"alpha": 1.5}, {"zeta": -0.1}, {"sigma": 0.0}, {"num_targets": 1}, {"g": "relu"},
@@ -435,3 +435,16 @@ def test_is_a_reward_head_when_the_agent_base_exists():
     base = pytest.importorskip("cdred_pipeline.agent.reward_head").RewardHead
     head = _head()
     assert isinstance(head, base) and head.uses_env_reward is False
+
+
+@pytest.mark.parametrize("mode", ["cdred", "red"])
+def test_fused_loss_and_reward_equals_separate_calls(mode):
+    """The update's shared forward pass gives exactly loss() and reward() of the same (x, a)."""
+    head = CDREDRewardHead(12, 3, CDREDConfig.preset("tiny", mode=mode, seed=4)).double()
+    x, a = torch.randn(3, 10, 12, dtype=torch.float64), torch.rand(3, 10, 3, dtype=torch.float64) * 2 - 1
+    is_expert = torch.arange(10) % 2 == 0
+    loss_f, r_f = head.loss_and_reward(x, a, None, is_expert, generator=torch.Generator().manual_seed(7))
+    loss_s = head.loss(x, a, None, is_expert, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(loss_f, loss_s, rtol=0, atol=0)
+    torch.testing.assert_close(r_f, head.reward(x, a), rtol=0, atol=0)
+    assert not r_f.requires_grad and r_f.shape == (3, 10, 1)

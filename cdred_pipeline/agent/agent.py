@@ -169,9 +169,10 @@ class TDMPC2Agent:
             zs.append(z)
         zs_all = torch.stack(zs)                                                     # (H+1, B, L)
         x = zs_all[:-1] if cfg.reward_space == "latent" else obs[:-1].float()
-        reward_loss = (m._reward.loss(x, action, reward, is_expert) * rho).sum() / H
+        head_loss, head_reward = m._reward.loss_and_reward(x, action, reward, is_expert)
+        reward_loss = (head_loss * rho).sum() / H
         with torch.no_grad():                                                        # TD targets
-            r = reward if m._reward.uses_env_reward else m.reward(x.detach(), action)
+            r = reward if m._reward.uses_env_reward else head_reward
             next_a, _ = m.pi(next_z)
             td = r + self.gamma * m.Q(next_z, next_a, "min", target=True)            # (H, B, 1)
             td_probs = two_hot(td, cfg.num_bins, cfg.vmin, cfg.vmax)                 # (H, B, bins)

@@ -38,6 +38,14 @@ class RewardHead(nn.Module, abc.ABC):
         """Per-time-step loss (T,), averaged over the batch: x (T, B, D), a (T, B, A),
         env_reward (T, B, 1), is_expert (B,) bool."""
 
+    def loss_and_reward(self, x: Tensor, a: Tensor, env_reward: Optional[Tensor],
+                        is_expert: Tensor) -> tuple[Tensor, Tensor]:
+        """``loss(...)`` and ``reward(x, a)`` without gradient, on the same (x, a): the update needs both
+        (Eq. 15's reward loss and the TD target). Heads that can share the forward pass override this."""
+        loss = self.loss(x, a, env_reward, is_expert)
+        with torch.no_grad():
+            return loss, self.reward(x.detach(), a)
+
     def forward(self, x: Tensor, a: Tensor) -> Tensor:  # noqa: D102 - same as reward()
         return self.reward(x, a)
 

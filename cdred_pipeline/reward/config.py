@@ -98,8 +98,8 @@ class CDREDConfig:
 PRESETS: dict[str, CDREDConfig] = {
     # Paper App. A: 5 targets, p = 64, 512-512 hidden.
     "paper": CDREDConfig(),
-    # CPU-friendly: same K and p, narrower networks.
-    "small": CDREDConfig(hidden=(256, 256)),
+    # CPU-friendly: same K and p, networks as wide as the agent's "small" MLPs (128).
+    "small": CDREDConfig(hidden=(128, 128)),
     # Unit tests and smoke runs.
     "tiny": CDREDConfig(hidden=(64, 64), embed_dim=16),
 }

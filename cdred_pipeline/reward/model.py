@@ -155,17 +155,26 @@ class CDREDRewardHead(_RewardHeadBase):
         inp = self._input(x, a)
         lead = inp.shape[:-1]
         tgt = self.targets(inp.reshape(-1, inp.shape[-1])).reshape(c.num_targets, *lead, c.embed_dim)
-        f_e = self.expert_predictor(inp)
+        f_b = None if c.mode == "red" else self.behavioral_predictor(inp)
+        return self._reward_from(self.expert_predictor(inp), f_b, tgt).unsqueeze(-1)
+
+    def _reward_from(self, f_e: Tensor, f_b: Optional[Tensor], tgt: Tensor) -> Tensor:
+        """Eq. 5 (or RED's exp(-sigma L)) from the network outputs, shape (...)."""
+        c = self.cfg
         if c.mode == "red":
-            r = red_reward(f_e, tgt, sigma=c.sigma, centered=c.red_centered)
-        else:
-            f_b = self.behavioral_predictor(inp)
-            r = reward_from_outputs(f_e, f_b, tgt, alpha=c.alpha, zeta=c.zeta, sigma=c.sigma, g=self._g, eps=c.eps)
-        return r.unsqueeze(-1)
+            return red_reward(f_e, tgt, sigma=c.sigma, centered=c.red_centered)
+        return reward_from_outputs(f_e, f_b, tgt, alpha=c.alpha, zeta=c.zeta, sigma=c.sigma, g=self._g, eps=c.eps)
 
     def loss_terms(
         self, x: Tensor, a: Tensor, is_expert: Tensor, *, generator: Optional[torch.Generator] = None
     ) -> dict[str, Tensor]:
+        """Per-step predictor losses of Eq. 4, each of shape (T,): ``{"expert", "behavioral"}`` (see
+        :meth:`_loss_terms_and_outputs`)."""
+        return self._loss_terms_and_outputs(x, a, is_expert, generator=generator)[0]
+
+    def _loss_terms_and_outputs(
+        self, x: Tensor, a: Tensor, is_expert: Tensor, *, generator: Optional[torch.Generator] = None
+    ) -> tuple[dict[str, Tensor], Tensor, Optional[Tensor], Tensor]:
         """Per-step predictor losses of Eq. 4, each of shape (T,): ``{"expert", "behavioral"}``.
 
         Every sample (t, b) regresses onto ONE target f_k with k ~ Uniform{0..K-1} drawn per sample
@@ -198,17 +207,30 @@ class CDREDRewardHead(_RewardHeadBase):
         # Masks, not indexing: static shapes and no host sync (torch.compile / CUDA friendly). A masked-out
         # sample contributes an exact zero to the loss and to the gradient of the other predictor.
         terms: dict[str, Tensor] = {}
+        outs: dict[str, Tensor] = {}
         halves = [("expert", self.expert_predictor, is_expert)]
         if self.cfg.mode == "cdred":
             halves.append(("behavioral", self.behavioral_predictor, ~is_expert))
         for name, net, mask in halves:
-            err = (net(inp) - c).square().mean(dim=-1)  # (T, B)
+            outs[name] = net(inp)
+            err = (outs[name] - c).square().mean(dim=-1)  # (T, B)
             count = mask.sum().clamp_min(1).to(err.dtype)
             terms[name] = torch.where(mask, err, torch.zeros((), dtype=err.dtype, device=err.device)).sum(-1) / count
         if "behavioral" not in terms:
             terms["behavioral"] = inp.new_zeros(T)
         self.last_loss_terms = {n: t.detach() for n, t in terms.items()}
-        return terms
+        return terms, outs["expert"], outs.get("behavioral"), tgt
+
+    def loss_and_reward(
+        self, x: Tensor, a: Tensor, env_reward: Optional[Tensor], is_expert: Tensor,
+        *, generator: Optional[torch.Generator] = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``loss(...)`` (T,) and the reward (T, B, 1) without gradient at the same (x, a), sharing one
+        forward pass of the targets and predictors (the update needs both: Eq. 4 and the TD target)."""
+        terms, f_e, f_b, tgt = self._loss_terms_and_outputs(x, a, is_expert, generator=generator)
+        with torch.no_grad():
+            r = self._reward_from(f_e.detach(), None if f_b is None else f_b.detach(), tgt)
+        return self.cfg.loss_coef * (terms["expert"] + terms["behavioral"]), r.unsqueeze(-1)
 
     def loss(
         self,
