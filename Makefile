@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export MUJOCO_GL ?= egl
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-ray bench clean
 
 $(BIN)/cdred: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests -q
+
+# The executor tests against a local Ray instance (skipped by `make test` when Ray is absent).
+test-ray: install
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
+	$(BIN)/python -m pytest tests/test_executor.py -q -rs
 
 bench: install
 	$(BIN)/python benchmarks/agent_speed.py

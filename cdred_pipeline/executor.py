@@ -1,0 +1,379 @@
+"""One executor interface for independent work units (ARCHITECTURE §7).
+
+Work that splits into independent units (tasks x seeds for collect-experts, (p, seed) episode blocks
+for evaluate) runs through :func:`make_executor`:
+
+* ``"local"``: in this process, one unit after the other (the default; what every stage did before);
+* ``"process"``: a pool of ``workers`` spawned processes on this machine;
+* ``"ray"``: tasks on a Ray cluster (optional extra ``pip install 'cdred[ray]'``). ``ray_address``
+  ``"local"`` starts a private Ray instance on this machine with ``workers`` CPUs; ``"auto"`` joins
+  the cluster this machine belongs to (``ray start`` was run); any other value is a cluster address
+  (``HOST:PORT`` or ``ray://HOST:10001``). When Ray is already initialised (a test, a notebook), that
+  instance is used and left running.
+
+``Executor.map(fn, units)`` calls ``fn(unit)`` for every unit and returns the results in unit order.
+``fn`` must be a module-level function and the units picklable (they travel to other processes).
+A unit that raises is retried ``retries`` times (a lost worker process counts as a failure of the
+units it held); :class:`~cdred_pipeline.errors.CdredError` (bad input: deterministic) is never
+retried. Each finished unit's result is handed to ``on_result(index, result)`` on the driver as soon
+as it arrives, so a driver that records finished units there loses none of them when another unit
+or a worker fails later. If a unit still fails after its retries, ``map`` waits for the other units,
+then raises :class:`ExecutorError` (a CdredError naming the unit) or re-raises the unit's CdredError.
+
+Determinism: the executor never changes what a unit computes, only where; stages make every unit a
+pure function of its arguments (own seeds, own environment), so results do not depend on the kind,
+the number of workers or the order of completion (tested in tests/test_executor.py).
+
+Shared storage: units that write into the work dir (collect-experts) need every Ray node to see the
+same ``--workdir`` path (a shared filesystem); units that return their results (evaluate) do not.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from cdred_pipeline.errors import CdredError, MissingDependencyError, UsageError
+
+KINDS = ("local", "process", "ray")
+RAY_INSTALL = "pip install 'cdred[ray]'"
+#: Environment passed to every worker (set before the unit runs): GL backend for MuJoCo rendering.
+WORKER_ENV_KEYS = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "CDRED_WORKDIR")
+
+OnResult = Callable[[int, Any], None]
+
+
+class ExecutorError(CdredError):
+    """A work unit failed after all its retries (the message names the unit and the last error)."""
+
+
+class Executor(Protocol):
+    """What every executor offers (see the module docstring)."""
+
+    kind: str
+    workers: int
+
+    def map(self, fn: Callable[[Any], Any], units: Sequence[Any], *, retries: int = 2, desc: str = "units",
+            progress: bool = True, on_result: OnResult | None = None) -> list[Any]:
+        """``[fn(u) for u in units]``, possibly in parallel; results in unit order."""
+        ...
+
+    def close(self) -> None:
+        """Release workers (idempotent)."""
+        ...
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _bar(total: int, desc: str, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="unit", disable=not progress)
+
+
+def _worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
+
+
+def _call_unit(fn: Callable[[Any], Any], unit: Any, env: dict[str, str], threads: int | None) -> Any:
+    """Run one unit in a worker: the driver's GL settings first, a fair share of CPU threads."""
+    import sys
+
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is first imported
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+    return fn(unit)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+class _Tracker:
+    """Results, attempts and failures of one ``map`` call (shared by all executors)."""
+
+    def __init__(self, n: int, retries: int, desc: str, progress: bool, on_result: OnResult | None) -> None:
+        if retries < 0:
+            raise UsageError(f"retries must be >= 0, got {retries}")
+        self.results: list[Any] = [None] * n
+        self.done = [False] * n
+        self.attempts = [0] * n
+        self.retries = retries
+        self.errors: dict[int, BaseException] = {}
+        self.on_result = on_result
+        self.bar = _bar(n, desc, progress)
+
+    def success(self, i: int, result: Any) -> None:
+        self.results[i], self.done[i] = result, True
+        if self.on_result is not None:
+            self.on_result(i, result)
+        self.bar.update(1)
+
+    def failure(self, i: int, exc: BaseException) -> bool:
+        """Record a failed attempt; True when the unit should run again."""
+        self.attempts[i] += 1
+        if isinstance(exc, CdredError) or self.attempts[i] > self.retries:
+            self.errors[i] = exc
+            return False
+        return True
+
+    def finish(self) -> list[Any]:
+        self.bar.close()
+        if self.errors:
+            i = min(self.errors)
+            exc = self.errors[i]
+            if isinstance(exc, CdredError):
+                raise exc
+            more = f" ({len(self.errors) - 1} more units failed too)" if len(self.errors) > 1 else ""
+            raise ExecutorError(f"work unit {i} failed after {self.attempts[i]} attempts: {_describe(exc)}{more}; "
+                                f"finished units are kept, rerun the same command to resume") from exc
+        return self.results
+
+
+class _ContextMixin:
+    """``with make_executor(...) as ex:`` closes the executor at the end."""
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------- local
+class LocalExecutor(_ContextMixin):
+    """Units one after the other in this process (no pickling, no start-up cost)."""
+
+    kind = "local"
+
+    def __init__(self) -> None:
+        self.workers = 1
+
+    def map(self, fn: Callable[[Any], Any], units: Sequence[Any], *, retries: int = 2, desc: str = "units",
+            progress: bool = True, on_result: OnResult | None = None) -> list[Any]:
+        track = _Tracker(len(units), retries, desc, progress, on_result)
+        for i, unit in enumerate(units):
+            while True:
+                try:
+                    result = fn(unit)
+                except Exception as exc:  # noqa: BLE001 - retried or reported by the tracker
+                    if track.failure(i, exc):
+                        continue
+                    break
+                track.success(i, result)
+                break
+        return track.finish()
+
+    def close(self) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------------- process
+class ProcessExecutor(_ContextMixin):
+    """A pool of ``workers`` spawned processes on this machine (fork is unsafe with GL and torch).
+
+    At most ``workers`` units are in flight. A worker that dies (killed, out of memory) breaks the
+    pool and takes every unit in flight with it; a new pool starts, finished units are kept, and the
+    units that were in flight rerun one at a time, so a failed attempt is charged only to the unit
+    whose worker died while it ran alone (never to a bystander).
+    """
+
+    kind = "process"
+
+    def __init__(self, workers: int | None = None, *, threads: int | None = None) -> None:
+        cpus = os.cpu_count() or 1
+        self.workers = int(workers or cpus)
+        if self.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {workers}")
+        self.threads = threads if threads is not None else max(1, cpus // self.workers)
+        self._pool: Any = None
+
+    def _new_pool(self) -> Any:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.close()
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+        return self._pool
+
+    def map(self, fn: Callable[[Any], Any], units: Sequence[Any], *, retries: int = 2, desc: str = "units",
+            progress: bool = True, on_result: OnResult | None = None) -> list[Any]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        track = _Tracker(len(units), retries, desc, progress, on_result)
+        env = _worker_env()
+        queue = list(range(len(units)))  # at most `workers` units in flight
+        suspects: set[int] = set()  # in flight when the pool broke: rerun alone to find who broke it
+        pool = self._pool or self._new_pool()
+        futures: dict[Any, int] = {}
+        while queue or futures:
+            broken = False
+            while queue and not broken and len(futures) < (1 if suspects else self.workers):
+                if suspects and futures:
+                    break  # a suspect runs alone
+                i = next((u for u in queue if u in suspects), queue[0])
+                try:
+                    futures[pool.submit(_call_unit, fn, units[i], env, self.threads)] = i
+                    queue.remove(i)
+                except BrokenProcessPool:  # a worker died since the last wait: not this unit's fault
+                    broken = True
+            finished = wait(futures, return_when=FIRST_COMPLETED)[0] if futures and not broken else set()
+            lost: list[int] = []
+            for fut in finished:
+                i = futures.pop(fut)
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    lost.append(i)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - retried or reported by the tracker
+                    if track.failure(i, exc):
+                        queue.append(i)
+                    continue
+                suspects.discard(i)
+                track.success(i, result)
+            if broken:  # every unit still in flight died with the pool
+                for fut, i in list(futures.items()):
+                    if fut.done() and fut.exception() is None:  # finished just before the break
+                        suspects.discard(i)
+                        track.success(i, fut.result())
+                    else:
+                        lost.append(i)
+                futures.clear()
+                if len(lost) == 1:  # it ran alone: it broke the pool
+                    suspects.discard(lost[0])
+                    if track.failure(lost[0], BrokenProcessPool("its worker process died")):
+                        queue.append(lost[0])
+                else:  # several ran: none is charged yet, each reruns alone
+                    suspects.update(lost)
+                    queue.extend(lost)
+                pool = self._new_pool()
+            queue.sort()
+        return track.finish()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+# --------------------------------------------------------------------------------------- ray
+def import_ray() -> Any:
+    """``import ray``, or a one-line MissingDependencyError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError(f"--ray-address needs Ray, which is not installed: {RAY_INSTALL}") from None
+    return ray
+
+
+class RayExecutor(_ContextMixin):
+    """Units as Ray tasks (one CPU each).
+
+    ``address="local"`` starts a private instance with ``workers`` CPUs (shut down on :meth:`close`);
+    ``"auto"`` or an address joins a running cluster. An already initialised Ray is used as it is.
+    Retries are the driver's (Ray's own are off), for a unit that raised and for one whose worker
+    process died, so the count of attempts means the same as with the other executors.
+    """
+
+    kind = "ray"
+
+    def __init__(self, address: str = "local", workers: int | None = None) -> None:
+        self.ray = import_ray()  # a missing Ray is a one-line error at once; the cluster is joined on first use
+        self.address = address
+        self.workers = int(workers or os.cpu_count() or 1)
+        self._requested = workers
+        self._started = False
+        self._ready = False
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        if not self.ray.is_initialized():
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if self.address == "local":
+                kw["num_cpus"] = self.workers
+            else:
+                kw["address"] = self.address
+            try:
+                self.ray.init(**kw)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise CdredError(f"cannot reach the Ray cluster at {self.address!r} ({_describe(exc)}); start it "
+                                 "with `ray start --head` or pass --ray-address local", exit_code=3) from None
+            self._started = True
+        if not self._requested:
+            self.workers = int(self.ray.cluster_resources().get("CPU", 1))
+        self._ready = True
+
+    def map(self, fn: Callable[[Any], Any], units: Sequence[Any], *, retries: int = 2, desc: str = "units",
+            progress: bool = True, on_result: OnResult | None = None) -> list[Any]:
+        self._ensure()
+        ray = self.ray
+        from ray.exceptions import RayTaskError
+
+        track = _Tracker(len(units), retries, desc, progress, on_result)
+        remote = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(_call_unit)
+        env = _worker_env()
+        fn_ref = ray.put(fn)
+        refs = {remote.remote(fn_ref, units[i], env, None): i for i in range(len(units))}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                i = refs.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    if track.failure(i, cause):
+                        refs[remote.remote(fn_ref, units[i], env, None)] = i
+                    continue
+                except Exception as exc:  # noqa: BLE001 - worker lost beyond Ray's own retries
+                    if track.failure(i, exc):
+                        refs[remote.remote(fn_ref, units[i], env, None)] = i
+                    continue
+                track.success(i, result)
+        return track.finish()
+
+    def close(self) -> None:
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = self._ready = False
+
+
+# ------------------------------------------------------------------------------------ factory
+def make_executor(kind: str = "local", *, workers: int | None = None, ray_address: str | None = None) -> Executor:
+    """The executor for ``kind`` (``local`` | ``process`` | ``ray``); see the module docstring."""
+    if kind not in KINDS:
+        raise UsageError(f"executor kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    if kind == "local":
+        return LocalExecutor()
+    if kind == "process":
+        return ProcessExecutor(workers)
+    return RayExecutor(ray_address or "local", workers)
+
+
+def executor_for(workers: int | None, ray_address: str | None) -> Executor:
+    """The CLI's choice: ``--ray-address`` -> Ray; ``--workers N`` (N > 1) -> process pool; else local."""
+    if ray_address:
+        return make_executor("ray", workers=workers, ray_address=ray_address)
+    if workers is not None and workers > 1:
+        return make_executor("process", workers=workers)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    return make_executor("local")
+
+
+def timed_map(executor: Executor, fn: Callable[[Any], Any], units: Sequence[Any], **kw: Any) -> tuple[list[Any], float]:
+    """``executor.map`` and its wall time in seconds (benchmarks, manifests)."""
+    t = time.perf_counter()
+    out = executor.map(fn, units, **kw)
+    return out, time.perf_counter() - t
