@@ -260,6 +260,14 @@ def _progress(ctx: click.Context) -> bool:
               help="Random-policy episodes for the score baseline.")
 @click.option("--episode-length", type=int, default=None, help="Agent steps per episode (task default if unset).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", default=None,
+              help="Comma list of seeds (e.g. 0,1,2): one expert and dataset per seed, through the executor "
+                   "(--workers / --ray-address); replaces --seed.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="With --seeds: seeds run in this many local processes (or Ray CPUs with --ray-address local).")
+@click.option("--ray-address", default=None,
+              help="With --seeds: run seeds as Ray tasks: 'local' (a private Ray on this machine), 'auto' "
+                   "(the cluster this machine joined) or HOST:PORT. --workdir must be on storage every node sees.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--plan/--no-plan", default=None, help="Act with MPPI planning or the policy prior (preset default).")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
@@ -270,8 +278,12 @@ def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoin
     from cdred_pipeline.stages import collect_experts as stage
 
     force = opts.pop("force")
+    seeds, workers, ray_address = opts.pop("seeds"), opts.pop("workers"), opts.pop("ray_address")
     policy = policy or ("checkpoint" if checkpoint else "tdmpc2")
     cfg = stage.CollectConfig(task=parse_task(task).task, policy=policy, checkpoint=checkpoint, **opts)
+    if seeds is not None or workers is not None or ray_address is not None:
+        _collect_seeds(ctx, stage, cfg, seeds, workers, ray_address, force)
+        return
     art = stage.run(cfg, _store(ctx), force=force, progress=_progress(ctx))
     scores = art.manifest.get("scores", {})
     click.echo(f"demos: {art.path / stage.DATASET_NAME}  ({art.manifest.get('episodes')} episodes, "
@@ -282,6 +294,31 @@ def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoin
             click.echo(f"  {name:<6} return {s['return_mean']:9.2f} ± {s['return_std']:.2f}   "
                        f"success {s['success_rate']:.2f}")
     click.echo(f"key: {art.key}")
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"{option} must be a comma list of integers, got {text!r}") from None
+    if not out:
+        raise click.BadParameter(f"{option} must name at least one integer, got {text!r}")
+    return out
+
+
+def _collect_seeds(ctx: click.Context, stage, cfg, seeds: str | None, workers: int | None, ray_address: str | None,
+                   force: bool) -> None:
+    """collect-experts over seeds through the executor; one line per seed."""
+    from cdred_pipeline.executor import executor_for
+
+    seed_list = _int_list(seeds, "--seeds") if seeds is not None else (cfg.seed,)
+    with executor_for(workers, ray_address) as ex:
+        arts = stage.run_seeds(cfg, seed_list, _store(ctx), executor=ex, force=force, progress=_progress(ctx))
+    for seed, art in zip(seed_list, arts):
+        s = (art.manifest.get("scores") or {}).get("expert") or {}
+        ret = f"expert return {s['return_mean']:9.2f} ± {s['return_std']:.2f}" if s else ""
+        click.echo(f"seed {seed}: {art.path / stage.DATASET_NAME}  ({art.manifest.get('episodes')} episodes, "
+                   f"{art.manifest.get('steps')} steps)  {ret}  key: {art.key}")
 
 
 # ------------------------------------------------------------------------------- render-visual
@@ -379,11 +416,18 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts) -> None:
 @click.option("--scores-from", "scores_from", default=None,
               help="Dataset (path or key) whose stored random/expert scores normalise the returns "
                    "(default: the scores saved in an imitation checkpoint).")
+@click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Envs stepped together with one batched policy call per step (MPPI: one plan per env).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run the (p, seed) blocks in this many local processes (or Ray CPUs with --ray-address local).")
+@click.option("--ray-address", default=None,
+              help="Run the (p, seed) blocks as Ray tasks: 'local', 'auto' or HOST:PORT.")
 @click.option("--force", is_flag=True, help="Redo even if a complete report exists.")
 @click.pass_context
 def evaluate(ctx: click.Context, agent: str, tremble: str, seeds: str, force: bool, scores_from: str | None,
-             **opts) -> None:
+             workers: int | None, ray_address: str | None, **opts) -> None:
     """Evaluate AGENT (a checkpoint path or an experts/imitate artifact key) under tremble noise."""
+    from cdred_pipeline.executor import executor_for
     from cdred_pipeline.stages import evaluate as stage
     from cdred_pipeline.stages.common import dataset_scores
 
@@ -393,7 +437,8 @@ def evaluate(ctx: click.Context, agent: str, tremble: str, seeds: str, force: bo
         raise click.BadParameter(f"--seeds must be a comma list of integers, got {seeds!r}") from None
     cfg = stage.EvalConfig(tremble=stage.parse_tremble_list(tremble), seeds=seed_list, **opts)
     scores = dataset_scores(scores_from, _store(ctx)) if scores_from else None
-    art = stage.run(cfg, agent, _store(ctx), force=force, progress=_progress(ctx), scores=scores)
+    with executor_for(workers, ray_address) as ex:
+        art = stage.run(cfg, agent, _store(ctx), force=force, progress=_progress(ctx), scores=scores, executor=ex)
     click.echo(stage.format_table(art.manifest["aggregates"]))
     click.echo(f"report: {art.path / 'report.json'}\nplot:   {art.path / 'tremble.png'}\nkey:    {art.key}")
 

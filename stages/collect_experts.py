@@ -326,3 +326,43 @@ def run(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progre
 def replace(cfg: CollectConfig, **changes: Any) -> CollectConfig:
     """A changed copy of a config (configs are frozen, never mutated)."""
     return dataclasses.replace(cfg, **changes)
+
+
+# ------------------------------------------------------------------------------------------ seeds
+def _seed_unit(unit: tuple[CollectConfig, str, bool, bool]) -> dict[str, Any]:
+    """One executor unit: collect-experts for one seed, run by the stage functions in the worker.
+
+    Writes the expert and demos artifacts into the work dir (a path every worker sees) and returns
+    the demos key; the driver reads the manifests.
+    """
+    cfg, workdir, force, progress = unit
+    art = run(cfg, ArtifactStore(workdir), force=force, progress=progress)
+    return {"seed": cfg.seed, "key": art.key, "expert": art.manifest["inputs"]["expert"]}
+
+
+def run_seeds(cfg: CollectConfig, seeds: list[int] | tuple[int, ...], store: ArtifactStore, *,
+              executor: Any = None, force: bool = False, progress: bool = True) -> list[Artifact]:
+    """collect-experts for every seed (one (expert, demos) pair each) through ``executor``.
+
+    Each seed is a work unit that calls :func:`run` with ``cfg`` for that seed, so its artifacts
+    (keys, files, dataset bytes) are those of a single-seed run; a seed whose artifacts are complete
+    is served from the cache, a killed one resumes. Returns the demos artifacts in seed order.
+    ``executor``: :func:`cdred_pipeline.executor.make_executor` (default: one seed after the other here).
+    """
+    from cdred_pipeline.executor import make_executor
+
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds needs distinct integers, got {seeds}")
+    ex = executor if executor is not None else make_executor("local")
+    inline = progress and ex.kind == "local"
+    units = [(replace(cfg, seed=s), str(Path(store.root).resolve()), force, inline) for s in seeds]
+    outs = ex.map(_seed_unit, units, desc=f"collect-experts {cfg.task} x {len(seeds)} seeds", progress=progress)
+    arts = []
+    for out in outs:
+        art = store.get(DEMO_STAGE, out["key"])
+        if art is None:
+            raise CdredError(f"seed {out['seed']}: the worker reported demos/{out['key']} but {store.root} does not "
+                             "hold it; on a cluster, --workdir must be a folder every node sees (shared filesystem)")
+        arts.append(art)
+    return arts

@@ -56,6 +56,7 @@ class EvalConfig:
     episode_length: int | None = None
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
+    num_envs: int = 1  # envs stepped together, one batched policy call per step (not in the key when 1)
 
     def __post_init__(self) -> None:
         from cdred_pipeline.envs import check_tremble
@@ -63,6 +64,8 @@ class EvalConfig:
         object.__setattr__(self, "tremble", tuple(check_tremble(p) for p in self.tremble))
         if not self.tremble or self.episodes < 1 or not self.seeds or self.videos < 0:
             raise UsageError("evaluate needs at least one p, --episodes >= 1, one seed and --videos >= 0")
+        if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
+            raise UsageError(f"--num-envs must be a positive integer, got {self.num_envs!r}")
 
 
 def parse_tremble_list(text: str) -> tuple[float, ...]:
@@ -157,6 +160,23 @@ def _plot(path: Path, aggs: list[dict[str, Any]], title: str) -> None:
     os.replace(tmp, path)
 
 
+def torch_no_grad() -> Any:
+    """``torch.no_grad()`` as a decorator, importing torch only when the function runs."""
+    import functools
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def inner(*a: Any, **k: Any) -> Any:
+            import torch
+
+            with torch.no_grad():
+                return fn(*a, **k)
+
+        return inner
+
+    return wrap
+
+
 def run_eval_episode(env: Any, agent: Any, seed: int, *, frames: list | None = None,
                      video_size: int = 256) -> dict[str, Any]:
     """One evaluation episode in eval mode (mean actions); frames are appended when a list is given."""
@@ -182,12 +202,200 @@ def run_eval_episode(env: Any, agent: Any, seed: int, *, frames: list | None = N
             "trembles": trembles}
 
 
-def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = False, progress: bool = True,
-        scores: dict[str, Any] | None = None) -> Artifact:
-    """Evaluate the agent under each tremble p; returns the eval artifact with report.json."""
+@dataclass(frozen=True)
+class EvalBlock:
+    """One work unit of an evaluation: ``episodes`` episodes of one (p, seed), picklable.
+
+    The unit's rows are a pure function of its fields: the agent is loaded from ``checkpoint`` and its
+    act generator is reset to the checkpoint's state at the start of every block, each episode has
+    its own seed (``_episode_seed(seed, i)``), and the tremble draws are seeded per episode. So the
+    rows do not depend on the executor, the number of workers or which blocks ran before.
+    """
+
+    checkpoint: str
+    task: str
+    obs: str
+    env_kwargs: tuple[tuple[str, Any], ...]
+    episode_length: int | None
+    p: float
+    seed: int
+    episodes: int
+    device: str = "auto"
+    plan: bool | None = None
+    num_envs: int = 1
+    videos: int = 0            # the first ``videos`` episodes of this block are filmed
+    video_size: int = 256
+    progress: bool = False     # a per-episode bar (in-process runs)
+
+
+_AGENT_CACHE: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _cache_key(path: str | Path, device: str, plan: bool | None) -> tuple:
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_mtime_ns, st.st_size, device, plan)
+
+
+def _remember_agent(key: tuple, agent: Any) -> None:
+    """Keep one loaded agent per process with its act-generator state as loaded."""
+    _AGENT_CACHE.clear()
+    _AGENT_CACHE[key] = (agent, agent._act_gen.get_state())
+
+
+def _block_agent(block: EvalBlock) -> Any:
+    """The block's agent, loaded once per process (keyed by file identity), act generator reset."""
+    from cdred_pipeline.stages.common import load_agent
+
+    key = _cache_key(block.checkpoint, block.device, block.plan)
+    if key not in _AGENT_CACHE:
+        agent, _ = load_agent(block.checkpoint, device=block.device, plan=block.plan)
+        _remember_agent(key, agent)
+    agent, gen_state = _AGENT_CACHE[key]
+    agent._act_gen.set_state(gen_state)
+    agent._prev_mean = None
+    return agent
+
+
+def run_block(block: EvalBlock) -> dict[str, Any]:
+    """Run one (p, seed) block; returns its rows (episode order) and its videos as mp4 bytes."""
+    import tempfile
+
     from tqdm.auto import tqdm
 
     from cdred_pipeline.envs import make_env
+
+    agent = _block_agent(block)
+    n_envs = max(1, min(block.num_envs, block.episodes))
+    envs = [make_env(block.task, obs=block.obs, seed=0, tremble=block.p, episode_length=block.episode_length,
+                     **dict(block.env_kwargs)) for _ in range(n_envs)]
+    bar = tqdm(total=block.episodes, desc=f"evaluate p={block.p:g} seed={block.seed}", unit="ep", leave=False,
+               disable=not block.progress)
+    try:
+        seeds = [_episode_seed(block.seed, i) for i in range(block.episodes)]
+        filmed = set(range(min(block.videos, block.episodes)))
+        if n_envs == 1:
+            results = []
+            for i, ep_seed in enumerate(seeds):
+                frames: list | None = [] if i in filmed else None
+                ep = run_eval_episode(envs[0], agent, ep_seed, frames=frames, video_size=block.video_size)
+                results.append((ep, frames))
+                bar.update(1)
+                bar.set_postfix(ret=f"{ep['return']:.1f}")
+        else:
+            results = run_eval_episodes_batched(envs, agent, seeds, filmed=filmed, video_size=block.video_size,
+                                                on_episode=lambda ep: bar.update(1))
+        dt = getattr(envs[0].unwrapped, "control_dt", None)
+    finally:
+        bar.close()
+        for env in envs:
+            env.close()
+    fps = 1.0 / dt if dt else 30.0  # videos play at the control rate (real time)
+    rows, videos = [], {}
+    for i, (ep, frames) in enumerate(results):
+        rows.append({"p": block.p, "seed": block.seed, "episode": i, "episode_seed": seeds[i], **ep})
+        if frames is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "v.mp4"
+                _write_video(path, frames, fps)
+                videos[f"p{block.p:g}_seed{block.seed}_ep{i}.mp4"] = path.read_bytes()
+    return {"rows": rows, "videos": videos}
+
+
+@torch_no_grad()
+def act_batch(agent: Any, obs: np.ndarray, first: list[bool], prev_means: list[Any]) -> np.ndarray:
+    """Eval-mode actions (K, A) for K observations with ONE batched forward pass (paper Eq. 1-2 prior).
+
+    Policy prior (``cfg.plan`` False): ``tanh(mu(z))`` with ``z = encode(obs)`` for the whole batch, the
+    action ``agent.act(o, eval_mode=True)`` takes for each row (equal up to float rounding of the
+    batched matmul, ~1e-7). MPPI (``cfg.plan`` True) is not batched: each env calls ``agent.act`` with
+    its own warm-start mean (``prev_means[k]``, updated in place); the sampling generator is shared,
+    so MPPI rows depend on the number of envs (num_envs is then part of the cache key).
+    """
+    import torch
+
+    if agent.cfg.plan:
+        out = []
+        for k, o in enumerate(obs):
+            agent._prev_mean = prev_means[k]
+            out.append(agent.act(o, t0=first[k], eval_mode=True))
+            prev_means[k] = agent._prev_mean
+        return np.stack(out)
+    x = torch.as_tensor(np.asarray(obs), device=agent.device)
+    if not agent.is_pixel:
+        x = x.float()
+    z = agent.model.encode(x)
+    gen = getattr(agent, "_batch_gen", None)
+    if gen is None:  # the prior's sample is not used in eval mode: draw it from a private generator
+        gen = agent._batch_gen = torch.Generator(device=agent.device).manual_seed(0)
+    _, info = agent.model.pi(z, generator=gen)
+    return info["mean"].float().cpu().numpy()
+
+
+def run_eval_episodes_batched(envs: list[Any], agent: Any, seeds: list[int], *, filmed: set[int] | None = None,
+                              video_size: int = 256, on_episode: Any = None) -> list[tuple[dict[str, Any], list | None]]:
+    """Run ``len(seeds)`` episodes on K envs stepped together, one batched policy call per step.
+
+    Each env takes the next episode seed when its episode ends, so every episode runs exactly as
+    :func:`run_eval_episode` would run it (same reset seed, same per-episode tremble draws). Returns
+    (episode result, frames or None) in seed order.
+    """
+    filmed = filmed or set()
+    todo = list(range(len(seeds)))
+    slots: list[dict[str, Any] | None] = [None] * len(envs)
+    prev_means: list[Any] = [None] * len(envs)
+    results: list[Any] = [None] * len(seeds)
+
+    def start(k: int) -> None:
+        if not todo:
+            slots[k] = None
+            return
+        i = todo.pop(0)
+        obs, _ = envs[k].reset(seed=seeds[i])
+        frames = [envs[k].render_frame(video_size)] if i in filmed else None
+        slots[k] = {"i": i, "obs": obs, "first": True, "ret": 0.0, "length": 0, "trembles": 0,
+                    "success_any": False, "success": False, "frames": frames}
+        prev_means[k] = None
+
+    for k in range(len(envs)):
+        start(k)
+    while any(s is not None for s in slots):
+        active = [k for k, s in enumerate(slots) if s is not None]
+        obs = np.stack([slots[k]["obs"] for k in active])
+        pm = [prev_means[k] for k in active]
+        actions = act_batch(agent, obs, [slots[k]["first"] for k in active], pm)
+        for j, k in enumerate(active):
+            s = slots[k]
+            prev_means[k] = pm[j]
+            s["first"] = False
+            s["obs"], reward, terminated, truncated, info = envs[k].step(actions[j])
+            s["ret"] += float(reward)
+            s["length"] += 1
+            s["trembles"] += int(bool(info.get("trembled", False)))
+            s["success"] = bool(info.get("success", False))
+            s["success_any"] = s["success_any"] or s["success"]
+            if s["frames"] is not None:
+                s["frames"].append(envs[k].render_frame(video_size))
+            if terminated or truncated:
+                results[s["i"]] = ({"return": s["ret"], "success_any": s["success_any"], "success_final": s["success"],
+                                    "length": s["length"], "trembles": s["trembles"]}, s["frames"])
+                if on_episode is not None:
+                    on_episode(results[s["i"]][0])
+                start(k)
+    return results
+
+
+def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = False, progress: bool = True,
+        scores: dict[str, Any] | None = None, executor: Any = None) -> Artifact:
+    """Evaluate the agent under each tremble p; returns the eval artifact with report.json.
+
+    The (p, seed) blocks (:class:`EvalBlock`) run through ``executor``
+    (:func:`cdred_pipeline.executor.make_executor`; default: in this process). Units return their rows
+    and videos (mp4 bytes); this driver merges them in (p, seed) order and writes every file and the
+    manifest, so the result does not depend on the executor (videos: the first ``cfg.videos``
+    episodes in (p, seed, episode) order, filmed by the unit that runs them).
+    """
+    from cdred_pipeline.envs import make_env
+    from cdred_pipeline.executor import make_executor
     from cdred_pipeline.stages.common import load_agent, resolve_checkpoint
 
     ckpt, input_key = resolve_checkpoint(agent, store)
@@ -201,40 +409,51 @@ def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = Fals
     kw = {k: extra[k] for k in ("camera", "image_size", "render_profile", "action_repeat") if extra.get(k) is not None}
     if obs_kind != "rgb":
         kw = {k: v for k, v in kw.items() if k == "action_repeat"}
-    config = {**{k: v for k, v in cfg.__dict__.items() if k != "device"}, "task": task, "obs": obs_kind}
+    # num_envs changes the bits of the rows (batched matmul rounding; MPPI's shared generator): part of
+    # the key when > 1. How the work is spread (executor, workers) never is.
+    config = {**{k: v for k, v in cfg.__dict__.items() if k not in ("device", "num_envs")}, "task": task, "obs": obs_kind}
+    if cfg.num_envs > 1:
+        config["num_envs"] = cfg.num_envs
     art = store.begin(STAGE, VERSION, config, {"agent": input_key}, force=force,
                       description=f"evaluate {task} under tremble {list(cfg.tremble)}")
     if art.complete:
         return art
     try:
         t0 = time.time()
-        rows: list[dict[str, Any]] = []
-        videos_dir = art.path / "videos"
-        videos_left = cfg.videos
-        total = len(cfg.tremble) * len(cfg.seeds) * cfg.episodes
-        bar = tqdm(total=total, desc=f"evaluate {task}", unit="ep", disable=not progress)
-        for p in cfg.tremble:
-            env = make_env(task, obs=obs_kind, seed=0, tremble=p, episode_length=episode_length, **kw)
+        env = make_env(task, obs=obs_kind, seed=0, tremble=cfg.tremble[0], episode_length=episode_length, **kw)
+        try:
             _check_obs_shape(ckpt, policy, env)
-            dt = getattr(env.unwrapped, "control_dt", None)
-            fps = 1.0 / dt if dt else 30.0  # videos play at the control rate (real time)
-            for seed in cfg.seeds:
-                for i in range(cfg.episodes):
-                    ep_seed = _episode_seed(seed, i)
-                    frames: list | None = [] if videos_left > 0 else None
-                    ep = run_eval_episode(env, policy, ep_seed, frames=frames, video_size=cfg.video_size)
-                    if frames is not None:
-                        videos_dir.mkdir(exist_ok=True)
-                        _write_video(videos_dir / f"p{p:g}_seed{seed}_ep{i}.mp4", frames, fps)
-                        videos_left -= 1
-                    rows.append({"p": p, "seed": seed, "episode": i, "episode_seed": ep_seed, **ep})
-                    bar.update(1)
-                    bar.set_postfix(p=p, ret=f"{ep['return']:.1f}")
+        finally:
             env.close()
-        bar.close()
+        _remember_agent(_cache_key(Path(ckpt).resolve(), cfg.device, cfg.plan), policy)  # in-process blocks reuse it
+        ex = executor if executor is not None else make_executor("local")
+        blocks, videos_left = [], cfg.videos
+        for p in cfg.tremble:
+            for seed in cfg.seeds:
+                n_vid = min(videos_left, cfg.episodes)
+                videos_left -= n_vid
+                blocks.append(EvalBlock(checkpoint=str(Path(ckpt).resolve()), task=task, obs=obs_kind,
+                                        env_kwargs=tuple(sorted(kw.items())), episode_length=episode_length, p=p,
+                                        seed=seed, episodes=cfg.episodes, device=cfg.device, plan=cfg.plan,
+                                        num_envs=cfg.num_envs, videos=n_vid, video_size=cfg.video_size,
+                                        progress=progress and ex.kind == "local"))
+        videos_dir = art.path / "videos"
+
+        def write_videos(_: int, out: dict[str, Any]) -> None:
+            for name, data in out["videos"].items():
+                videos_dir.mkdir(exist_ok=True)
+                tmp = videos_dir / f".{name}.tmp"
+                tmp.write_bytes(data)
+                os.replace(tmp, videos_dir / name)
+
+        outs = ex.map(run_block, blocks, desc=f"evaluate {task} (p x seed blocks)", progress=progress,
+                      on_result=write_videos)
+        rows = [r for out in outs for r in out["rows"]]
         aggs = aggregate(rows, scores)
+        wall = round(time.time() - t0, 2)
+        steps = sum(r["length"] for r in rows)
         report = {"agent": str(ckpt), "task": task, "obs": obs_kind, "config": config, "scores": scores,
-                  "rows": rows, "aggregates": aggs, "wall_s": round(time.time() - t0, 2)}
+                  "rows": rows, "aggregates": aggs, "wall_s": wall}
         (art.path / "report.json").write_text(json.dumps(report, indent=2))
         with open(art.path / "episodes.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -242,7 +461,9 @@ def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = Fals
             w.writerows(rows)
         _plot(art.path / "tremble.png", aggs, f"{task}: return and success under tremble")
         head = {f"return@p={a['p']:g}": round(a["return_mean"], 2) for a in aggs}
-        return art.complete_with(head, task=task, aggregates=aggs)
+        return art.complete_with(head, task=task, aggregates=aggs,
+                                 execution={"executor": ex.kind, "workers": ex.workers, "num_envs": cfg.num_envs,
+                                            "env_steps_per_s": round(steps / max(wall, 1e-9), 1)})
     finally:
         art.release()
 
