@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# GPU check for cdred (issue 8, item 5): one command for a person with a CUDA machine.
+#
+#   bash benchmarks/gpu_check.sh WHEELS_DIR [OUT_DIR]
+#
+# WHEELS_DIR  a folder of wheels to install from, offline (pip install --no-index --find-links):
+#             the CUDA build of torch 2.13.0 for your driver, every dependency of cdred, and either a
+#             cdred wheel (`pip wheel --no-deps -w WHEELS_DIR .` in this repo) or setuptools>=68 and
+#             wheel (then this checkout is installed). On a machine with internet access:
+#               pip download -d WHEELS_DIR torch==2.13.0   # with your CUDA wheel index
+#               pip download -d WHEELS_DIR . setuptools wheel && pip wheel --no-deps -w WHEELS_DIR .
+# OUT_DIR     where results go (default: gpu-check-<date>); the venv is OUT_DIR/venv.
+#
+# What it runs (MUJOCO_GL=egl, device cuda):
+#   1. benchmarks/agent_speed.py --devices cuda --presets small paper: update ms, MPPI plan ms,
+#      policy act ms and achieved/limit of the measured matmul rate (written to OUT_DIR/agent_speed.json);
+#   2. a short paper-preset training, `cdred collect-experts dmc:cheetah-run --preset paper
+#      --train-steps 20000 --episodes 2 --device cuda --plan` (about 10k agent steps, 2.5k of them
+#      seeding), from whose metrics.jsonl the steady training rate (env step + plan + update, agent
+#      steps/s, evaluations left out) is computed;
+# then prints one table. Override the training length with TRAIN_STEPS=... and the presets with
+# PRESETS="tiny small paper". Needs Python 3.11, an NVIDIA driver and EGL (libegl1) for MuJoCo.
+# Send OUT_DIR/gpu_check.txt (and the json files) back to the project.
+set -euo pipefail
+
+if [[ $# -lt 1 || ! -d "$1" ]]; then
+    echo "usage: bash benchmarks/gpu_check.sh WHEELS_DIR [OUT_DIR]   (WHEELS_DIR: a folder of wheels, see the top of this file)" >&2
+    exit 2
+fi
+WHEELS="$(cd "$1" && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${2:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+PY="${PYTHON:-python3.11}"
+TRAIN_STEPS="${TRAIN_STEPS:-20000}"
+PRESETS="${PRESETS:-small paper}"
+export MUJOCO_GL=egl
+export PYTHONUNBUFFERED=1
+
+echo "== venv $OUT/venv (offline install from $WHEELS)"
+"$PY" -m venv "$OUT/venv"
+VPY="$OUT/venv/bin/python"
+PIP=("$VPY" -m pip install -q --no-index --find-links "$WHEELS")
+"${PIP[@]}" "torch==2.13.0"
+if compgen -G "$WHEELS/cdred-*.whl" > /dev/null; then
+    "${PIP[@]}" cdred
+else
+    "${PIP[@]}" "$REPO"
+fi
+
+echo "== CUDA"
+"$VPY" - <<'EOF'
+import sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit("error: torch sees no CUDA device (torch %s, built for CUDA %s); install the CUDA build of torch 2.13.0"
+             % (torch.__version__, torch.version.cuda))
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+EOF
+
+echo "== agent speed (presets: $PRESETS)"
+# shellcheck disable=SC2086
+"$VPY" "$REPO/benchmarks/agent_speed.py" --devices cuda --presets $PRESETS --out "$OUT/agent_speed.json" \
+    2>&1 | tee "$OUT/agent_speed.log"
+
+echo "== paper-preset training: dmc:cheetah-run, $TRAIN_STEPS env steps, MPPI, cuda"
+T0=$(date +%s)
+"$OUT/venv/bin/cdred" --workdir "$OUT/runs" collect-experts dmc:cheetah-run --preset paper \
+    --train-steps "$TRAIN_STEPS" --episodes 2 --random-episodes 2 --device cuda --plan 2>&1 | tee "$OUT/train.log"
+T1=$(date +%s)
+
+"$VPY" - "$OUT" "$((T1 - T0))" <<'EOF' | tee "$OUT/gpu_check.txt"
+import json, sys
+from pathlib import Path
+
+out, total_s = Path(sys.argv[1]), int(sys.argv[2])
+speed = json.loads((out / "agent_speed.json").read_text())["results"]
+metrics = sorted((out / "runs" / "experts").glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
+rows = [json.loads(x) for x in metrics[-1].read_text().splitlines() if x.strip()] if metrics else []
+# steady training rate: consecutive train rows after seeding with no evaluation in between
+steps = wall = 0.0
+prev = None
+for r in rows:
+    if r.get("kind") != "train":
+        prev = None  # an evaluation ran in this interval: leave it out
+        continue
+    if prev is not None and prev.get("update_step", 0) > 0:
+        steps += r["agent_step"] - prev["agent_step"]
+        wall += r["wall_s"] - prev["wall_s"]
+    prev = r
+rate = steps / wall if wall > 0 else float("nan")
+env_steps = rows[-1]["env_step"] if rows else 0
+print()
+print(f"{'preset':<7} {'device':<7} {'update ms':>10} {'plan ms':>9} {'act ms':>8} {'update/limit':>13} {'plan/limit':>11}  GPU")
+nan = float("nan")
+for r in speed:  # .get: agent_speed.json fields may grow; a missing one prints nan instead of failing
+    ups = r.get("updates_per_s") or nan
+    print(f"{r.get('preset', '?'):<7} {r.get('device', '?'):<7} {1000 / ups:>10.2f} {r.get('plan_latency_ms', nan):>9.2f} "
+          f"{r.get('policy_act_latency_ms', nan):>8.3f} {100 * r.get('update_achieved_fraction_of_matmul', nan):>12.1f}% "
+          f"{100 * r.get('plan_achieved_fraction_of_matmul', nan):>10.1f}%  {r.get('device_name', '')}")
+print()
+print(f"paper-preset training on dmc:cheetah-run (env step + MPPI plan + update): {rate:.1f} agent steps/s "
+      f"({2 * rate:.1f} env steps/s) over {int(steps)} agent steps after seeding; "
+      f"{env_steps} env steps in all, {total_s} s wall for the whole command (seeding, evaluations, collection included)")
+print("issue 8 target: >= 300 agent steps/s on an H100 (TD-MPC2's authors: ~90 on an RTX 3090 with compile)")
+EOF
+echo "results: $OUT/gpu_check.txt, $OUT/agent_speed.json, $OUT/runs"
