@@ -23,39 +23,68 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _tree_identity(path: Path) -> str:
-    """Identity of a folder outside the store: its path, and the names, sizes and mtimes of its files."""
-    h = hashlib.sha256(str(path.resolve()).encode())
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        st = f.stat()
-        h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+def hash_files(h: Any, folder: Path) -> None:
+    """Feed the relative names and bytes of every file under ``folder`` into the hash ``h``."""
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+
+
+def artifact_of(path: Path) -> tuple[str, str] | None:
+    """(stage, key) of the complete artifact whose folder holds ``path``, or None."""
+    from cdred_pipeline.artifacts import read_manifest
+
+    parent = Path(path).resolve().parent
+    if not (parent / "manifest.json").is_file():
+        return None
+    try:
+        m = read_manifest(parent)
+    except CdredError:
+        return None
+    if m.get("status") == "complete" and parent.name == m.get("key"):
+        return str(m["stage"]), str(m["key"])
+    return None
+
+
+def dataset_path(arg: str | Path, store: ArtifactStore | None = None) -> Path:
+    """DATASET as given on the command line: a path to a ``.zarr`` store, an artifact folder holding
+    ``demos.zarr``, or an artifact key (prefix) in ``store`` -> the store's path."""
+    p = Path(arg)
+    if p.exists():
+        if (p / "manifest.json").is_file() and (p / DATASET_NAME).is_dir():
+            return p / DATASET_NAME
+        return p
+    if store is not None and str(arg) and "/" not in str(arg):
+        try:
+            art = store.find(str(arg))
+        except CdredError:
+            art = None
+        if art is not None:
+            if not art.complete:
+                raise DatasetError(f"artifact {art.stage}/{art.key} is not complete (status "
+                                   f"{art.manifest.get('status')!r}); finish its stage first")
+            ds = art.path / DATASET_NAME
+            if not ds.is_dir():
+                raise DatasetError(f"artifact {art.stage}/{art.key} holds no {DATASET_NAME}; pass a dataset path")
+            return ds
+    raise DatasetError(f"{arg}: no such dataset path, and no artifact with that key under "
+                       f"{store.root if store else 'the work dir'} (`cdred status` lists them)")
 
 
 def resolve_dataset(arg: str, store: ArtifactStore) -> tuple[Path, str]:
-    """DATASET as a path (a ``.zarr`` store or an artifact folder holding one) or an artifact key.
-
-    Returns the store path and the cache key of the input: the artifact key when it lives in the
-    store, else a content identity of the folder.
-    """
-    p = Path(arg)
-    if p.exists():
-        if (p / DATASET_NAME).is_dir():
-            p = p / DATASET_NAME
-        if not p.is_dir():
-            raise DatasetError(f"{arg}: not a zarr dataset folder; pass a demos.zarr or an artifact key")
-        parent = p.parent
-        if (parent / "manifest.json").is_file() and not parent.name.startswith("."):
-            return p, parent.name
-        return p, "path:" + _tree_identity(p)
-    art = store.find(arg)
-    if not art.complete:
-        raise DatasetError(f"artifact {art.stage}/{art.key} is {art.manifest.get('status')}; finish it first "
-                           "(rerun the stage that made it)")
-    path = art.path / DATASET_NAME
+    """DATASET (see :func:`dataset_path`) and the cache key of the input: the artifact key when it is
+    the output of a complete artifact, else a hash of the store's files (a moved copy keeps its key)."""
+    path = dataset_path(arg, store)
     if not path.is_dir():
-        raise DatasetError(f"artifact {art.stage}/{art.key} holds no {DATASET_NAME}; it is not a dataset")
-    return path, art.key
+        raise DatasetError(f"{arg}: not a zarr dataset folder; pass a demos.zarr or an artifact key")
+    owner = artifact_of(path)
+    if owner is not None:
+        return path, owner[1]
+    h = hashlib.sha256()
+    hash_files(h, path)
+    return path, "sha256:" + h.hexdigest()[:32]
 
 
 def dataset_scores(arg: str, store: ArtifactStore) -> dict[str, Any]:

@@ -43,8 +43,10 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline import render as R
-from cdred_pipeline.artifacts import MANIFEST, Artifact, ArtifactStore, artifact_key, read_manifest
+from cdred_pipeline.artifacts import Artifact, ArtifactStore, artifact_key
 from cdred_pipeline.errors import CdredError, DatasetError, UsageError
+from cdred_pipeline.stages.common import artifact_of, hash_files
+from cdred_pipeline.stages.common import dataset_path as resolve_dataset
 
 __all__ = ["STAGE", "STAGE_VERSION", "DATASET_NAME", "RenderConfig", "PRESETS", "RenderMismatchWarning",
            "run", "resolve_dataset", "dataset_identity", "summary_line"]
@@ -121,56 +123,18 @@ PRESETS: dict[str, RenderConfig] = {
 
 
 # --------------------------------------------------------------------------------- dataset input
-def resolve_dataset(arg: str | os.PathLike, store: ArtifactStore | None = None) -> Path:
-    """DATASET as given on the command line: a path to a ``.zarr`` store, an artifact folder holding
-    ``demos.zarr``, or an artifact key (prefix) in ``store`` -> the store's path."""
-    p = Path(arg)
-    if p.exists():
-        if (p / MANIFEST).is_file() and (p / DATASET_NAME).is_dir():
-            return p / DATASET_NAME
-        return p
-    if store is not None and str(arg) and "/" not in str(arg):
-        try:
-            art = store.find(str(arg))
-        except CdredError:
-            art = None
-        if art is not None:
-            if not art.complete:
-                raise DatasetError(f"artifact {art.stage}/{art.key} is not complete (status "
-                                   f"{art.manifest.get('status')!r}); finish its stage first")
-            ds = art.path / DATASET_NAME
-            if not ds.is_dir():
-                raise DatasetError(f"artifact {art.stage}/{art.key} holds no {DATASET_NAME}; pass a dataset path")
-            return ds
-    raise DatasetError(f"{arg}: no such dataset path, and no artifact with that key under "
-                       f"{store.root if store else 'the work dir'} (`cdred status` lists them)")
-
-
-def _hash_files(h: Any, folder: Path) -> None:
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(folder)).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-
-
 def dataset_identity(path: Path, attrs: Mapping[str, Any]) -> dict[str, str]:
     """Identity of the input for the cache key: ``{stage: key}`` when the dataset is the output of a
     complete artifact (``<artifact>/demos.zarr``), else ``{"dataset": "sha256:..."}`` over the things
     the frames depend on: the attrs, ``meta/episode_ends`` and the stored bytes of the physics-state
     arrays (path-independent: a moved or copied dataset keeps its cache)."""
-    parent = path.resolve().parent
-    if (parent / MANIFEST).is_file():
-        try:
-            m = read_manifest(parent)
-        except CdredError:
-            m = None
-        if m is not None and m.get("status") == "complete" and parent.name == m.get("key"):
-            return {str(m["stage"]): str(m["key"])}
+    owner = artifact_of(path)
+    if owner is not None:
+        return {owner[0]: owner[1]}
     h = hashlib.sha256()
     h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
     for key in ("meta/episode_ends", "data/physics_state", "meta/final_physics_state"):
-        _hash_files(h, path / key)
+        hash_files(h, path / key)
     return {"dataset": "sha256:" + h.hexdigest()[:32]}
 
 
