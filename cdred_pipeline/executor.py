@@ -25,7 +25,8 @@ pure function of its arguments (own seeds, own environment), so results do not d
 the number of workers or the order of completion (tested in tests/test_executor.py).
 
 Shared storage: units that write into the work dir (collect-experts) need every Ray node to see the
-same ``--workdir`` path (a shared filesystem); units that return their results (evaluate) do not.
+same ``--workdir`` path (a shared filesystem); evaluate units write nothing (they return rows and
+video bytes) but read the agent checkpoint by its absolute path, which every node must see too.
 """
 
 from __future__ import annotations
