@@ -17,7 +17,7 @@ $(BIN)/cdred: pyproject.toml
 install: $(BIN)/cdred
 
 demo: install
-	$(BIN)/cdred pipeline dmc:cartpole-balance --preset quickstart
+	$(BIN)/cdred pipeline mw:reach --preset quickstart
 
 test: install
 	$(BIN)/python -m pytest tests -q

@@ -285,6 +285,10 @@ def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoin
         _collect_seeds(ctx, stage, cfg, seeds, workers, ray_address, force)
         return
     art = stage.run(cfg, _store(ctx), force=force, progress=_progress(ctx))
+    expert = _store(ctx).get(stage.EXPERT_STAGE, art.manifest["inputs"]["expert"])
+    if expert is not None and expert.manifest.get("agent_params"):
+        click.echo(f"expert: TD-MPC2 preset {cfg.preset}, {expert.manifest['agent_params']:,} trainable parameters "
+                   f"({expert.path})")
     scores = art.manifest.get("scores", {})
     click.echo(f"demos: {art.path / stage.DATASET_NAME}  ({art.manifest.get('episodes')} episodes, "
                f"{art.manifest.get('steps')} steps)")
@@ -395,7 +399,8 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts) -> None:
     art = stage.run(cfg, dataset, _store(ctx), force=force, progress=_progress(ctx))
     head = art.manifest.get("headline", {})
     score = head.get("normalized_score")
-    click.echo(f"imitation: {art.path / 'agent.pt'}")
+    click.echo(f"imitation: {art.path / 'agent.pt'}  ({art.manifest.get('agent_params', 0):,} trainable parameters, "
+               f"CDRED reward model included)")
     click.echo(f"  final eval return {head.get('eval_return')}, expert-normalised score "
                f"{'-' if score is None else f'{score:.1f}'}")
     click.echo(f"  curve {art.path / 'curve.png'}, metrics {art.path / 'metrics.jsonl'}")

@@ -168,6 +168,7 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
                              eval_episodes=cfg.eval_episodes,
                              **({} if cfg.eval_every is None else {"eval_every": max(1, cfg.eval_every // spec.action_repeat)}))
         agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim, device=cfg.device)
+        art.update(agent_params=agent.num_params())
         env_fn = lambda: make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length)  # noqa: E731
         result = train_online(env_fn, agent, tcfg, art.path, progress=progress,
                               extra={"task": cfg.task, "preset": cfg.preset, "obs": "state",

@@ -205,6 +205,7 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
         x_dim = acfg.latent_dim if cfg.reward_space == "latent" else spec.obs_dim
         agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim,
                             reward_head=CDREDRewardHead(x_dim, spec.action_dim, rcfg), device=cfg.device)
+        art.update(agent_params=agent.num_params(), agent_params_without_reward=agent.num_params(False))
         expert_buffer = ReplayBuffer.from_episodes(episodes, obs_shape=spec.obs_shape, action_dim=spec.action_dim,
                                                    device=agent.device, obs_dtype=obs_dtype, seed=cfg.seed + 1)
         diag_buffers: dict[str, Any] = {"expert": expert_buffer}
