@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,28 +24,17 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.datasets import open_dataset, validate  # noqa: E402
 from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
+from cli_helpers import CDRED, cli_env as _env, one_line_error as _one_line_error, run_cli as _cli
 
 torch.set_num_threads(1)
-CDRED = Path(sys.executable).with_name("cdred")
 MW_TASK, DMC_TASK = "mw:box-close", "dmc:cartpole-balance"
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _env() -> dict[str, str]:
-    return {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _cli(workdir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CDRED), "--workdir", str(workdir), "-q", *args], env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
 
 
-def _one_line_error(res: subprocess.CompletedProcess) -> str:
-    """The stderr of a failed CLI call: exactly one line starting with 'error:' and no traceback."""
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in res.stderr, res.stderr
-    return lines[0]
 
 
 def _complete(root: Path, stage: str) -> list[Path]:

@@ -13,8 +13,6 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +27,15 @@ from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.envs import make_env  # noqa: E402
 from cdred_pipeline.errors import CdredError, UsageError  # noqa: E402
 from cdred_pipeline.stages import evaluate as ev  # noqa: E402
+from cli_helpers import one_line_error as _one_line_error, run_cli as _cli
 
 torch.set_num_threads(1)
-CDRED = Path(sys.executable).with_name("cdred")
 TASK, LENGTH = "dmc:cartpole-balance", 50
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _cli(workdir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(CDRED), "--workdir", str(workdir), "-q", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
-def _one_line_error(res: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in res.stderr, res.stderr
-    return lines[0]
 
 
 def _save_agent(path: Path, *, seed: int, obs_shape: tuple[int, ...] = (5,), **extra: Any) -> Path:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,25 +28,16 @@ from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
 from cdred_pipeline.stages import evaluate as ev  # noqa: E402
 from cdred_pipeline.stages import imitate as im  # noqa: E402
 from cdred_pipeline.stages.common import load_agent  # noqa: E402
+from cli_helpers import one_line_error as _one_line_error, run_cli as _cli
 
 torch.set_num_threads(1)
-CDRED = Path(sys.executable).with_name("cdred")
 TASK, LENGTH = "dmc:cartpole-balance", 50
 EVAL_KEYS = ("eval_return_mean", "diag_reward_expert", "diag_reward_random", "diag_reward_current",
              "predictor_loss_expert", "predictor_loss_behavioral")
 
 
-def _cli(workdir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(CDRED), "--workdir", str(workdir), "-q", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
-def _one_line_error(res: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in res.stderr, res.stderr
-    return lines[0]
 
 
 def _rows(art) -> list[dict]:

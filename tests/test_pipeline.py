@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,20 +19,15 @@ import pytest
 
 from cdred_pipeline.errors import UsageError
 from cdred_pipeline.stages import pipeline as pl
+from cli_helpers import CDRED, cli_env as _env, run_cli as _cli
 
-CDRED = Path(sys.executable).with_name("cdred")
 TASK = "dmc:cartpole-balance"
 ARGS = ("pipeline", TASK, "--preset", "smoke", "--device", "cpu")
 STAGES = {"expert": "experts", "demos": "demos", "imitate": "imitate", "evaluate": "eval"}
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _cli(workdir: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CDRED), "--workdir", str(workdir), "-q", *args], env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def _complete(root: Path, stage: str) -> list[Path]:
@@ -84,7 +78,7 @@ def interrupted(tmp_path_factory):
     at_kill = {s: [p.name for p in _complete(root, d)] for s, d in STAGES.items()}
     before = {s: _manifest(_complete(root, STAGES[s])[0]) for s in ("expert", "demos")}
     partial_imitate = _manifest(next((root / "imitate").glob(".*.partial")))
-    res = _cli(root, *ARGS)
+    res = _cli(root, *ARGS, timeout=400)
     return {"root": root, "at_kill": at_kill, "before": before, "partial_imitate": partial_imitate, "res": res}
 
 
@@ -143,7 +137,7 @@ def test_rerun_with_everything_done_is_all_cached(interrupted, tmp_path):
     root = tmp_path / "wd"
     shutil.copytree(interrupted["root"], root)
     finished = {d: _manifest(_complete(root, d)[0])["finished"] for d in STAGES.values()}
-    res = _cli(root, *ARGS)
+    res = _cli(root, *ARGS, timeout=400)
     assert res.returncode == 0, res.stderr
     rows = _stage_lines(res.stdout)
     assert set(rows) == set(STAGES) and all(v[1] == "cached" for v in rows.values()), res.stdout
@@ -155,7 +149,7 @@ def test_changed_late_option_redoes_only_that_stage(interrupted, tmp_path):
     root = tmp_path / "wd"
     shutil.copytree(interrupted["root"], root)
     old = {d: [(p.name, _manifest(p)["finished"]) for p in _complete(root, d)] for d in STAGES.values()}
-    res = _cli(root, *ARGS, "--tremble", "0,0.3")
+    res = _cli(root, *ARGS, "--tremble", "0,0.3", timeout=400)
     assert res.returncode == 0, res.stderr
     for d in ("experts", "demos", "imitate"):
         assert [(p.name, _manifest(p)["finished"]) for p in _complete(root, d)] == old[d], d

@@ -1,0 +1,29 @@
+"""Shared helpers for tests that run the real ``cdred`` console script in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CDRED = Path(sys.executable).with_name("cdred")
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: headless MuJoCo, one BLAS thread (the machine is shared)."""
+    return {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(workdir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``cdred --workdir WORKDIR -q ARGS...``, output captured."""
+    return subprocess.run([str(CDRED), "--workdir", str(workdir), "-q", *args], env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(res: subprocess.CompletedProcess) -> str:
+    """The stderr of a failed CLI call: exactly one line starting with 'error:' and no traceback."""
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in res.stderr, res.stderr
+    return lines[0]
