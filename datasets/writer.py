@@ -307,6 +307,30 @@ def _as(x: Any, dtype: str, name: str, shape: tuple[int | None, ...]) -> np.ndar
 
 
 # --------------------------------------------------------------------------------- EpisodeWriter
+def _finish_store(tmp: Path, final: Path, *, overwrite: bool, what: str) -> None:
+    """Check the structure of a flushed partial store, consolidate, fsync and rename it into place."""
+    from .validate import validate
+
+    problems = validate(tmp, deep=False, finished=False)
+    if problems:
+        raise DatasetError(f"{problems[0]} (the partial {what} is kept at {tmp})")
+    L.consolidate(tmp)
+    _fsync_tree(tmp)
+    _publish(tmp, final, overwrite=overwrite)
+
+
+def _discard_store(tmp: Path, columns: Iterable[Any]) -> None:
+    """Wait for the columns' pending chunk writes, then delete the partial store."""
+    for col in columns:
+        if col is None:
+            continue
+        try:
+            col.wait()
+        except Exception:  # noqa: BLE001 - the store is being thrown away: its write errors do not matter
+            pass
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 class EpisodeWriter:
     """Append whole episodes to a zarr episode store (ARCHITECTURE §6); see the module docstring.
 
@@ -587,14 +611,7 @@ class EpisodeWriter:
                 env = self.attrs["env"]
                 self._create_columns(env["obs_dim"], env["action_dim"], int(env.get("physics_state_dim", 0)), {})
             self.flush()
-            from .validate import validate
-
-            problems = validate(self.tmp, deep=False, finished=False)
-            if problems:
-                raise DatasetError(f"{problems[0]} (the partial store is kept at {self.tmp})")
-            L.consolidate(self.tmp)
-            _fsync_tree(self.tmp)
-            _publish(self.tmp, self.path, overwrite=True)
+            _finish_store(self.tmp, self.path, overwrite=True, what="store")
             self._closed = True
         finally:
             self._lock.release()
@@ -606,12 +623,7 @@ class EpisodeWriter:
             return
         try:
             if discard:
-                for col in self._columns.values():
-                    try:
-                        col.wait()
-                    except Exception:  # noqa: BLE001 - the store is being thrown away
-                        pass
-                shutil.rmtree(self.tmp, ignore_errors=True)
+                _discard_store(self.tmp, self._columns.values())
             else:
                 self.flush()
         finally:
@@ -823,14 +835,7 @@ class RgbWriter:
                     else:
                         merged[k] = v
                 self.group.attrs.update(L.normalise_attrs(merged))
-            from .validate import validate
-
-            problems = validate(self.tmp, deep=False, finished=False)
-            if problems:
-                raise DatasetError(f"{problems[0]} (the partial copy is kept at {self.tmp})")
-            L.consolidate(self.tmp)
-            _fsync_tree(self.tmp)
-            _publish(self.tmp, self.path, overwrite=self.overwrite)
+            _finish_store(self.tmp, self.path, overwrite=self.overwrite, what="copy")
             self._closed = True
         finally:
             self._lock.release()
@@ -842,13 +847,7 @@ class RgbWriter:
             return
         try:
             if discard:
-                for col in (self._data, self._final):
-                    if col is not None:
-                        try:
-                            col.wait()
-                        except Exception:  # noqa: BLE001 - the copy is being thrown away
-                            pass
-                shutil.rmtree(self.tmp, ignore_errors=True)
+                _discard_store(self.tmp, (self._data, self._final))
             else:
                 self.flush()
         finally:
