@@ -16,6 +16,7 @@ installed (``pip install 'cdred[ray]'``; ``make test-ray``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -40,8 +41,7 @@ from cdred_pipeline.stages import evaluate as ev  # noqa: E402
 
 torch.set_num_threads(1)
 try:
-    import ray  # noqa: F401
-
+    importlib.import_module("ray")
     HAVE_RAY = True
 except ImportError:
     HAVE_RAY = False
