@@ -4,14 +4,19 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export MUJOCO_GL ?= egl
 
-.PHONY: install demo test test-ray bench clean
+.PHONY: install demo test bench clean
 
 $(BIN)/cdred: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Exact pin: a range would pull a multi-GB CUDA build; on a GPU machine install the CUDA torch first.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+# Test extras: pytest, hypothesis, and Ray for the executor tests (a local Ray instance per test).
+$(VENV)/.test-deps: $(BIN)/cdred
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	@touch $@
 
 install: $(BIN)/cdred
@@ -19,13 +24,8 @@ install: $(BIN)/cdred
 demo: install
 	$(BIN)/cdred pipeline mw:reach --preset quickstart
 
-test: install
-	$(BIN)/python -m pytest tests -q
-
-# The executor tests against a local Ray instance (skipped by `make test` when Ray is absent).
-test-ray: install
-	$(BIN)/python -m pip install -q -e '.[test,ray]'
-	$(BIN)/python -m pytest tests/test_executor.py -q -rs
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest tests -q -rs
 
 bench: install
 	$(BIN)/python benchmarks/agent_speed.py

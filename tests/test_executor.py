@@ -11,7 +11,7 @@ over two seeds through the CLI on the test's Ray instance writes the same artifa
 data/ and meta/ array, attrs) as the local executor.
 
 The Ray tests start one local instance (``ray.init(num_cpus=2)``) and are skipped when Ray is not
-installed (``pip install 'cdred[ray]'``; ``make test-ray``).
+installed (``pip install 'cdred[ray]'``; ``make test`` installs it).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ try:
     HAVE_RAY = True
 except ImportError:
     HAVE_RAY = False
-needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'cdred[ray]'; make test-ray)")
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'cdred[ray]'; `make test` installs it)")
 CDRED = Path(sys.executable).with_name("cdred")
 TASK, LENGTH = "dmc:cartpole-balance", 30
 
@@ -55,7 +55,7 @@ TASK, LENGTH = "dmc:cartpole-balance", 30
 def ray_address():
     """A local Ray instance with 2 CPUs for this module; the test units travel by value."""
     if not HAVE_RAY:
-        pytest.skip("Ray is not installed (pip install 'cdred[ray]'; make test-ray)")
+        pytest.skip("Ray is not installed (pip install 'cdred[ray]'; `make test` installs it)")
     import ray
 
     ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
