@@ -63,7 +63,6 @@ def _echo_json(obj) -> None:
 
 
 # ----------------------------------------------------------------------------------------- envs
-# (owned by the environment layer)
 @main.command()
 @click.argument("task", required=False)
 @click.option("--suite", type=click.Choice(["dmc", "mw", "ms2", "gym"]), default=None,
@@ -168,7 +167,6 @@ def show(ctx: click.Context, key: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- package
-# (owned by the dataset issue)
 @main.group()
 def package() -> None:
     """Dataset tools for zarr episode stores: inspect, validate, merge, export, import."""
@@ -326,7 +324,6 @@ def _collect_seeds(ctx: click.Context, stage, cfg, seeds: str | None, workers: i
 
 
 # ------------------------------------------------------------------------------- render-visual
-# (owned by the render-visual issue)
 @main.command("render-visual")
 @click.argument("dataset")
 @click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels (16-512).")

@@ -1,4 +1,4 @@
-"""The TD-MPC2-style world-model agent (paper App. A-B; ARCHITECTURE §3; interfaces.md "Agent").
+"""The TD-MPC2-style world-model agent (paper App. A-B; ARCHITECTURE §3; docs/interfaces.md "Agent").
 
 ```python
 from cdred_pipeline.agent import AgentConfig, PRESETS, TDMPC2Agent, ReplayBuffer

@@ -203,7 +203,7 @@ class TDMPC2Agent:
             )
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One gradient step on a batch (interfaces.md): ``obs`` (H+1, B, ...), ``action`` (H, B, A),
+        """One gradient step on a batch (docs/interfaces.md): ``obs`` (H+1, B, ...), ``action`` (H, B, A),
         ``reward`` (H, B, 1), optional ``is_expert`` (B,) bool (default all False).
 
         Returns floats: total/consistency/reward/value losses, grad norms, pi loss/entropy/scale, lr.

@@ -1,4 +1,4 @@
-"""Replay buffer of whole episodes, sampled as sub-trajectories of length H+1 (Alg. 1; interfaces.md).
+"""Replay buffer of whole episodes, sampled as sub-trajectories of length H+1 (Alg. 1; docs/interfaces.md).
 
 Storage is one ring of ``capacity`` *slots* on the training device: an episode of T transitions takes
 T+1 consecutive slots (its T+1 observations; slot i also holds the action taken and the reward got at

@@ -1,4 +1,4 @@
-"""The pluggable reward head of the world model (interfaces.md, "Reward head interface").
+"""The pluggable reward head of the world model (docs/interfaces.md, "Reward head interface").
 
 The agent uses a reward head through exactly two calls:
 

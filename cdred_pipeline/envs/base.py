@@ -156,7 +156,7 @@ class MjFrameRenderer:
 
 
 class CdredEnv(gym.Env):
-    """A task as a gymnasium Env with the contract of ``notes/interfaces.md``.
+    """A task as a gymnasium Env with the contract of ``docs/interfaces.md``.
 
     * Actions: float arrays of shape ``(action_dim,)`` in [-1, 1]; entries outside are **clipped** to
       [-1, 1] (the clipped action is what runs and what ``info["executed_action"]`` reports); a wrong

@@ -1,4 +1,4 @@
-"""``make_env``: one factory for every suite (ARCHITECTURE §2, notes/interfaces.md)."""
+"""``make_env``: one factory for every suite (ARCHITECTURE §2, docs/interfaces.md)."""
 
 from __future__ import annotations
 

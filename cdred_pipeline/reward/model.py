@@ -22,38 +22,15 @@ from torch import Tensor, nn
 from cdred_pipeline.reward.config import CDREDConfig
 from cdred_pipeline.reward.functional import bonus, lemma1_statistic, red_reward, resolve_g, reward_from_outputs
 
-try:  # the pluggable reward-head base class of the agent (interfaces.md)
-    from cdred_pipeline.agent.reward_head import RewardHead as _RewardHeadBase
-except ModuleNotFoundError as _err:  # not written yet: same two methods + uses_env_reward on a Module
-    if _err.name != "cdred_pipeline.agent.reward_head":
-        raise
-    _RewardHeadBase = nn.Module  # type: ignore[assignment,misc]
+from cdred_pipeline.agent.layers import NormedLinear, mlp
+from cdred_pipeline.agent.reward_head import RewardHead as _RewardHeadBase
 
-
-class NormedLinear(nn.Linear):
-    """Linear -> LayerNorm -> Mish, as TD-MPC2's NormedLinear (paper App. A.1).
-
-    Local to the reward package: cdred_pipeline/agent/layers.py did not exist when this was written;
-    its NormedLinear (same semantics) can replace this one without changing results.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias=bias)
-        self.ln = nn.LayerNorm(out_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.mish(self.ln(super().forward(x)))
+__all__ = ["CDREDRewardHead", "NormedLinear", "RandomTargetEnsemble", "count_parameters", "predictor_mlp"]
 
 
 def predictor_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
-    """A predictor network: NormedLinear-Mish layers over ``hidden`` then a plain Linear to p."""
-    layers: list[nn.Module] = []
-    d = in_dim
-    for h in hidden:
-        layers.append(NormedLinear(d, h))
-        d = h
-    layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
+    """A predictor network (App. A.1): NormedLinear-Mish layers over ``hidden``, then a plain Linear to p."""
+    return mlp(in_dim, hidden, out_dim)
 
 
 class RandomTargetEnsemble(nn.Module):
@@ -95,7 +72,7 @@ class RandomTargetEnsemble(nn.Module):
 
 
 class CDREDRewardHead(_RewardHeadBase):
-    """The CDRED reward model as a pluggable reward head (interfaces.md, "Reward head interface").
+    """The CDRED reward model as a pluggable reward head (docs/interfaces.md, "Reward head interface").
 
     Args:
         x_dim: D, size of x (latent dim, or observation dim for the "obs" reward space).
@@ -244,7 +221,7 @@ class CDREDRewardHead(_RewardHeadBase):
         """Predictor loss of Eq. 4 per time step, shape (T,): ``loss_coef * (expert + behavioural)``.
 
         ``env_reward`` is ignored (imitation never uses environment reward). The agent applies the
-        rho^t weighting, the 1/H average and its reward coefficient (interfaces.md).
+        rho^t weighting, the 1/H average and its reward coefficient (docs/interfaces.md).
         """
         terms = self.loss_terms(x, a, is_expert, generator=generator)
         return self.cfg.loss_coef * (terms["expert"] + terms["behavioral"])
