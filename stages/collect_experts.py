@@ -129,14 +129,27 @@ def random_scores(task: str, n: int, seed: int, episode_length: int | None) -> d
 
 # ------------------------------------------------------------------------------------------ experts
 def _expert_config(cfg: CollectConfig) -> dict[str, Any]:
-    """The config keys the expert artifact depends on (collection settings excluded)."""
+    """The config keys the expert artifact depends on (collection settings excluded), with the agent
+    config resolved from its preset, so that a changed preset definition is a new artifact."""
+    if cfg.policy == "checkpoint":
+        return {"task": cfg.task, "policy": "checkpoint", "checkpoint_sha256": file_sha256(cfg.checkpoint)}
+    if cfg.policy == "scripted":
+        return {"task": cfg.task, "policy": "scripted"}
     keys = ("task", "policy", "preset", "train_steps", "seed", "episode_length", "plan", "eval_every", "eval_episodes")
     out = {k: getattr(cfg, k) for k in keys}
-    if cfg.policy == "checkpoint":
-        out = {"task": cfg.task, "policy": "checkpoint", "checkpoint_sha256": file_sha256(cfg.checkpoint)}
-    elif cfg.policy == "scripted":
-        out = {"task": cfg.task, "policy": "scripted"}
+    _spec, acfg = _agent_config(cfg)
+    out["agent"] = acfg.to_dict()
     return out
+
+
+def _agent_config(cfg: CollectConfig) -> tuple[Any, Any]:
+    """The task's spec and the expert's resolved AgentConfig."""
+    from cdred_pipeline.agent import AgentConfig
+    from cdred_pipeline.envs import make_env
+
+    spec = make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length).spec_info
+    overrides = {} if cfg.plan is None else {"plan": cfg.plan}
+    return spec, AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, **overrides)
 
 
 def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> Artifact:
@@ -157,12 +170,10 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
 
             shutil.copyfile(cfg.checkpoint, art.path / "agent.pt")
             return art.complete_with({"policy": "checkpoint"}, task=cfg.task)
-        from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
+        from cdred_pipeline.agent import TDMPC2Agent
         from cdred_pipeline.agent.trainer import TrainerConfig, train_online
 
-        spec = make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length).spec_info
-        overrides = {} if cfg.plan is None else {"plan": cfg.plan}
-        acfg = AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, **overrides)
+        spec, acfg = _agent_config(cfg)
         agent_steps = max(1, cfg.train_steps // spec.action_repeat)
         tcfg = TrainerConfig(steps=agent_steps, seed=cfg.seed, checkpoint_every=max(1, min(10_000, agent_steps // 4)),
                              eval_episodes=cfg.eval_episodes,

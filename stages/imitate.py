@@ -189,7 +189,10 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
         raise DatasetError(f"{path}: {n_demos} demos hold {int(lengths.sum())} transitions, {valid} sub-trajectories "
                            f"of {acfg.horizon} steps; a batch needs {acfg.batch_size}: use more demos or a smaller preset")
 
-    art = store.begin(STAGE, VERSION, cfg.key_config(), {"dataset": input_key}, force=force,
+    rcfg = CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed)
+    # the key holds the resolved agent and reward-model configs: a changed preset definition is a new artifact
+    key_config = {**cfg.key_config(), "agent": acfg.to_dict(), "reward_model": rcfg.to_dict()}
+    art = store.begin(STAGE, VERSION, key_config, {"dataset": input_key}, force=force,
                       description=f"CDRED imitation on {task} ({cfg.reward}, {cfg.obs})")
     if art.complete:
         return art
@@ -201,7 +204,6 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
         spec = env.spec_info
         episodes = load_episodes(path, n_demos, obs=cfg.obs, camera=rgb_key)
         obs_dtype = torch.uint8 if cfg.obs == "rgb" else torch.float32
-        rcfg = CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed)
         x_dim = acfg.latent_dim if cfg.reward_space == "latent" else spec.obs_dim
         agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim,
                             reward_head=CDREDRewardHead(x_dim, spec.action_dim, rcfg), device=cfg.device)
