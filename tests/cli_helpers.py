@@ -27,3 +27,26 @@ def one_line_error(res: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error: ") and "Traceback" not in res.stderr, res.stderr
     return lines[0]
+
+
+def kill_cli_when(workdir: Path, args: tuple[str, ...], ready, *, timeout: float, what: str) -> int:
+    """Start ``cdred --workdir WORKDIR -q ARGS``, SIGKILL it as soon as ``ready()`` is true (polled),
+    and return its exit status; fails if it exits first or ``ready`` stays false for ``timeout`` s."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([str(CDRED), "--workdir", str(workdir), "-q", *args], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, f"{what} within {timeout:.0f} s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.datasets import open_dataset, validate  # noqa: E402
 from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
-from cli_helpers import CDRED, cli_env as _env, one_line_error as _one_line_error, run_cli as _cli
+from cli_helpers import kill_cli_when, one_line_error as _one_line_error, run_cli as _cli  # noqa: E402
 
 torch.set_num_threads(1)
 MW_TASK, DMC_TASK = "mw:box-close", "dmc:cartpole-balance"
@@ -205,21 +203,9 @@ def test_killed_collection_resumes_and_equals_uninterrupted_run(tmp_path):
     args = ("collect-experts", MW_TASK, "--policy", "scripted", "--episodes", str(n), "--random-episodes", "2",
             "--episode-length", "50")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([str(CDRED), "--workdir", str(killed), "-q", *args], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 120
-        while _flushed_episodes(killed) < 1:
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no episode flushed in 120 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    returncode = kill_cli_when(killed, args, lambda: _flushed_episodes(killed) >= 1, timeout=120,
+                               what="no episode flushed")
+    assert returncode == -signal.SIGKILL
     done = _flushed_episodes(killed)
     assert 1 <= done < n, f"{done} episodes flushed before the kill (need a partial collection)"
     assert _complete(killed, ce.DEMO_STAGE) == []

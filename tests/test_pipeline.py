@@ -7,19 +7,16 @@ served from the cache; a changed late-stage option redoes only that stage.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from cdred_pipeline.errors import UsageError
 from cdred_pipeline.stages import pipeline as pl
-from cli_helpers import CDRED, cli_env as _env, run_cli as _cli
+from cli_helpers import kill_cli_when, run_cli as _cli
 
 TASK = "dmc:cartpole-balance"
 ARGS = ("pipeline", TASK, "--preset", "smoke", "--device", "cpu")
@@ -60,21 +57,9 @@ def interrupted(tmp_path_factory):
     """Run the smoke pipeline, SIGKILL it once the imitate stage has written its first checkpoint into
     its partial folder (so experts and demos are complete), then rerun it to the end."""
     root = tmp_path_factory.mktemp("pipeline") / "wd"
-    proc = subprocess.Popen([str(CDRED), "--workdir", str(root), "-q", *ARGS], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while not list((root / "imitate").glob(".*.partial/agent.pt")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "the imitate stage wrote no checkpoint in 300 s"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    returncode = kill_cli_when(root, ARGS, lambda: bool(list((root / "imitate").glob(".*.partial/agent.pt"))),
+                               timeout=300, what="the imitate stage wrote no checkpoint")
+    assert returncode == -signal.SIGKILL
     at_kill = {s: [p.name for p in _complete(root, d)] for s, d in STAGES.items()}
     before = {s: _manifest(_complete(root, STAGES[s])[0]) for s in ("expert", "demos")}
     partial_imitate = _manifest(next((root / "imitate").glob(".*.partial")))
