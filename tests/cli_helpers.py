@@ -29,13 +29,14 @@ def one_line_error(res: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def kill_cli_when(workdir: Path, args: tuple[str, ...], ready, *, timeout: float, what: str) -> int:
+def kill_cli_when(workdir: Path, args: tuple[str, ...], ready, *, timeout: float, what: str,
+                  extra_env: dict[str, str] | None = None) -> int:
     """Start ``cdred --workdir WORKDIR -q ARGS``, SIGKILL it as soon as ``ready()`` is true (polled),
     and return its exit status; fails if it exits first or ``ready`` stays false for ``timeout`` s."""
     import signal
     import time
 
-    proc = subprocess.Popen([str(CDRED), "--workdir", str(workdir), "-q", *args], env=cli_env(),
+    proc = subprocess.Popen([str(CDRED), "--workdir", str(workdir), "-q", *args], env={**cli_env(), **(extra_env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + timeout

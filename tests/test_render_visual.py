@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from cdred_pipeline.datasets import EpisodeWriter, copy_dataset, load_episodes, 
 from cdred_pipeline.datasets import layout as L  # noqa: E402
 from cdred_pipeline.errors import DatasetError, MissingDependencyError, UsageError  # noqa: E402
 from cdred_pipeline.stages import render_visual as rv  # noqa: E402
+from cli_helpers import kill_cli_when  # noqa: E402
 
 DMC, MW = "dmc:cartpole-balance", "mw:reach"
 CDRED = Path(sys.executable).with_name("cdred")
@@ -158,22 +158,11 @@ def _partial_units(workdir: Path) -> int:
 def test_kill_and_resume_equals_uninterrupted_run(data, one_worker, workers):
     root = data["root"] / f"kill{workers}"
     root.mkdir()
-    args = ("--workdir", str(root), "-q", "render-visual", str(data[DMC]), "--chunk-episodes", "1",
-            "--workers", str(workers))
-    env = {**os.environ, "MUJOCO_GL": "egl", rv.UNIT_DELAY_ENV: "30"}
-    proc = subprocess.Popen([str(CDRED), *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while _partial_units(root) < 1:
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no unit recorded in 60 s"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    stage_args = ("render-visual", str(data[DMC]), "--chunk-episodes", "1", "--workers", str(workers))
+    args = ("--workdir", str(root), "-q", *stage_args)
+    returncode = kill_cli_when(root, stage_args, lambda: _partial_units(root) >= 1, timeout=60,
+                               what="no unit recorded", extra_env={rv.UNIT_DELAY_ENV: "30"})
+    assert returncode == -signal.SIGKILL
     assert 1 <= _partial_units(root) < 3
     first = json.loads(next((root / rv.STAGE).glob(".*.partial/manifest.json")).read_text())
     done_frames = sum(int(first["unit_info"][u]["frames"]) for u in first["units"])
