@@ -347,6 +347,24 @@ def _bytes_array(a: np.ndarray) -> Any:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), n, [None, buf])
 
 
+def _arrow_columns(columns: Mapping[str, Mapping[str, Any]], arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Arrow columns for the specs that map to a zarr array: uint8 frames as bytes, vectors as lists."""
+    import pyarrow as pa
+
+    out: dict[str, Any] = {}
+    for name, spec in columns.items():
+        if "zarr" not in spec:
+            continue
+        a = arrays[spec["zarr"]]
+        if spec["dtype"] == "uint8":
+            out[name] = _bytes_array(a)
+        elif spec["shape"]:
+            out[name] = _list_array(a)
+        else:
+            out[name] = pa.array(a)
+    return out
+
+
 def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a store as a parquet folder (``steps.parquet``, ``episodes.parquet``, ``meta.json``)."""
     import pyarrow as pa
@@ -394,31 +412,13 @@ def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite
             frame = np.arange(n, dtype=np.int64) - np.repeat(ds.episode_starts[lo:hi] - s0, lens)
             cols: dict[str, Any] = {"index": pa.array(np.arange(s0, s0 + n, dtype=np.int64)),
                                     "episode_index": pa.array(ep_idx), "frame_index": pa.array(frame)}
-            for name, spec in columns.items():
-                if "zarr" not in spec:
-                    continue
-                a = data[spec["zarr"]]
-                if spec["dtype"] == "uint8":
-                    cols[name] = _bytes_array(a)
-                elif spec["shape"]:
-                    cols[name] = _list_array(a)
-                else:
-                    cols[name] = pa.array(a)
+            cols.update(_arrow_columns(columns, data))
             table = pa.table(cols)
             if steps_w is None:
                 steps_w = pq.ParquetWriter(tmp / "steps.parquet", table.schema, compression="zstd")
             steps_w.write_table(table)
             ecols: dict[str, Any] = {"episode_index": pa.array(np.arange(lo, hi, dtype=np.int64))}
-            for name, spec in ep_columns.items():
-                if "zarr" not in spec:
-                    continue
-                a = meta[spec["zarr"]]
-                if spec["dtype"] == "uint8":
-                    ecols[name] = _bytes_array(a)
-                elif spec["shape"]:
-                    ecols[name] = _list_array(a)
-                else:
-                    ecols[name] = pa.array(a)
+            ecols.update(_arrow_columns(ep_columns, meta))
             etable = pa.table(ecols)
             if ep_w is None:
                 ep_w = pq.ParquetWriter(tmp / "episodes.parquet", etable.schema, compression="zstd")
