@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--plan", action="store_true", help="act with MPPI (default: policy prior, the CPU choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="benchmarks/results/runs")
+    ap.add_argument("--out", default="benchmarks/results/expert_learning.json", help="JSON summary file")
     args = ap.parse_args()
     store = ArtifactStore(args.workdir)
     summary = {}
@@ -57,7 +58,7 @@ def main() -> None:
         if ref:
             print(f"final {final:.1f} = {100 * final / ref:.1f}% of TD-MPC2's published {ref:.0f} at 100k env steps")
         summary[task] = {"curve": pts, "final": final, "published_100k": ref}
-    out = Path("benchmarks/results/expert_learning.json")
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
     print(f"\nwritten {out}")

@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="benchmarks/results/runs")
+    ap.add_argument("--out", default="benchmarks/results/imitation_learning.json", help="JSON summary file")
     args = ap.parse_args()
     store = ArtifactStore(args.workdir)
     summary: dict = {}
@@ -67,7 +68,7 @@ def main() -> None:
                       f" {r.get('diag_reward_expert', float('nan')):>10.3f} {r.get('diag_reward_current', float('nan')):>11.3f}"
                       f" {r['wall_s']:>8.0f}")
             summary.setdefault(task, {})[reward] = {"expert": expert, "random": random, "rows": rows}
-    out = Path("benchmarks/results/imitation_learning.json")
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nwritten {out}")
