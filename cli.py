@@ -328,7 +328,13 @@ def _collect_seeds(ctx: click.Context, stage, cfg, seeds: str | None, workers: i
 @click.argument("dataset")
 @click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels (16-512).")
 @click.option("--camera", default=None, help="Camera name or id (default: the task's camera, as make_env uses online).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Render processes (one GL context each).")
+@click.option("--workers", type=int, default=None,
+              help="Render processes, one GL context each (default 1); with --ray-address local: the Ray "
+                   "instance's CPUs (default: all cores).")
+@click.option("--ray-address", default=None,
+              help="Render episode ranges as Ray tasks: 'local' (a private Ray on this machine), 'auto' (the "
+                   "cluster this machine joined) or HOST:PORT. The dataset and --workdir must be on storage "
+                   "every node sees.")
 @click.option("--render-profile", type=click.Choice(["fast", "default"]), default=None,
               help="Render profile (default: the dataset's own, which the online env must use too).")
 @click.option("--chunk-episodes", type=int, default=0, show_default=True, help="Episodes per work unit (0 = auto).")
@@ -336,8 +342,9 @@ def _collect_seeds(ctx: click.Context, stage, cfg, seeds: str | None, workers: i
               help="Re-render the collection-time probe frames and compare their hashes.")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
-def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | None, workers: int,
-                  render_profile: str | None, chunk_episodes: int, verify: bool, force: bool) -> None:
+def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | None, workers: int | None,
+                  ray_address: str | None, render_profile: str | None, chunk_episodes: int, verify: bool,
+                  force: bool) -> None:
     """Render every stored physics state of DATASET (a demos.zarr path or an artifact key) into a new
     pixel dataset: data/rgb/<camera>, exactly the frames the online pixel env shows."""
     import time
@@ -345,14 +352,22 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
 
     from cdred_pipeline.stages import render_visual as stage
 
-    cfg = stage.RenderConfig(size=size, camera=camera, workers=workers, render_profile=render_profile,
-                             verify=verify, chunk_episodes=chunk_episodes)
+    cfg = stage.RenderConfig(size=size, camera=camera, workers=1 if workers is None else workers,
+                             render_profile=render_profile, verify=verify, chunk_episodes=chunk_episodes)
     store = _store(ctx)
     path = stage.resolve_dataset(dataset, store)
     started = time.time()
-    with warnings.catch_warnings(record=True) as caught:
+    if ray_address:  # ranges as executor units on Ray (joined on first use: a cached result starts nothing)
+        from cdred_pipeline.executor import make_executor
+
+        ex_ctx = make_executor("ray", workers=workers, ray_address=ray_address)
+    else:
+        from contextlib import nullcontext
+
+        ex_ctx = nullcontext(None)
+    with ex_ctx as ex, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", stage.RenderMismatchWarning)
-        art = stage.run(cfg, path, store, force=force, progress=not ctx.obj.get("quiet"))
+        art = stage.run(cfg, path, store, force=force, progress=not ctx.obj.get("quiet"), executor=ex)
     for w in caught:
         if issubclass(w.category, stage.RenderMismatchWarning):
             click.echo(f"warning: {w.message}", err=True)

@@ -14,9 +14,16 @@ added); the input is never modified. Frame stacking is the reader's job
 Work is split into episode ranges (the work units). One worker renders in the driver process and
 appends to the output as it goes; ``workers > 1`` runs a pool of spawned processes (one GL context
 each) that each write a part store per range; the driver merges the parts in episode order as they
-arrive and deletes them. A range is recorded as a finished unit in the manifest only once its frames
-are durable, so a killed run resumes from the recorded ranges. The result does not depend on the
-number of workers or the range size (bitwise; tested), so neither is part of the cache key.
+arrive and deletes them. With an ``executor`` (:func:`cdred_pipeline.executor.make_executor`, e.g.
+``--ray-address``: ARCHITECTURE §7) the ranges are executor units instead: each unit
+(:func:`render_unit`) reads its states from the input dataset's absolute path and writes its part
+store under the artifact's ``.partial/parts`` folder (so on a multi-node Ray cluster the dataset and
+``--workdir`` must be on storage every node sees), and returns only a summary; the driver records
+the unit and appends the parts in episode order with the same writer, so memory stays bounded by one
+range and the frames are those of the local run. A range is recorded as a finished unit in the
+manifest only once its frames are durable, so a killed run (or a lost worker, or a unit that fails
+after its retries) resumes from the recorded ranges. The result does not depend on the executor, the
+number of workers or the range size (bitwise; tested), so none of them is part of the cache key.
 
 Verification (``verify``): the probe frames hashed at collection time (``attrs.sim.probe``, see
 :func:`cdred_pipeline.render.probe_frames`) are re-rendered here and compared before the long run; a
@@ -49,7 +56,7 @@ from cdred_pipeline.stages.common import artifact_of, hash_files
 from cdred_pipeline.stages.common import dataset_path as resolve_dataset
 
 __all__ = ["STAGE", "STAGE_VERSION", "DATASET_NAME", "RenderConfig", "PRESETS", "RenderMismatchWarning",
-           "run", "resolve_dataset", "dataset_identity", "summary_line"]
+           "run", "resolve_dataset", "dataset_identity", "summary_line", "RangeUnit", "render_unit"]
 
 STAGE = "render-visual"
 STAGE_VERSION = 1
@@ -176,8 +183,13 @@ def _unit_name(a: int, b: int) -> str:
 
 # ------------------------------------------------------------------------------------------- run
 def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactStore, *, force: bool = False,
-        progress: bool = True) -> Artifact:
+        progress: bool = True, executor: Any = None) -> Artifact:
     """Render every stored state of ``dataset_path`` into a new cached pixel dataset (see module docstring).
+
+    ``executor``: None renders in this process (``config.workers == 1``) or in the render pool
+    (``config.workers > 1``); an :class:`~cdred_pipeline.executor.Executor` (local, process or Ray)
+    runs the episode ranges as its units instead (``config.workers`` is then unused). The caller
+    owns the executor (closes it). Neither changes the pixels or the cache key.
 
     Returns the complete artifact; its folder holds ``demos.zarr`` and ``contact_sheet_<camera>.png``,
     its manifest ``headline`` (frames, fps, verify), ``render`` (settings, GL backend, workers) and
@@ -235,24 +247,24 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
             _warn_mismatch(ds.path, verification)
         return art
     try:
-        return _render(art, config, ds, p.task, camera, profile, progress)
+        return _render(art, config, ds, p.task, camera, profile, progress, executor)
     finally:
         art.release()
 
 
 def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str, profile: str,
-            progress: bool) -> Artifact:
+            progress: bool, executor: Any = None) -> Artifact:
     t_start = time.perf_counter()
     out = art.path / DATASET_NAME
     size = config.size
     driver = R.cached_renderer(task, size, camera, profile)  # made and checked in run()
     backend = R.gl_backend(driver)
     pool: _WorkerPool | None = None
-    if config.workers > 1 and not (out.is_dir() and _has_camera(out, camera, ds.num_episodes)):
+    if executor is None and config.workers > 1 and not (out.is_dir() and _has_camera(out, camera, ds.num_episodes)):
         # start the workers now: their imports and GL contexts overlap the verification and the copy
         pool = _WorkerPool(min(config.workers, ds.num_episodes), config.lp_threads, (task, size, camera, profile))
     try:
-        return _render_body(art, config, ds, task, camera, profile, progress, out, backend, pool, t_start)
+        return _render_body(art, config, ds, task, camera, profile, progress, out, backend, pool, t_start, executor)
     finally:
         if pool is not None:
             pool.close()
@@ -260,7 +272,7 @@ def _render(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str
 
 def _render_body(art: Artifact, config: RenderConfig, ds: Any, task: str, camera: str, profile: str,
                  progress: bool, out: Path, backend: str, pool: "_WorkerPool | None",
-                 t_start: float) -> Artifact:
+                 t_start: float, executor: Any = None) -> Artifact:
     from cdred_pipeline.datasets import RgbWriter, open_dataset
 
     size = config.size
@@ -283,7 +295,8 @@ def _render_body(art: Artifact, config: RenderConfig, ds: Any, task: str, camera
     # ---------------------------------------------------------------- the work units
     lengths = ds.lengths
     E = ds.num_episodes
-    chunk = config.chunk_episodes or _auto_chunk(lengths, config.workers)
+    workers = config.workers if executor is None else int(executor.workers)
+    chunk = config.chunk_episodes or _auto_chunk(lengths, workers)
     settings = {"task": task, "size": size, "camera": camera, "render_profile": profile, "gl_backend": backend,
                 "versions": R.simulator_versions()}
     array_attrs = {**settings, "source": art.manifest.get("inputs", {})}
@@ -302,7 +315,10 @@ def _render_body(art: Artifact, config: RenderConfig, ds: Any, task: str, camera
         writer = RgbWriter(ds.path, out, camera, attrs=array_attrs, root_attrs=root_attrs, overwrite=True)
         try:
             done = writer.num_episodes
-            if pool is None:
+            if executor is not None:
+                lp_used = _render_units(art, writer, ds, task, size, camera, profile, chunk, done,
+                                        config, parts_dir, progress, meter, executor) or lp_used
+            elif pool is None:
                 _render_inline(art, writer, ds, task, size, camera, profile, chunk, done, progress, meter)
             else:
                 _render_pool(art, writer, ds, task, size, camera, profile, chunk, done,
@@ -337,7 +353,10 @@ def _render_body(art: Artifact, config: RenderConfig, ds: Any, task: str, camera
     fps = rendered / render_s if rendered and render_s > 0 else None
     steady = meter.steady_fps()
     runs = list(art.manifest.get("render_runs", []))
-    runs.append({"frames_rendered": rendered, "render_s": round(render_s, 3), "workers": config.workers,
+    execution = {"executor": "render-pool" if executor is None and workers > 1 else
+                 ("inline" if executor is None else executor.kind),
+                 "workers": workers if executor is None else int(executor.workers)}  # Ray: the cluster's CPUs
+    runs.append({"frames_rendered": rendered, "render_s": round(render_s, 3), **execution,
                  "fps": None if fps is None else round(fps, 1), "fps_steady": None if steady is None else round(steady, 1),
                  "chunk_episodes": chunk, "lp_threads": lp_used})
     headline = {"frames": frames_total, "fps": None if fps is None else round(fps, 1),
@@ -345,7 +364,7 @@ def _render_body(art: Artifact, config: RenderConfig, ds: Any, task: str, camera
     return art.complete_with(
         headline=headline, verification=verification, render_runs=runs, dataset=str(DATASET_NAME),
         contact_sheet=sheet.name,
-        render={**settings, "workers": config.workers, "chunk_episodes": chunk, "episodes": E,
+        render={**settings, **execution, "chunk_episodes": chunk, "episodes": E,
                 "steps": int(ds.num_steps), "frames": frames_total, "source_path": str(ds.path.resolve())},
         timings={"render_s": round(render_s, 3), "total_s": round(time.perf_counter() - t_start, 3)},
     )
@@ -438,6 +457,75 @@ def _render_inline(art: Artifact, writer: Any, ds: Any, task: str, size: int, ca
             _unit_delay()
 
 
+class _Parts:
+    """The part stores of one run: which ranges still need rendering, and the in-order merge.
+
+    On construction, ranges recorded by an earlier run whose parts are still on disk (finished but not
+    yet merged when it was killed) are reused; half-written and unrecorded parts are deleted.
+    :meth:`add` records a finished range as a unit (its part is durable) and :meth:`merge` appends
+    every part that continues the output, in episode order, then deletes it.
+    """
+
+    def __init__(self, art: Artifact, writer: Any, ds: Any, chunk: int, done: int, parts_dir: Path) -> None:
+        self.art, self.writer, self.parts_dir = art, writer, parts_dir
+        self.E = ds.num_episodes
+        self.ends, self.starts, self.lengths = ds.episode_ends, ds.episode_starts, ds.lengths
+        parts_dir.mkdir(exist_ok=True)
+        for junk in parts_dir.glob(".*.tmp*"):  # half-written parts of a killed run
+            shutil.rmtree(junk, ignore_errors=True)
+        self.ready: dict[int, tuple[int, Path]] = {}
+        for info in (art.manifest.get("unit_info") or {}).values():
+            a, b = int(info.get("start", -1)), int(info.get("end", -1))
+            part = parts_dir / str(info.get("part", ""))
+            if b > done and a >= 0 and info.get("part") and part.is_dir() and _part_ok(part, self.ends, self.starts, a, b):
+                self.ready[a] = (b, part)
+        keep = {q for _, q in self.ready.values()}
+        for leftover in parts_dir.glob("*.zarr"):  # finished by a killed run but never recorded (or merged)
+            if leftover not in keep:
+                shutil.rmtree(leftover, ignore_errors=True)
+        self.todo: list[tuple[int, int]] = []
+        cursor = done
+        for a in sorted(self.ready):
+            if a > cursor:
+                self.todo += _split(cursor, a, chunk)
+            cursor = max(cursor, self.ready[a][0])
+        self.todo += _split(cursor, self.E, chunk)
+        self.merged = done
+        #: frames already rendered (merged before, or waiting in reused parts): the progress bar's start
+        self.initial = int(self.ends[done - 1] + done) if done else 0
+        self.initial += sum(int(self.ends[b - 1] - self.starts[a]) + (b - a) for a, (b, _) in self.ready.items())
+
+    def part_path(self, a: int, b: int) -> str:
+        return str(self.parts_dir / f"{_unit_name(a, b)}.zarr")
+
+    def add(self, res: Mapping[str, Any]) -> None:
+        """A range finished (``res``: the summary of :func:`cdred_pipeline.render.render_range`)."""
+        self.art.record_unit(_unit_name(res["start"], res["end"]), **res)
+        self.ready[int(res["start"])] = (int(res["end"]), self.parts_dir / res["part"])
+
+    def merge(self) -> None:
+        """Append every ready part that continues the output (episode order), flush, delete it."""
+        while True:
+            hit = next(((a, b, q) for a, (b, q) in self.ready.items() if a <= self.merged < b), None)
+            if hit is None:
+                return
+            a, b, part = hit
+            arr = R.read_part(part)
+            off = int(self.starts[self.merged] - self.starts[a]) + (self.merged - a)  # rows before `merged`
+            for i in range(self.merged, b):
+                n = int(self.lengths[i])
+                self.writer.append_episode(np.asarray(arr[off:off + n + 1]))
+                off += n + 1
+            self.writer.flush()
+            self.merged = b
+            del self.ready[a]
+            shutil.rmtree(part, ignore_errors=True)
+
+    def check_complete(self) -> None:
+        if self.merged != self.E:
+            raise CdredError(f"render-visual: merged {self.merged} of {self.E} episodes (parts missing); rerun to resume")
+
+
 def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, camera: str, profile: str,
                  chunk: int, done: int, config: RenderConfig, parts_dir: Path,
                  progress: bool, meter: _Meter, pool: "_WorkerPool") -> None:
@@ -448,49 +536,8 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
     from concurrent.futures.process import BrokenProcessPool
 
     E = ds.num_episodes
-    ends, starts, lengths = ds.episode_ends, ds.episode_starts, ds.lengths
-    parts_dir.mkdir(exist_ok=True)
-    for junk in parts_dir.glob(".*.tmp*"):  # half-written parts of a killed run
-        shutil.rmtree(junk, ignore_errors=True)
-    # Ranges recorded by an earlier run whose parts are still on disk (unmerged) are reused.
-    ready: dict[int, tuple[int, Path]] = {}
-    for name, info in (art.manifest.get("unit_info") or {}).items():
-        a, b = int(info.get("start", -1)), int(info.get("end", -1))
-        part = parts_dir / str(info.get("part", ""))
-        if b > done and a >= 0 and info.get("part") and part.is_dir() and _part_ok(part, ends, starts, a, b):
-            ready[a] = (b, part)
-    keep = {p for _, p in ready.values()}
-    for leftover in parts_dir.glob("*.zarr"):  # finished by a killed run but never recorded (or merged)
-        if leftover not in keep:
-            shutil.rmtree(leftover, ignore_errors=True)
-    todo: list[tuple[int, int]] = []
-    cursor = done
-    for a in sorted(ready):
-        if a > cursor:
-            todo += _split(cursor, a, chunk)
-        cursor = max(cursor, ready[a][0])
-    todo += _split(cursor, E, chunk)
-
+    parts = _Parts(art, writer, ds, chunk, done, parts_dir)
     q = pool.queue
-    merged = done
-
-    def merge_ready() -> None:
-        nonlocal merged
-        while True:
-            hit = next(((a, b, p) for a, (b, p) in ready.items() if a <= merged < b), None)
-            if hit is None:
-                return
-            a, b, part = hit
-            arr = R.read_part(part)
-            off = int(starts[merged] - starts[a]) + (merged - a)  # rows of the episodes before `merged`
-            for i in range(merged, b):
-                n = int(lengths[i])
-                writer.append_episode(np.asarray(arr[off:off + n + 1]))
-                off += n + 1
-            writer.flush()
-            merged = b
-            del ready[a]
-            shutil.rmtree(part, ignore_errors=True)
 
     def drain(bar: Any) -> None:
         while True:
@@ -501,12 +548,10 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
             meter.add(int(n))
             bar.update(int(n))
 
-    initial = int(ends[done - 1] + done) if done else 0
-    initial += sum(int(ends[b - 1] - starts[a]) + (b - a) for a, (b, _) in ready.items())
-    jobs = [R.RangeJob(str(ds.path.resolve()), a, b, str(parts_dir / f"{_unit_name(a, b)}.zarr"), task, size, camera, profile)
-            for a, b in todo]
-    with _progress_bar(int(ds.num_steps + E), initial, progress, f"render {task} {size}px x{config.workers}") as bar:
-        merge_ready()
+    jobs = [R.RangeJob(str(ds.path.resolve()), a, b, parts.part_path(a, b), task, size, camera, profile)
+            for a, b in parts.todo]
+    with _progress_bar(int(ds.num_steps + E), parts.initial, progress, f"render {task} {size}px x{config.workers}") as bar:
+        parts.merge()
         try:
             pending = {pool.executor.submit(R.render_range, j) for j in jobs}
             while pending:
@@ -518,18 +563,92 @@ def _render_pool(art: Artifact, writer: Any, ds: Any, task: str, size: int, came
                     except BrokenProcessPool as exc:
                         raise CdredError(f"a render worker died ({exc}); finished ranges are kept: rerun to "
                                          "resume, or use --workers 1 to see the error in this process") from exc
-                    part = parts_dir / res["part"]
-                    art.record_unit(_unit_name(res["start"], res["end"]), **res)
-                    ready[int(res["start"])] = (int(res["end"]), part)
+                    parts.add(res)
                     _unit_delay()
-                merge_ready()
+                parts.merge()
             drain(bar)
-            merge_ready()
+            parts.merge()
         except BaseException:
             pool.executor.shutdown(wait=False, cancel_futures=True)
             raise
-    if merged != E:
-        raise CdredError(f"render-visual: merged {merged} of {E} episodes (parts missing); rerun to resume")
+    parts.check_complete()
+
+
+# ------------------------------------------------------------------------ ranges as executor units
+@dataclass(frozen=True)
+class RangeUnit:
+    """One executor unit of render-visual: render ``job`` (episodes [start, end) of the input into a
+    part store). ``lp_threads``: llvmpipe threads for a worker whose GL context is not made yet
+    (None = leave LP_NUM_THREADS alone); never changes pixels."""
+
+    job: R.RangeJob
+    lp_threads: int | None = None
+
+
+def render_unit(unit: RangeUnit) -> dict[str, Any]:
+    """Executor unit (module level: it travels to spawned processes and Ray workers by reference).
+
+    Checks that this worker sees the input dataset and the artifact's parts folder (a one-line
+    CdredError, never retried, when a Ray node lacks the shared storage), renders the range with
+    :func:`cdred_pipeline.render.render_range` (one cached GL context per worker process) into a
+    temporary part renamed when complete, and returns its summary (start, end, frames, part name,
+    seconds, pid, host): no frames travel back, so the driver's memory stays bounded.
+    """
+    import socket
+
+    job = unit.job
+    part = Path(job.part)
+    for what, folder in (("input dataset", Path(job.dataset)), ("artifact parts folder", part.parent)):
+        if not folder.is_dir():
+            raise CdredError(f"render-visual worker on {socket.gethostname()}: the {what} {folder} is not visible "
+                             "here; with a multi-node Ray cluster the dataset and --workdir must be on storage every "
+                             "node sees")
+    if unit.lp_threads is not None and "LP_NUM_THREADS" not in os.environ:
+        os.environ["LP_NUM_THREADS"] = str(int(unit.lp_threads))  # read when the GL context is made
+    tmp = part.with_name(f".{part.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # a failed earlier attempt in this same worker process
+    try:
+        res = R.render_range(job)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**res, "host": socket.gethostname()}
+
+
+def _render_units(art: Artifact, writer: Any, ds: Any, task: str, size: int, camera: str, profile: str,
+                  chunk: int, done: int, config: RenderConfig, parts_dir: Path, progress: bool,
+                  meter: _Meter, executor: Any) -> str | None:
+    """The ranges as units of ``executor``: each unit writes a part store; as each result arrives the
+    driver records the unit and merges the parts that continue the output (episode order). A unit that
+    fails after its retries is raised once the others finished, with every finished range recorded
+    (merged or kept as a part) for the rerun. Returns the LP_NUM_THREADS the workers were given."""
+    parts = _Parts(art, writer, ds, chunk, done, parts_dir)
+    parts.merge()
+    lp: int | None = None
+    if executor.kind != "local":  # workers make their own GL contexts: a fair share of llvmpipe threads
+        env_lp = os.environ.get("LP_NUM_THREADS")
+        if env_lp:
+            lp = int(env_lp)
+        elif config.lp_threads is not None:
+            lp = config.lp_threads
+        elif executor.kind == "ray":
+            lp = 1  # one CPU per Ray task
+        else:
+            lp = max(1, (os.cpu_count() or 1) // max(1, int(executor.workers)))
+    units = [RangeUnit(R.RangeJob(str(ds.path.resolve()), a, b, parts.part_path(a, b), task, size, camera, profile), lp)
+             for a, b in parts.todo]
+
+    def on_result(_: int, res: dict[str, Any]) -> None:
+        parts.add(res)
+        meter.add(int(res["frames"]))
+        parts.merge()
+        _unit_delay()
+
+    executor.map(render_unit, units, desc=f"render {task} {size}px ({executor.kind}, ranges)",
+                 progress=progress, on_result=on_result)
+    parts.merge()
+    parts.check_complete()
+    return None if lp is None else str(lp)
 
 
 class _WorkerPool:
@@ -578,5 +697,6 @@ def summary_line(art: Artifact, *, cached: bool = False) -> str:
     if steady is not None:
         rate += f" ({steady:.1f} steady)"
     v = R.describe_verification(m.get("verification") or {"status": "skipped", "reason": "not recorded"})
+    where = f" ({last['executor']})" if last.get("executor") not in (None, "inline", "render-pool") else ""
     return (f"{art.path / DATASET_NAME}\nframes: {head.get('frames')} ({done}); {rate}; workers "
-            f"{last.get('workers')}\nverify: {v}")
+            f"{last.get('workers')}{where}\nverify: {v}")
