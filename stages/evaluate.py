@@ -10,13 +10,11 @@ rows and aggregates; ``episodes.csv`` the rows; ``videos/*.mp4`` K rollouts at t
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,9 @@ import numpy as np
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import CdredError, UsageError
+# the batched-acting machinery is shared with collect-experts --num-envs
+from cdred_pipeline.vector import (act_batch, run_eval_episodes_batched, single_thread as _single_thread,  # noqa: F401
+                                   torch_no_grad)
 
 STAGE, VERSION = "eval", 1
 BOOTSTRAP_SAMPLES = 2000
@@ -162,23 +163,6 @@ def _plot(path: Path, aggs: list[dict[str, Any]], title: str) -> None:
     os.replace(tmp, path)
 
 
-def torch_no_grad() -> Any:
-    """``torch.no_grad()`` as a decorator, importing torch only when the function runs."""
-    import functools
-
-    def wrap(fn: Any) -> Any:
-        @functools.wraps(fn)
-        def inner(*a: Any, **k: Any) -> Any:
-            import torch
-
-            with torch.no_grad():
-                return fn(*a, **k)
-
-        return inner
-
-    return wrap
-
-
 def run_eval_episode(env: Any, agent: Any, seed: int, *, frames: list | None = None,
                      video_size: int = 256) -> dict[str, Any]:
     """One evaluation episode in eval mode (mean actions); frames are appended when a list is given."""
@@ -302,107 +286,6 @@ def run_block(block: EvalBlock) -> dict[str, Any]:
                 _write_video(path, frames, fps)
                 videos[f"p{block.p:g}_seed{block.seed}_ep{i}.mp4"] = path.read_bytes()
     return {"rows": rows, "videos": videos}
-
-
-@contextlib.contextmanager
-def _single_thread(device: Any) -> Iterator[None]:
-    """Batched CPU inference on one torch thread: for a few rows, thread hand-offs cost more than they
-    save (measured 0.3 ms vs 8-80 ms per step with 2 threads on 2 busy cores), and the batched rows
-    then do not depend on the machine's thread count."""
-    import torch
-
-    if getattr(device, "type", str(device)) != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@torch_no_grad()
-def act_batch(agent: Any, obs: np.ndarray, first: list[bool], prev_means: list[Any]) -> np.ndarray:
-    """Eval-mode actions (K, A) for K observations with ONE batched forward pass (paper Eq. 1-2 prior).
-
-    Policy prior (``cfg.plan`` False): ``tanh(mu(z))`` with ``z = encode(obs)`` for the whole batch, the
-    action ``agent.act(o, eval_mode=True)`` takes for each row (equal up to float rounding of the
-    batched matmul, ~1e-7). MPPI (``cfg.plan`` True) is not batched: each env calls ``agent.act`` with
-    its own warm-start mean (``prev_means[k]``, updated in place); the sampling generator is shared,
-    so MPPI rows depend on the number of envs (num_envs is then part of the cache key).
-    """
-    import torch
-
-    if agent.cfg.plan:
-        out = []
-        for k, o in enumerate(obs):
-            agent._prev_mean = prev_means[k]
-            out.append(agent.act(o, t0=first[k], eval_mode=True))
-            prev_means[k] = agent._prev_mean
-        return np.stack(out)
-    x = torch.as_tensor(np.asarray(obs), device=agent.device)
-    if not agent.is_pixel:
-        x = x.float()
-    z = agent.model.encode(x)
-    gen = getattr(agent, "_batch_gen", None)
-    if gen is None:  # the prior's sample is not used in eval mode: draw it from a private generator
-        gen = agent._batch_gen = torch.Generator(device=agent.device).manual_seed(0)
-    _, info = agent.model.pi(z, generator=gen)
-    return info["mean"].float().cpu().numpy()
-
-
-def run_eval_episodes_batched(envs: list[Any], agent: Any, seeds: list[int], *, filmed: set[int] | None = None,
-                              video_size: int = 256, on_episode: Any = None) -> list[tuple[dict[str, Any], list | None]]:
-    """Run ``len(seeds)`` episodes on K envs stepped together, one batched policy call per step.
-
-    Each env takes the next episode seed when its episode ends, so every episode runs exactly as
-    :func:`run_eval_episode` would run it (same reset seed, same per-episode tremble draws). Returns
-    (episode result, frames or None) in seed order.
-    """
-    filmed = filmed or set()
-    todo = list(range(len(seeds)))
-    slots: list[dict[str, Any] | None] = [None] * len(envs)
-    prev_means: list[Any] = [None] * len(envs)
-    results: list[Any] = [None] * len(seeds)
-
-    def start(k: int) -> None:
-        if not todo:
-            slots[k] = None
-            return
-        i = todo.pop(0)
-        obs, _ = envs[k].reset(seed=seeds[i])
-        frames = [envs[k].render_frame(video_size)] if i in filmed else None
-        slots[k] = {"i": i, "obs": obs, "first": True, "ret": 0.0, "length": 0, "trembles": 0,
-                    "success_any": False, "success": False, "frames": frames}
-        prev_means[k] = None
-
-    for k in range(len(envs)):
-        start(k)
-    while any(s is not None for s in slots):
-        active = [k for k, s in enumerate(slots) if s is not None]
-        obs = np.stack([slots[k]["obs"] for k in active])
-        pm = [prev_means[k] for k in active]
-        actions = act_batch(agent, obs, [slots[k]["first"] for k in active], pm)
-        for j, k in enumerate(active):
-            s = slots[k]
-            prev_means[k] = pm[j]
-            s["first"] = False
-            s["obs"], reward, terminated, truncated, info = envs[k].step(actions[j])
-            s["ret"] += float(reward)
-            s["length"] += 1
-            s["trembles"] += int(bool(info.get("trembled", False)))
-            s["success"] = bool(info.get("success", False))
-            s["success_any"] = s["success_any"] or s["success"]
-            if s["frames"] is not None:
-                s["frames"].append(envs[k].render_frame(video_size))
-            if terminated or truncated:
-                results[s["i"]] = ({"return": s["ret"], "success_any": s["success_any"], "success_final": s["success"],
-                                    "length": s["length"], "trembles": s["trembles"]}, s["frames"])
-                if on_episode is not None:
-                    on_episode(results[s["i"]][0])
-                start(k)
-    return results
 
 
 def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = False, progress: bool = True,

@@ -1,0 +1,262 @@
+"""Several environments stepped together with one batched policy call per step (issue 8, item 3).
+
+Shared by ``cdred evaluate --num-envs`` (:func:`run_eval_episodes_batched`) and ``cdred
+collect-experts --num-envs`` (``stages/collect_experts.py``). The scheduling is one loop,
+:func:`run_vector_episodes`: K envs run ``len(seeds)`` episodes; each env takes the next episode
+seed when its episode ends; every step stacks the active envs' observations and makes ONE call of
+the stage's ``act`` function; what an episode records is the business of its :class:`EpisodeRecorder`.
+
+```python
+results = run_vector_episodes(envs, seeds, act, make_recorder, on_episode=None)
+actions = act_batch(agent, obs, first, prev_means)            # (K, A): one forward pass (policy prior)
+with single_thread(agent.device):                              # batched CPU inference on one thread
+    ...
+```
+
+Policy prior (paper Eq. 1-2: ``a = tanh(mu(z))``, ``z = h(s)``, eval mode) batches trivially:
+``model.encode`` then ``model.pi`` on (K, obs) rows. MPPI (App. B.2, Alg. 2) plans one latent at a
+time (:func:`cdred_pipeline.agent.planner.mppi_plan` takes ``z`` of shape (1, L)), so the envs still
+step together but each one plans on its own, with its own warm-start mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+def torch_no_grad() -> Any:
+    """``torch.no_grad()`` as a decorator, importing torch only when the function runs."""
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def inner(*a: Any, **k: Any) -> Any:
+            import torch
+
+            with torch.no_grad():
+                return fn(*a, **k)
+
+        return inner
+
+    return wrap
+
+
+@contextlib.contextmanager
+def single_thread(device: Any) -> Iterator[None]:
+    """Batched CPU inference on one torch thread: for a few rows, thread hand-offs cost more than they
+    save (measured 0.3 ms vs 8-80 ms per step with 2 threads on 2 busy cores), and the batched rows
+    then do not depend on the machine's thread count. A no-op on other devices."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@torch_no_grad()
+def act_batch(agent: Any, obs: np.ndarray, first: list[bool], prev_means: list[Any], *,
+              generators: Sequence[Any] | None = None, pad_rows: int = 1) -> np.ndarray:
+    """Eval-mode actions (K, A) for K observations with ONE batched forward pass (paper Eq. 1-2 prior).
+
+    Policy prior (``cfg.plan`` False): ``tanh(mu(z))`` with ``z = encode(obs)`` for the whole batch, the
+    action ``agent.act(o, eval_mode=True)`` takes for each row up to float rounding of the batched
+    matmul (~1e-7: a one-row matmul takes another kernel than a many-row one). ``pad_rows`` > 1 pads
+    the batch with zero rows to a multiple of ``pad_rows``, so the matmul shape, and with it the kernel
+    and the rounding of every row, does not depend on how many envs are active: with ``pad_rows=8``,
+    a row's action is bitwise the same in a batch of 1, 3 or 8 envs (measured on this CPU for every
+    batch of >= 4 rows; collect-experts relies on it, and its tests check it).
+
+    MPPI (``cfg.plan`` True) is not batched: each env calls ``agent.act`` with its own warm-start mean
+    (``prev_means[k]``, updated in place). With ``generators`` (one ``torch.Generator`` per row) each
+    env's plan draws from its own generator, so a row's plan does not depend on the other rows; without
+    them the envs share the agent's generator, so MPPI rows depend on the number of envs (evaluate then
+    keys its results by num_envs). Per-row generators need the eager plan (``agent.cuda_graphs`` off).
+    """
+    import torch
+
+    if agent.cfg.plan:
+        if generators is not None and getattr(agent, "cuda_graphs", False):
+            raise ValueError("per-row generators need the eager MPPI plan; set agent.cuda_graphs = False")
+        out, own_gen = [], agent._act_gen
+        try:
+            for k, o in enumerate(obs):
+                agent._prev_mean = prev_means[k]
+                if generators is not None:
+                    agent._act_gen = generators[k]
+                out.append(agent.act(o, t0=first[k], eval_mode=True))
+                prev_means[k] = agent._prev_mean
+        finally:
+            agent._act_gen = own_gen
+        return np.stack(out)
+    x = torch.as_tensor(np.asarray(obs), device=agent.device)
+    if not agent.is_pixel:
+        x = x.float()
+    rows = x.shape[0]
+    if pad_rows > 1 and rows % pad_rows:
+        x = torch.cat([x, x.new_zeros((pad_rows - rows % pad_rows, *x.shape[1:]))])
+    z = agent.model.encode(x)
+    gen = getattr(agent, "_batch_gen", None)
+    if gen is None:  # the prior's sample is not used in eval mode: draw it from a private generator
+        gen = agent._batch_gen = torch.Generator(device=agent.device).manual_seed(0)
+    _, info = agent.model.pi(z, generator=gen)
+    return info["mean"][:rows].float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------ the loop
+class EpisodeRecorder(Protocol):
+    """What one episode keeps; one recorder per episode, built by ``make_recorder(index)``."""
+
+    def on_reset(self, env: Any, obs: np.ndarray, info: dict[str, Any]) -> None:
+        """After ``env.reset(seed=...)``."""
+
+    def on_step(self, env: Any, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, reward: float,
+                terminated: bool, truncated: bool, info: dict[str, Any]) -> None:
+        """After ``env.step(action)``; ``obs`` is the observation the action was chosen on."""
+
+    def result(self, env: Any) -> Any:
+        """The episode's result, once it has ended (``env`` is still at its final state)."""
+
+
+@dataclass
+class Slot:
+    """An env's current episode: its index into ``seeds``, the last observation, whether no action
+    was taken yet (``first``), and ``state``: per-episode policy state the ``act`` function keeps
+    (warm-start mean, a generator; empty at the episode's start)."""
+
+    index: int
+    seed: int
+    obs: np.ndarray
+    recorder: Any
+    first: bool = True
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+BatchAct = Callable[[np.ndarray, list[Slot]], np.ndarray]
+"""``act(obs (K, ...), slots) -> actions (K, A)``: one call per step for the K active envs."""
+
+
+def run_vector_episodes(envs: Sequence[Any], seeds: Sequence[int], act: BatchAct,
+                        make_recorder: Callable[[int], EpisodeRecorder], *,
+                        on_episode: Callable[[int, Any], None] | None = None, keep: bool = True) -> list[Any]:
+    """Run ``len(seeds)`` episodes on the envs stepped together, one ``act`` call per step.
+
+    Episode ``i`` is reset with ``seeds[i]`` on whichever env is free (envs take the next episode in
+    index order, lowest env first), so it runs as it would alone when ``act`` gives each row the
+    action it would give that observation alone. ``on_episode(i, result)`` is called as episodes end
+    (not in index order when several envs run); returns the results in index order (``None``s when
+    ``keep`` is False: a caller that writes results as they come need not hold them all).
+    """
+    todo = list(range(len(seeds)))
+    slots: list[Slot | None] = [None] * len(envs)
+    results: list[Any] = [None] * len(seeds)
+
+    def start(k: int) -> None:
+        if not todo:
+            slots[k] = None
+            return
+        i = todo.pop(0)
+        rec = make_recorder(i)
+        obs, info = envs[k].reset(seed=int(seeds[i]))
+        rec.on_reset(envs[k], obs, info)
+        slots[k] = Slot(index=i, seed=int(seeds[i]), obs=obs, recorder=rec)
+
+    for k in range(len(envs)):
+        start(k)
+    while any(s is not None for s in slots):
+        active = [k for k, s in enumerate(slots) if s is not None]
+        batch = [slots[k] for k in active]
+        actions = act(np.stack([s.obs for s in batch]), batch)
+        for j, k in enumerate(active):
+            s = batch[j]
+            s.first = False
+            next_obs, reward, terminated, truncated, info = envs[k].step(actions[j])
+            s.recorder.on_step(envs[k], s.obs, actions[j], next_obs, reward, terminated, truncated, info)
+            s.obs = next_obs
+            if terminated or truncated:
+                out = s.recorder.result(envs[k])
+                if keep:
+                    results[s.index] = out
+                if on_episode is not None:
+                    on_episode(s.index, out)
+                start(k)
+    return results
+
+
+def prior_act(agent: Any, *, pad_rows: int = 1, generator_seed: Callable[[int], int] | None = None) -> BatchAct:
+    """The ``act`` of a TD-MPC2 agent in eval mode: :func:`act_batch` with each episode's warm-start
+    mean kept in its slot. ``generator_seed(index)``: MPPI draws from a per-episode generator seeded
+    with it (rows independent of the other envs); ``None``: from the agent's own generator."""
+
+    def act(obs: np.ndarray, slots: list[Slot]) -> np.ndarray:
+        gens = None
+        if generator_seed is not None and agent.cfg.plan:
+            import torch
+
+            for s in slots:
+                if "generator" not in s.state:
+                    s.state["generator"] = torch.Generator(device=agent.device).manual_seed(generator_seed(s.index))
+            gens = [s.state["generator"] for s in slots]
+        pm = [s.state.get("prev_mean") for s in slots]
+        out = act_batch(agent, obs, [s.first for s in slots], pm, generators=gens, pad_rows=pad_rows)
+        for s, m in zip(slots, pm):
+            s.state["prev_mean"] = m
+        return out
+
+    return act
+
+
+# ------------------------------------------------------------------------------------ evaluation
+class _EvalRecorder:
+    """Return, length, trembles, success (any step / last step) and optionally the frames."""
+
+    def __init__(self, filmed: bool, video_size: int) -> None:
+        self.frames: list | None = [] if filmed else None
+        self.video_size = video_size
+        self.ret, self.length, self.trembles, self.success_any, self.success = 0.0, 0, 0, False, False
+
+    def on_reset(self, env: Any, obs: np.ndarray, info: dict[str, Any]) -> None:
+        if self.frames is not None:
+            self.frames.append(env.render_frame(self.video_size))
+
+    def on_step(self, env: Any, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, reward: float,
+                terminated: bool, truncated: bool, info: dict[str, Any]) -> None:
+        self.ret += float(reward)
+        self.length += 1
+        self.trembles += int(bool(info.get("trembled", False)))
+        self.success = bool(info.get("success", False))
+        self.success_any = self.success_any or self.success
+        if self.frames is not None:
+            self.frames.append(env.render_frame(self.video_size))
+
+    def result(self, env: Any) -> tuple[dict[str, Any], list | None]:
+        return ({"return": self.ret, "success_any": self.success_any, "success_final": self.success,
+                 "length": self.length, "trembles": self.trembles}, self.frames)
+
+
+def run_eval_episodes_batched(envs: list[Any], agent: Any, seeds: list[int], *, filmed: set[int] | None = None,
+                              video_size: int = 256, on_episode: Any = None) -> list[tuple[dict[str, Any], list | None]]:
+    """Run ``len(seeds)`` evaluation episodes on K envs stepped together, one batched policy call per step.
+
+    Each env takes the next episode seed when its episode ends, so every episode runs as
+    ``stages.evaluate.run_eval_episode`` would run it (same reset seed, same per-episode tremble
+    draws). Returns (episode result, frames or None) in seed order; ``on_episode(result)`` as they end.
+    """
+    filmed = filmed or set()
+    return run_vector_episodes(
+        envs, seeds, prior_act(agent), lambda i: _EvalRecorder(i in filmed, video_size),
+        on_episode=None if on_episode is None else (lambda i, out: on_episode(out[0])))
+
+
+__all__ = ["BatchAct", "EpisodeRecorder", "Slot", "act_batch", "prior_act", "run_eval_episodes_batched",
+           "run_vector_episodes", "single_thread", "torch_no_grad"]
