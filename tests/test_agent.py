@@ -331,9 +331,10 @@ def test_planner_prefers_the_better_action_sequence():
     expected = sum(2 * agent.gamma ** t for t in range(cfg.horizon))
     assert float(v[0, 0]) == pytest.approx(expected, abs=1e-4)
     for eval_mode in (True, False):
-        a = agent.act(np.zeros(3, np.float32), t0=True, eval_mode=eval_mode)
-        assert a.shape == (2,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
-        assert np.all(a > 0.3), a
+        acts = np.stack([agent.act(np.zeros(3, np.float32), t0=True, eval_mode=eval_mode) for _ in range(20)])
+        assert acts.shape == (20, 2) and acts.dtype == np.float32 and np.all(np.abs(acts) <= 1)
+        # a 2-iteration, 64-sample plan is noisy (a sample adds the final std's noise too): its average
+        assert np.all(acts.mean(0) > 0.3), acts
     gen = torch.Generator().manual_seed(0)
     a, mean = mppi_plan(m, z, cfg, gamma=agent.gamma, prev_mean=torch.ones(cfg.horizon, 2), eval_mode=True, generator=gen)
     assert mean.shape == (cfg.horizon, 2) and torch.all(mean > 0)

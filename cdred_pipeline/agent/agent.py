@@ -22,15 +22,18 @@ from torch import Tensor
 from cdred_pipeline import __version__
 from cdred_pipeline.agent.checkpoint import atomic_torch_save, get_rng_state, safe_torch_load, set_rng_state
 from cdred_pipeline.agent.config import AgentConfig, resolve_device
+from cdred_pipeline.agent.cuda_graphs import GraphedCall, graphs_available
 from cdred_pipeline.agent.layers import RunningScale
 from cdred_pipeline.agent.ops import two_hot
-from cdred_pipeline.agent.planner import mppi_plan
+from cdred_pipeline.agent.planner import mppi_core, mppi_plan
 from cdred_pipeline.agent.reward_head import RewardHead, TwoHotRewardHead
 from cdred_pipeline.agent.world_model import WorldModel
 from cdred_pipeline.errors import CdredError, TrainingDivergedError, UsageError
 
 CHECKPOINT_FORMAT = "cdred-agent"
 CHECKPOINT_VERSION = 1
+UPDATE_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "td_target",
+                  "grad_norm", "pi_loss", "pi_grad_norm", "pi_entropy", "pi_scale")
 
 
 def _class_path(obj: object) -> str:
@@ -65,6 +68,9 @@ class TDMPC2Agent:
             CDRED head for imitation. Built for x = z (``cfg.reward_space="latent"``, x_dim =
             latent_dim) or x = obs ("obs", x_dim = obs_dim, state observations only).
         device: ``auto`` | ``cpu`` | ``cuda`` | a torch.device.
+        cuda_graphs: capture the update and the MPPI plan as CUDA graphs (one launch each instead of
+            hundreds of kernel launches). ``None``: on when the device is CUDA and ``cfg.compile`` is
+            off. A runtime choice like ``device``: not part of the config or the checkpoint.
     """
 
     def __init__(
@@ -74,9 +80,15 @@ class TDMPC2Agent:
         action_dim: int,
         reward_head: Optional[RewardHead] = None,
         device: "str | torch.device" = "auto",
+        cuda_graphs: Optional[bool] = None,
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(device)
+        if cuda_graphs and not graphs_available(self.device):
+            raise UsageError(f"cuda_graphs needs a CUDA device and torch>=2.4 (device here: {self.device})")
+        self.cuda_graphs = (graphs_available(self.device) and not cfg.compile) if cuda_graphs is None else bool(cuda_graphs)
+        self._update_graph: Optional[tuple[tuple, GraphedCall]] = None
+        self._plan_graph: Optional[GraphedCall] = None
         self.obs_shape, self.action_dim = tuple(int(s) for s in obs_shape), int(action_dim)
         self.is_pixel = len(self.obs_shape) == 3
         if cfg.reward_space == "obs" and self.is_pixel:
@@ -101,8 +113,9 @@ class TDMPC2Agent:
                 {"params": [p for part in (m._dynamics, m._reward, m._Qs) for p in part.parameters() if p.requires_grad]},
             ],
             lr=cfg.lr,
+            capturable=self.cuda_graphs,  # optimiser state on the device: the step can live in a graph
         )
-        self.pi_optim = torch.optim.Adam(m._pi.parameters(), lr=cfg.lr, eps=1e-5)
+        self.pi_optim = torch.optim.Adam(m._pi.parameters(), lr=cfg.lr, eps=1e-5, capturable=self.cuda_graphs)
         self.schedulers = (
             [torch.optim.lr_scheduler.StepLR(o, cfg.lr_step_every, cfg.lr_gamma) for o in (self.optim, self.pi_optim)]
             if cfg.lr_step_every > 0 else []
@@ -141,7 +154,15 @@ class TDMPC2Agent:
         elite-weighted mean; policy: tanh(mu)) instead of a sample. Randomness comes from the agent's
         own generator (seeded by ``cfg.seed``, saved in checkpoints).
         """
-        z = self.model.encode(self._obs_tensor(obs))
+        obs_t = self._obs_tensor(obs)
+        if self.cfg.plan and self.cuda_graphs:
+            warm = self._prev_mean is not None and not t0
+            sample, mean_action, mean = self._graphed_plan(
+                obs_t, self._prev_mean if warm else torch.zeros(self.cfg.horizon, self.action_dim, device=self.device),
+                torch.tensor(1.0 if warm else 0.0))
+            self._prev_mean = mean.clone()  # the graph's output buffer is overwritten by the next plan
+            return (mean_action if eval_mode else sample).float().cpu().numpy()
+        z = self.model.encode(obs_t)
         if self.cfg.plan:
             a, self._prev_mean = mppi_plan(
                 self.model, z, self.cfg, gamma=self.gamma, prev_mean=None if t0 else self._prev_mean,
@@ -151,6 +172,17 @@ class TDMPC2Agent:
             sample, info = self.model.pi(z, generator=self._act_gen)
             a = (info["mean"] if eval_mode else sample)[0]
         return a.float().cpu().numpy()
+
+    def _graphed_plan(self, obs: Tensor, prev_mean: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """encode + :func:`mppi_core` as one CUDA graph (built on first use, drawing from the agent's
+        own generator)."""
+        if self._plan_graph is None:
+            def plan(o: Tensor, pm: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                return mppi_core(self.model, self.model.encode(o), self.cfg, self.gamma, pm, k, self._act_gen)
+
+            self._plan_graph = GraphedCall(plan, (obs, prev_mean, keep.to(self.device)), warmup=2,
+                                           generators=[self._act_gen])
+        return self._plan_graph(obs, prev_mean, keep)
 
     # ------------------------------------------------------------------------------------ learning
     def _model_loss(self, obs: Tensor, action: Tensor, reward: Optional[Tensor], is_expert: Tensor) -> dict[str, Tensor]:
@@ -207,7 +239,8 @@ class TDMPC2Agent:
         ``reward`` (H, B, 1), optional ``is_expert`` (B,) bool (default all False).
 
         Returns floats: total/consistency/reward/value losses, grad norms, pi loss/entropy/scale, lr.
-        A NaN/inf loss raises :class:`TrainingDivergedError` before any weight changes.
+        A NaN/inf loss raises :class:`TrainingDivergedError` before any weight changes (with CUDA
+        graphs: right after the step, whose weights the trainer then never saves).
         """
         missing = {"obs", "action"} - set(batch)
         if missing:
@@ -227,34 +260,70 @@ class TDMPC2Agent:
 
         self.model.train()
         try:
-            out = self._model_loss_fn(obs, action, reward, is_expert)
-            self._check_finite("world-model loss", out["total_loss"].detach())
-            self.optim.zero_grad(set_to_none=True)
-            out["total_loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self._model_params, self.cfg.grad_clip_norm)
-            self._check_finite("world-model grad norm", grad_norm)
-            self.optim.step()
-
-            pi = self._pi_loss(out["zs"].detach())
-            self._check_finite("policy loss", pi["pi_loss"].detach())
-            self.pi_optim.zero_grad(set_to_none=True)
-            pi["pi_loss"].backward()
-            pi_grad_norm = torch.nn.utils.clip_grad_norm_(self.model._pi.parameters(), self.cfg.grad_clip_norm)
-            self.pi_optim.step()
+            if self.cuda_graphs:
+                vals = self._graphed_update(obs, action, reward, is_expert).tolist()
+            else:
+                vals = self._update_core(obs, action, reward, is_expert, checked=True).tolist()
         finally:
             self.model.eval()
             self.optim.zero_grad(set_to_none=True)
             self.pi_optim.zero_grad(set_to_none=True)
-        self.model.soft_update_target_Q(self.cfg.tau)
         for s in self.schedulers:
             s.step()
         self.update_step += 1
-        names = ["total_loss", "consistency_loss", "reward_loss", "value_loss", "td_target"]
-        vals = torch.stack([out[n].detach().float() for n in names]
-                           + [grad_norm.float(), pi["pi_loss"].detach(), pi_grad_norm.float(), pi["pi_entropy"].detach(), pi["pi_scale"]])
-        result = dict(zip(names + ["grad_norm", "pi_loss", "pi_grad_norm", "pi_entropy", "pi_scale"], vals.tolist()))
+        result = dict(zip(UPDATE_METRICS, vals))
+        if self.cuda_graphs and not all(np.isfinite(vals)):
+            bad = [k for k, v in result.items() if not np.isfinite(v)]
+            raise TrainingDivergedError(
+                f"non-finite {', '.join(bad)} at update step {self.update_step} (CUDA-graph update: these "
+                "weights are not saved); training stopped (lower the learning rate or check the data)"
+            )
         result["lr"] = self.optim.param_groups[1]["lr"]
         return result
+
+    def _update_core(self, obs: Tensor, action: Tensor, reward: Optional[Tensor], is_expert: Tensor,
+                     checked: bool = True) -> Tensor:
+        """World-model step then policy step then the Polyak update of the target Qs (Alg. 1); returns
+        the :data:`UPDATE_METRICS` as one tensor. ``checked``: stop with TrainingDivergedError before a
+        non-finite loss or gradient changes any weight (host synchronisations); unchecked, the step has
+        none and can be captured in a CUDA graph (the caller checks the returned metrics)."""
+        out = self._model_loss_fn(obs, action, reward, is_expert)
+        if checked:
+            self._check_finite("world-model loss", out["total_loss"].detach())
+        self.optim.zero_grad(set_to_none=True)
+        out["total_loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._model_params, self.cfg.grad_clip_norm)
+        if checked:
+            self._check_finite("world-model grad norm", grad_norm)
+        self.optim.step()
+
+        pi = self._pi_loss(out["zs"].detach())
+        if checked:
+            self._check_finite("policy loss", pi["pi_loss"].detach())
+        self.pi_optim.zero_grad(set_to_none=True)
+        pi["pi_loss"].backward()
+        pi_grad_norm = torch.nn.utils.clip_grad_norm_(self.model._pi.parameters(), self.cfg.grad_clip_norm)
+        self.pi_optim.step()
+        self.model.soft_update_target_Q(self.cfg.tau)
+        return torch.stack([out[n].detach().float() for n in UPDATE_METRICS[:5]]
+                           + [grad_norm.float(), pi["pi_loss"].detach(), pi_grad_norm.float(), pi["pi_entropy"].detach(),
+                              pi["pi_scale"]])
+
+    def _graphed_update(self, obs: Tensor, action: Tensor, reward: Optional[Tensor], is_expert: Tensor) -> Tensor:
+        """:meth:`_update_core` (unchecked) as a CUDA graph; captured again when the batch shape or a
+        learning rate (a scheduler step) changes, since both are baked into the graph."""
+        lrs = tuple(g["lr"] for o in (self.optim, self.pi_optim) for g in o.param_groups)
+        key = (tuple(obs.shape), obs.dtype, tuple(action.shape), reward is not None, lrs)
+        args = (obs, action, is_expert) if reward is None else (obs, action, reward, is_expert)
+        if self._update_graph is None or self._update_graph[0] != key:
+            if reward is None:
+                def step(o: Tensor, a: Tensor, e: Tensor) -> Tensor:
+                    return self._update_core(o, a, None, e, checked=False)
+            else:
+                def step(o: Tensor, a: Tensor, r: Tensor, e: Tensor) -> Tensor:  # type: ignore[misc]
+                    return self._update_core(o, a, r, e, checked=False)
+            self._update_graph = (key, GraphedCall(step, args, warmup=3 if self._update_graph is None else 1))
+        return self._update_graph[1](*args)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self, extra: Optional[dict] = None) -> dict[str, Any]:
@@ -305,6 +374,7 @@ class TDMPC2Agent:
         ``restore_rng`` also restores the global torch/numpy RNG states (resuming training).
         """
         src = ckpt if isinstance(ckpt, dict) else self.read_checkpoint(ckpt)
+        self._update_graph = self._plan_graph = None  # graphs point at the old optimiser state: rebuild them
         where = "checkpoint" if isinstance(ckpt, dict) else str(ckpt)
         if tuple(src["obs_shape"]) != self.obs_shape or int(src["action_dim"]) != self.action_dim:
             raise CdredError(
@@ -350,6 +420,7 @@ class TDMPC2Agent:
         obs_shape: Optional[Sequence[int]] = None,
         action_dim: Optional[int] = None,
         restore_rng: bool = False,
+        cuda_graphs: Optional[bool] = None,
         **config_overrides: Any,
     ) -> "TDMPC2Agent":
         """Build an agent from a checkpoint.
@@ -376,9 +447,10 @@ class TDMPC2Agent:
         head_cls = ckpt["reward_head"]["class"]
         if reward_head is None and head_cls != f"{TwoHotRewardHead.__module__}.{TwoHotRewardHead.__qualname__}":
             raise CdredError(f"checkpoint {path} uses reward head {head_cls}; pass reward_head= built the same way to load it")
-        agent = cls(cfg, ckpt["obs_shape"], ckpt["action_dim"], reward_head=reward_head, device=device)
+        agent = cls(cfg, ckpt["obs_shape"], ckpt["action_dim"], reward_head=reward_head, device=device,
+                    cuda_graphs=cuda_graphs)
         agent.load_state(ckpt, restore_rng=restore_rng)
         return agent
 
 
-__all__ = ["TDMPC2Agent", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+__all__ = ["TDMPC2Agent", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "UPDATE_METRICS"]

@@ -195,6 +195,20 @@ class EnsembleMLP(nn.Module):
         return f"heads={self.num_heads}, layers={self.num_layers}, dropout={self.dropout}"
 
 
+def _quantiles(x: Tensor, qs: tuple[float, ...]) -> list[Tensor]:
+    """``torch.quantile(x, q)`` (linear interpolation) for fixed Python ``qs`` of a 1-D tensor, by one
+    sort: no host synchronisation (torch.quantile checks a tensor ``q`` on the host), so it can be
+    captured in a CUDA graph."""
+    s, n = x.sort().values, x.numel()
+    out = []
+    for q in qs:
+        pos = q * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        out.append(s[lo] + (s[hi] - s[lo]) * (pos - lo))
+    return out
+
+
 class RunningScale(nn.Module):
     """Running estimate S of the 5th-95th percentile range of Q (at least 1), used as Q / S in the
     policy loss so that the entropy coefficient is scale free (TD-MPC2 §3.3)."""
@@ -207,8 +221,8 @@ class RunningScale(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
-        q = torch.quantile(x.detach().flatten().float(), self.quantiles.to(x.device))
-        self.value.lerp_((q[1] - q[0]).clamp_min(1.0), self.tau)
+        lo, hi = _quantiles(x.detach().flatten().float(), (0.05, 0.95))
+        self.value.lerp_((hi - lo).clamp_min(1.0), self.tau)
 
     def forward(self, x: Tensor) -> Tensor:
         return x / self.value

@@ -56,6 +56,26 @@ def mppi_plan(
       Otherwise an elite is drawn by its weight and Gaussian noise of the final std is added.
     The returned ``mean`` is what the caller passes as ``prev_mean`` next step.
     """
+    H, A = cfg.horizon, model.action_dim
+    warm = torch.zeros(H, A, device=z.device, dtype=z.dtype) if prev_mean is None else prev_mean
+    sample, mean_action, mean = mppi_core(model, z, cfg, gamma, warm, 0.0 if prev_mean is None else 1.0, generator)
+    return (mean_action if eval_mode else sample), mean
+
+
+@torch.no_grad()
+def mppi_core(
+    model: WorldModel,
+    z: Tensor,
+    cfg: AgentConfig,
+    gamma: float,
+    prev_mean: Tensor,
+    keep: "float | Tensor",
+    generator: Optional[torch.Generator] = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The MPPI iterations of :func:`mppi_plan` with no branch on data and no host synchronisation,
+    so that the agent can capture it as one CUDA graph. ``keep`` (0 or 1, a float or a 0-d tensor)
+    multiplies the shifted warm start ``prev_mean``. Returns ``(sampled action (A,), mean action
+    (A,), mean (H, A))``: the sampled and the evaluation action of the same plan."""
     H, A, N, Np = cfg.horizon, model.action_dim, cfg.num_samples, cfg.num_pi_trajs
     dev, dt = z.device, z.dtype
     actions = torch.empty(H, N, A, device=dev, dtype=dt)
@@ -67,9 +87,7 @@ def mppi_plan(
                 _z = model.next(_z, actions[t, :Np])
     z_all = z.expand(N, -1)
 
-    mean = torch.zeros(H, A, device=dev, dtype=dt)
-    if prev_mean is not None:
-        mean[:-1] = prev_mean[1:]
+    mean = torch.cat([prev_mean[1:] * keep, torch.zeros(1, A, device=dev, dtype=dt)])
     std = torch.full((H, A), cfg.max_std, device=dev, dtype=dt)
 
     for _ in range(cfg.iterations):
@@ -84,12 +102,9 @@ def mppi_plan(
         mean = (w * elite_actions).sum(1)
         std = ((w * (elite_actions - mean.unsqueeze(1)).square()).sum(1)).sqrt().clamp(cfg.min_std, cfg.max_std)
 
-    if eval_mode:
-        a = mean[0]
-    else:
-        pick = torch.multinomial(score, 1, generator=generator)
-        a = elite_actions[0, pick[0]] + std[0] * torch.randn(A, device=dev, dtype=dt, generator=generator)
-    return a.clamp(-1, 1), mean
+    pick = torch.multinomial(score, 1, generator=generator)
+    sample = elite_actions[0].index_select(0, pick).squeeze(0) + std[0] * torch.randn(A, device=dev, dtype=dt, generator=generator)
+    return sample.clamp(-1, 1), mean[0].clamp(-1, 1), mean
 
 
-__all__ = ["estimate_value", "mppi_plan"]
+__all__ = ["estimate_value", "mppi_core", "mppi_plan"]

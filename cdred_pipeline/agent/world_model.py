@@ -126,7 +126,8 @@ class WorldModel(nn.Module):
         za = torch.cat([z, a], dim=-1)
         if return_type == "all":
             return net(za, detach=detach)
-        heads = torch.randperm(self.cfg.num_q, device=z.device, generator=generator)[:2]
+        # two distinct random heads: argsort of uniform draws (graph-capturable, unlike randperm)
+        heads = torch.rand(self.cfg.num_q, device=z.device, generator=generator).argsort()[:2]
         q = two_hot_inv(net(za, heads=heads, detach=detach), self.cfg.vmin, self.cfg.vmax)  # (2, ..., 1)
         return q.min(0).values if return_type == "min" else q.mean(0)
 

@@ -1,0 +1,79 @@
+"""Full training-loop speed (issue 8): agent steps/s of env step + act (MPPI plan or policy prior) +
+one update, the loop `cdred collect-experts` trains with, after seeding.
+
+    python benchmarks/train_loop_speed.py --task dmc:cheetah-run --preset paper --plan          # GPU
+    python benchmarks/train_loop_speed.py --task dmc:cartpole-balance --preset small --steps 1500
+
+Runs the real trainer (``train_online``, utd 1, no evaluations, no burst of pre-training updates) in
+a temporary folder and reads the per-episode rows of its metrics.jsonl: the rate is taken over the
+episodes after the first post-seeding one (which holds the CUDA-graph warm-up and capture). Prints
+one line and appends it as JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="dmc:cheetah-run")
+    ap.add_argument("--preset", default="paper")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--plan", action=argparse.BooleanOptionalAction, default=True, help="MPPI (default) or policy prior")
+    ap.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--steps", type=int, default=3000, help="agent steps in all, seeding included")
+    ap.add_argument("--seed-steps", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch default)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "train_loop_speed.jsonl")
+    args = ap.parse_args()
+
+    import torch
+
+    from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
+    from cdred_pipeline.agent.trainer import TrainerConfig, train_online
+    from cdred_pipeline.envs import make_env
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = make_env(args.task, seed=0).spec_info
+    cfg = AgentConfig.preset(args.preset, plan=args.plan, episode_length=spec.episode_length)
+    agent = TDMPC2Agent(cfg, spec.obs_shape, spec.action_dim, device=args.device,
+                        cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs])
+    tcfg = TrainerConfig(steps=args.steps, seed_steps=args.seed_steps, pretrain_updates=0, eval_episodes=0,
+                         checkpoint_every=10**9, save_buffer=False, seed=0)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        train_online(lambda: make_env(args.task, seed=0), agent, tcfg, d, progress=False)
+        rows = [json.loads(x) for x in (Path(d) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get("kind") == "train"]
+    trained = [r for r in rows if r["update_step"] > 0]
+    if len(trained) < 2:
+        raise SystemExit(f"too few training episodes to time ({len(trained)}); raise --steps")
+    first, last = trained[0], trained[-1]
+    steps, wall = last["agent_step"] - first["agent_step"], last["wall_s"] - first["wall_s"]
+    res = {
+        "task": args.task, "preset": args.preset, "device": str(agent.device),
+        "device_name": torch.cuda.get_device_name(agent.device) if agent.device.type == "cuda" else "cpu",
+        "cuda_graphs": agent.cuda_graphs, "plan": cfg.plan, "threads": torch.get_num_threads(),
+        "params": agent.num_params(), "batch_size": cfg.batch_size, "timed_agent_steps": steps,
+        "agent_steps_per_s": steps / wall, "env_steps_per_s": steps * spec.action_repeat / wall,
+        "total_s": time.time() - t0, "torch": torch.__version__,
+    }
+    print(f"{args.task} {args.preset} {res['device']} graphs={'on' if res['cuda_graphs'] else 'off'} "
+          f"{'MPPI' if cfg.plan else 'policy'}: {res['agent_steps_per_s']:.1f} agent steps/s "
+          f"({res['env_steps_per_s']:.1f} env steps/s) over {steps} steps; {res['total_s']:.0f} s in all", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as f:
+        f.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()
