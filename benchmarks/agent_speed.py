@@ -65,7 +65,8 @@ def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
     obs_shape = (9, 64, 64) if args.pixels else (args.obs_dim,)
     A = args.action_dim
     cfg = AgentConfig.preset(preset, batch_size=args.batch_size, horizon=args.horizon, plan=True)
-    agent = TDMPC2Agent(cfg, obs_shape, A, device=device_name)
+    graphs = {"auto": None, "on": True, "off": False}[args.cuda_graphs]
+    agent = TDMPC2Agent(cfg, obs_shape, A, device=device_name, cuda_graphs=graphs if device_name != "cpu" else False)
     dev = agent.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -78,8 +79,8 @@ def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
         buf.add_episode(obs, rng.uniform(-1, 1, (T, A)).astype(np.float32), rng.normal(size=T).astype(np.float32))
 
     # --- updates/s
-    iters = args.update_iters or DEFAULT_ITERS.get(preset, 10)
-    for _ in range(2):
+    iters = args.update_iters or (50 if dev.type == "cuda" else DEFAULT_ITERS.get(preset, 10))
+    for _ in range(5 if agent.cuda_graphs else 2):  # CUDA graphs: 3 eager warm-up updates, then the capture
         agent.update(buf.sample(cfg.batch_size, cfg.horizon))
     _sync(dev)
     t = time.perf_counter()
@@ -88,14 +89,19 @@ def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
     _sync(dev)
     upd_s = iters / (time.perf_counter() - t)
 
-    # --- FLOPs (one update, one plan, one policy act)
+    # --- FLOPs (one update, one plan, one policy act), counted on an eager twin (a graph replay
+    # dispatches no operators to count)
+    counted = agent if not agent.cuda_graphs else TDMPC2Agent(cfg, obs_shape, A, device=dev, cuda_graphs=False)
     with FlopCounterMode(display=False) as fc:
-        agent.update(buf.sample(cfg.batch_size, cfg.horizon))
+        counted.update(buf.sample(cfg.batch_size, cfg.horizon))
     update_flops = fc.get_total_flops()
     o = buf.sample(1, 1)["obs"][0, 0].cpu().numpy()
     with FlopCounterMode(display=False) as fc:
-        agent.act(o, t0=True, eval_mode=False)
+        counted.act(o, t0=True, eval_mode=False)
     plan_flops = fc.get_total_flops()
+    del counted
+    for _ in range(3):  # CUDA graphs: 2 eager plans, then the capture
+        agent.act(o, t0=False, eval_mode=False)
 
     # --- latencies
     def lat(fn, n):
@@ -120,7 +126,7 @@ def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
     res = {
         "preset": preset, "device": str(dev), "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                                                               else platform.processor() or platform.machine()),
-        "threads": torch.get_num_threads(), "obs_shape": list(obs_shape), "action_dim": A,
+        "threads": torch.get_num_threads(), "cuda_graphs": agent.cuda_graphs, "obs_shape": list(obs_shape), "action_dim": A,
         "params_trainable": agent.num_params(), "params_without_reward_head": agent.num_params(include_reward=False),
         "batch_size": cfg.batch_size, "horizon": cfg.horizon, "updates_per_s": upd_s, "update_iters": iters,
         "mppi": {"num_samples": cfg.num_samples, "num_pi_trajs": cfg.num_pi_trajs, "num_elites": cfg.num_elites,
@@ -150,6 +156,8 @@ def main() -> None:
     p.add_argument("--update-iters", type=int, default=0, help="0: per-preset default (tiny 50, small 20, paper 3)")
     p.add_argument("--plan-iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                   help="CUDA: capture update and plan as CUDA graphs (auto: on; 'off' measures eager PyTorch)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "agent_speed.json")
     p.add_argument("--child", nargs=2, metavar=("PRESET", "DEVICE"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -173,7 +181,7 @@ def main() -> None:
             res = json.loads(line[len("RESULT "):])
             results.append(res)
             print(
-                f"{preset:6s} {res['device']:5s} thr={res['threads']} params={res['params_trainable']:>9,d} "
+                f"{preset:6s} {res['device']:5s} graphs={'on ' if res['cuda_graphs'] else 'off'} thr={res['threads']} params={res['params_trainable']:>9,d} "
                 f"(w/o reward {res['params_without_reward_head']:,d})  upd/s={res['updates_per_s']:7.2f}  "
                 f"plan={res['plan_latency_ms']:8.2f} ms  act={res['policy_act_latency_ms']:6.3f} ms  "
                 f"peak RSS={res['peak_rss_mb']:7.0f} MB" + (f" CUDA={res['peak_cuda_mem_mb']:.0f} MB" if "peak_cuda_mem_mb" in res else "")
