@@ -9,6 +9,12 @@ Two cached artifacts:
 
 Both resume after a kill: training from its last checkpoint, collection from the last episode that
 was flushed to the store.
+
+Collection steps ``num_envs`` environments together with ONE batched policy call per step
+(:mod:`cdred_pipeline.vector`, shared with ``evaluate --num-envs``), for the expert episodes and the
+random-policy baseline. Episode ``i`` depends only on (seed, i), so the dataset is bitwise the same
+for every ``num_envs`` (not part of the cache key) and after any number of resumes.
+:func:`run_units` runs tasks x seeds through the executor (ARCHITECTURE §7).
 """
 
 from __future__ import annotations
@@ -25,13 +31,17 @@ import numpy as np
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import CdredError, UsageError
 from cdred_pipeline.stages.common import DATASET_NAME, file_sha256
+from cdred_pipeline.vector import BatchAct, Slot, prior_act, run_vector_episodes, single_thread
 
 EXPERT_STAGE, EXPERT_VERSION = "experts", 1
-DEMO_STAGE, DEMO_VERSION = "demos", 1
+# 2: episodes are rolled by the vectorised loop: the policy prior acts on zero-padded batches of
+# PAD_ROWS rows (other rounding than version 1's one-row calls) and MPPI draws from per-episode generators
+DEMO_STAGE, DEMO_VERSION = "demos", 2
 POLICIES = ("tdmpc2", "scripted", "checkpoint")
-
-Policy = Callable[[np.ndarray, bool], np.ndarray]
-"""``policy(obs, first_step) -> action in [-1, 1]``."""
+PAD_ROWS = 8
+"""The policy prior acts on batches padded to a multiple of this many rows, whatever --num-envs, so
+that each row's action (and so the dataset) does not depend on the number of envs (see
+:func:`cdred_pipeline.vector.act_batch`)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class CollectConfig:
     eval_every: int | None = None     # env steps between evaluations during training (trainer default if unset)
     eval_episodes: int = 5
     probe: bool = True
+    num_envs: int = 1  # envs stepped together while collecting; does not change the data, not in the key
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -65,66 +76,101 @@ class CollectConfig:
             scripted_policy(self.task)  # one-line UsageError for tasks without a scripted expert
         if self.episodes < 1 or self.random_episodes < 0 or self.train_steps < 1:
             raise UsageError("--episodes must be >= 1, --random-episodes >= 0, --train-steps >= 1")
+        if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
+            raise UsageError(f"--num-envs must be a positive integer, got {self.num_envs!r}")
 
 
 # ------------------------------------------------------------------------------------------ helpers
 def _episode_seed(seed: int, index: int, stream: int) -> int:
-    """Seed of episode ``index`` of a stream (0: demos, 1: random-policy baseline); independent of order."""
+    """Seed of episode ``index`` of a stream (0: demos reset, 1: random-baseline reset, 2: random actions,
+    3: the expert's MPPI sampling); a function of (seed, stream, index) only, never of the order in
+    which episodes run or of how many envs run them."""
     return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
 
 
-def run_episode(env: Any, policy: Policy, seed: int, *, record_state: bool = True) -> dict[str, Any]:
-    """Roll one episode; returns the arrays of the dataset layout (obs before each action, states...)."""
-    obs, info = env.reset(seed=seed)
-    rows: dict[str, list] = {"obs": [], "action": [], "reward": [], "terminated": [], "physics_state": []}
-    success, first = False, True
-    while True:
-        if record_state:
-            rows["physics_state"].append(env.get_physics_state())
-        action = np.asarray(policy(obs, first), dtype=np.float32)
-        first = False
-        next_obs, reward, terminated, truncated, info = env.step(action)
+class _EpisodeRecorder:
+    """One episode in the arrays of the dataset layout (ARCHITECTURE §6): the observation before each
+    action, the executed action, reward, terminated, and the simulator state before each action
+    (``record_state``; the state after step t is the state before action t+1, so one read per step
+    serves both). Without ``record_state`` it keeps only return and success (the random baseline)."""
+
+    def __init__(self, record_state: bool = True) -> None:
+        self.record_state = record_state
+        self.rows: dict[str, list] = {"obs": [], "action": [], "reward": [], "terminated": [], "physics_state": []}
+        self.success, self.last_obs = False, None
+
+    def on_reset(self, env: Any, obs: np.ndarray, info: dict[str, Any]) -> None:
+        self.last_obs = obs
+        if self.record_state:
+            self.rows["physics_state"].append(env.get_physics_state())
+
+    def on_step(self, env: Any, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, reward: float,
+                terminated: bool, truncated: bool, info: dict[str, Any]) -> None:
+        rows = self.rows
+        rows["reward"].append(float(reward))
+        self.success = self.success or bool(info.get("success", False))
+        self.last_obs = next_obs
+        if not self.record_state:
+            return
         rows["obs"].append(obs)
         rows["action"].append(np.asarray(info.get("executed_action", np.clip(action, -1, 1)), dtype=np.float32))
-        rows["reward"].append(float(reward))
         rows["terminated"].append(bool(terminated))
-        success = success or bool(info.get("success", False))
-        obs = next_obs
-        if terminated or truncated:
-            break
-    out = {k: np.asarray(v) for k, v in rows.items() if v}
-    out["final_obs"] = np.asarray(obs)
-    if record_state:
-        out["final_physics_state"] = env.get_physics_state()
-    out["success"] = success
-    out["return"] = float(np.sum(rows["reward"]))
-    return out
+        rows["physics_state"].append(env.get_physics_state())
+
+    def result(self, env: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"return": float(np.sum(self.rows["reward"])), "success": self.success,
+                               "final_obs": np.asarray(self.last_obs)}
+        if self.record_state:
+            states = self.rows.pop("physics_state")
+            out.update({k: np.asarray(v) for k, v in self.rows.items() if v})
+            out["physics_state"] = np.asarray(states[:-1])
+            out["final_physics_state"] = states[-1]
+        return out
 
 
-def random_policy(action_dim: int, seed: int) -> Policy:
-    """Uniform random actions in [-1, 1] from a seeded generator (the random-policy baseline)."""
-    rng = np.random.default_rng(seed)
-    return lambda obs, first: rng.uniform(-1.0, 1.0, size=action_dim).astype(np.float32)
+def run_episodes(envs: list[Any], act: BatchAct, seeds: list[int], *, record_state: bool = True,
+                 on_episode: Callable[[int, dict[str, Any]], None] | None = None,
+                 keep: bool = True, start: int = 0) -> list[dict[str, Any]]:
+    """Roll ``len(seeds)`` episodes on the envs stepped together, ONE ``act`` call per step
+    (:func:`cdred_pipeline.vector.run_vector_episodes`); each episode as a dict of the dataset
+    layout's arrays (``obs``, ``action``, ``reward``, ``terminated``, ``physics_state``, ``final_obs``,
+    ``final_physics_state``), ``return`` and ``success``. ``on_episode(index, episode)`` as they end;
+    ``start``: skip the first episodes (a resumed collection)."""
+    return run_vector_episodes(envs, seeds, act, lambda i: _EpisodeRecorder(record_state),
+                               on_episode=on_episode, keep=keep, start=start)
 
 
-def random_scores(task: str, n: int, seed: int, episode_length: int | None) -> dict[str, float]:
-    """Mean return and success of the uniform random policy over ``n`` seeded episodes."""
+def random_act(action_dim: int, seed: int) -> BatchAct:
+    """The random-policy baseline as a batched ``act``: uniform actions in [-1, 1] from a generator of
+    its own per episode (seeded by stream 2), so episode i's actions do not depend on the other envs."""
+
+    def act(obs: np.ndarray, slots: list[Slot]) -> np.ndarray:
+        out = []
+        for s in slots:
+            rng = s.state.setdefault("rng", np.random.default_rng(_episode_seed(seed, s.index, 2)))
+            out.append(rng.uniform(-1.0, 1.0, size=action_dim).astype(np.float32))
+        return np.stack(out)
+
+    return act
+
+
+def random_scores(task: str, n: int, seed: int, episode_length: int | None, *, num_envs: int = 1) -> dict[str, float]:
+    """Mean return and success of the uniform random policy over ``n`` seeded episodes (``num_envs``
+    envs stepped together; the scores do not depend on it)."""
     from cdred_pipeline.envs import make_env
 
     if n == 0:
         return {}
-    env = make_env(task, seed=seed, episode_length=episode_length)
-    rets, succ = [], []
-    for i in range(n):
-        ep = run_episode(env, random_policy(env.action_space.shape[0], _episode_seed(seed, i, 2)),
-                         _episode_seed(seed, i, 1), record_state=False)
-        rets.append(ep["return"])
-        succ.append(ep["success"])
-    env.close()
+    envs = [make_env(task, seed=seed, episode_length=episode_length) for _ in range(max(1, min(num_envs, n)))]
+    try:
+        eps = run_episodes(envs, random_act(envs[0].action_space.shape[0], seed),
+                           [_episode_seed(seed, i, 1) for i in range(n)], record_state=False)
+    finally:
+        for env in envs:
+            env.close()
+    rets, succ = [e["return"] for e in eps], [e["success"] for e in eps]
     return {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)),
             "success_rate": float(np.mean(succ)), "episodes": n}
-
-
 
 
 # ------------------------------------------------------------------------------------------ experts
@@ -208,18 +254,31 @@ def check_expert_checkpoint(path: str | Path, cfg: CollectConfig) -> tuple[Any, 
     return agent, extra
 
 
-def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[Policy, dict[str, Any]]:
-    """A ``policy(obs, first)`` callable for the expert artifact, and the dataset's ``source`` attrs."""
+def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[BatchAct, dict[str, Any], Any]:
+    """The expert as a batched ``act(obs (K, ...), slots) -> (K, A)`` (one call per step for all envs),
+    the dataset's ``source`` attrs, and the device the policy runs on.
+
+    * scripted (Meta-World): the stateless scripted policy, called per env (it is a Python function of
+      one observation);
+    * TD-MPC2 policy prior: one forward pass for all envs (``model.encode`` + the mean of
+      ``model.pi``, paper Eq. 1-2) on a batch padded to :data:`PAD_ROWS` rows;
+    * TD-MPC2 MPPI (``--plan``): one plan per env (the planner takes one latent), each with its
+      own warm start and its own generator seeded per episode (stream 3), so episode ``i`` samples
+      the same noise whatever ran before it or beside it (``slot.index`` is the episode index).
+    """
     if cfg.policy == "scripted":
         from cdred_pipeline.envs import scripted_policy
 
-        act = scripted_policy(cfg.task)
-        return (lambda obs, first: act(obs)), {"kind": "scripted", "policy": f"metaworld {cfg.task}"}
+        one = scripted_policy(cfg.task)
+        return ((lambda obs, slots: np.stack([one(o) for o in obs])),
+                {"kind": "scripted", "policy": f"metaworld {cfg.task}"}, "cpu")
     path = expert.path / "agent.pt"
     agent, extra = check_expert_checkpoint(path, cfg)
+    agent.cuda_graphs = False  # per-episode MPPI generators need the eager plan (a graph holds one generator)
     source = {"kind": "tdmpc2", "checkpoint_sha256": file_sha256(path),
               "train_steps": int(extra.get("env_step", 0)), "preset": extra.get("preset")}
-    return (lambda obs, first: agent.act(obs, t0=first, eval_mode=True)), source
+    act = prior_act(agent, pad_rows=PAD_ROWS, generator_seed=lambda i: _episode_seed(cfg.seed, i, 3))
+    return act, source, agent.device
 
 
 # ------------------------------------------------------------------------------------------ demos
@@ -230,7 +289,15 @@ def _demo_config(cfg: CollectConfig) -> dict[str, Any]:
 
 def collect_demos(cfg: CollectConfig, expert: Artifact, store: ArtifactStore, *, force: bool = False,
                   progress: bool = True) -> Artifact:
-    """Roll the expert for ``cfg.episodes`` seeded episodes and write them with simulator states."""
+    """Roll the expert for ``cfg.episodes`` seeded episodes and write them with simulator states.
+
+    ``cfg.num_envs`` envs step together with one batched policy call per step
+    (:func:`run_episodes`). Episodes end out of order across envs; they are appended in index order
+    (a finished episode waits for the lower ones) and flushed one by one, so the store always holds
+    episodes 0..n-1 and a killed collection resumes at episode n. Episode ``i`` is a function of
+    (seed, i) alone (reset seed, per-episode MPPI generator, row-independent padded policy batches),
+    so the dataset is the same whatever ``num_envs`` and however often the collection was resumed.
+    """
     from tqdm.auto import tqdm
 
     from cdred_pipeline.datasets import EpisodeWriter, open_dataset
@@ -240,59 +307,81 @@ def collect_demos(cfg: CollectConfig, expert: Artifact, store: ArtifactStore, *,
                       description=f"{cfg.episodes} expert episodes of {cfg.task}")
     if art.complete:
         return art
+    envs: list[Any] = []
     try:
-        policy, source = load_expert_policy(cfg, expert)
-        env = make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length)
-        spec = env.spec_info
+        act, source, device = load_expert_policy(cfg, expert)
+        envs.append(make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length))
+        spec = envs[0].spec_info
         scores = art.manifest.get("random_scores")
         if scores is None:
-            scores = random_scores(cfg.task, cfg.random_episodes, cfg.seed, cfg.episode_length)
+            scores = random_scores(cfg.task, cfg.random_episodes, cfg.seed, cfg.episode_length, num_envs=cfg.num_envs)
             art.update(random_scores=scores)
         attrs = {
             "env": {**spec.to_dict(), "task": spec.task, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim},
-            "sim": _sim_attrs(env),
+            "sim": _sim_attrs(envs[0]),
             "source": source,
             "scores": {"random": scores},
         }
         path = art.path / DATASET_NAME
         writer = EpisodeWriter.resume(path, attrs)
+        first = writer.num_episodes
+        n_envs = max(1, min(cfg.num_envs, cfg.episodes - first))
+        envs += [make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length) for _ in range(n_envs - 1)]
         t0 = time.time()
-        bar = tqdm(total=cfg.episodes, initial=writer.num_episodes, desc=f"collect {cfg.task}", unit="ep",
-                   disable=not progress)
+        bar = tqdm(total=cfg.episodes, initial=first, desc=f"collect {cfg.task}", unit="ep", disable=not progress)
         returns: list[float] = []
-        try:
-            for i in range(writer.num_episodes, cfg.episodes):
-                ep = run_episode(env, policy, _episode_seed(cfg.seed, i, 0))
-                writer.append_episode(ep["obs"], ep["action"], ep["reward"], ep["terminated"],
-                                      ep["physics_state"], ep["final_obs"], ep["final_physics_state"],
-                                      seed=_episode_seed(cfg.seed, i, 0), success=ep["success"])
+        ready: dict[int, dict[str, Any]] = {}
+        steps = 0
+
+        def write_ready(j: int, ep: dict[str, Any]) -> None:  # j: the episode index
+            """Append finished episodes in index order; each is on disk before the next counts."""
+            nonlocal steps
+            ready[j] = ep
+            while writer.num_episodes in ready:
+                i = writer.num_episodes
+                e = ready.pop(i)
+                writer.append_episode(e["obs"], e["action"], e["reward"], e["terminated"], e["physics_state"],
+                                      e["final_obs"], e["final_physics_state"], seed=_episode_seed(cfg.seed, i, 0),
+                                      success=e["success"])
                 writer.flush()  # an episode counts as done once it is on disk: a kill loses no finished episode
-                returns.append(ep["return"])
+                steps += len(e["reward"])
+                returns.append(e["return"])
                 bar.update(1)
-                bar.set_postfix(ret=f"{ep['return']:.1f}", mean=f"{np.mean(returns):.1f}")
+                bar.set_postfix(ret=f"{e['return']:.1f}", mean=f"{np.mean(returns):.1f}")
+
+        try:
+            with single_thread(device):
+                run_episodes(envs, act, [_episode_seed(cfg.seed, i, 0) for i in range(cfg.episodes)],
+                             on_episode=write_ready, keep=False, start=first)
             bar.close()
+            collect_s = time.time() - t0
+            if writer.num_episodes != cfg.episodes:
+                raise CdredError(f"collected {writer.num_episodes} of {cfg.episodes} episodes; rerun to resume")
             ds_meta = _episode_meta(writer)
             expert_scores = {"return_mean": float(np.mean(ds_meta["return"])),
                              "return_std": float(np.std(ds_meta["return"])),
                              "success_rate": float(np.mean(ds_meta["success"])), "episodes": cfg.episodes}
             writer.group.attrs.update({"scores": {"random": scores, "expert": expert_scores}})
             if cfg.probe:
-                writer.group.attrs.update({"sim": {**_sim_attrs(env), "probe": _probe(cfg, env, writer)}})
+                writer.group.attrs.update({"sim": {**_sim_attrs(envs[0]), "probe": _probe(cfg, envs[0], writer)}})
             writer.close()
         except BaseException:
             writer.abort(discard=False)  # keep flushed episodes for the resume
             raise
-        finally:
-            env.close()
         ds = open_dataset(path)
+        env_steps = steps * int(getattr(spec, "action_repeat", 1) or 1)
         return art.complete_with(
             {"expert_return": expert_scores["return_mean"], "random_return": scores.get("return_mean"),
              "expert_success": expert_scores["success_rate"]},
             task=cfg.task, dataset=str(path), episodes=ds.num_episodes, steps=ds.num_steps,
             scores={"random": scores, "expert": expert_scores},
-            timings={**art.manifest["timings"], "collect_s": round(time.time() - t0, 2)},
+            collection={"num_envs": n_envs, "episodes_this_run": cfg.episodes - first,
+                        "env_steps_per_s": round(env_steps / max(collect_s, 1e-9), 1)},
+            timings={**art.manifest["timings"], "collect_s": round(collect_s, 2)},
         )
     finally:
+        for env in envs:
+            env.close()
         art.release()
 
 
@@ -340,41 +429,73 @@ def replace(cfg: CollectConfig, **changes: Any) -> CollectConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-# ------------------------------------------------------------------------------------------ seeds
+# ------------------------------------------------------------------------------------------ tasks x seeds
 def _seed_unit(unit: tuple[CollectConfig, str, bool, bool]) -> dict[str, Any]:
-    """One executor unit: collect-experts for one seed, run by the stage functions in the worker.
+    """One executor unit: collect-experts for one (task, seed), run by the stage functions in the worker.
 
     Writes the expert and demos artifacts into the work dir (a path every worker sees) and returns
     the demos key; the driver reads the manifests.
     """
     cfg, workdir, force, progress = unit
     art = run(cfg, ArtifactStore(workdir), force=force, progress=progress)
-    return {"seed": cfg.seed, "key": art.key, "expert": art.manifest["inputs"]["expert"]}
+    return {"task": cfg.task, "seed": cfg.seed, "key": art.key, "expert": art.manifest["inputs"]["expert"]}
 
 
-def run_seeds(cfg: CollectConfig, seeds: list[int] | tuple[int, ...], store: ArtifactStore, *,
-              executor: Any = None, force: bool = False, progress: bool = True) -> list[Artifact]:
-    """collect-experts for every seed (one (expert, demos) pair each) through ``executor``.
+def parse_tasks(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"dmc:cartpole-balance,dmc:reacher-easy"`` (or a list) -> canonical task ids, every one checked
+    by :func:`cdred_pipeline.envs.parse_task` (the one-line UsageError for an unknown id) and distinct."""
+    from cdred_pipeline.envs import parse_task
 
-    Each seed is a work unit that calls :func:`run` with ``cfg`` for that seed, so its artifacts
-    (keys, files, dataset bytes) are those of a single-seed run; a seed whose artifacts are complete
-    is served from the cache, a killed one resumes. Returns the demos artifacts in seed order.
-    ``executor``: :func:`cdred_pipeline.executor.make_executor` (default: one seed after the other here).
+    items = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)]
+    if not items or any(not t for t in items):
+        raise UsageError(f"TASK must be a task id or a comma list of task ids, got {tasks!r}")
+    out = [parse_task(t).task for t in items]
+    if len(set(out)) != len(out):
+        raise UsageError(f"TASK lists a task twice: {', '.join(out)}")
+    return out
+
+
+def run_units(cfg: CollectConfig, tasks: list[str] | tuple[str, ...], seeds: list[int] | tuple[int, ...],
+              store: ArtifactStore, *, executor: Any = None, force: bool = False,
+              progress: bool = True) -> list[Artifact]:
+    """collect-experts for every (task, seed), task-major, through ``executor``: one (expert, demos)
+    pair each. Returns the demos artifacts in that order.
+
+    Each unit calls :func:`run` with ``cfg`` for its task and seed, so its artifacts (keys, files,
+    dataset bytes) are those of a single ``cdred collect-experts TASK --seed S`` run; a unit whose
+    artifacts are complete is served from the cache, a killed one resumes. Every task id and every
+    unit's config is checked before any unit starts (an unknown task, ``--policy scripted`` on a
+    non-Meta-World task, ``--checkpoint`` with several tasks: one-line UsageError).
+    ``executor``: :func:`cdred_pipeline.executor.make_executor` (default: one unit after the other here).
     """
     from cdred_pipeline.executor import make_executor
 
+    tasks = parse_tasks(list(tasks))
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds needs distinct integers, got {seeds}")
+    if cfg.policy == "checkpoint" and len(tasks) > 1:
+        raise UsageError(f"--checkpoint is the expert of one task, got {len(tasks)} tasks; "
+                         "pass one TASK with --checkpoint (or train experts for several tasks)")
+    cfgs = [replace(cfg, task=t, seed=s) for t in tasks for s in seeds]  # checks every unit's config now
     ex = executor if executor is not None else make_executor("local")
     inline = progress and ex.kind == "local"
-    units = [(replace(cfg, seed=s), str(Path(store.root).resolve()), force, inline) for s in seeds]
-    outs = ex.map(_seed_unit, units, desc=f"collect-experts {cfg.task} x {len(seeds)} seeds", progress=progress)
+    root = str(Path(store.root).resolve())
+    what = tasks[0] if len(tasks) == 1 else f"{len(tasks)} tasks"
+    outs = ex.map(_seed_unit, [(c, root, force, inline) for c in cfgs],
+                  desc=f"collect-experts {what} x {len(seeds)} seeds", progress=progress)
     arts = []
     for out in outs:
         art = store.get(DEMO_STAGE, out["key"])
         if art is None:
-            raise CdredError(f"seed {out['seed']}: the worker reported demos/{out['key']} but {store.root} does not "
-                             "hold it; on a cluster, --workdir must be a folder every node sees (shared filesystem)")
+            raise CdredError(f"{out['task']} seed {out['seed']}: the worker reported demos/{out['key']} but "
+                             f"{store.root} does not hold it; on a cluster, --workdir must be a folder every node "
+                             "sees (shared filesystem)")
         arts.append(art)
     return arts
+
+
+def run_seeds(cfg: CollectConfig, seeds: list[int] | tuple[int, ...], store: ArtifactStore, *,
+              executor: Any = None, force: bool = False, progress: bool = True) -> list[Artifact]:
+    """collect-experts for every seed of ``cfg.task``: :func:`run_units` with one task."""
+    return run_units(cfg, [cfg.task], seeds, store, executor=executor, force=force, progress=progress)
