@@ -259,28 +259,40 @@ def _progress(ctx: click.Context) -> bool:
 @click.option("--episode-length", type=int, default=None, help="Agent steps per episode (task default if unset).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--seeds", default=None,
-              help="Comma list of seeds (e.g. 0,1,2): one expert and dataset per seed, through the executor "
-                   "(--workers / --ray-address); replaces --seed.")
+              help="Comma list of seeds (e.g. 0,1,2): one expert and dataset per (task, seed), through the "
+                   "executor (--workers / --ray-address); replaces --seed.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="With --seeds: seeds run in this many local processes (or Ray CPUs with --ray-address local).")
+              help="With --seeds or several tasks: (task, seed) units run in this many local processes "
+                   "(or Ray CPUs with --ray-address local).")
 @click.option("--ray-address", default=None,
-              help="With --seeds: run seeds as Ray tasks: 'local' (a private Ray on this machine), 'auto' "
+              help="With --seeds or several tasks: run (task, seed) units as Ray tasks: 'local' (a private Ray "
+                   "on this machine), 'auto' "
                    "(the cluster this machine joined) or HOST:PORT. --workdir must be on storage every node sees.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--plan/--no-plan", default=None, help="Act with MPPI planning or the policy prior (preset default).")
+@click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Environments stepped together while collecting (expert and random-baseline episodes), "
+                   "one batched policy call per step (MPPI: one plan per env, envs still step together; "
+                   "scripted: per env). Does not change the data: episode i has the same seed, actions and "
+                   "states whatever N (the policy prior acts on batches padded to 8 rows), so N is not part "
+                   "of the cache key.")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
 def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoint: str | None, **opts) -> None:
-    """Train (or load) an expert for TASK and collect its demonstrations into demos.zarr."""
-    from cdred_pipeline.envs import parse_task
+    """Train (or load) an expert for TASK and collect its demonstrations into demos.zarr.
+
+    TASK may be a comma list (dmc:cartpole-balance,dmc:reacher-easy): one expert and dataset per
+    (task, seed), run through the executor like --seeds, each identical to running it alone.
+    """
     from cdred_pipeline.stages import collect_experts as stage
 
     force = opts.pop("force")
     seeds, workers, ray_address = opts.pop("seeds"), opts.pop("workers"), opts.pop("ray_address")
+    tasks = stage.parse_tasks(task)  # every id checked before anything runs
     policy = policy or ("checkpoint" if checkpoint else "tdmpc2")
-    cfg = stage.CollectConfig(task=parse_task(task).task, policy=policy, checkpoint=checkpoint, **opts)
-    if seeds is not None or workers is not None or ray_address is not None:
-        _collect_seeds(ctx, stage, cfg, seeds, workers, ray_address, force)
+    cfg = stage.CollectConfig(task=tasks[0], policy=policy, checkpoint=checkpoint, **opts)
+    if len(tasks) > 1 or seeds is not None or workers is not None or ray_address is not None:
+        _collect_seeds(ctx, stage, cfg, tasks, seeds, workers, ray_address, force)
         return
     art = stage.run(cfg, _store(ctx), force=force, progress=_progress(ctx))
     expert = _store(ctx).get(stage.EXPERT_STAGE, art.manifest["inputs"]["expert"])
@@ -308,18 +320,20 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     return out
 
 
-def _collect_seeds(ctx: click.Context, stage, cfg, seeds: str | None, workers: int | None, ray_address: str | None,
-                   force: bool) -> None:
-    """collect-experts over seeds through the executor; one line per seed."""
+def _collect_seeds(ctx: click.Context, stage, cfg, tasks: list[str], seeds: str | None, workers: int | None,
+                   ray_address: str | None, force: bool) -> None:
+    """collect-experts over tasks x seeds through the executor; one line per (task, seed)."""
     from cdred_pipeline.executor import executor_for
 
     seed_list = _int_list(seeds, "--seeds") if seeds is not None else (cfg.seed,)
     with executor_for(workers, ray_address) as ex:
-        arts = stage.run_seeds(cfg, seed_list, _store(ctx), executor=ex, force=force, progress=_progress(ctx))
-    for seed, art in zip(seed_list, arts):
+        arts = stage.run_units(cfg, tasks, seed_list, _store(ctx), executor=ex, force=force, progress=_progress(ctx))
+    units = [(t, s) for t in tasks for s in seed_list]
+    for (task, seed), art in zip(units, arts):
         s = (art.manifest.get("scores") or {}).get("expert") or {}
         ret = f"expert return {s['return_mean']:9.2f} ± {s['return_std']:.2f}" if s else ""
-        click.echo(f"seed {seed}: {art.path / stage.DATASET_NAME}  ({art.manifest.get('episodes')} episodes, "
+        who = f"seed {seed}" if len(tasks) == 1 else f"{task} seed {seed}"
+        click.echo(f"{who}: {art.path / stage.DATASET_NAME}  ({art.manifest.get('episodes')} episodes, "
                    f"{art.manifest.get('steps')} steps)  {ret}  key: {art.key}")
 
 
