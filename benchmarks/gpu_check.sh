@@ -57,7 +57,7 @@ else
         "${PIP[@]}" "$REPO"
     fi
 fi
-CDRED=("$VPY" -c "import sys, cli; sys.argv[0] = 'cdred'; sys.exit(cli.main())")
+CDRED=("$VPY" -P -c "import sys, cli; sys.argv[0] = 'cdred'; sys.exit(cli.main())")
 
 echo "== CUDA"
 "$VPY" - <<'EOF'
