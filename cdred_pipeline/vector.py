@@ -148,20 +148,23 @@ BatchAct = Callable[[np.ndarray, list[Slot]], np.ndarray]
 
 def run_vector_episodes(envs: Sequence[Any], seeds: Sequence[int], act: BatchAct,
                         make_recorder: Callable[[int], EpisodeRecorder], *,
-                        on_episode: Callable[[int, Any], None] | None = None, keep: bool = True) -> list[Any]:
-    """Run ``len(seeds)`` episodes on the envs stepped together, one ``act`` call per step.
+                        on_episode: Callable[[int, Any], None] | None = None, keep: bool = True,
+                        start: int = 0) -> list[Any]:
+    """Run episodes ``start .. len(seeds) - 1`` on the envs stepped together, one ``act`` call per step.
 
     Episode ``i`` is reset with ``seeds[i]`` on whichever env is free (envs take the next episode in
     index order, lowest env first), so it runs as it would alone when ``act`` gives each row the
     action it would give that observation alone. ``on_episode(i, result)`` is called as episodes end
-    (not in index order when several envs run); returns the results in index order (``None``s when
-    ``keep`` is False: a caller that writes results as they come need not hold them all).
+    (not in index order when several envs run); returns the results by index (``None`` before
+    ``start``, and everywhere when ``keep`` is False: a caller that writes results as they come need
+    not hold them all). ``start``: resume a run whose first episodes are done (``Slot.index`` stays
+    the episode's index in ``seeds``).
     """
-    todo = list(range(len(seeds)))
+    todo = list(range(start, len(seeds)))
     slots: list[Slot | None] = [None] * len(envs)
     results: list[Any] = [None] * len(seeds)
 
-    def start(k: int) -> None:
+    def begin(k: int) -> None:
         if not todo:
             slots[k] = None
             return
@@ -172,7 +175,7 @@ def run_vector_episodes(envs: Sequence[Any], seeds: Sequence[int], act: BatchAct
         slots[k] = Slot(index=i, seed=int(seeds[i]), obs=obs, recorder=rec)
 
     for k in range(len(envs)):
-        start(k)
+        begin(k)
     while any(s is not None for s in slots):
         active = [k for k, s in enumerate(slots) if s is not None]
         batch = [slots[k] for k in active]
@@ -189,7 +192,7 @@ def run_vector_episodes(envs: Sequence[Any], seeds: Sequence[int], act: BatchAct
                     results[s.index] = out
                 if on_episode is not None:
                     on_episode(s.index, out)
-                start(k)
+                begin(k)
     return results
 
 
