@@ -146,7 +146,7 @@ def _flushed_episodes(root: Path) -> int:
 
 def test_killed_vector_collection_resumes_and_equals_the_single_env_run(tmp_path):
     ckpt = _checkpoint(tmp_path / "prior.pt", plan=False)
-    n = 60
+    n = 40
     args = ("collect-experts", TASK, "--checkpoint", str(ckpt), "--episodes", str(n), "--random-episodes", "0",
             "--episode-length", str(LENGTH), "--device", "cpu", "--num-envs", "3")
     killed = tmp_path / "killed"
