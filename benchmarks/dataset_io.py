@@ -3,8 +3,11 @@
 Prints:
   * write and read throughput (MB/s) of 1M steps x 39 float32 (156 MB) through the store's chunked
     writer vs ``numpy.save``/``numpy.load`` of the same bytes, both including ``fsync`` (bytes on
-    disk, not only in the page cache), in the same folder;
-  * the compression ratio of that array (Blosc zstd, byte shuffle);
+    disk, not only in the page cache), in the same folder: numpy.save, then fsync of the .npy file
+    and of the folder holding it; the store's own durable path (the column's flush fsyncs every chunk
+    file and chunk folder, then every other file and folder is fsynced as ``EpisodeWriter.close``
+    does, then the folder holding the store);
+  * the compression ratio of that array (Blosc lz4 under the default `auto` policy, byte shuffle);
   * the same for whole episodes through :class:`EpisodeWriter` (obs, action, reward, terminated,
     physics_state) and the per-array compression ratios;
   * append linearity: 1000 episodes appended one by one, time per episode over the first vs the last
@@ -34,21 +37,25 @@ import numpy as np
 from cdred_pipeline.datasets import EpisodeSampler, EpisodeWriter, load_episodes, open_dataset
 from cdred_pipeline.datasets import layout as L
 from cdred_pipeline.datasets.synthetic import default_attrs
-from cdred_pipeline.datasets.writer import _Column
+from cdred_pipeline.datasets.writer import _Column, _fsync_tree
+
+
+def fsync_path(path: Path) -> None:
+    """fsync one file or folder."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_tree(path: Path) -> None:
-    """fsync every file under ``path`` (or the file itself) and its folders."""
-    paths = [path] if path.is_file() else [Path(r) / f for r, _, fs in os.walk(path) for f in fs]
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+    """fsync ``path`` (a file, or every file and folder under a folder) and the folder holding it."""
     if path.is_dir():
-        for r, _, _ in os.walk(path):
-            fd = os.open(r, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+        _fsync_tree(path)
+    else:
+        fsync_path(path)
+    fsync_path(path.parent)
 
 
 def du(path: Path) -> int:
@@ -92,8 +99,9 @@ def bench_array(x: np.ndarray, root: Path, repeats: int, episode_len: int, compr
         col = _Column.create(g, "obs", (x.shape[1],), "float32", L.DEFAULT_CHUNK_BYTES, compression)
         for s in range(0, len(x), episode_len):  # appended episode by episode, as a collector does
             col.append(x[s:s + episode_len])
-        col.flush()
-        fsync_tree(store)
+        col.flush()  # writes the tail chunk and fsyncs every chunk file and chunk folder (concurrently)
+        _fsync_tree(store, skip=col.synced)  # the rest, as EpisodeWriter.close does: zarr.json files, folders
+        fsync_path(root)  # the entry of x.zarr, like numpy's side fsyncs the entry of x.npy
         return time.perf_counter() - t
 
     def z_read() -> float:

@@ -427,3 +427,64 @@ def test_writer_works_in_a_forked_child_after_the_parent_wrote(tmp_path):
 def _child_write(path: str) -> int:
     write_random_dataset(path, [300, 200], chunk_bytes=512, seed=1)
     return open_dataset(path).num_steps
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fsynced files through /proc/self/fd")
+def test_every_file_is_fsynced_before_the_store_is_published(tmp_path, monkeypatch):
+    """Durability with the writer threads' deferred fsyncs: a flush fsyncs every chunk file and chunk
+    folder it wrote before meta/episode_ends commits them; close fsyncs every file and folder of the
+    store before the rename that publishes it, without a second fsync of chunk files the last flush
+    synced. os.fsync and os.replace are the real calls, only recorded."""
+    import threading
+
+    from cdred_pipeline.datasets import writer as W
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        with lock:
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src, dst, *args, **kwargs) -> None:
+        real_replace(src, dst, *args, **kwargs)
+        with lock:
+            events.append(("replace", os.path.realpath(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    rng = np.random.default_rng(3)
+    eps = [random_episode(rng, n, seed=i) for i, n in enumerate([40, 7, 90])]
+    path = tmp_path / "d.zarr"
+    w = EpisodeWriter(path, default_attrs(), chunk_bytes=1024)
+    tmp = os.path.realpath(L.partial_path(path))
+    for ep in eps[:2]:
+        w.append_episode(**ep)
+    assert w._columns["data/obs"]._direct is not None, "the writer threads' chunk path is not in use"
+    assert W._blosc_ctx() is not None, "c-blosc's blosc_compress_ctx not found: the slow Blosc.encode path is used"
+    w.flush()
+
+    def synced_before(i: int) -> set[str]:
+        return {p for kind, p in events[:i] if kind == "fsync"}
+
+    commit = next(i for i, (kind, p) in enumerate(events)
+                  if kind == "replace" and p.startswith(os.path.join(tmp, "meta", "episode_ends", "c")))
+    data_chunks = {p for kind, p in events[:commit] if kind == "replace" and "/data/" in p and "/c/" in p}
+    assert data_chunks and data_chunks | {os.path.dirname(p) for p in data_chunks} <= synced_before(commit)
+
+    w.append_episode(**eps[2])
+    w.close()
+    publish = next(i for i, (kind, p) in enumerate(events) if kind == "replace" and p == os.path.realpath(path))
+    on_disk = {os.path.join(r, n) for r, ds, fs in os.walk(path) for n in ds + fs} | {str(path)}
+    as_partial = {os.path.realpath(p).replace(os.path.realpath(path), tmp, 1) for p in on_disk}
+    assert as_partial <= synced_before(publish), sorted(as_partial - synced_before(publish))[:5]
+    for chunk in {p for kind, p in events[:publish] if kind == "replace" and "/c/" in p}:
+        writes = sum(1 for kind, p in events[:publish] if kind == "replace" and p == chunk)
+        syncs = sum(1 for kind, p in events[:publish] if kind == "fsync" and p == chunk)
+        assert syncs == writes, f"{chunk}: written {writes}x, fsynced {syncs}x"
+    ds = open_dataset(path)
+    assert validate(path) == []
+    for i, ep in enumerate(eps):
+        _assert_episode(ds.episode(i), ep)
