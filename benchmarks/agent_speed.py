@@ -61,6 +61,8 @@ def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
     rss_before = _rss_mb()
     obs_shape = (9, 64, 64) if args.pixels else (args.obs_dim,)
     A = args.action_dim
@@ -126,7 +128,7 @@ def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
     res = {
         "preset": preset, "device": str(dev), "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                                                               else platform.processor() or platform.machine()),
-        "threads": torch.get_num_threads(), "cuda_graphs": agent.cuda_graphs, "compile": cfg.compile, "obs_shape": list(obs_shape), "action_dim": A,
+        "threads": torch.get_num_threads(), "cuda_graphs": agent.cuda_graphs, "compile": cfg.compile, "tf32": bool(args.tf32), "obs_shape": list(obs_shape), "action_dim": A,
         "params_trainable": agent.num_params(), "params_without_reward_head": agent.num_params(include_reward=False),
         "batch_size": cfg.batch_size, "horizon": cfg.horizon, "updates_per_s": upd_s, "update_iters": iters,
         "mppi": {"num_samples": cfg.num_samples, "num_pi_trajs": cfg.num_pi_trajs, "num_elites": cfg.num_elites,
@@ -157,6 +159,7 @@ def main() -> None:
     p.add_argument("--plan-iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the world-model loss (cfg.compile)")
+    p.add_argument("--tf32", action="store_true", help="CUDA: TF32 tensor-core matmuls (torch.set_float32_matmul_precision('high'))")
     p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="CUDA: capture update and plan as CUDA graphs (auto: on; 'off' measures eager PyTorch)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "agent_speed.json")

@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--plan", action=argparse.BooleanOptionalAction, default=True, help="MPPI (default) or policy prior")
     ap.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--compile", action="store_true", help="torch.compile the world-model loss (cfg.compile)")
+    ap.add_argument("--tf32", action="store_true", help="CUDA: TF32 tensor-core matmuls (torch.set_float32_matmul_precision('high'))")
     ap.add_argument("--steps", type=int, default=3000, help="agent steps in all, seeding included")
     ap.add_argument("--seed-steps", type=int, default=500)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch default)")
@@ -44,6 +45,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
     spec = make_env(args.task, seed=0).spec_info
     cfg = AgentConfig.preset(args.preset, plan=args.plan, episode_length=spec.episode_length, compile=args.compile)
     agent = TDMPC2Agent(cfg, spec.obs_shape, spec.action_dim, device=args.device,
@@ -63,12 +66,12 @@ def main() -> None:
     res = {
         "task": args.task, "preset": args.preset, "device": str(agent.device),
         "device_name": torch.cuda.get_device_name(agent.device) if agent.device.type == "cuda" else "cpu",
-        "cuda_graphs": agent.cuda_graphs, "compile": cfg.compile, "plan": cfg.plan, "threads": torch.get_num_threads(),
+        "cuda_graphs": agent.cuda_graphs, "compile": cfg.compile, "tf32": bool(args.tf32), "plan": cfg.plan, "threads": torch.get_num_threads(),
         "params": agent.num_params(), "batch_size": cfg.batch_size, "timed_agent_steps": steps,
         "agent_steps_per_s": steps / wall, "env_steps_per_s": steps * spec.action_repeat / wall,
         "total_s": time.time() - t0, "torch": torch.__version__,
     }
-    print(f"{args.task} {args.preset} {res['device']} graphs={'on' if res['cuda_graphs'] else 'off'} compile={'on' if cfg.compile else 'off'} "
+    print(f"{args.task} {args.preset} {res['device']} graphs={'on' if res['cuda_graphs'] else 'off'} compile={'on' if cfg.compile else 'off'} tf32={'on' if args.tf32 else 'off'} "
           f"{'MPPI' if cfg.plan else 'policy'}: {res['agent_steps_per_s']:.1f} agent steps/s "
           f"({res['env_steps_per_s']:.1f} env steps/s) over {steps} steps; {res['total_s']:.0f} s in all", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
