@@ -28,6 +28,7 @@ Design (ARCHITECTURE §6):
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import shutil
 import threading
@@ -186,7 +187,8 @@ class _Column:
         self.dtype = np.dtype(array.dtype)
         n = int(array.shape[0]) if length is None else int(length)
         self.base = (n // self.rows) * self.rows
-        self._direct = _DirectChunks.for_array(array)
+        # zarr's own write path for rows of width 0 (no chunk files) and arrays the threads cannot write
+        self._direct = _DirectChunks.for_array(array) if math.prod(self.row_shape) > 0 else None
         self._pending: list[Future] = []
         self._dirty_files: set[str] = set()
         self._dirty_dirs: set[str] = set()
@@ -199,6 +201,8 @@ class _Column:
         # batch buffers handed to the writer threads, with their chunk writes: reused once those are
         # done, since touching fresh pages costs more than the copy into them (page faults)
         self._inflight: list[tuple[np.ndarray, list[Future]]] = []
+        self._buf_futures: list[Future] = []  # the chunk writes from the current buffer
+        self._sent = 0  # rows of the current buffer already handed to the writer threads, in whole chunks
         if n > self.base:
             self.append(np.asarray(array[self.base:n]))
 
@@ -221,7 +225,8 @@ class _Column:
         return self.base + self._nbuf
 
     def append(self, rows: np.ndarray) -> None:
-        """Copy ``rows`` into the buffer (the caller may reuse its arrays); write whole batches."""
+        """Copy ``rows`` into the buffer (the caller may reuse its arrays); each chunk goes to the
+        writer threads as soon as its rows are complete."""
         rows = np.asarray(rows)
         while len(rows):
             if self._nbuf == len(self._buf):
@@ -230,6 +235,8 @@ class _Column:
             self._buf[self._nbuf:self._nbuf + k] = rows[:k]
             self._nbuf += k
             rows = rows[k:]
+            if self._direct is not None:
+                self._send_full_chunks()
             if self._nbuf >= self.batch_rows:
                 self._write(partial=False)
 
@@ -274,8 +281,38 @@ class _Column:
         self.synced.discard(file)
         self.synced.difference_update(dirs)
 
+    def _submit(self, start: int, stop: int) -> None:
+        """Hand buffer rows ``start:stop`` (one chunk, or the partial tail chunk) to the writer threads.
+
+        The array's shape (zarr.json) is raised by :meth:`flush`, once, not per chunk: chunk files
+        beyond the recorded shape are ignored by readers and by resume until then.
+        """
+        f = _pool().submit(self._direct.write, (self.base + start) // self.rows, self._buf[start:stop], self.rows)
+        self._pending.append(f)
+        self._buf_futures.append(f)
+        while len(self._pending) > 4 * _POOL_WORKERS:
+            self._written(self._pending.pop(0))
+
+    def _send_full_chunks(self) -> None:
+        # a sent chunk's rows are never modified: appends only fill rows after them
+        while self._nbuf - self._sent >= self.rows:
+            self._submit(self._sent, self._sent + self.rows)
+            self._sent += self.rows
+
     def _write(self, partial: bool) -> None:
+        """Write the complete chunks (and with ``partial`` the tail chunk) of the buffer; once the
+        buffer is full, continue in another one."""
         if self._nbuf == 0:
+            return
+        if self._direct is not None:
+            self._send_full_chunks()
+            if partial and self._nbuf > self._sent:
+                self.wait()  # the tail chunk is rewritten later: never two writes of one file in flight
+                self._submit(self._sent, self._nbuf)
+            if self._nbuf == self.batch_rows:  # every chunk of this buffer is sent
+                self._inflight.append((self._buf, self._buf_futures))
+                self.base += self._nbuf
+                self._buf, self._buf_futures, self._nbuf, self._sent = self._spare_buffer(), [], 0, 0
             return
         data = self._buf[:self._nbuf]
         full = (len(data) // self.rows) * self.rows
@@ -283,29 +320,14 @@ class _Column:
         if n == 0:
             return
         end = self.base + n
-        futures: list[Future] = []
-        if self._direct is not None and data.size:
-            # the array's shape (zarr.json) is raised by flush(), once, not per batch: chunk files
-            # beyond the recorded shape are ignored by readers and by resume until then
-            if partial:
-                self.wait()  # the tail chunk may be rewritten later: never two writes of one file in flight
-            first = self.base // self.rows
-            for j in range(0, n, self.rows):
-                # the chunk's rows are handed over: this buffer is not written again until they are on disk
-                futures.append(_pool().submit(self._direct.write, first + j // self.rows,
-                                              data[j:j + self.rows], self.rows))
-            self._pending.extend(futures)
-            while len(self._pending) > 4 * _POOL_WORKERS:
-                self._written(self._pending.pop(0))
-        elif data.size:
-            if self.array.shape[0] < end:
-                self.array.resize((end, *self.row_shape))
+        if self.array.shape[0] < end:
+            self.array.resize((end, *self.row_shape))
+        if data.size:  # rows of width 0 (no physics state) have no chunk files
             self.array[self.base:end] = data[:n]
         rest = data[full:]
         self.base += full
-        if full:  # the written rows now belong to the writer threads: continue in another full-size buffer
-            self._inflight.append((self._buf, futures))
-            buf = self._spare_buffer()
+        if full:
+            buf = np.empty((self.batch_rows, *self.row_shape), dtype=self.dtype)
             buf[:len(rest)] = rest
             self._buf = buf
         self._nbuf = len(rest)
