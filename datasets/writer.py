@@ -493,7 +493,12 @@ class _DirectChunks:
         path = os.path.join(self.folder, self.chunk_key(index))
         folder = os.path.dirname(path)
         dirs = [folder]
-        if not os.path.isdir(folder):
+        try:  # each chunk has a folder of its own (c/<index>/): one mkdir, no stat, in the usual case
+            os.mkdir(folder)
+            dirs.append(os.path.dirname(folder))  # its parent got a new entry
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # the first chunk: c/ is new too
             d = folder
             while not os.path.isdir(d):  # each created folder's parent gets a new entry
                 d = os.path.dirname(d)
