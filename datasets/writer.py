@@ -171,8 +171,9 @@ class _Column:
     """One zarr array appended along axis 0 in whole chunks.
 
     ``base`` is the chunk-aligned row where the in-memory buffer starts; the rows before it are on
-    disk in whole chunks. :meth:`flush` also writes the buffered partial chunk but keeps it in
-    memory, so the next write rewrites that chunk without reading it back.
+    disk in whole chunks. Each chunk goes to the writer threads as soon as its rows are complete.
+    :meth:`flush` also writes the buffered partial chunk but keeps it in memory, so the next write
+    rewrites that chunk without reading it back.
 
     Durability: the writer threads only compress and write; :meth:`flush` waits for them and then
     fsyncs every chunk file and chunk folder written since the last flush (concurrently, see
