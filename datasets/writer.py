@@ -69,7 +69,10 @@ class _Lock:
             self._fh = None
 
 
-def _fsync_dir(path: Path | str) -> None:
+def _fsync_path(path: Path | str, *, strict: bool) -> None:
+    """fsync a file or folder; one that cannot be opened (removed meanwhile) is skipped. ``strict``:
+    fsync errors raise (files: their bytes must be on disk); else they are ignored (folders: some
+    filesystems refuse to fsync a directory)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -77,21 +80,18 @@ def _fsync_dir(path: Path | str) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if strict:
+            raise
     finally:
         os.close(fd)
+
+
+def _fsync_dir(path: Path | str) -> None:
+    _fsync_path(path, strict=False)
 
 
 def _fsync_file(path: str) -> None:
-    """fsync one file; a file that cannot be opened (removed meanwhile) is skipped, fsync errors raise."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_path(path, strict=True)
 
 
 def _load_sync_file_range() -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.datasets import open_dataset, validate  # noqa: E402
 from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
-from cli_helpers import kill_cli_when, one_line_error as _one_line_error, run_cli as _cli  # noqa: E402
+from cli_helpers import one_line_error as _one_line_error, run_cli as _cli  # noqa: E402
+from store_helpers import kill_collection_midway  # noqa: E402
 
 torch.set_num_threads(1)
 MW_TASK, DMC_TASK = "mw:box-close", "dmc:cartpole-balance"
@@ -185,29 +185,12 @@ def test_bad_checkpoint_leaves_no_artifact(cartpole, tmp_path, case):
 
 
 # ------------------------------------------------------------------------------------- resume
-def _flushed_episodes(root: Path) -> int:
-    """Episodes committed to the partial store of a running collection (meta/episode_ends rows > 0)."""
-    import zarr
-
-    for store in (root / ce.DEMO_STAGE).glob(".*.partial/.demos.zarr.partial"):
-        try:
-            ends = np.asarray(zarr.open_array(store / "meta" / "episode_ends", mode="r")[:])
-        except Exception:  # noqa: BLE001 - the array may not exist yet, or be mid-write
-            return 0
-        return int(np.count_nonzero(ends))
-    return 0
-
-
 def test_killed_collection_resumes_and_equals_uninterrupted_run(tmp_path):
     n = 30
     args = ("collect-experts", MW_TASK, "--policy", "scripted", "--episodes", str(n), "--random-episodes", "2",
             "--episode-length", "50")
     killed = tmp_path / "killed"
-    returncode = kill_cli_when(killed, args, lambda: _flushed_episodes(killed) >= 1, timeout=120,
-                               what="no episode flushed")
-    assert returncode == -signal.SIGKILL
-    done = _flushed_episodes(killed)
-    assert 1 <= done < n, f"{done} episodes flushed before the kill (need a partial collection)"
+    kill_collection_midway(killed, args, at_least=1, total=n)
     assert _complete(killed, ce.DEMO_STAGE) == []
 
     res = _cli(killed, *args)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,8 @@ from cdred_pipeline.agent import AgentConfig, TDMPC2Agent  # noqa: E402
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.datasets import open_dataset, validate  # noqa: E402
 from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
-from cli_helpers import kill_cli_when, one_line_error, run_cli  # noqa: E402
+from cli_helpers import one_line_error, run_cli  # noqa: E402
+from store_helpers import assert_same_zarr, kill_collection_midway  # noqa: E402
 
 torch.set_num_threads(1)
 TASK, LENGTH = "dmc:cartpole-balance", 30
@@ -41,30 +41,10 @@ def _checkpoint(path: Path, plan: bool) -> Path:
     return path
 
 
-def _arrays(group, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for name, item in group.members():
-        if hasattr(item, "shape"):
-            out[prefix + name] = np.asarray(item[:])
-        else:
-            out.update(_arrays(item, f"{prefix}{name}/"))
-    return out
-
-
 def _assert_same_store(a: Path, b: Path, *, ignore_sha: bool = False) -> None:
     """Every data/ and meta/ array bitwise equal (same dtype), attrs equal."""
-    import zarr
-
-    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
-    xa, xb = _arrays(ga), _arrays(gb)
-    assert sorted(xa) == sorted(xb) and "data/physics_state" in xa and "meta/seed" in xa
-    for k in xa:
-        assert xa[k].dtype == xb[k].dtype and np.array_equal(xa[k], xb[k]), k
-    attrs_a, attrs_b = dict(ga.attrs), dict(gb.attrs)
-    if ignore_sha:  # a trained checkpoint stores its wall time, so two trainings never hash alike
-        sha = [x["source"].pop("checkpoint_sha256") for x in (attrs_a, attrs_b)]
-        assert all(len(h) == 64 for h in sha)
-    assert attrs_a == attrs_b
+    xa = assert_same_zarr(a, b, ignore_sha=ignore_sha)
+    assert "data/physics_state" in xa and "meta/seed" in xa
 
 
 def _check_against_manifest(art, episodes: int, length: int) -> None:
@@ -131,29 +111,13 @@ def test_scripted_metaworld_acts_per_env_and_gives_the_single_env_dataset(tmp_pa
     _assert_same_store(arts[0].path / ce.DATASET_NAME, arts[1].path / ce.DATASET_NAME)
 
 
-def _flushed_episodes(root: Path) -> int:
-    """Episodes committed to the partial store of a running collection (meta/episode_ends rows > 0)."""
-    import zarr
-
-    for store in (root / ce.DEMO_STAGE).glob(".*.partial/.demos.zarr.partial"):
-        try:
-            ends = np.asarray(zarr.open_array(store / "meta" / "episode_ends", mode="r")[:])
-        except Exception:  # noqa: BLE001 - the array may not exist yet, or be mid-write
-            return 0
-        return int(np.count_nonzero(ends))
-    return 0
-
-
 def test_killed_vector_collection_resumes_and_equals_the_single_env_run(tmp_path):
     ckpt = _checkpoint(tmp_path / "prior.pt", plan=False)
     n = 40
     args = ("collect-experts", TASK, "--checkpoint", str(ckpt), "--episodes", str(n), "--random-episodes", "0",
             "--episode-length", str(LENGTH), "--device", "cpu", "--num-envs", "3")
     killed = tmp_path / "killed"
-    code = kill_cli_when(killed, args, lambda: _flushed_episodes(killed) >= 2, timeout=120, what="no episode flushed")
-    assert code == -signal.SIGKILL
-    done = _flushed_episodes(killed)
-    assert 2 <= done < n, f"{done} episodes flushed before the kill (need a partial collection)"
+    done = kill_collection_midway(killed, args, at_least=2, total=n)
     assert _complete(killed, ce.DEMO_STAGE) == []
     res = run_cli(killed, *args)
     assert res.returncode == 0, res.stderr

@@ -23,7 +23,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -31,6 +30,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned workers inherit sys.path
 import executor_units as U  # noqa: E402
+from store_helpers import assert_same_zarr  # noqa: E402
 
 from cdred_pipeline.agent import AgentConfig, TDMPC2Agent  # noqa: E402
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
@@ -216,20 +216,8 @@ def test_ray_retries_a_unit_that_fails_once(ray_address, tmp_path):
     assert ray.is_initialized()  # an instance the executor did not start is left running
 
 
-def _arrays(group, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for name, item in group.members():
-        if hasattr(item, "shape"):
-            out[prefix + name] = np.asarray(item[:])
-        else:
-            out.update(_arrays(item, f"{prefix}{name}/"))
-    return out
-
-
 @needs_ray
 def test_collect_experts_over_seeds_on_ray_equals_the_local_executor(ray_address, tmp_path):
-    import zarr
-
     cfg = ce.CollectConfig(task=TASK, preset="tiny", train_steps=200, episodes=2, random_episodes=1,
                            episode_length=25, plan=False, device="cpu")  # the CLI's defaults otherwise
     local = ce.run_seeds(cfg, [0, 1], ArtifactStore(tmp_path / "local"), progress=False)
@@ -244,17 +232,10 @@ def test_collect_experts_over_seeds_on_ray_equals_the_local_executor(ray_address
     for seed, art in zip((0, 1), local):
         assert f"key: {art.key}" in lines[seed]
         other = tmp_path / "ray" / ce.DEMO_STAGE / art.key
-        a = zarr.open_group(str(art.path / ce.DATASET_NAME), mode="r")
-        b = zarr.open_group(str(other / ce.DATASET_NAME), mode="r")
-        arrays_a, arrays_b = _arrays(a), _arrays(b)
-        assert sorted(arrays_a) == sorted(arrays_b) and any(k.startswith("meta/") for k in arrays_a)
-        for k in arrays_a:
-            assert arrays_a[k].dtype == arrays_b[k].dtype and np.array_equal(arrays_a[k], arrays_b[k]), k
-        # attrs are equal except the checkpoint's sha256: the trainer stores its wall time
-        # (extra.trainer.elapsed_s) in agent.pt, so two runs of the same expert never hash alike
-        attrs_a, attrs_b = dict(a.attrs), dict(b.attrs)
-        sha = [x["source"].pop("checkpoint_sha256") for x in (attrs_a, attrs_b)]
-        assert attrs_a == attrs_b and all(len(h) == 64 for h in sha)
+        # bitwise equal arrays; attrs equal except the checkpoint's sha256 (the trainer stores its
+        # wall time in agent.pt, so two runs of the same expert never hash alike)
+        arrays = assert_same_zarr(art.path / ce.DATASET_NAME, other / ce.DATASET_NAME, ignore_sha=True)
+        assert any(k.startswith("meta/") for k in arrays)
         man_a = json.loads((art.path / "manifest.json").read_text())
         man_b = json.loads((other / "manifest.json").read_text())
         assert man_a["inputs"] == man_b["inputs"] and man_a["scores"] == man_b["scores"]
