@@ -6,7 +6,7 @@
 
 Part 1: env steps/s of evaluation on dmc:cartpole-balance with the policy prior (eval mode) for 1
 env (``agent.act`` per step, as ``cdred evaluate``) against K envs stepped together with ONE batched
-policy call per step (``--num-envs K``, :func:`cdred_pipeline.stages.evaluate.run_eval_episodes_batched`).
+policy call per step (``--num-envs K``, :func:`cdred_pipeline.vector.run_eval_episodes_batched`).
 Both run the same episode seeds; the returns are compared (max |diff|). "env steps" are simulator
 steps (agent steps x action repeat), as the issue and TD-MPC2 count them; agent steps/s are shown too.
 

@@ -24,8 +24,7 @@ import numpy as np
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import CdredError, UsageError
 # the batched-acting machinery is shared with collect-experts --num-envs
-from cdred_pipeline.vector import (act_batch, run_eval_episodes_batched, single_thread as _single_thread,  # noqa: F401
-                                   torch_no_grad)
+from cdred_pipeline.vector import run_eval_episodes_batched, single_thread as _single_thread
 
 STAGE, VERSION = "eval", 1
 BOOTSTRAP_SAMPLES = 2000
