@@ -6,8 +6,8 @@ and --reward red, as a fraction of the expert's return, and the wall time.
 
 The demos come from the trained expert acting as it was trained, with its policy prior (``--demo-policy
 prior``, what ``collect-experts`` writes); ``--demo-policy plan`` records it acting with MPPI instead
-(``collect-experts --policy checkpoint --plan``): smoother on reacher-easy (10 of 10 targets reached
-against 8 of 10), jittery actions on cartpole-balance. docs/learning.md has both settings' curves.
+(``collect-experts --policy checkpoint --plan``): it reaches 10 of 10 reacher-easy targets (the prior 8)
+but jitters on cartpole-balance. docs/learning.md has both settings' curves.
 Evaluations average ``--eval-episodes`` episodes (20 by default: five cannot tell a collapse from
 the spread of reacher-easy's random target positions).
 
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--rewards", default="cdred,red")
     ap.add_argument("--num-demos", type=int, default=10)
     ap.add_argument("--demo-policy", choices=["prior", "plan"], default="prior",
-                    help="how the trained expert acts while recording the demos (MPPI or its policy prior)")
+                    help="how a trained TD-MPC2 expert acts while recording the demos (its policy prior or MPPI)")
     ap.add_argument("--eval-episodes", type=int, default=20, help="episodes per imitation evaluation")
     ap.add_argument("--eval-every", type=int, default=10_000)
     ap.add_argument("--preset", default="small")

@@ -1,7 +1,8 @@
 """Plot CDRED vs RED learning curves from the JSON files written by ``imitation_learning.py --out``.
 
 One panel per task: evaluation return (mean, band = one standard error of that mean over the
-evaluation episodes) against env steps for every (file, reward) pair, the demonstrations' return as a dashed line and 90% of it dotted.
+evaluation episodes) against env steps for every (file, reward) pair, the demonstrations' return as a
+dashed line and 90% of it dotted.
 
     python benchmarks/plot_imitation.py runs/reacher_cdred.json:"CPU" runs/reacher_red.json:"CPU" \
         --out docs/img/imitation_reacher-easy.png
