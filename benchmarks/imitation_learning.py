@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="benchmarks/results/runs")
     ap.add_argument("--out", default="benchmarks/results/imitation_learning.json", help="JSON summary file")
     args = ap.parse_args()
+    if args.demo_policy == "plan" and args.expert_policy != "tdmpc2":
+        ap.error("--demo-policy plan records a trained TD-MPC2 expert with MPPI; use it with --expert-policy tdmpc2")
     store = ArtifactStore(args.workdir)
     summary: dict = {}
     for task in args.tasks.split(","):

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cdred_pipeline.artifacts import save_figure_atomic
+
 
 def load_curves(specs: list[str]) -> dict[str, list[dict[str, Any]]]:
     """{task: [{label, expert, env_step, mean, sem}, ...]} from ``FILE[:LABEL]`` arguments."""
@@ -26,7 +28,7 @@ def load_curves(specs: list[str]) -> dict[str, list[dict[str, Any]]]:
         data = json.loads(Path(path).read_text())
         for task, arms in data.items():
             for reward, arm in arms.items():
-                rows = [r for r in arm["rows"] if r.get("kind", "eval") == "eval"]
+                rows = arm["rows"]  # imitate.read_metrics: eval rows only
                 out.setdefault(task, []).append({
                     "label": reward.upper() + (f" ({tag})" if tag else ""),
                     "expert": float(arm["expert"]),
@@ -61,9 +63,7 @@ def plot(curves: dict[str, list[dict[str, Any]]], png: Path) -> None:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(png)
+    save_figure_atomic(fig, png)
 
 
 def main() -> None:

@@ -78,6 +78,15 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_figure_atomic(fig: Any, path: "str | Path", **savefig_kwargs: Any) -> None:
+    """Write a matplotlib figure to ``path`` through a hidden temporary file and a rename, so a
+    killed run never leaves a half-written PNG where a plot is expected."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, **savefig_kwargs)
+    os.replace(tmp, path)
+
+
 def read_manifest(folder: Path) -> dict:
     """Read and check a manifest; a corrupt or foreign one raises CdredError (never overwritten)."""
     path = Path(folder) / MANIFEST

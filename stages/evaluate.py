@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cdred_pipeline.artifacts import Artifact, ArtifactStore
+from cdred_pipeline.artifacts import Artifact, ArtifactStore, save_figure_atomic
 from cdred_pipeline.errors import CdredError, UsageError
 # the batched-acting machinery is shared with collect-experts --num-envs
 from cdred_pipeline.vector import run_eval_episodes_batched, single_thread as _single_thread
@@ -156,10 +156,8 @@ def _plot(path: Path, aggs: list[dict[str, Any]], title: str) -> None:
     ax2.set_ylim(-0.05, 1.05)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run_eval_episode(env: Any, agent: Any, seed: int, *, frames: list | None = None,

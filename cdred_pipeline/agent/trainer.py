@@ -38,6 +38,7 @@ import torch
 from cdred_pipeline.agent.agent import TDMPC2Agent
 from cdred_pipeline.agent.buffer import ReplayBuffer
 from cdred_pipeline.agent.checkpoint import atomic_torch_save, safe_torch_load
+from cdred_pipeline.artifacts import save_figure_atomic
 from cdred_pipeline.errors import CdredError, TrainingDivergedError, UsageError
 
 
@@ -166,10 +167,7 @@ def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", titl
     ax.grid(alpha=0.3)
     if train or evals or reference_lines:
         ax.legend(loc="lower right")
-    png_path = Path(png_path)
-    tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, png_path)
+    save_figure_atomic(fig, png_path)
 
 
 # ------------------------------------------------------------------------------------------ loop
