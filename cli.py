@@ -402,6 +402,10 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
               help="Reward model on world-model latents (paper) or raw observations (Fig. 9 ablation).")
 @click.option("--g", "g", type=click.Choice(["identity", "exp"]), default="identity", show_default=True,
               help="g in Eq. 5 (exp: the Fig. 11 ablation).")
+@click.option("--zeta", type=float, default=None,
+              help="Eq. 5 weight of the expert term against the behavioural one (default: the paper's 0.8).")
+@click.option("--alpha", type=float, default=None,
+              help="Eq. 6 weight of the L2 term against the sqrt(1/n) estimator (default: the paper's 0.9).")
 @click.option("--num-demos", type=int, default=None, help="Use only the first N expert episodes.")
 @click.option("--tremble", type=float, default=0.0, show_default=True, help="Train under tremble noise p.")
 @click.option("--seed", type=int, default=0, show_default=True)

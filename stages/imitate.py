@@ -43,6 +43,8 @@ class ImitateConfig:
     reward: str = "cdred"
     reward_space: str = "latent"
     g: str = "identity"
+    zeta: float | None = None   # None: the reward preset's (paper 0.8)
+    alpha: float | None = None  # None: the reward preset's (paper 0.9)
     num_demos: int | None = None
     tremble: float = 0.0
     seed: int = 0
@@ -65,6 +67,9 @@ class ImitateConfig:
                                      ("--reward-space", self.reward_space, REWARD_SPACES), ("--g", self.g, G_CHOICES)):
             if value not in choices:
                 raise UsageError(f"{name} {value!r}: choose one of {', '.join(choices)}")
+        for name, w in (("--zeta", self.zeta), ("--alpha", self.alpha)):
+            if w is not None and not 0.0 <= w <= 1.0:
+                raise UsageError(f"{name} must be in [0, 1], got {w}")
         if self.reward_space == "obs" and self.obs == "rgb":
             raise UsageError("--reward-space obs needs state observations; pixel runs use the latent space")
         if self.reward_space == "obs" and self.plan:
@@ -73,8 +78,10 @@ class ImitateConfig:
             raise UsageError("--steps must be >= 1, --eval-episodes >= 0 and --num-demos >= 1")
 
     def key_config(self) -> dict[str, Any]:
-        """The config keys the artifact depends on (the device does not change results' meaning)."""
-        return {k: v for k, v in self.__dict__.items() if k != "device"}
+        """The config keys the artifact depends on (the device does not change results' meaning; an unset
+        zeta/alpha is the preset's, which the resolved reward-model config in the key already holds)."""
+        return {k: v for k, v in self.__dict__.items()
+                if k != "device" and not (k in ("zeta", "alpha") and v is None)}
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -189,7 +196,9 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
         raise DatasetError(f"{path}: {n_demos} demos hold {int(lengths.sum())} transitions, {valid} sub-trajectories "
                            f"of {acfg.horizon} steps; a batch needs {acfg.batch_size}: use more demos or a smaller preset")
 
-    rcfg = CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed)
+    weights = {k: v for k, v in (("zeta", cfg.zeta), ("alpha", cfg.alpha)) if v is not None}
+    rcfg = CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed,
+                              **weights)
     # the key holds the resolved agent and reward-model configs: a changed preset definition is a new artifact
     key_config = {**cfg.key_config(), "agent": acfg.to_dict(), "reward_model": rcfg.to_dict()}
     art = store.begin(STAGE, VERSION, key_config, {"dataset": input_key}, force=force,

@@ -126,8 +126,9 @@ def test_checkpoint_evaluates_with_the_evaluate_stage(state_run, data):
 
 
 # ------------------------------------------------------------------------------------- ablations
-@pytest.mark.parametrize("change", [{"reward": "red"}, {"reward_space": "obs"}, {"g": "exp"}],
-                         ids=["red", "obs-space", "g-exp"])
+@pytest.mark.parametrize("change", [{"reward": "red"}, {"reward_space": "obs"}, {"g": "exp"},
+                                    {"zeta": 1.0, "alpha": 0.5}],
+                         ids=["red", "obs-space", "g-exp", "zeta-alpha"])
 def test_ablations_run(data, change):
     art = im.run(_tiny(**change), str(data["path"]), data["store"], progress=False)
     assert art.complete
@@ -140,6 +141,7 @@ def test_ablations_run(data, change):
         assert rc["mode"] == "red"
     if "g" in change:
         assert rc["g"] == "exp"
+    assert (rc["zeta"], rc["alpha"]) == (change.get("zeta", 0.8), change.get("alpha", 0.9))  # else the paper's
     x_dim = int(ck["reward_head"]["x_dim"])
     assert x_dim == (5 if change.get("reward_space") == "obs" else AgentConfig.preset("tiny").latent_dim)
     agent, extra = load_agent(art.path / "agent.pt", device="cpu")  # rebuilds the head from its config
@@ -191,6 +193,9 @@ def test_dataset_dims_that_do_not_fit_the_task(tmp_path):
 def test_bad_options_are_usage_errors(data, tmp_path):
     res = _cli(tmp_path / "wd", "imitate", str(data["path"]), "--tremble", "1.5")
     assert res.returncode == 2 and "tremble" in _one_line_error(res)
+    res = _cli(tmp_path / "wd", "imitate", str(data["path"]), "--zeta", "1.5")
+    assert res.returncode == 2 and "--zeta must be in [0, 1], got 1.5" in _one_line_error(res)
+    assert not (tmp_path / "wd" / im.STAGE).exists()
     from cdred_pipeline.errors import UsageError
 
     with pytest.raises(UsageError):
@@ -214,3 +219,10 @@ def test_pixel_run_on_a_rendered_dataset(data):
                      progress=False)
     rep = json.loads((rep_art.path / "report.json").read_text())
     assert rep["obs"] == "rgb" and rep["rows"][0]["length"] == LENGTH
+
+
+def test_unset_reward_weights_leave_the_cache_key_as_before():
+    """--zeta/--alpha unset mean the preset's values (already in the key through the resolved reward-model
+    config), so artifacts made before the options existed are still found; set, they are keyed."""
+    assert not {"zeta", "alpha"} & set(im.ImitateConfig().key_config())
+    assert im.ImitateConfig(zeta=1.0).key_config()["zeta"] == 1.0
