@@ -331,6 +331,17 @@ def test_targets_seeded_and_independent_of_global_rng():
     h3 = _head(seed=6, torch_seed=0)
     assert torch.equal(h1.targets.w1, h2.targets.w1)
     assert not torch.equal(h1.targets.w1, h3.targets.w1)
+    # the predictors too: the stage builds the head before anything seeds the global RNG
+    for name, p1 in h1.named_parameters():
+        p2, p3 = dict(h2.named_parameters())[name], dict(h3.named_parameters())[name]
+        assert torch.equal(p1, p2), name
+        if name.endswith("weight") and p1.dim() == 2:
+            assert not torch.equal(p1, p3), name
+    assert not torch.equal(h1.expert_predictor[0].weight, h1.behavioral_predictor[0].weight)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    _ = CDREDRewardHead(6, 2, CDREDConfig.preset("tiny"))
+    assert torch.equal(torch.get_rng_state(), before)  # building a head leaves the global RNG alone
     # orthogonal rows with the configured gain (released code: sqrt 2)
     w = h1.targets.w2[0].T  # (p, hidden): p orthogonal rows
     torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(w.shape[0], dtype=F64), atol=1e-5, rtol=0)  # drawn in float32

@@ -25,7 +25,10 @@ from cdred_pipeline.reward.functional import bonus, lemma1_statistic, red_reward
 from cdred_pipeline.agent.layers import NormedLinear, mlp
 from cdred_pipeline.agent.reward_head import RewardHead as _RewardHeadBase
 
-__all__ = ["CDREDRewardHead", "NormedLinear", "RandomTargetEnsemble", "count_parameters", "predictor_mlp"]
+#: the predictors' initialisation is seeded with ``cfg.seed + PREDICTOR_SEED_OFFSET`` (the targets' with ``cfg.seed``)
+PREDICTOR_SEED_OFFSET = 1_000_003
+
+__all__ = ["CDREDRewardHead", "NormedLinear", "RandomTargetEnsemble", "PREDICTOR_SEED_OFFSET", "count_parameters", "predictor_mlp"]
 
 
 def predictor_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
@@ -97,8 +100,13 @@ class CDREDRewardHead(_RewardHeadBase):
         self.targets = RandomTargetEnsemble(
             in_dim, cfg.hidden, cfg.embed_dim, cfg.num_targets, gain=cfg.target_gain, seed=cfg.seed
         )
-        self.expert_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim)
-        self.behavioral_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim)
+        # predictors drawn from cfg.seed too (a stream apart from the targets'), leaving the global RNG
+        # alone: the head is built before anything seeds the global RNG, so a run is only reproducible
+        # if its initial predictors do not come from there
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed) + PREDICTOR_SEED_OFFSET)
+            self.expert_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim)
+            self.behavioral_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim)
         self._g = resolve_g(cfg.g)
         #: detached per-step losses of the last ``loss()`` call, for logging without recomputation
         self.last_loss_terms: dict[str, Tensor] = {}
@@ -254,6 +262,3 @@ def count_parameters(module: nn.Module) -> dict[str, Any]:
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     frozen = sum(b.numel() for b in module.buffers())
     return {"trainable": trainable, "frozen_buffers": frozen, "approx_mb": 4 * (trainable + frozen) / 2**20}
-
-
-__all__ = ["CDREDRewardHead", "RandomTargetEnsemble", "NormedLinear", "predictor_mlp", "count_parameters"]
