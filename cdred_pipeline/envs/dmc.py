@@ -97,6 +97,12 @@ class DMCEnv(CdredEnv):
         super().__init__(spec, seed)
 
     # -------------------------------------------------------------------------- simulator hooks
+    @property
+    def physics(self) -> Any:
+        """The dm_control ``Physics`` of the current episode, for reading positions in analyses
+        (``physics.named.data.geom_xpos["finger"]``); stepping or editing it desynchronises the env."""
+        return self._physics
+
     def _flat_obs(self, obs: dict[str, Any]) -> np.ndarray:
         return np.concatenate([np.asarray(obs[k], dtype=np.float64).reshape(-1) for k in self._obs_keys])
 
