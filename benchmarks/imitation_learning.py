@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--seed-steps", type=int, default=None, help="random-action agent steps before updates")
     ap.add_argument("--rewards", default="cdred,red")
     ap.add_argument("--num-demos", type=int, default=10)
+    ap.add_argument("--zeta", type=float, default=None, help="Eq. 5's zeta for the cdred arm (default: the paper's 0.8)")
     ap.add_argument("--demo-policy", choices=["prior", "plan"], default="prior",
                     help="how a trained TD-MPC2 expert acts while recording the demos (its policy prior or MPPI)")
     ap.add_argument("--eval-episodes", type=int, default=20, help="episodes per imitation evaluation")
@@ -75,17 +76,19 @@ def main() -> None:
             icfg = imitate.ImitateConfig(steps=args.env_steps, preset=args.preset, reward=reward,
                                          num_demos=args.num_demos, seed=args.seed, plan=args.plan,
                                          eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                                         seed_steps=args.seed_steps, device=args.device)
+                                         seed_steps=args.seed_steps, device=args.device,
+                                         zeta=args.zeta if reward == "cdred" else None)
+            arm = reward if icfg.zeta is None else f"{reward} zeta={icfg.zeta:g}"
             t0 = time.time()
             art = imitate.run(icfg, str(demos.path / "demos.zarr"), store)
             rows = imitate.read_metrics(art)
-            print(f"  --reward {reward}  ({time.time() - t0:.0f} s this call, artifact {art.path})")
+            print(f"  --reward {arm}  ({time.time() - t0:.0f} s this call, artifact {art.path})")
             print(f"  {'env steps':>10} {'eval return':>12} {'% expert':>9} {'R(expert)':>10} {'R(current)':>11} {'wall s':>8}")
             for r in rows:
                 print(f"  {r['env_step']:>10d} {r['eval_return_mean']:>12.1f} {100 * r['eval_return_mean'] / expert:>8.1f}%"
                       f" {r.get('diag_reward_expert', float('nan')):>10.3f} {r.get('diag_reward_current', float('nan')):>11.3f}"
                       f" {r['wall_s']:>8.0f}")
-            summary.setdefault(task, {})[reward] = {"expert": expert, "random": random, "rows": rows}
+            summary.setdefault(task, {})[arm] = {"expert": expert, "random": random, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
