@@ -406,6 +406,9 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
               help="Eq. 5 weight of the expert term against the behavioural one (default: the paper's 0.8).")
 @click.option("--alpha", type=float, default=None,
               help="Eq. 6 weight of the L2 term against the sqrt(1/n) estimator (default: the paper's 0.9).")
+@click.option("--detach-reward-input", is_flag=True,
+              help="Stop the predictor loss's gradient into the latent (encoder and dynamics); the paper's "
+                   "code lets it flow.")
 @click.option("--num-demos", type=int, default=None, help="Use only the first N expert episodes.")
 @click.option("--tremble", type=float, default=0.0, show_default=True, help="Train under tremble noise p.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -45,6 +45,7 @@ class ImitateConfig:
     g: str = "identity"
     zeta: float | None = None   # None: the reward preset's (paper 0.8)
     alpha: float | None = None  # None: the reward preset's (paper 0.9)
+    detach_reward_input: bool = False  # stop the predictor loss's gradient into the latent (paper code: flows)
     num_demos: int | None = None
     tremble: float = 0.0
     seed: int = 0
@@ -79,9 +80,11 @@ class ImitateConfig:
 
     def key_config(self) -> dict[str, Any]:
         """The config keys the artifact depends on (the device does not change results' meaning; an unset
-        zeta/alpha is the preset's, which the resolved reward-model config in the key already holds)."""
+        zeta/alpha, or detach_reward_input off, is the preset's, which the resolved reward-model config in the
+        key already holds: artifacts made before these options existed keep their keys)."""
         return {k: v for k, v in self.__dict__.items()
-                if k != "device" and not (k in ("zeta", "alpha") and v is None)}
+                if k != "device" and not (k in ("zeta", "alpha") and v is None)
+                and not (k == "detach_reward_input" and not v)}
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -198,7 +201,7 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
 
     weights = {k: v for k, v in (("zeta", cfg.zeta), ("alpha", cfg.alpha)) if v is not None}
     rcfg = CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed,
-                              **weights)
+                              detach_input=cfg.detach_reward_input, **weights)
     # the key holds the resolved agent and reward-model configs: a changed preset definition is a new artifact
     key_config = {**cfg.key_config(), "agent": acfg.to_dict(), "reward_model": rcfg.to_dict()}
     art = store.begin(STAGE, VERSION, key_config, {"dataset": input_key}, force=force,
