@@ -7,7 +7,9 @@ planner and the policy prior all see R(z, a) of Eq. 5, never the reward stored i
 by the environment (the latter is only logged, as the evaluation return).
 
 Ablations (paper Fig. 3, 9, 11): ``reward="red"`` (uncoupled, expert predictor only),
-``reward_space="obs"`` (the model on raw observation-action pairs), ``g="exp"``.
+``reward_space="obs"`` (the model on raw observation-action pairs), ``g="exp"``; beyond the paper:
+``zeta``/``alpha`` (Eq. 5/6 weights) and ``detach_reward_input`` (the predictor loss does not train the
+encoder and dynamics through the latent).
 """
 
 from __future__ import annotations
