@@ -7,8 +7,8 @@ and splits the reward into the expert and behavioural bonus terms b_E, b_B of Eq
 
 The telling rows are those where the expert earns clearly more environment return than the agent
 (``--margin``). If the learned reward still prefers the agent's trajectory there, the reward itself is
-wrong where the agent fails: no better optimiser (MPPI planning, a larger model, more updates) can fix
-that; only a reward that ranks the expert's behaviour higher can.
+wrong where the agent fails, and a better optimiser (MPPI planning, a larger model, more updates) only
+follows it harder; what is needed there is a reward that ranks the expert's behaviour higher.
 
     python benchmarks/reward_ranking.py AGENT EXPERT [--workdir DIR] [--episodes 20] [--expert-plan] [--out F]
 
@@ -31,7 +31,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.envs import make_env  # noqa: E402
-from cdred_pipeline.reward import bonus  # noqa: E402
 from cdred_pipeline.stages.common import load_agent, resolve_checkpoint  # noqa: E402
 
 
@@ -55,13 +54,10 @@ def learned_reward(agent, observations: np.ndarray, actions: np.ndarray) -> dict
     obs = obs if agent.is_pixel else obs.float()
     act = torch.as_tensor(actions, device=agent.device)
     x = agent.model.encode(obs) if agent.cfg.reward_space == "latent" else obs
-    head = agent.reward_head
-    inp = head._input(x, act)
-    targets = head.targets(inp)
-    out = {"R_sum": float(head.reward(x, act).sum()),
-           "b_E": float(bonus(head.expert_predictor(inp), targets, alpha=head.cfg.alpha, eps=head.cfg.eps).mean())}
-    if head.cfg.mode == "cdred":
-        out["b_B"] = float(bonus(head.behavioral_predictor(inp), targets, alpha=head.cfg.alpha, eps=head.cfg.eps).mean())
+    diag = agent.reward_head.diagnostics(x, act)
+    out = {"R_sum": diag["R"] * len(actions), "b_E": diag["b_E"]}
+    if agent.reward_head.cfg.mode == "cdred":  # RED has no behavioural predictor to speak of
+        out["b_B"] = diag["b_B"]
     return out
 
 
