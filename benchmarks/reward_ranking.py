@@ -32,6 +32,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.envs import make_env  # noqa: E402
 from cdred_pipeline.stages.common import load_agent, resolve_checkpoint  # noqa: E402
+from cdred_pipeline.stages.imitate import reward_model_stats  # noqa: E402
 
 
 def rollout(agent, env, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -50,11 +51,8 @@ def rollout(agent, env, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
 @torch.no_grad()
 def learned_reward(agent, observations: np.ndarray, actions: np.ndarray) -> dict[str, float]:
     """Sum over the episode of the agent's reward (Eq. 5, or RED's Eq. 3) and the means of b_E, b_B (Eq. 6)."""
-    obs = torch.as_tensor(observations, device=agent.device)
-    obs = obs if agent.is_pixel else obs.float()
-    act = torch.as_tensor(actions, device=agent.device)
-    x = agent.model.encode(obs) if agent.cfg.reward_space == "latent" else obs
-    diag = agent.reward_head.diagnostics(x, act)
+    diag = reward_model_stats(agent, torch.as_tensor(observations, device=agent.device),
+                              torch.as_tensor(actions, device=agent.device))
     out = {"R_sum": diag["R"] * len(actions), "b_E": diag["b_E"]}
     if agent.reward_head.cfg.mode == "cdred":  # RED has no behavioural predictor to speak of
         out["b_B"] = diag["b_B"]

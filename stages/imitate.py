@@ -131,6 +131,14 @@ def random_policy_episodes(env: Any, n: int, seed: int) -> list[dict[str, np.nda
     return out
 
 
+def reward_model_stats(agent: Any, obs: Any, action: Any) -> dict[str, float]:
+    """Means of the reward R (Eq. 5), the bonuses b_E, b_B (Eq. 6) and Lemma 1's y over (obs, action)
+    tensors, read where the agent's reward model lives (the encoded latent, or the raw observation)."""
+    x = agent.model.encode(obs if agent.is_pixel else obs.float()) if agent.cfg.reward_space == "latent" \
+        else obs.float()
+    return agent.reward_head.diagnostics(x, action)
+
+
 def reward_diagnostics(agent: Any, buffers: dict[str, Any], n: int = 512) -> dict[str, float]:
     """Mean CDRED reward R (Eq. 5) and bonuses b_E, b_B on samples of each buffer (expert, random, current).
 
@@ -145,10 +153,7 @@ def reward_diagnostics(agent: Any, buffers: dict[str, Any], n: int = 512) -> dic
             if buf is None or buf.num_valid_starts(1) == 0:
                 continue
             b = buf.sample(n, 1)
-            obs, act = b["obs"][0].to(agent.device), b["action"][0].to(agent.device)
-            x = agent.model.encode(obs if agent.is_pixel else obs.float()) if agent.cfg.reward_space == "latent" \
-                else obs.float()
-            d = head.diagnostics(x, act)
+            d = reward_model_stats(agent, b["obs"][0].to(agent.device), b["action"][0].to(agent.device))
             out[f"diag_reward_{name}"] = float(d["R"])
             out[f"diag_bE_{name}"] = float(d["b_E"])
             out[f"diag_bB_{name}"] = float(d["b_B"])
