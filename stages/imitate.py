@@ -279,3 +279,39 @@ def read_metrics(art: Artifact) -> list[dict[str, Any]]:
     path = Path(art.path) / "metrics.jsonl"
     return [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
             if r.get("kind") == "eval"]
+
+
+def target_check(rows: list[dict[str, Any]], expert_return: float, *, fraction: float = 0.9,
+                 within_env_steps: int = 100_000) -> dict[str, Any]:
+    """Issue 6's learning target on an eval curve (``read_metrics`` rows): the first evaluation at or
+    above ``fraction`` of the expert's return within ``within_env_steps``, and whether every later
+    evaluation stays at or above it until the end of the run (no collapse). Assumes a positive expert return.
+
+    Returns {threshold, first_env_step (None if never), stays, met, best, worst_after (lowest return from
+    the first hit on, None if never), worst_after_env_step, final}.
+    """
+    if not rows:
+        raise ValueError("target_check needs at least one evaluation row")
+    thr = fraction * float(expert_return)
+    rets = [(int(r["env_step"]), float(r["eval_return_mean"])) for r in rows]
+    first = next((s for s, v in rets if s <= within_env_steps and v >= thr), None)
+    after = [(s, v) for s, v in rets if first is not None and s >= first]
+    worst = min(after, key=lambda sv: sv[1]) if after else (None, None)
+    stays = bool(after) and worst[1] >= thr
+    return {"threshold": thr, "first_env_step": first, "stays": stays, "met": stays,
+            "best": max(v for _, v in rets), "worst_after": worst[1], "worst_after_env_step": worst[0],
+            "final": rets[-1][1]}
+
+
+def describe_target(check: dict[str, Any], expert_return: float) -> str:
+    """One line for a person: whether ``target_check`` holds and, if not, where the curve falls short."""
+    def ret(v: float) -> str:
+        return f"{v:.1f} ({100 * v / expert_return:.1f}%)"
+
+    if check["first_env_step"] is None:
+        return f"not met: never reached {check['threshold']:.1f}; best {ret(check['best'])}"
+    head = f"reached {check['threshold']:.1f} at {check['first_env_step'] // 1000}k env steps"
+    if check["met"]:
+        return f"met: {head}, lowest after that {ret(check['worst_after'])}, final {ret(check['final'])}"
+    return (f"not met: {head}, fell to {ret(check['worst_after'])} at {check['worst_after_env_step'] // 1000}k, "
+            f"final {ret(check['final'])}")

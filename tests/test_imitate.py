@@ -248,3 +248,23 @@ def test_unset_reward_weights_leave_the_cache_key_as_before():
     assert not {"zeta", "alpha", "detach_reward_input"} & set(im.ImitateConfig().key_config())
     assert im.ImitateConfig(zeta=1.0).key_config()["zeta"] == 1.0
     assert im.ImitateConfig(detach_reward_input=True).key_config()["detach_reward_input"] is True
+
+
+def _curve(*returns: float) -> list[dict]:
+    return [{"env_step": 10_000 * (i + 1), "eval_return_mean": r} for i, r in enumerate(returns)]
+
+
+@pytest.mark.parametrize("returns, first, met", [
+    ((100, 500, 910, 950, 905, 990), 30_000, True),     # reaches 90% at 30k and never drops below
+    ((100, 950, 600, 950), 20_000, False),              # reaches, then collapses for one evaluation
+    ((100, 899.9, 899.9), None, False),                 # just short of 90% of 1000
+    ((100,) * 10 + (1000,), None, False),               # only after 100k env steps: too late
+])
+def test_target_check_reads_the_issues_criterion_off_a_curve(returns, first, met):
+    check = im.target_check(_curve(*returns), 1000.0)
+    assert check["threshold"] == pytest.approx(900.0)
+    assert check["first_env_step"] == first and check["met"] is met
+    line = im.describe_target(check, 1000.0)
+    assert line.startswith("met:" if met else "not met:") and "900.0" in line
+    if first is not None and not met:
+        assert "fell to 600.0 (60.0%) at 30k" in line
