@@ -9,9 +9,13 @@ prior``, what ``collect-experts`` writes); ``--demo-policy plan`` records it act
 (``collect-experts --policy checkpoint --plan``): it reaches 10 of 10 reacher-easy targets (the prior 8)
 but jitters on cartpole-balance. docs/learning.md has both settings' curves.
 Evaluations average ``--eval-episodes`` episodes (20 by default: five cannot tell a collapse from
-the spread of reacher-easy's random target positions).
+the spread of reacher-easy's random target positions). Every run gets the issue's verdict (>= 90% of the
+expert within 100k env steps, and no evaluation below that afterwards), and the end of the output
+counts the seeds that meet it per task and arm: ``--imitation-seeds`` runs several (the expert and its
+demos stay those of ``--seed``). Finished runs are cached artifacts: rerunning reads them back.
 
     python benchmarks/imitation_learning.py --env-steps 100000                     # the issue's setting
+    python benchmarks/imitation_learning.py --tasks dmc:reacher-easy --rewards cdred --imitation-seeds 0,1,2
     python benchmarks/imitation_learning.py --tasks dmc:cartpole-balance --env-steps 20000 --expert-steps 20000
     python benchmarks/imitation_learning.py --preset paper --plan --device cuda     # unchanged on a GPU
     python benchmarks/imitation_learning.py --tasks mw:reach --expert-policy scripted --env-steps 8000 \
@@ -50,14 +54,22 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="expert, demos and (by default) imitation seed")
+    ap.add_argument("--imitation-seeds", default=None, help="comma list of imitation seeds (default: --seed)")
+    ap.add_argument("--detach-reward-input", action="store_true",
+                    help="cdred/red arms: the predictor loss does not train the latent (see cdred imitate --help)")
     ap.add_argument("--workdir", default="benchmarks/results/runs")
     ap.add_argument("--out", default="benchmarks/results/imitation_learning.json", help="JSON summary file")
     args = ap.parse_args()
     if args.demo_policy == "plan" and args.expert_policy != "tdmpc2":
         ap.error("--demo-policy plan records a trained TD-MPC2 expert with MPPI; use it with --expert-policy tdmpc2")
+    try:
+        seeds = [int(x) for x in (args.imitation_seeds or str(args.seed)).split(",")]
+    except ValueError:
+        ap.error(f"--imitation-seeds takes a comma list of integers, got {args.imitation_seeds!r}")
     store = ArtifactStore(args.workdir)
     summary: dict = {}
+    verdicts: dict[tuple[str, str], list[bool]] = {}
     for task in args.tasks.split(","):
         ccfg = collect_experts.CollectConfig(task=task, policy=args.expert_policy, preset=args.preset,
                                              train_steps=args.expert_steps,
@@ -72,23 +84,33 @@ def main() -> None:
         expert = demos.manifest["scores"]["expert"]["return_mean"]
         random = demos.manifest["scores"]["random"]["return_mean"]
         print(f"\n{task}: expert return {expert:.1f}, random {random:.1f} ({demos.path})")
-        for reward in args.rewards.split(","):
+        for reward, seed in ((r, sd) for r in args.rewards.split(",") for sd in seeds):
             icfg = imitate.ImitateConfig(steps=args.env_steps, preset=args.preset, reward=reward,
-                                         num_demos=args.num_demos, seed=args.seed, plan=args.plan,
+                                         num_demos=args.num_demos, seed=seed, plan=args.plan,
                                          eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                                          seed_steps=args.seed_steps, device=args.device,
-                                         zeta=args.zeta if reward == "cdred" else None)
-            arm = reward if icfg.zeta is None else f"{reward} zeta={icfg.zeta:g}"
+                                         zeta=args.zeta if reward == "cdred" else None,
+                                         detach_reward_input=args.detach_reward_input)
+            arm = reward + (f" zeta={icfg.zeta:g}" if icfg.zeta is not None else "") \
+                + (" detached" if icfg.detach_reward_input else "")
             t0 = time.time()
             art = imitate.run(icfg, str(demos.path / "demos.zarr"), store)
             rows = imitate.read_metrics(art)
-            print(f"  --reward {arm}  ({time.time() - t0:.0f} s this call, artifact {art.path})")
+            check = imitate.target_check(rows, expert)
+            print(f"  --reward {arm}, seed {seed}  ({time.time() - t0:.0f} s this call, artifact {art.path})")
             print(f"  {'env steps':>10} {'eval return':>12} {'% expert':>9} {'R(expert)':>10} {'R(current)':>11} {'wall s':>8}")
             for r in rows:
                 print(f"  {r['env_step']:>10d} {r['eval_return_mean']:>12.1f} {100 * r['eval_return_mean'] / expert:>8.1f}%"
                       f" {r.get('diag_reward_expert', float('nan')):>10.3f} {r.get('diag_reward_current', float('nan')):>11.3f}"
                       f" {r['wall_s']:>8.0f}")
-            summary.setdefault(task, {})[arm] = {"expert": expert, "random": random, "rows": rows}
+            print(f"  target: {imitate.describe_target(check, expert)}")
+            verdicts.setdefault((task, arm), []).append(check["met"])
+            name = arm if len(seeds) == 1 else f"{arm} seed={seed}"
+            summary.setdefault(task, {})[name] = {"expert": expert, "random": random, "seed": seed,
+                                                  "target": check, "rows": rows}
+    print("\ntarget (>= 90% of the expert's return within 100k env steps, and no evaluation below it afterwards):")
+    for (task, arm), met in verdicts.items():
+        print(f"  {task:<24} {arm:<24} met in {sum(met)} of {len(met)} seed(s)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))

@@ -30,7 +30,7 @@ def load_curves(specs: list[str]) -> dict[str, list[dict[str, Any]]]:
             for reward, arm in arms.items():
                 rows = arm["rows"]  # imitate.read_metrics: eval rows only
                 out.setdefault(task, []).append({
-                    "label": reward.upper() + (f" ({tag})" if tag else ""),
+                    "label": " ".join([reward.split(" ")[0].upper(), *reward.split(" ")[1:]]) + (f" ({tag})" if tag else ""),
                     "expert": float(arm["expert"]),
                     "env_step": [r["env_step"] for r in rows],
                     "mean": [r["eval_return_mean"] for r in rows],
