@@ -12,7 +12,10 @@ Evaluations average ``--eval-episodes`` episodes (20 by default: five cannot tel
 the spread of reacher-easy's random target positions). Every run gets the issue's verdict (>= 90% of the
 expert within 100k env steps, and no evaluation below that afterwards), and the end of the output
 counts the seeds that meet it per task and arm: ``--imitation-seeds`` runs several (the expert and its
-demos stay those of ``--seed``). Finished runs are cached artifacts: rerunning reads them back.
+demos stay those of ``--seed``). A 20-episode evaluation fixes 20 targets per seed, and on reacher-easy
+which 20 moves the return by hundreds; ``--final-episodes 200`` also evaluates every run's final agent
+and the expert on the same 200 episodes (the evaluate stage). Finished runs and evaluations are cached
+artifacts: rerunning reads them back.
 
     python benchmarks/imitation_learning.py --env-steps 100000                     # the issue's setting
     python benchmarks/imitation_learning.py --tasks dmc:reacher-easy --rewards cdred --imitation-seeds 0,1,2
@@ -33,7 +36,15 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
-from cdred_pipeline.stages import collect_experts, imitate  # noqa: E402
+from cdred_pipeline.stages import collect_experts, evaluate, imitate  # noqa: E402
+
+
+def common_eval(agent: str, episodes: int, plan: bool, device: str, store: ArtifactStore) -> tuple[float, float]:
+    """Mean return and its standard error over ``episodes`` episodes whose seeds are the same for every
+    agent (evaluate stage, seed 0, no tremble; cached)."""
+    cfg = evaluate.EvalConfig(episodes=episodes, plan=plan, num_envs=min(8, episodes), device=device)
+    agg = evaluate.run(cfg, agent, store, progress=False).manifest["aggregates"][0]
+    return agg["return_mean"], agg["return_std"] / episodes ** 0.5
 
 
 def main() -> None:
@@ -58,6 +69,8 @@ def main() -> None:
     ap.add_argument("--imitation-seeds", default=None, help="comma list of imitation seeds (default: --seed)")
     ap.add_argument("--detach-reward-input", action="store_true",
                     help="cdred/red arms: the predictor loss does not train the latent (see cdred imitate --help)")
+    ap.add_argument("--final-episodes", type=int, default=0,
+                    help="also evaluate each final agent and the expert on this many common episodes (0: off)")
     ap.add_argument("--workdir", default="benchmarks/results/runs")
     ap.add_argument("--out", default="benchmarks/results/imitation_learning.json", help="JSON summary file")
     args = ap.parse_args()
@@ -84,6 +97,13 @@ def main() -> None:
         expert = demos.manifest["scores"]["expert"]["return_mean"]
         random = demos.manifest["scores"]["random"]["return_mean"]
         print(f"\n{task}: expert return {expert:.1f}, random {random:.1f} ({demos.path})")
+        expert_common = None
+        if args.final_episodes and args.expert_policy == "tdmpc2":
+            expert_art = collect_experts.train_expert(ccfg if ccfg.policy == "tdmpc2" else
+                                                      collect_experts.replace(ccfg, policy="tdmpc2", plan=args.plan), store)
+            expert_common = common_eval(str(expert_art.path / "agent.pt"), args.final_episodes,
+                                        args.demo_policy == "plan" or args.plan, args.device, store)
+            print(f"  expert on {args.final_episodes} common episodes: {expert_common[0]:.1f} ± {expert_common[1]:.1f} (s.e.)")
         for reward, seed in ((r, sd) for r in args.rewards.split(",") for sd in seeds):
             icfg = imitate.ImitateConfig(steps=args.env_steps, preset=args.preset, reward=reward,
                                          num_demos=args.num_demos, seed=seed, plan=args.plan,
@@ -104,13 +124,21 @@ def main() -> None:
                       f" {r.get('diag_reward_expert', float('nan')):>10.3f} {r.get('diag_reward_current', float('nan')):>11.3f}"
                       f" {r['wall_s']:>8.0f}")
             print(f"  target: {imitate.describe_target(check, expert)}")
-            verdicts.setdefault((task, arm), []).append(check["met"])
+            final = None
+            if args.final_episodes:
+                final = common_eval(str(art.path / "agent.pt"), args.final_episodes, args.plan, args.device, store)
+                vs = f" = {100 * final[0] / expert_common[0]:.1f}% of the expert there" if expert_common else ""
+                print(f"  final agent on {args.final_episodes} common episodes: {final[0]:.1f} ± {final[1]:.1f} (s.e.){vs}")
+            verdicts.setdefault((task, arm), []).append((check["met"], final))
             name = arm if len(seeds) == 1 else f"{arm} seed={seed}"
             summary.setdefault(task, {})[name] = {"expert": expert, "random": random, "seed": seed,
-                                                  "target": check, "rows": rows}
+                                                  "target": check, "final_common": final,
+                                                  "expert_common": expert_common, "rows": rows}
     print("\ntarget (>= 90% of the expert's return within 100k env steps, and no evaluation below it afterwards):")
-    for (task, arm), met in verdicts.items():
-        print(f"  {task:<24} {arm:<24} met in {sum(met)} of {len(met)} seed(s)")
+    for (task, arm), runs in verdicts.items():
+        finals = [f[0] for _, f in runs if f is not None]
+        common = f"; final agents on common episodes {', '.join(f'{v:.0f}' for v in finals)}" if finals else ""
+        print(f"  {task:<24} {arm:<24} met in {sum(m for m, _ in runs)} of {len(runs)} seed(s){common}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
