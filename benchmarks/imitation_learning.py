@@ -82,15 +82,16 @@ def main() -> None:
         ap.error(f"--imitation-seeds takes a comma list of integers, got {args.imitation_seeds!r}")
     store = ArtifactStore(args.workdir)
     summary: dict = {}
-    verdicts: dict[tuple[str, str], list[bool]] = {}
+    verdicts: dict[tuple[str, str], list[tuple[bool, tuple[float, float] | None]]] = {}
     for task in args.tasks.split(","):
         ccfg = collect_experts.CollectConfig(task=task, policy=args.expert_policy, preset=args.preset,
                                              train_steps=args.expert_steps,
                                              seed=args.seed, episodes=args.num_demos, plan=args.plan,
                                              eval_every=args.eval_every, eval_episodes=5, device=args.device)
-        if args.demo_policy == "plan" and args.expert_policy == "tdmpc2" and not args.plan:
+        expert_art = collect_experts.train_expert(ccfg, store) if args.expert_policy == "tdmpc2" else None
+        demonstrator_plans = args.plan or args.demo_policy == "plan"
+        if expert_art is not None and demonstrator_plans and not args.plan:
             # the expert trained acting with its policy prior (cached); record its demos acting with MPPI
-            expert_art = collect_experts.train_expert(ccfg, store)
             ccfg = collect_experts.replace(ccfg, policy="checkpoint", checkpoint=str(expert_art.path / "agent.pt"),
                                            plan=True)
         demos = collect_experts.run(ccfg, store)
@@ -98,11 +99,9 @@ def main() -> None:
         random = demos.manifest["scores"]["random"]["return_mean"]
         print(f"\n{task}: expert return {expert:.1f}, random {random:.1f} ({demos.path})")
         expert_common = None
-        if args.final_episodes and args.expert_policy == "tdmpc2":
-            expert_art = collect_experts.train_expert(ccfg if ccfg.policy == "tdmpc2" else
-                                                      collect_experts.replace(ccfg, policy="tdmpc2", plan=args.plan), store)
-            expert_common = common_eval(str(expert_art.path / "agent.pt"), args.final_episodes,
-                                        args.demo_policy == "plan" or args.plan, args.device, store)
+        if args.final_episodes and expert_art is not None:  # the demonstrator, acting as it did for the demos
+            expert_common = common_eval(str(expert_art.path / "agent.pt"), args.final_episodes, demonstrator_plans,
+                                        args.device, store)
             print(f"  expert on {args.final_episodes} common episodes: {expert_common[0]:.1f} ± {expert_common[1]:.1f} (s.e.)")
         for reward, seed in ((r, sd) for r in args.rewards.split(",") for sd in seeds):
             icfg = imitate.ImitateConfig(steps=args.env_steps, preset=args.preset, reward=reward,

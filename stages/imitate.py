@@ -287,8 +287,8 @@ def target_check(rows: list[dict[str, Any]], expert_return: float, *, fraction: 
     above ``fraction`` of the expert's return within ``within_env_steps``, and whether every later
     evaluation stays at or above it until the end of the run (no collapse). Assumes a positive expert return.
 
-    Returns {threshold, first_env_step (None if never), stays, met, best, worst_after (lowest return from
-    the first hit on, None if never), worst_after_env_step, final}.
+    Returns {threshold, first_env_step (None if never), met, best, worst_after (lowest return from the
+    first hit on; None if never), worst_after_env_step, final}.
     """
     if not rows:
         raise ValueError("target_check needs at least one evaluation row")
@@ -297,8 +297,7 @@ def target_check(rows: list[dict[str, Any]], expert_return: float, *, fraction: 
     first = next((s for s, v in rets if s <= within_env_steps and v >= thr), None)
     after = [(s, v) for s, v in rets if first is not None and s >= first]
     worst = min(after, key=lambda sv: sv[1]) if after else (None, None)
-    stays = bool(after) and worst[1] >= thr
-    return {"threshold": thr, "first_env_step": first, "stays": stays, "met": stays,
+    return {"threshold": thr, "first_env_step": first, "met": bool(after) and worst[1] >= thr,
             "best": max(v for _, v in rets), "worst_after": worst[1], "worst_after_env_step": worst[0],
             "final": rets[-1][1]}
 
