@@ -283,23 +283,31 @@ def read_metrics(art: Artifact) -> list[dict[str, Any]]:
 
 def target_check(rows: list[dict[str, Any]], expert_return: float, *, fraction: float = 0.9,
                  within_env_steps: int = 100_000) -> dict[str, Any]:
-    """Issue 6's learning target on an eval curve (``read_metrics`` rows): the first evaluation at or
-    above ``fraction`` of the expert's return within ``within_env_steps``, and whether every later
-    evaluation stays at or above it until the end of the run (no collapse). Assumes a positive expert return.
+    """Issue 6's learning target on an eval curve (``read_metrics`` rows): the curve reaches ``fraction``
+    of the expert's return within ``within_env_steps`` and stays there until the end of the run.
 
-    Returns {threshold, first_env_step (None if never), met, best, worst_after (lowest return from the
-    first hit on; None if never), worst_after_env_step, final}.
+    Read as: some evaluation at or before ``within_env_steps`` from which every evaluation to the end is
+    at or above the threshold, confirmed by at least one later evaluation (a run that gets there only
+    at its last evaluation has not shown that it stays). An earlier hit followed by a dip is reported
+    (``first_env_step``, ``worst_after_first``), not hidden. Assumes a positive expert return.
+
+    Returns {threshold, first_env_step, settled_env_step, met, best, worst_after_first,
+    worst_after_first_env_step, final, final_env_step}; the env steps are None where there is none.
     """
     if not rows:
         raise ValueError("target_check needs at least one evaluation row")
     thr = fraction * float(expert_return)
     rets = [(int(r["env_step"]), float(r["eval_return_mean"])) for r in rows]
     first = next((s for s, v in rets if s <= within_env_steps and v >= thr), None)
+    k = len(rets)  # start of the trailing run of evaluations at or above the threshold
+    while k > 0 and rets[k - 1][1] >= thr:
+        k -= 1
+    settled = rets[k][0] if k <= len(rets) - 2 and rets[k][0] <= within_env_steps else None
     after = [(s, v) for s, v in rets if first is not None and s >= first]
     worst = min(after, key=lambda sv: sv[1]) if after else (None, None)
-    return {"threshold": thr, "first_env_step": first, "met": bool(after) and worst[1] >= thr,
-            "best": max(v for _, v in rets), "worst_after": worst[1], "worst_after_env_step": worst[0],
-            "final": rets[-1][1]}
+    return {"threshold": thr, "first_env_step": first, "settled_env_step": settled, "met": settled is not None,
+            "best": max(v for _, v in rets), "worst_after_first": worst[1], "worst_after_first_env_step": worst[0],
+            "final": rets[-1][1], "final_env_step": rets[-1][0]}
 
 
 def describe_target(check: dict[str, Any], expert_return: float) -> str:
@@ -307,10 +315,19 @@ def describe_target(check: dict[str, Any], expert_return: float) -> str:
     def ret(v: float) -> str:
         return f"{v:.1f} ({100 * v / expert_return:.1f}%)"
 
-    if check["first_env_step"] is None:
-        return f"not met: never reached {check['threshold']:.1f}; best {ret(check['best'])}"
-    head = f"reached {check['threshold']:.1f} at {check['first_env_step'] // 1000}k env steps"
+    thr, first, settled = f"{check['threshold']:.1f}", check["first_env_step"], check["settled_env_step"]
+    dip = (f"{ret(check['worst_after_first'])} at {check['worst_after_first_env_step'] // 1000}k"
+           if first is not None else "")
     if check["met"]:
-        return f"met: {head}, lowest after that {ret(check['worst_after'])}, final {ret(check['final'])}"
-    return (f"not met: {head}, fell to {ret(check['worst_after'])} at {check['worst_after_env_step'] // 1000}k, "
-            f"final {ret(check['final'])}")
+        line = f"met: at or above {thr} from {settled // 1000}k env steps to the end, final {ret(check['final'])}"
+        if first < settled:
+            line += f" (first reached at {first // 1000}k, then down to {dip})"
+        return line
+    if first is None:
+        return f"not met: never reached {thr} in time; best {ret(check['best'])}"
+    if first == check["final_env_step"]:
+        return f"not met: reached {thr} only at the last evaluation, {ret(check['final'])}: run longer to tell"
+    line = f"not met: reached {thr} at {first // 1000}k env steps, fell to {dip}, final {ret(check['final'])}"
+    if check["final"] >= check["threshold"]:
+        line += " (back above it at the last evaluation only: run longer to tell)"
+    return line

@@ -254,17 +254,22 @@ def _curve(*returns: float) -> list[dict]:
     return [{"env_step": 10_000 * (i + 1), "eval_return_mean": r} for i, r in enumerate(returns)]
 
 
-@pytest.mark.parametrize("returns, first, met", [
-    ((100, 500, 910, 950, 905, 990), 30_000, True),     # reaches 90% at 30k and never drops below
-    ((100, 950, 600, 950), 20_000, False),              # reaches, then collapses for one evaluation
-    ((100, 899.9, 899.9), None, False),                 # just short of 90% of 1000
-    ((100,) * 10 + (1000,), None, False),               # only after 100k env steps: too late
+@pytest.mark.parametrize("returns, first, settled", [
+    ((100, 500, 910, 950, 905, 990), 30_000, 30_000),   # reaches 90% at 30k and never drops below
+    ((100, 950, 600, 950, 960), 20_000, 40_000),        # a dip after the first hit, then stays from 40k
+    ((100, 950, 600, 950), 20_000, None),               # back above only at the last evaluation
+    ((100, 899.9, 899.9), None, None),                  # just short of 90% of 1000
+    ((100,) * 10 + (1000, 1000), None, None),           # only after 100k env steps: too late
+    ((100,) * 9 + (1000,), 100_000, None),              # reached at the last evaluation: stays unshown
 ])
-def test_target_check_reads_the_issues_criterion_off_a_curve(returns, first, met):
+def test_target_check_reads_the_issues_criterion_off_a_curve(returns, first, settled):
     check = im.target_check(_curve(*returns), 1000.0)
     assert check["threshold"] == pytest.approx(900.0)
-    assert check["first_env_step"] == first and check["met"] is met
+    assert check["first_env_step"] == first and check["settled_env_step"] == settled
+    assert check["met"] is (settled is not None)
     line = im.describe_target(check, 1000.0)
-    assert line.startswith("met:" if met else "not met:") and "900.0" in line
-    if first is not None and not met:
-        assert "fell to 600.0 (60.0%) at 30k" in line
+    assert line.startswith("met:" if check["met"] else "not met:") and "900.0" in line
+    if first is not None and first != settled and first < 100_000:
+        assert "600.0 (60.0%) at 30k" in line  # the dip after the first hit is named, met or not
+    if first == 100_000:
+        assert "only at the last evaluation" in line
