@@ -10,7 +10,7 @@ prior``, what ``collect-experts`` writes); ``--demo-policy plan`` records it act
 but jitters on cartpole-balance. docs/learning.md has both settings' curves.
 Evaluations average ``--eval-episodes`` episodes (20 by default: five cannot tell a collapse from
 the spread of reacher-easy's random target positions). Every run gets the issue's verdict (>= 90% of the
-expert within 100k env steps, and no evaluation below that afterwards), and the end of the output
+expert from some evaluation within 100k env steps to the end: ``imitate.target_check``), and the end of the output
 counts the seeds that meet it per task and arm: ``--imitation-seeds`` runs several (the expert and its
 demos stay those of ``--seed``). A 20-episode evaluation fixes 20 targets per seed, and on reacher-easy
 which 20 moves the return by hundreds; ``--final-episodes 200`` also evaluates every run's final agent
@@ -133,7 +133,7 @@ def main() -> None:
             summary.setdefault(task, {})[name] = {"expert": expert, "random": random, "seed": seed,
                                                   "target": check, "final_common": final,
                                                   "expert_common": expert_common, "rows": rows}
-    print("\ntarget (>= 90% of the expert's return within 100k env steps, and no evaluation below it afterwards):")
+    print("\ntarget (>= 90% of the expert's return from some evaluation within 100k env steps to the end of the run):")
     for (task, arm), runs in verdicts.items():
         finals = [f[0] for _, f in runs if f is not None]
         common = f"; final agents on common episodes {', '.join(f'{v:.0f}' for v in finals)}" if finals else ""
