@@ -329,5 +329,5 @@ def describe_target(check: dict[str, Any], expert_return: float) -> str:
         return f"not met: reached {thr} only at the last evaluation, {ret(check['final'])}: run longer to tell"
     line = f"not met: reached {thr} at {first // 1000}k env steps, fell to {dip}, final {ret(check['final'])}"
     if check["final"] >= check["threshold"]:
-        line += " (back above it at the last evaluation only: run longer to tell)"
+        line += " (above it again at the end, but only from the last evaluation or after the deadline)"
     return line
