@@ -82,7 +82,6 @@ def main() -> None:
         ap.error(f"--imitation-seeds takes a comma list of integers, got {args.imitation_seeds!r}")
     store = ArtifactStore(args.workdir)
     summary: dict = {}
-    verdicts: dict[tuple[str, str], list[tuple[bool, tuple[float, float] | None]]] = {}
     for task in args.tasks.split(","):
         ccfg = collect_experts.CollectConfig(task=task, policy=args.expert_policy, preset=args.preset,
                                              train_steps=args.expert_steps,
@@ -128,16 +127,17 @@ def main() -> None:
                 final = common_eval(str(art.path / "agent.pt"), args.final_episodes, args.plan, args.device, store)
                 vs = f" = {100 * final[0] / expert_common[0]:.1f}% of the expert there" if expert_common else ""
                 print(f"  final agent on {args.final_episodes} common episodes: {final[0]:.1f} ± {final[1]:.1f} (s.e.){vs}")
-            verdicts.setdefault((task, arm), []).append((check["met"], final))
             name = arm if len(seeds) == 1 else f"{arm} seed={seed}"
-            summary.setdefault(task, {})[name] = {"expert": expert, "random": random, "seed": seed,
+            summary.setdefault(task, {})[name] = {"expert": expert, "random": random, "arm": arm, "seed": seed,
                                                   "target": check, "final_common": final,
                                                   "expert_common": expert_common, "rows": rows}
     print("\ntarget (>= 90% of the expert's return from some evaluation within 100k env steps to the end of the run):")
-    for (task, arm), runs in verdicts.items():
-        finals = [f[0] for _, f in runs if f is not None]
-        common = f"; final agents on common episodes {', '.join(f'{v:.0f}' for v in finals)}" if finals else ""
-        print(f"  {task:<24} {arm:<24} met in {sum(m for m, _ in runs)} of {len(runs)} seed(s){common}")
+    for task, runs in summary.items():
+        for arm in dict.fromkeys(r["arm"] for r in runs.values()):  # arms in run order
+            sel = [r for r in runs.values() if r["arm"] == arm]
+            finals = [r["final_common"][0] for r in sel if r["final_common"] is not None]
+            common = f"; final agents on common episodes {', '.join(f'{v:.0f}' for v in finals)}" if finals else ""
+            print(f"  {task:<24} {arm:<24} met in {sum(r['target']['met'] for r in sel)} of {len(sel)} seed(s){common}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))

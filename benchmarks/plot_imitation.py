@@ -27,10 +27,11 @@ def load_curves(specs: list[str]) -> dict[str, list[dict[str, Any]]]:
         path, _, tag = spec.partition(":")
         data = json.loads(Path(path).read_text())
         for task, arms in data.items():
-            for reward, arm in arms.items():
+            for name, arm in arms.items():
                 rows = arm["rows"]  # imitate.read_metrics: eval rows only
+                reward, _, variant = name.partition(" ")  # e.g. "cdred detached seed=1"
                 out.setdefault(task, []).append({
-                    "label": " ".join([reward.split(" ")[0].upper(), *reward.split(" ")[1:]]) + (f" ({tag})" if tag else ""),
+                    "label": reward.upper() + (f" {variant}" if variant else "") + (f" ({tag})" if tag else ""),
                     "expert": float(arm["expert"]),
                     "env_step": [r["env_step"] for r in rows],
                     "mean": [r["eval_return_mean"] for r in rows],
