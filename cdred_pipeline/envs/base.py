@@ -25,12 +25,6 @@ _GL_HINT = "run with MUJOCO_GL=egl (headless; or MUJOCO_GL=osmesa after `apt-get
 _GL_VALID = {"egl", "osmesa", "glfw"}
 _GL_ALL = _GL_VALID | {"", "0", "1", "disable", "disabled", "enable", "enabled", "false", "off", "on", "true"}
 
-STREAM_SIM = 0
-"""Sub-seed stream of the simulator's own randomness (initial state, goals)."""
-STREAM_TREMBLE = 1
-"""Sub-seed stream of the tremble wrapper's draws."""
-
-
 class InvalidActionError(UsageError):
     """An action of the wrong shape or with NaN/inf entries (exit code 2)."""
 
@@ -56,11 +50,6 @@ def check_gl_for_rendering() -> None:
         return  # glfw on a desktop
     shown = "unset" if "MUJOCO_GL" not in os.environ else f"MUJOCO_GL={os.environ['MUJOCO_GL']!r}"
     raise CdredError(f"rendering needs an OpenGL backend but {shown} and no display: {_GL_HINT}")
-
-
-def sub_seed(episode_seed: int, stream: int) -> int:
-    """A 32-bit seed for one randomness stream of one episode (independent streams per episode)."""
-    return int(np.random.SeedSequence([int(episode_seed), int(stream)]).generate_state(1)[0])
 
 
 def validate_camera(task: str, model: Any, camera: str | int | None) -> None:

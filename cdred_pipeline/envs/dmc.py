@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from cdred_pipeline.envs.base import STREAM_SIM, CdredEnv, check_gl_env, sub_seed, validate_camera
+from cdred_pipeline.seeding import derive
+from cdred_pipeline.envs.base import CdredEnv, check_gl_env, validate_camera
 from cdred_pipeline.envs.spec import TaskSpec
 from cdred_pipeline.errors import CdredError
 
@@ -107,7 +108,7 @@ class DMCEnv(CdredEnv):
         return np.concatenate([np.asarray(obs[k], dtype=np.float64).reshape(-1) for k in self._obs_keys])
 
     def _reset_sim(self, episode_seed: int) -> np.ndarray:
-        self._env.task._random = np.random.RandomState(sub_seed(episode_seed, STREAM_SIM))  # noqa: SLF001
+        self._env.task._random = np.random.RandomState(derive(episode_seed, "sim"))  # noqa: SLF001
         if self._escape:
             # the terrain's bumps are the first draw of Escape.initialize_episode: replay it to record them
             rs = np.random.RandomState()

@@ -21,7 +21,8 @@ import sys
 
 import numpy as np
 
-from cdred_pipeline.envs.base import STREAM_SIM, CdredEnv, check_gl_env, sub_seed, validate_camera
+from cdred_pipeline.seeding import derive
+from cdred_pipeline.envs.base import CdredEnv, check_gl_env, validate_camera
 from cdred_pipeline.envs.spec import TaskSpec
 from cdred_pipeline.errors import MissingDependencyError, UsageError
 
@@ -78,8 +79,8 @@ class GymEnv(CdredEnv):
         super().__init__(spec, seed)
 
     def _reset_sim(self, episode_seed: int) -> np.ndarray:
-        obs, _ = self._env.reset(seed=sub_seed(episode_seed, STREAM_SIM))
-        self._env.action_space.seed(sub_seed(episode_seed, STREAM_SIM))
+        obs, _ = self._env.reset(seed=derive(episode_seed, "sim"))
+        self._env.action_space.seed(derive(episode_seed, "sim"))
         if self._is_mujoco:
             import mujoco
 

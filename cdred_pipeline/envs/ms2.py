@@ -22,7 +22,8 @@ import glob
 import importlib.util
 import numpy as np
 
-from cdred_pipeline.envs.base import STREAM_SIM, CdredEnv, sub_seed
+from cdred_pipeline.seeding import derive
+from cdred_pipeline.envs.base import CdredEnv
 from cdred_pipeline.envs.spec import MS2_TASKS, README_MS2_SECTION, TaskSpec
 from cdred_pipeline.errors import MissingDependencyError, UsageError
 
@@ -76,7 +77,7 @@ class ManiSkill2Env(CdredEnv):
         super().__init__(spec, seed)
 
     def _reset_sim(self, episode_seed: int) -> np.ndarray:
-        out = self._env.reset(seed=sub_seed(episode_seed, STREAM_SIM))
+        out = self._env.reset(seed=derive(episode_seed, "sim"))
         obs = out[0] if isinstance(out, tuple) else out
         return np.asarray(obs, dtype=np.float64).reshape(-1)
 

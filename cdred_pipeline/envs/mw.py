@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cdred_pipeline.envs.base import STREAM_SIM, CdredEnv, check_gl_env, sub_seed, validate_camera
+from cdred_pipeline.seeding import derive
+from cdred_pipeline.envs.base import CdredEnv, check_gl_env, validate_camera
 from cdred_pipeline.envs.spec import TaskSpec, parse_task
 from cdred_pipeline.errors import UsageError
 
@@ -84,7 +85,7 @@ class MetaWorldEnv(CdredEnv):
     def _reset_sim(self, episode_seed: int) -> np.ndarray:
         import mujoco
 
-        self._env.np_random = np.random.default_rng(sub_seed(episode_seed, STREAM_SIM))
+        self._env.np_random = np.random.default_rng(derive(episode_seed, "sim"))
         obs, _ = self._env.reset()
         # reset() writes goal sites into the model after its last mj_forward: make data consistent so
         # that the first frame equals a re-render of the stored state

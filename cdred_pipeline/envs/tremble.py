@@ -2,7 +2,7 @@
 
 With probability ``p`` per agent step the executed action is replaced by a uniform random action in
 [-1, 1]^A; otherwise the policy's (clipped) action runs. Draws come from a numpy Generator seeded per
-episode from the episode seed (stream :data:`~cdred_pipeline.envs.base.STREAM_TREMBLE`), never from the
+episode from the episode seed (the "tremble" stream of :mod:`cdred_pipeline.seeding`), never from the
 global RNG, so the same reset seed and ``p`` reproduce the same trembles and the same random actions.
 ``info["trembled"]`` says whether this step trembled and ``info["executed_action"]`` what ran;
 ``info["policy_action"]`` keeps the (clipped) action the policy asked for. ``p = 0`` is the unwrapped
@@ -17,7 +17,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from cdred_pipeline.envs.base import STREAM_TREMBLE, CdredEnv, sub_seed
+from cdred_pipeline.seeding import derive
+from cdred_pipeline.envs.base import CdredEnv
 from cdred_pipeline.errors import UsageError
 
 
@@ -47,7 +48,7 @@ class TrembleWrapper(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        self._rng = np.random.default_rng(sub_seed(self._base.episode_seed, STREAM_TREMBLE))
+        self._rng = np.random.default_rng(derive(self._base.episode_seed, "tremble"))
         return obs, info
 
     def step(self, action: Any):
