@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export MUJOCO_GL ?= egl
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 $(BIN)/cdred: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(BIN)/cdred: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	@touch $@
 
-# Test extras: pytest, hypothesis, and Ray for the executor tests (a local Ray instance per test).
+# Test extras: pytest, hypothesis, ruff, import-linter, and Ray for the executor tests (a local Ray
+# instance per test).
 $(VENV)/.test-deps: $(BIN)/cdred
 	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	@touch $@
@@ -24,7 +25,15 @@ install: $(BIN)/cdred
 demo: install
 	$(BIN)/cdred pipeline mw:reach --preset quickstart
 
-test: $(VENV)/.test-deps
+# ruff (errors, function size and complexity: ruff.toml), then the layer contracts (.importlinter) on the
+# package as installed (stages/ and datasets/ live under cdred_pipeline there), built into .venv/lint.
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
+	rm -rf $(VENV)/lint
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation --target $(VENV)/lint .
+	cd $(VENV)/lint && ../bin/lint-imports ../../.importlinter --no-cache
+
+test: lint
 	$(BIN)/python -m pytest tests -q -rs
 
 bench: install
