@@ -247,13 +247,15 @@ class _EvalRecorder:
                  "length": self.length, "trembles": self.trembles}, self.frames)
 
 
-def run_eval_episodes_batched(envs: list[Any], agent: Any, seeds: list[int], *, filmed: set[int] | None = None,
-                              video_size: int = 256, on_episode: Any = None) -> list[tuple[dict[str, Any], list | None]]:
-    """Run ``len(seeds)`` evaluation episodes on K envs stepped together, one batched policy call per step.
+def run_eval_episodes(envs: Sequence[Any], agent: Any, seeds: Sequence[int], *, filmed: set[int] | None = None,
+                      video_size: int = 256,
+                      on_episode: Callable[[dict[str, Any]], None] | None = None) -> list[tuple[dict[str, Any], list | None]]:
+    """Run ``len(seeds)`` evaluation episodes (eval mode, mean actions) on the envs stepped together.
 
-    Each env takes the next episode seed when its episode ends, so every episode runs as
-    ``stages.evaluate.run_eval_episode`` would run it (same reset seed, same per-episode tremble
-    draws). Returns (episode result, frames or None) in seed order; ``on_episode(result)`` as they end.
+    One env (``[env]``) runs them one after the other. Episode ``i`` is reset with ``seeds[i]``;
+    the first step of each episode plans from scratch. Returns (episode result, frames or None) in
+    seed order: the result holds return, success_any, success_final, length and trembles; episodes
+    whose index is in ``filmed`` keep their frames. ``on_episode(result)`` as episodes end.
     """
     filmed = filmed or set()
     return run_vector_episodes(
@@ -261,5 +263,74 @@ def run_eval_episodes_batched(envs: list[Any], agent: Any, seeds: list[int], *, 
         on_episode=None if on_episode is None else (lambda i, out: on_episode(out[0])))
 
 
-__all__ = ["BatchAct", "EpisodeRecorder", "Slot", "act_batch", "prior_act", "run_eval_episodes_batched",
-           "run_vector_episodes", "single_thread", "torch_no_grad"]
+# ------------------------------------------------------------------------------------ trajectories
+class TrajectoryRecorder:
+    """One episode as arrays: ``obs`` (T+1, ...) (the observation before each action, then the final
+    one), ``action`` (T, A) (the executed action), ``reward`` (T,) float32, ``terminated`` (T,) bool,
+    ``return`` (float) and ``success`` (any step); with ``record_state`` also ``physics_state``
+    (T, S) (the simulator state before each action) and ``final_physics_state`` (S,)."""
+
+    def __init__(self, record_state: bool = False) -> None:
+        self.record_state = record_state
+        self.obs: list[np.ndarray] = []
+        self.action: list[np.ndarray] = []
+        self.reward: list[float] = []
+        self.terminated: list[bool] = []
+        self.states: list[np.ndarray] = []
+        self.success = False
+
+    def on_reset(self, env: Any, obs: np.ndarray, info: dict[str, Any]) -> None:
+        self.obs.append(obs)
+        if self.record_state:
+            self.states.append(env.get_physics_state())
+
+    def on_step(self, env: Any, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, reward: float,
+                terminated: bool, truncated: bool, info: dict[str, Any]) -> None:
+        self.obs.append(next_obs)
+        self.action.append(np.asarray(info.get("executed_action", np.clip(action, -1, 1)), dtype=np.float32))
+        self.reward.append(float(reward))
+        self.terminated.append(bool(terminated))
+        self.success = self.success or bool(info.get("success", False))
+        if self.record_state:  # the state after step t is the state before action t+1: one read serves both
+            self.states.append(env.get_physics_state())
+
+    def result(self, env: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "obs": np.stack(self.obs), "action": np.stack(self.action),
+            "reward": np.asarray(self.reward, dtype=np.float32), "terminated": np.asarray(self.terminated, dtype=bool),
+            "return": float(np.sum(self.reward)), "success": self.success}
+        if self.record_state:
+            out["physics_state"] = np.asarray(self.states[:-1])
+            out["final_physics_state"] = self.states[-1]
+        return out
+
+
+def run_trajectories(envs: Sequence[Any], seeds: Sequence[int], act: BatchAct, *, record_state: bool = False,
+                     on_episode: Callable[[int, dict[str, Any]], None] | None = None,
+                     start: int = 0, keep: bool = True) -> list[dict[str, Any]]:
+    """Roll ``len(seeds)`` episodes with ``act`` on the envs stepped together and keep each as the
+    arrays of :class:`TrajectoryRecorder` (in seed order). ``on_episode(index, episode)`` as they end;
+    ``start``: skip the first episodes (a resumed collection); ``keep`` False: return no episodes
+    (a caller that writes them as they come)."""
+    return run_vector_episodes(envs, seeds, act, lambda i: TrajectoryRecorder(record_state),
+                               on_episode=on_episode, keep=keep, start=start)
+
+
+def random_act(seed: int, action_dim: int) -> BatchAct:
+    """The uniform random policy on [-1, 1]^A as a batched ``act``: episode ``i`` draws its actions
+    from ``seeding.numpy_rng(seed, "random-actions", i)``, so they do not depend on the other envs."""
+    from cdred_pipeline.seeding import numpy_rng
+
+    def act(obs: np.ndarray, slots: list[Slot]) -> np.ndarray:
+        out = []
+        for s in slots:
+            if "rng" not in s.state:
+                s.state["rng"] = numpy_rng(seed, "random-actions", s.index)
+            out.append(s.state["rng"].uniform(-1.0, 1.0, size=action_dim).astype(np.float32))
+        return np.stack(out)
+
+    return act
+
+
+__all__ = ["BatchAct", "EpisodeRecorder", "Slot", "TrajectoryRecorder", "act_batch", "prior_act", "random_act",
+           "run_eval_episodes", "run_trajectories", "run_vector_episodes", "single_thread", "torch_no_grad"]

@@ -31,12 +31,12 @@ import numpy as np
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import CdredError, UsageError
 from cdred_pipeline.stages.common import DATASET_NAME, file_sha256
-from cdred_pipeline.vector import BatchAct, Slot, prior_act, run_vector_episodes, single_thread
+from cdred_pipeline.seeding import derive
+from cdred_pipeline.vector import BatchAct, prior_act, random_act, run_trajectories, single_thread
 
 EXPERT_STAGE, EXPERT_VERSION = "experts", 1
-# 2: episodes are rolled by the vectorised loop: the policy prior acts on zero-padded batches of
-# PAD_ROWS rows (other rounding than version 1's one-row calls) and MPPI draws from per-episode generators
-DEMO_STAGE, DEMO_VERSION = "demos", 2
+# the version changes whenever the same config would give other dataset bytes (rollout loop, seed streams)
+DEMO_STAGE, DEMO_VERSION = "demos", 3
 POLICIES = ("tdmpc2", "scripted", "checkpoint")
 PAD_ROWS = 8
 """The policy prior acts on batches padded to a multiple of this many rows, whatever --num-envs, so
@@ -81,79 +81,6 @@ class CollectConfig:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _episode_seed(seed: int, index: int, stream: int) -> int:
-    """Seed of episode ``index`` of a stream (0: demos reset, 1: random-baseline reset, 2: random actions,
-    3: the expert's MPPI sampling); a function of (seed, stream, index) only, never of the order in
-    which episodes run or of how many envs run them."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
-
-
-class _EpisodeRecorder:
-    """One episode in the arrays of the dataset layout (ARCHITECTURE §6): the observation before each
-    action, the executed action, reward, terminated, and the simulator state before each action
-    (``record_state``; the state after step t is the state before action t+1, so one read per step
-    serves both). Without ``record_state`` it keeps only return and success (the random baseline)."""
-
-    def __init__(self, record_state: bool = True) -> None:
-        self.record_state = record_state
-        self.rows: dict[str, list] = {"obs": [], "action": [], "reward": [], "terminated": [], "physics_state": []}
-        self.success, self.last_obs = False, None
-
-    def on_reset(self, env: Any, obs: np.ndarray, info: dict[str, Any]) -> None:
-        self.last_obs = obs
-        if self.record_state:
-            self.rows["physics_state"].append(env.get_physics_state())
-
-    def on_step(self, env: Any, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, reward: float,
-                terminated: bool, truncated: bool, info: dict[str, Any]) -> None:
-        rows = self.rows
-        rows["reward"].append(float(reward))
-        self.success = self.success or bool(info.get("success", False))
-        self.last_obs = next_obs
-        if not self.record_state:
-            return
-        rows["obs"].append(obs)
-        rows["action"].append(np.asarray(info.get("executed_action", np.clip(action, -1, 1)), dtype=np.float32))
-        rows["terminated"].append(bool(terminated))
-        rows["physics_state"].append(env.get_physics_state())
-
-    def result(self, env: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"return": float(np.sum(self.rows["reward"])), "success": self.success,
-                               "final_obs": np.asarray(self.last_obs)}
-        if self.record_state:
-            states = self.rows.pop("physics_state")
-            out.update({k: np.asarray(v) for k, v in self.rows.items() if v})
-            out["physics_state"] = np.asarray(states[:-1])
-            out["final_physics_state"] = states[-1]
-        return out
-
-
-def run_episodes(envs: list[Any], act: BatchAct, seeds: list[int], *, record_state: bool = True,
-                 on_episode: Callable[[int, dict[str, Any]], None] | None = None,
-                 keep: bool = True, start: int = 0) -> list[dict[str, Any]]:
-    """Roll ``len(seeds)`` episodes on the envs stepped together, ONE ``act`` call per step
-    (:func:`cdred_pipeline.vector.run_vector_episodes`); each episode as a dict of the dataset
-    layout's arrays (``obs``, ``action``, ``reward``, ``terminated``, ``physics_state``, ``final_obs``,
-    ``final_physics_state``), ``return`` and ``success``. ``on_episode(index, episode)`` as they end;
-    ``start``: skip the first episodes (a resumed collection)."""
-    return run_vector_episodes(envs, seeds, act, lambda i: _EpisodeRecorder(record_state),
-                               on_episode=on_episode, keep=keep, start=start)
-
-
-def random_act(action_dim: int, seed: int) -> BatchAct:
-    """The random-policy baseline as a batched ``act``: uniform actions in [-1, 1] from a generator of
-    its own per episode (seeded by stream 2), so episode i's actions do not depend on the other envs."""
-
-    def act(obs: np.ndarray, slots: list[Slot]) -> np.ndarray:
-        out = []
-        for s in slots:
-            rng = s.state.setdefault("rng", np.random.default_rng(_episode_seed(seed, s.index, 2)))
-            out.append(rng.uniform(-1.0, 1.0, size=action_dim).astype(np.float32))
-        return np.stack(out)
-
-    return act
-
-
 def random_scores(task: str, n: int, seed: int, episode_length: int | None, *, num_envs: int = 1) -> dict[str, float]:
     """Mean return and success of the uniform random policy over ``n`` seeded episodes (``num_envs``
     envs stepped together; the scores do not depend on it)."""
@@ -163,8 +90,8 @@ def random_scores(task: str, n: int, seed: int, episode_length: int | None, *, n
         return {}
     envs = [make_env(task, seed=seed, episode_length=episode_length) for _ in range(max(1, min(num_envs, n)))]
     try:
-        eps = run_episodes(envs, random_act(envs[0].action_space.shape[0], seed),
-                           [_episode_seed(seed, i, 1) for i in range(n)], record_state=False)
+        eps = run_trajectories(envs, [derive(seed, "baseline-reset", i) for i in range(n)],
+                               random_act(seed, envs[0].action_space.shape[0]))
     finally:
         for env in envs:
             env.close()
@@ -277,7 +204,7 @@ def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[BatchAct, 
     agent.cuda_graphs = False  # per-episode MPPI generators need the eager plan (a graph holds one generator)
     source = {"kind": "tdmpc2", "checkpoint_sha256": file_sha256(path),
               "train_steps": int(extra.get("env_step", 0)), "preset": extra.get("preset")}
-    act = prior_act(agent, pad_rows=PAD_ROWS, generator_seed=lambda i: _episode_seed(cfg.seed, i, 3))
+    act = prior_act(agent, pad_rows=PAD_ROWS, generator_seed=lambda i: derive(cfg.seed, "mppi", i))
     return act, source, agent.device
 
 
@@ -340,8 +267,8 @@ def collect_demos(cfg: CollectConfig, expert: Artifact, store: ArtifactStore, *,
             while writer.num_episodes in ready:
                 i = writer.num_episodes
                 e = ready.pop(i)
-                writer.append_episode(e["obs"], e["action"], e["reward"], e["terminated"], e["physics_state"],
-                                      e["final_obs"], e["final_physics_state"], seed=_episode_seed(cfg.seed, i, 0),
+                writer.append_episode(e["obs"][:-1], e["action"], e["reward"], e["terminated"], e["physics_state"],
+                                      e["obs"][-1], e["final_physics_state"], seed=derive(cfg.seed, "demo-reset", i),
                                       success=e["success"])
                 writer.flush()  # an episode counts as done once it is on disk: a kill loses no finished episode
                 steps += len(e["reward"])
@@ -351,8 +278,8 @@ def collect_demos(cfg: CollectConfig, expert: Artifact, store: ArtifactStore, *,
 
         try:
             with single_thread(device):
-                run_episodes(envs, act, [_episode_seed(cfg.seed, i, 0) for i in range(cfg.episodes)],
-                             on_episode=write_ready, keep=False, start=first)
+                run_trajectories(envs, [derive(cfg.seed, "demo-reset", i) for i in range(cfg.episodes)], act,
+                                 record_state=True, on_episode=write_ready, keep=False, start=first)
             bar.close()
             collect_s = time.time() - t0
             if writer.num_episodes != cfg.episodes:

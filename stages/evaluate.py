@@ -24,7 +24,7 @@ import numpy as np
 from cdred_pipeline.artifacts import Artifact, ArtifactStore, save_figure_atomic
 from cdred_pipeline.errors import CdredError, UsageError
 # the batched-acting machinery is shared with collect-experts --num-envs
-from cdred_pipeline.vector import run_eval_episodes_batched, single_thread as _single_thread
+from cdred_pipeline.vector import run_eval_episodes, single_thread as _single_thread
 
 STAGE, VERSION = "eval", 1
 BOOTSTRAP_SAMPLES = 2000
@@ -266,7 +266,7 @@ def run_block(block: EvalBlock) -> dict[str, Any]:
                 bar.set_postfix(ret=f"{ep['return']:.1f}")
         else:
             with _single_thread(agent.device):
-                results = run_eval_episodes_batched(envs, agent, seeds, filmed=filmed, video_size=block.video_size,
+                results = run_eval_episodes(envs, agent, seeds, filmed=filmed, video_size=block.video_size,
                                                     on_episode=lambda ep: bar.update(1))
         dt = getattr(envs[0].unwrapped, "control_dt", None)
     finally:

@@ -25,6 +25,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from cdred_pipeline.agent import AgentConfig, TDMPC2Agent  # noqa: E402
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.datasets import open_dataset, validate  # noqa: E402
+from cdred_pipeline.seeding import derive  # noqa: E402
 from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
 from cli_helpers import one_line_error, run_cli  # noqa: E402
 from store_helpers import assert_same_zarr, kill_collection_midway  # noqa: E402
@@ -56,7 +57,7 @@ def _check_against_manifest(art, episodes: int, length: int) -> None:
     assert ds.num_episodes == man["episodes"] == episodes and ds.num_steps == man["steps"] == episodes * length
     eps = [ds.episode(i) for i in range(episodes)]
     assert [e["length"] for e in eps] == [length] * episodes
-    assert [e["seed"] for e in eps] == [ce._episode_seed(0, i, 0) for i in range(episodes)]  # index order
+    assert [e["seed"] for e in eps] == [derive(0, "demo-reset", i) for i in range(episodes)]  # index order
     rets = np.array([e["return"] for e in eps])
     for e in eps:
         assert e["return"] == pytest.approx(float(np.sum(e["reward"], dtype=np.float64)), rel=1e-5, abs=1e-4)
