@@ -14,7 +14,7 @@ from cdred_pipeline.errors import DatasetError
 
 from . import layout as L
 
-__all__ = ["Dataset", "open_dataset", "load_episodes", "stack_frames", "FRAME_STACK"]
+__all__ = ["Dataset", "open_dataset", "load_episodes", "stack_frames", "dir_size", "FRAME_STACK"]
 
 #: Frames per pixel observation, as TD-MPC2's pixel wrapper (and ``make_env(obs="rgb")``).
 FRAME_STACK = 3
@@ -184,11 +184,12 @@ class Dataset:
         for key in self.keys():
             arr = self.group[key]
             out[key] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
-                        "nbytes": int(arr.nbytes), "stored": _dir_size(self.path / key)}
+                        "nbytes": int(arr.nbytes), "stored": dir_size(self.path / key)}
         return out
 
 
-def _dir_size(path: Path) -> int:
+def dir_size(path: Path) -> int:
+    """Bytes of every file under ``path`` (files removed meanwhile are skipped): a store's size on disk."""
     total = 0
     for root, _dirs, files in os.walk(path):
         for f in files:

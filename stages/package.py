@@ -1,14 +1,12 @@
-"""`cdred package`: inspect, validate, merge, export and import episode stores (ARCHITECTURE §6).
+"""`cdred package`: inspect, validate, merge, export and import episode stores (docs/design.md §6).
 
 Each function takes paths, does the work through :mod:`cdred_pipeline.datasets` and returns plain
 data the CLI prints. Outputs are written under a temporary name and renamed when complete, so an
-interrupted command never leaves an output that looks finished. In the pipeline, :func:`run` is the
-`package` step between render-visual and imitate: a deep validation of the demos with a summary.
+interrupted command never leaves an output that looks finished.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,10 @@ import numpy as np
 
 from cdred_pipeline.datasets import open_dataset, validate
 from cdred_pipeline.datasets import convert
-from cdred_pipeline.datasets.reader import _dir_size
-from cdred_pipeline.errors import DatasetError, UsageError
+from cdred_pipeline.datasets.reader import dir_size
+from cdred_pipeline.errors import UsageError
 
-__all__ = ["PackageConfig", "PACKAGE_PRESETS", "run", "inspect", "format_summary", "validate_dataset", "merge", "export", "import_",
+__all__ = ["inspect", "format_summary", "validate_dataset", "merge", "export", "import_",
            "EXPORT_FORMATS", "IMPORT_FORMATS"]
 
 EXPORT_FORMATS = ("hdf5", "parquet")
@@ -61,7 +59,7 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
         "arrays": storage,
         "bytes_uncompressed": nbytes,
         "bytes_stored": stored,
-        "size_on_disk": _dir_size(ds.path),
+        "size_on_disk": dir_size(ds.path),
         "compression_ratio": (nbytes / stored) if stored else None,
     }
 
@@ -136,31 +134,3 @@ def import_(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None
     convert.import_file(file, out, task=task, fmt=fmt, trust_pickle=trust_pickle, overwrite=force)
     return inspect(out)
 
-
-# ------------------------------------------------------------------------------ pipeline step
-@dataclasses.dataclass(frozen=True)
-class PackageConfig:
-    """The pipeline's package step: validate the demos (deep) and summarise them."""
-
-    deep: bool = True  # decode every chunk (NaN rows, action range, unreadable chunks); False: structure only
-
-    @classmethod
-    def preset(cls, name: str = "default", **overrides: Any) -> "PackageConfig":
-        """``default`` (deep validation) or ``quick`` (structure only), with field overrides."""
-        if name not in PACKAGE_PRESETS:
-            raise UsageError(f"package preset {name!r}: use one of {', '.join(PACKAGE_PRESETS)}")
-        return dataclasses.replace(PACKAGE_PRESETS[name], **overrides)
-
-
-PACKAGE_PRESETS: dict[str, PackageConfig] = {"default": PackageConfig(), "quick": PackageConfig(deep=False)}
-
-
-def run(config: PackageConfig, inputs: dict[str, str | os.PathLike]) -> dict[str, Any]:
-    """Validate ``inputs["demos"]`` (a demos.zarr) and return its summary; DatasetError lists problems."""
-    if "demos" not in inputs:
-        raise UsageError("package: inputs need a 'demos' dataset path")
-    problems = validate(inputs["demos"], deep=config.deep)
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DatasetError(problems[0] + more)
-    return inspect(inputs["demos"])

@@ -4,7 +4,6 @@ one-line errors for bad input, and no partial outputs left behind."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -12,17 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import CDRED, cli_env
 
 from cdred_pipeline.datasets.synthetic import write_random_dataset
 
-CDRED = Path("/work/venv/bin/cdred")
-if not CDRED.exists():  # another checkout / virtualenv: the console script on PATH
-    CDRED = Path(shutil.which("cdred") or "cdred")
-
 
 def cdred(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    return subprocess.run([str(CDRED), *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+    """``cdred ARGS...`` (the console script next to this interpreter) run in ``cwd``, output captured."""
+    return subprocess.run([str(CDRED), *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=cli_env())
 
 
 def one_line_error(proc: subprocess.CompletedProcess, code: int, *parts: str) -> None:
