@@ -1,4 +1,4 @@
-"""Agent configuration: one frozen dataclass and named presets (ARCHITECTURE §3, paper App. A).
+"""Agent configuration: one frozen dataclass and named presets (docs/design.md §3, paper App. A).
 
 ```python
 cfg = AgentConfig.preset("small", episode_length=500)       # a new frozen object
@@ -6,7 +6,7 @@ cfg = dataclasses.replace(cfg, plan=False)                 # never mutate
 ```
 
 Defaults are TD-MPC2's (Hansen et al., 2023) as the paper's App. A.2 says ("the remaining
-hyperparameters are consistent with TD-MPC2"); sizes come from the presets.
+hyperparameters are consistent with TD-MPC2"); sizes come from the presets (``cdred_pipeline/presets.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from cdred_pipeline.errors import UsageError
+from cdred_pipeline.presets import AGENT_PRESETS
 
 REWARD_SPACES = ("latent", "obs")
 
@@ -26,7 +27,7 @@ REWARD_SPACES = ("latent", "obs")
 class AgentConfig:
     """Every knob of the TD-MPC2-style agent. Frozen: derive variants with ``dataclasses.replace``."""
 
-    # --- architecture (App. A.1)
+    # --- networks (App. A.1)
     latent_dim: int = 512
     mlp_dim: int = 512
     enc_dim: int = 256
@@ -136,24 +137,8 @@ class AgentConfig:
         return cls(**d)
 
 
-PRESETS: dict[str, AgentConfig] = {
-    # App. A.1 sizes: the TD-MPC2 5M model (latent 512, MLP 512, encoder 256), App. B.2 MPPI.
-    "paper": AgentConfig(),
-    # CPU: a quarter-width model (~0.3M parameters for a state task), batch 128, acting with the
-    # policy prior (MPPI with the lighter planner below costs ~35-50 ms per step on one core; set
-    # ``plan=True`` to use it). Measured on this shared 2-core machine with 1 torch thread
-    # (benchmarks/agent_speed.py): ~19 updates/s at batch 128 (8 at batch 256; "paper": 1.7).
-    # Learns dmc:cartpole-balance: eval return 830 after 20k agent steps (40k env steps), 19 min.
-    "small": AgentConfig(
-        latent_dim=64, mlp_dim=128, enc_dim=64, batch_size=128, plan=False,
-        num_samples=256, num_pi_trajs=24, num_elites=32, iterations=4,
-    ),
-    # Unit tests: tiny and fast.
-    "tiny": AgentConfig(
-        latent_dim=32, mlp_dim=64, enc_dim=32, num_channels=8, batch_size=32,
-        num_samples=64, num_pi_trajs=8, num_elites=16, iterations=2,
-    ),
-}
+# Derived view: the preset data lives in cdred_pipeline/presets.py.
+PRESETS: dict[str, AgentConfig] = {name: AgentConfig(**over) for name, over in AGENT_PRESETS.items()}
 
 
 def resolve_device(device: "str | torch.device" = "auto") -> torch.device:

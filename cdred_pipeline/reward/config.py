@@ -1,4 +1,4 @@
-"""Configuration of the CDRED reward model (paper §3.2, App. A.2; ARCHITECTURE §4)."""
+"""Configuration of the CDRED reward model (paper §3.2, App. A.2; docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from cdred_pipeline.errors import UsageError
+from cdred_pipeline.presets import REWARD_PRESETS
 
 GLike = Union[str, Callable[..., Any]]
 
@@ -95,11 +96,5 @@ class CDREDConfig:
         return d
 
 
-PRESETS: dict[str, CDREDConfig] = {
-    # Paper App. A: 5 targets, p = 64, 512-512 hidden.
-    "paper": CDREDConfig(),
-    # CPU-friendly: same K and p, networks as wide as the agent's "small" MLPs (128).
-    "small": CDREDConfig(hidden=(128, 128)),
-    # Unit tests and smoke runs.
-    "tiny": CDREDConfig(hidden=(64, 64), embed_dim=16),
-}
+# Derived view: the preset data lives in cdred_pipeline/presets.py.
+PRESETS: dict[str, CDREDConfig] = {name: CDREDConfig(**over) for name, over in REWARD_PRESETS.items()}
