@@ -1,4 +1,4 @@
-"""Cached stage artifacts (ARCHITECTURE §5): manifests, content keys, atomic completion, locks, resume.
+"""Cached stage artifacts (docs/design.md §5): manifests, content keys, atomic completion, locks, resume.
 
 An artifact is a folder ``<workdir>/<stage>/<key>/`` holding ``manifest.json``. Its key is a hash of
 (stage, stage version, the resolved config keys the stage reads, the keys of its input artifacts), so

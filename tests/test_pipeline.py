@@ -1,4 +1,4 @@
-"""cdred pipeline end to end in real subprocesses (issue 7): the smoke preset on dmc:cartpole-balance
+"""cdred pipeline end to end in real subprocesses: the smoke preset on dmc:cartpole-balance
 completes and prints the summary table; a SIGKILL in the middle of the imitate stage and a rerun skip
 the finished stages, asserted from the manifests (never from timing); a rerun with everything done is
 served from the cache; a changed late-stage option redoes only that stage.

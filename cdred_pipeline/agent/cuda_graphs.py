@@ -1,4 +1,4 @@
-"""CUDA-graph capture of the agent's hot paths (issue 8): the update and the MPPI plan are hundreds of
+"""CUDA-graph capture of the agent's hot paths: the update and the MPPI plan are hundreds of
 small kernels each, so on a GPU they are bound by kernel-launch latency, not arithmetic. A captured
 graph replays all of them with one launch. CPU runs the same Python functions eagerly.
 

@@ -3,7 +3,7 @@
 The agent uses a reward head through exactly two calls:
 
 - ``reward(x, a) -> (..., 1)``: the scalar reward used by the MPPI planner (Alg. 2, line 9) and, for
-  heads that do not learn from environment reward, the TD target (Alg. 1; ARCHITECTURE §4);
+  heads that do not learn from environment reward, the TD target (Alg. 1; docs/design.md §4);
 - ``loss(x, a, env_reward, is_expert) -> (T,)``: the head's own per-time-step loss, averaged over the
   batch; the agent applies the rho^t weighting, the 1/H average and ``reward_coef``.
 
