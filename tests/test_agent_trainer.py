@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cdred_pipeline.agent import AgentConfig, ReplayBuffer, RewardHead, TDMPC2Agent, TwoHotRewardHead
-from cdred_pipeline.agent.trainer import TrainerConfig, train_online
+from cdred_pipeline.agent.trainer import TrainerConfig, TrainerState, train_online
 from cdred_pipeline.errors import TrainingDivergedError
 
 torch.set_num_threads(1)
@@ -41,8 +41,8 @@ def rows(path: Path) -> list[dict]:
 
 def test_train_online_writes_metrics_curve_checkpoint_and_is_idempotent(tmp_path):
     agent = tiny_agent()
-    cfg = TrainerConfig(steps=600, seed_steps=200, pretrain_updates=20, utd=0.25, eval_every=400, eval_episodes=1,
-                        checkpoint_every=200, seed=3)
+    cfg = TrainerConfig(agent_steps=600, seed_agent_steps=200, pretrain_updates=20, utd=0.25,
+                        eval_every_agent_steps=400, eval_episodes=1, checkpoint_every_agent_steps=200, seed=3)
     s = train_online(env_fn, agent, cfg, tmp_path, progress=False, extra={"preset": "tiny"})
     assert (s["agent_step"], s["env_step"], s["episodes"], s["resumed_from"]) == (600, 600, 3, None)
     assert s["update_step"] == agent.update_step == 20 + 100
@@ -70,8 +70,8 @@ RUN_SCRIPT = textwrap.dedent(
     from cdred_pipeline.agent.trainer import TrainerConfig, train_online
     from cdred_pipeline.envs import make_env
     agent = TDMPC2Agent(AgentConfig.preset("tiny", episode_length=200, plan=False), (3,), 1, device="cpu")
-    cfg = TrainerConfig(steps=1600, seed_steps=200, pretrain_updates=20, utd=0.5, eval_every=0, eval_episodes=1,
-                        checkpoint_every=200, seed=7)
+    cfg = TrainerConfig(agent_steps=1600, seed_agent_steps=200, pretrain_updates=20, utd=0.5,
+                        eval_every_agent_steps=0, eval_episodes=1, checkpoint_every_agent_steps=200, seed=7)
     s = train_online(lambda: make_env("gym:Pendulum-v1", seed=0), agent, cfg, sys.argv[1], progress=False)
     print("SUMMARY " + json.dumps(s))
     """
@@ -136,8 +136,8 @@ class NaNAfter(TwoHotRewardHead):
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg_a = AgentConfig.preset("tiny", episode_length=200, plan=False)
     agent = TDMPC2Agent(cfg_a, (3,), 1, reward_head=NaNAfter(32, 1, mlp_dim=64, n=50), device="cpu")
-    cfg = TrainerConfig(steps=600, seed_steps=200, pretrain_updates=20, utd=1.0, eval_every=0, eval_episodes=0,
-                        checkpoint_every=200)
+    cfg = TrainerConfig(agent_steps=600, seed_agent_steps=200, pretrain_updates=20, utd=1.0,
+                        eval_every_agent_steps=0, eval_episodes=0, checkpoint_every_agent_steps=200)
     # step 201 runs 20 pretraining + 1 update, then one per step: update 51 happens at agent step 231
     with pytest.raises(TrainingDivergedError, match=r"update step 51.*agent step 231; last good checkpoint: .*agent.pt \(agent step 200\)"):
         train_online(env_fn, agent, cfg, tmp_path, progress=False)
@@ -173,19 +173,20 @@ def test_expert_buffer_hook_concatenates_halves(tmp_path):
           "reward": np.zeros(50, np.float32)} for _ in range(3)],
         obs_shape=(3,), action_dim=1,
     )
-    cfg = TrainerConfig(steps=300, seed_steps=200, pretrain_updates=5, utd=0.1, eval_every=0, eval_episodes=0)
+    cfg = TrainerConfig(agent_steps=300, seed_agent_steps=200, pretrain_updates=5, utd=0.1,
+                        eval_every_agent_steps=0, eval_episodes=0)
     s = train_online(env_fn, agent, cfg, tmp_path, progress=False, expert_buffer=expert)
     assert s["update_step"] == 5 + 10 and len(head.masks) == 15
     assert all(m.tolist() == [False] * 8 + [True] * 8 for m in head.masks)
 
 
 def test_resume_without_saved_buffer_refills_before_updating(tmp_path):
-    cfg = TrainerConfig(steps=400, seed_steps=200, pretrain_updates=10, utd=0.25, eval_every=0, eval_episodes=0,
-                        save_buffer=False, checkpoint_every=200)
+    cfg = TrainerConfig(agent_steps=400, seed_agent_steps=200, pretrain_updates=10, utd=0.25,
+                        eval_every_agent_steps=0, eval_episodes=0, save_buffer=False, checkpoint_every_agent_steps=200)
     first = train_online(env_fn, tiny_agent(), cfg, tmp_path, progress=False)
     assert first["update_step"] == 10 + 50 and not (tmp_path / "buffer.pt").exists()
     # extend the same run: the buffer is gone, so 200 steps are collected by the agent before updates resume
-    longer = TrainerConfig(**{**cfg.__dict__, "steps": 800})
+    longer = TrainerConfig(**{**cfg.__dict__, "agent_steps": 800})
     with pytest.warns(UserWarning, match="without a saved replay buffer"):
         s = train_online(env_fn, tiny_agent(), longer, tmp_path, progress=False)
     assert s["resumed_from"] == 400 and s["agent_step"] == 800 and s["update_step"] == 60 + 50
@@ -200,7 +201,8 @@ def test_pixel_training_on_rendered_frames(tmp_path):
 
     agent = TDMPC2Agent(AgentConfig.preset("tiny", episode_length=30, plan=False, batch_size=8), (9, 64, 64), 1,
                         device="cpu")
-    cfg = TrainerConfig(steps=60, seed_steps=30, pretrain_updates=3, utd=0.1, eval_every=0, eval_episodes=1)
+    cfg = TrainerConfig(agent_steps=60, seed_agent_steps=30, pretrain_updates=3, utd=0.1, eval_every_agent_steps=0,
+                        eval_episodes=1)
     s = train_online(pix_env, agent, cfg, tmp_path, progress=False, extra={"obs": "rgb"})
     assert s["agent_step"] == 60 and s["env_step"] == 120 and s["update_step"] == 3 + 3
     saved = torch.load(tmp_path / "buffer.pt", weights_only=True)["state"]
@@ -208,3 +210,16 @@ def test_pixel_training_on_rendered_frames(tmp_path):
     loaded = TDMPC2Agent.load(tmp_path / "agent.pt", device="cpu", task="dmc:cartpole-balance", obs_shape=(9, 64, 64))
     frame = pix_env().reset(seed=0)[0]
     assert np.array_equal(loaded.act(frame, t0=True, eval_mode=True), agent.act(frame, t0=True, eval_mode=True))
+
+
+def test_trainer_state_loads_a_saved_dict_and_ignores_unknown_keys():
+    """A checkpoint's ``trainer`` dict (plain types) loads into the state; keys of another version are ignored
+    and fields it lacks keep the fresh run's values."""
+    fresh = TrainerState(next_eval=400, next_ckpt=200, updates_from=200)
+    saved = {"agent_step": 600, "episode": 3, "pretrained": True, "utd_updates": 100, "elapsed_s": 1.5,
+             "next_eval": 800, "next_ckpt": 800, "last_eval": {"agent_step": 600, "eval_return_mean": -1.0},
+             "best_eval_return": -1.0, "eval_at_step": 600, "from_another_version": 1}
+    st = fresh.updated(saved)
+    assert (st.agent_step, st.episode, st.pretrained, st.next_eval, st.updates_from) == (600, 3, True, 800, 200)
+    assert st.last_checkpoint_step is None and fresh.agent_step == 0
+    assert TrainerState().updated(st.to_dict()) == st

@@ -3,7 +3,8 @@ checkpoint, resume.
 
 ```python
 summary = train_online(lambda: make_env("dmc:cartpole-balance", seed=1), agent,
-                       TrainerConfig(steps=50_000), "runs/cartpole")
+                       TrainerConfig(agent_steps=50_000), "runs/cartpole")
+# the same, verb by verb: OnlineTrainer(env_fn, agent, cfg, out_dir).run()
 ```
 
 Counters, all logged in ``metrics.jsonl`` under explicit names:
@@ -14,9 +15,12 @@ Counters, all logged in ``metrics.jsonl`` under explicit names:
 
 Imitation reuses this loop: pass the CDRED reward head inside ``agent`` and ``expert_buffer``; each
 update then samples B behavioural and B expert sub-trajectories and concatenates them along the batch
-with ``is_expert`` = [False]*B + [True]*B (ARCHITECTURE §4). Checkpoints are written at episode ends
+with ``is_expert`` = [False]*B + [True]*B (docs/design.md §4). Checkpoints are written at episode ends
 (``agent.pt``, atomically, plus ``buffer.pt`` when ``save_buffer``); rerunning with the same
-``out_dir`` resumes from ``agent.pt`` and rolls ``metrics.jsonl`` back to that step.
+``out_dir`` resumes from ``agent.pt`` and rolls ``metrics.jsonl`` back to that step. Every random draw
+comes from a named stream of ``cfg.seed`` (:mod:`cdred_pipeline.seeding`): ``train-reset`` and
+``seed-actions`` per training episode, ``train-eval-reset`` per evaluation episode (the same episodes
+at every evaluation), ``replay`` for the replay buffer's sampling.
 """
 
 from __future__ import annotations
@@ -40,57 +44,58 @@ from cdred_pipeline.agent.buffer import ReplayBuffer
 from cdred_pipeline.agent.checkpoint import atomic_torch_save, safe_torch_load
 from cdred_pipeline.artifacts import save_figure_atomic
 from cdred_pipeline.errors import CdredError, TrainingDivergedError, UsageError
+from cdred_pipeline.seeding import derive, numpy_rng
+from cdred_pipeline.vector import run_eval_episodes
+
+EvalHook = Callable[[TDMPC2Agent, ReplayBuffer], dict[str, float]]
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Online-training schedule. Step counts are *agent* steps unless the name says otherwise."""
+    """Online-training schedule; every step count is in agent steps (decisions), as its name says."""
 
-    steps: int = 100_000                    # agent steps to train for
-    seed_steps: Optional[int] = None        # uniform-random agent steps first; None -> max(1000, 5 * episode_length)
-    pretrain_updates: Optional[int] = None  # updates run once when seeding ends; None -> seed_steps (TD-MPC2)
-    utd: float = 1.0                        # update-to-data ratio: updates per agent step after seeding
-    eval_every: int = 10_000                # agent steps between evaluations (0: only at the end)
+    agent_steps: int = 100_000                   # agent steps to train for
+    seed_agent_steps: Optional[int] = None       # uniform-random agent steps first; None -> max(1000, 5 * episode_length)
+    pretrain_updates: Optional[int] = None       # updates run once when seeding ends; None -> seed_agent_steps (TD-MPC2)
+    utd: float = 1.0                             # update-to-data ratio: updates per agent step after seeding
+    eval_every_agent_steps: int = 10_000         # between evaluations (0: only at the end)
     eval_episodes: int = 10
-    checkpoint_every: int = 10_000          # agent steps between checkpoints (taken at the next episode end)
-    save_buffer: bool = True                # also checkpoint the replay buffer (exact resume)
-    buffer_capacity: Optional[int] = None   # slots; None -> enough for every step (capped at 1M)
+    checkpoint_every_agent_steps: int = 10_000   # between checkpoints (taken at the next episode end)
+    save_buffer: bool = True                     # also checkpoint the replay buffer (exact resume)
+    buffer_capacity: Optional[int] = None        # slots; None -> enough for every step (capped at 1M)
     seed: int = 1
-    num_threads: Optional[int] = None       # torch.set_num_threads (CPU); None leaves torch's default
+    num_threads: Optional[int] = None            # torch.set_num_threads (CPU); None leaves torch's default
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.utd < 0 or self.eval_episodes < 0 or self.checkpoint_every < 1:
-            raise UsageError("steps and checkpoint_every must be >= 1, utd and eval_episodes >= 0")
+        if self.agent_steps < 1 or self.utd < 0 or self.eval_episodes < 0 or self.checkpoint_every_agent_steps < 1:
+            raise UsageError("agent_steps and checkpoint_every_agent_steps must be >= 1, utd and eval_episodes >= 0")
 
 
-def evaluate_agent(
-    agent: TDMPC2Agent, env: Any, num_episodes: int, *, seed: int = 0, progress: bool = False
-) -> dict[str, Any]:
-    """Run ``num_episodes`` episodes with ``eval_mode=True``; episode i is reset with ``seed + i``.
+@dataclass
+class TrainerState:
+    """The loop's counters and schedule; every checkpoint holds them as plain types (``extra["trainer"]``)."""
 
-    Returns mean/std return, success rate, mean length and the per-episode returns.
-    """
-    returns, successes, lengths = [], [], []
-    from tqdm.auto import tqdm
+    agent_step: int = 0
+    episode: int = 0                       # training episodes finished
+    pretrained: bool = False               # the burst of pretraining updates has run
+    utd_updates: int = 0                   # updates earned since ``updates_from`` (floor of utd * steps)
+    elapsed_s: float = 0.0                 # wall time of the run, over every resume
+    next_eval: int = 0                     # agent step of the next evaluation
+    next_ckpt: int = 0                     # agent step of the next checkpoint
+    updates_from: int = 0                  # agent step from which updates run (end of seeding, or of a refill)
+    last_eval: Optional[dict[str, Any]] = None
+    best_eval_return: Optional[float] = None
+    eval_at_step: int = -1                 # agent step of the last evaluation (one evaluation per step at most)
+    last_checkpoint_step: Optional[int] = None
 
-    for i in tqdm(range(num_episodes), desc="eval", leave=False, disable=not progress):
-        obs, info = env.reset(seed=seed + i)
-        done, t, ret, success = False, 0, 0.0, False
-        while not done:
-            obs, r, term, trunc, info = env.step(agent.act(obs, t0=(t == 0), eval_mode=True))
-            ret += float(r)
-            success = success or bool(info.get("success", False))
-            t += 1
-            done = term or trunc
-        returns.append(ret), successes.append(success), lengths.append(t)
-    arr = np.asarray(returns, dtype=np.float64)
-    return {
-        "return_mean": float(arr.mean()) if len(arr) else float("nan"),
-        "return_std": float(arr.std()) if len(arr) else float("nan"),
-        "success_rate": float(np.mean(successes)) if successes else float("nan"),
-        "length_mean": float(np.mean(lengths)) if lengths else float("nan"),
-        "returns": [float(x) for x in returns],
-    }
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (a checkpoint's ``extra`` must load with ``weights_only``)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def updated(self, saved: dict[str, Any]) -> "TrainerState":
+        """This state with a checkpoint's saved fields; keys this version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v for k, v in saved.items() if k in known})
 
 
 def sample_batch(
@@ -171,204 +176,276 @@ def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", titl
 
 
 # ------------------------------------------------------------------------------------------ loop
-def train_online(
-    env_fn: Callable[[], Any],
-    agent: TDMPC2Agent,
-    cfg: TrainerConfig,
-    out_dir: "str | Path",
-    *,
-    eval_env_fn: Optional[Callable[[], Any]] = None,
-    progress: bool = True,
-    expert_buffer: Optional[ReplayBuffer] = None,
-    extra: Optional[dict[str, Any]] = None,
-    eval_hook: Optional[Callable[[TDMPC2Agent, ReplayBuffer], dict[str, float]]] = None,
-    reference_lines: Optional[dict[str, float]] = None,
-) -> dict[str, Any]:
-    """Train ``agent`` online for ``cfg.steps`` agent steps; resumable. Returns a summary dict.
+class OnlineTrainer:
+    """Alg. 1 as verbs: :meth:`resume`, :meth:`collect_episode` (acting, with :meth:`update` after
+    every step), :meth:`evaluate`, :meth:`checkpoint`; :meth:`run` strings them together until
+    ``cfg.agent_steps``. The arguments are :func:`train_online`'s."""
 
-    ``env_fn``/``eval_env_fn`` build gymnasium envs (``make_env``); their ``spec_info`` supplies the
-    episode length and action repeat when present. ``expert_buffer``: see the module docstring.
-    ``extra``: plain data stored in every checkpoint (task, preset, ...).
-    ``eval_hook(agent, behavioural_buffer) -> dict``: extra figures merged into every eval row of
-    ``metrics.jsonl`` (imitation logs its reward diagnostics this way).
-    ``reference_lines``: horizontal lines on ``curve.png`` ({label: return}).
-    Files in ``out_dir``: ``agent.pt``, ``buffer.pt``, ``metrics.jsonl``, ``curve.png``.
-    A diverged update raises :class:`TrainingDivergedError` naming the step and the last checkpoint.
-    """
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, buf_path, metrics_path, png_path = out / "agent.pt", out / "buffer.pt", out / "metrics.jsonl", out / "curve.png"
-    env = env_fn()
-    spec = getattr(env, "spec_info", None)
-    episode_length = int(getattr(spec, "episode_length", agent.cfg.episode_length))
-    action_repeat = int(getattr(spec, "action_repeat", 1) or 1)
-    task = getattr(spec, "task", None)
-    obs_shape = tuple(env.observation_space.shape)
-    if obs_shape != agent.obs_shape or int(env.action_space.shape[0]) != agent.action_dim:
-        raise CdredError(
-            f"env ({task or 'env'}) has obs {obs_shape} / action_dim {env.action_space.shape[0]}, "
-            f"the agent was built for {agent.obs_shape} / {agent.action_dim}"
-        )
-    if episode_length != agent.cfg.episode_length and agent.cfg.discount is None:
-        warnings.warn(
-            f"agent cfg.episode_length={agent.cfg.episode_length} but the env's is {episode_length}: "
-            "the discount heuristic uses the agent's value", stacklevel=2,
-        )
-    seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * episode_length)
-    pretrain_updates = cfg.pretrain_updates if cfg.pretrain_updates is not None else seed_steps
-    capacity = cfg.buffer_capacity or min(cfg.steps + cfg.steps // max(1, episode_length) + episode_length + 2, 1_000_000)
-    buffer = ReplayBuffer(capacity, agent.obs_shape, agent.action_dim, agent.device,
-                          torch.uint8 if agent.is_pixel else torch.float32, seed=cfg.seed)
-    B, H = agent.cfg.batch_size, agent.cfg.horizon
-    user_extra = dict(extra or {})
-    if task is not None:
-        user_extra.setdefault("task", task)
+    def __init__(self, env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConfig, out_dir: "str | Path", *,
+                 eval_env_fn: Optional[Callable[[], Any]] = None, progress: bool = True,
+                 expert_buffer: Optional[ReplayBuffer] = None, extra: Optional[dict[str, Any]] = None,
+                 eval_hook: Optional[EvalHook] = None, reference_lines: Optional[dict[str, float]] = None) -> None:
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.agent, self.cfg, self.progress = agent, cfg, progress
+        self.expert_buffer, self.eval_hook, self.reference_lines = expert_buffer, eval_hook, reference_lines
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path, self.buf_path = out / "agent.pt", out / "buffer.pt"
+        self.metrics_path, self.png_path = out / "metrics.jsonl", out / "curve.png"
+        self.env, self.eval_env_fn, self.eval_env = env_fn(), eval_env_fn or env_fn, None
+        spec = getattr(self.env, "spec_info", None)
+        self.episode_length = int(getattr(spec, "episode_length", agent.cfg.episode_length))
+        self.action_repeat = int(getattr(spec, "action_repeat", 1) or 1)
+        self.task = getattr(spec, "task", None)
+        self._check_env()
+        self.seed_steps = cfg.seed_agent_steps if cfg.seed_agent_steps is not None else max(1000, 5 * self.episode_length)
+        self.pretrain_updates = cfg.pretrain_updates if cfg.pretrain_updates is not None else self.seed_steps
+        self.buffer = ReplayBuffer(self._capacity(), agent.obs_shape, agent.action_dim, agent.device,
+                                   torch.uint8 if agent.is_pixel else torch.float32, seed=derive(cfg.seed, "replay"))
+        self.extra = dict(extra or {})
+        if self.task is not None:
+            self.extra.setdefault("task", self.task)
+        self.state = TrainerState(next_eval=self._eval_period(), next_ckpt=cfg.checkpoint_every_agent_steps,
+                                  updates_from=self.seed_steps)
+        self.resumed_from: Optional[int] = None
+        self._clock = (time.time(), 0.0)  # (start of this process's run, elapsed_s before it)
 
-    state: dict[str, Any] = {
-        "agent_step": 0, "episode": 0, "pretrained": False, "utd_updates": 0, "elapsed_s": 0.0,
-        "next_eval": cfg.eval_every if cfg.eval_every > 0 else cfg.steps, "next_ckpt": cfg.checkpoint_every,
-        "updates_from": seed_steps, "last_eval": None, "best_eval_return": None, "eval_at_step": -1,
-    }
-    resumed_from: Optional[int] = None
-    if ckpt_path.exists():
-        loaded = agent.load_state(ckpt_path, restore_rng=True)
+    def _check_env(self) -> None:
+        """One-line error when the env does not fit the agent; a warning when the episode lengths differ."""
+        obs_shape, action_dim = tuple(self.env.observation_space.shape), int(self.env.action_space.shape[0])
+        if obs_shape != self.agent.obs_shape or action_dim != self.agent.action_dim:
+            raise CdredError(f"env ({self.task or 'env'}) has obs {obs_shape} / action_dim {action_dim}, "
+                             f"the agent was built for {self.agent.obs_shape} / {self.agent.action_dim}")
+        if self.episode_length != self.agent.cfg.episode_length and self.agent.cfg.discount is None:
+            warnings.warn(f"agent cfg.episode_length={self.agent.cfg.episode_length} but the env's is "
+                          f"{self.episode_length}: the discount heuristic uses the agent's value", stacklevel=3)
+
+    def _capacity(self) -> int:
+        """Buffer slots: ``cfg.buffer_capacity``, or every step of the run plus one final obs per episode."""
+        n, length = self.cfg.agent_steps, self.episode_length
+        return self.cfg.buffer_capacity or min(n + n // max(1, length) + length + 2, 1_000_000)
+
+    def _eval_period(self) -> int:
+        return self.cfg.eval_every_agent_steps if self.cfg.eval_every_agent_steps > 0 else self.cfg.agent_steps
+
+    def wall_s(self) -> float:
+        """Wall time of the whole run so far, over every resume."""
+        started, before = self._clock
+        return before + time.time() - started
+
+    # -------------------------------------------------------------------------------- resume
+    def resume(self) -> Optional[int]:
+        """Continue from ``agent.pt`` when ``out_dir`` holds one, else start fresh (seeding the global
+        RNGs, clearing old metrics). Restores the agent with its RNGs, the trainer state, and the replay
+        buffer when one was saved at the same step (else refills it by acting before updating again);
+        metrics rows after the checkpoint are dropped. Returns the agent step resumed from, or None."""
+        if not self.ckpt_path.exists():
+            torch.manual_seed(self.cfg.seed)
+            np.random.seed(self.cfg.seed)
+            self.metrics_path.unlink(missing_ok=True)
+            return None
+        loaded = self.agent.load_state(self.ckpt_path, restore_rng=True)
         if "trainer" not in loaded:
-            raise CdredError(f"{ckpt_path} is an agent checkpoint without trainer state; use another out_dir")
-        state.update(loaded["trainer"])
-        resumed_from = state["agent_step"]
-        buf_ok = False
-        if cfg.save_buffer and buf_path.exists():
-            saved = safe_torch_load(buf_path, what="replay buffer")
-            if saved.get("agent_step") == state["agent_step"]:
-                buffer.load_state_dict(saved["state"])
-                buf_ok = True
-        if not buf_ok and state["agent_step"] < cfg.steps:
-            # no matching buffer: refill it by acting with the (trained) agent before updating again
-            state["updates_from"] = state["agent_step"] + min(seed_steps, cfg.steps - state["agent_step"])
-            state["utd_updates"] = 0
-            warnings.warn(f"resuming at agent step {state['agent_step']} without a saved replay buffer; "
-                          f"refilling {seed_steps} steps before updates resume", stacklevel=2)
-        _rollback_metrics(metrics_path, state["agent_step"])
-    else:
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        metrics_path.unlink(missing_ok=True)
+            raise CdredError(f"{self.ckpt_path} is an agent checkpoint without trainer state; use another out_dir")
+        st = self.state = self.state.updated(loaded["trainer"])
+        st.last_checkpoint_step = self.resumed_from = st.agent_step
+        if not self._load_buffer() and st.agent_step < self.cfg.agent_steps:
+            st.updates_from = st.agent_step + min(self.seed_steps, self.cfg.agent_steps - st.agent_step)
+            st.utd_updates = 0
+            warnings.warn(f"resuming at agent step {st.agent_step} without a saved replay buffer; "
+                          f"refilling {self.seed_steps} steps before updates resume", stacklevel=3)
+        _rollback_metrics(self.metrics_path, st.agent_step)
+        return st.agent_step
 
-    eval_env = None
+    def _load_buffer(self) -> bool:
+        """Load ``buffer.pt`` if it was saved at the checkpoint's step; whether it was."""
+        if not (self.cfg.save_buffer and self.buf_path.exists()):
+            return False
+        saved = safe_torch_load(self.buf_path, what="replay buffer")
+        if saved.get("agent_step") != self.state.agent_step:
+            return False
+        self.buffer.load_state_dict(saved["state"])
+        return True
 
-    def run_eval() -> dict[str, Any]:
-        nonlocal eval_env
-        if eval_env is None:
-            eval_env = (eval_env_fn or env_fn)()
-        res = evaluate_agent(agent, eval_env, cfg.eval_episodes, seed=cfg.seed * 7919 + 10_000_000, progress=False)
-        row = {"kind": "eval", "agent_step": state["agent_step"], "env_step": state["agent_step"] * action_repeat,
-               "update_step": agent.update_step, "episode": state["episode"],
-               "eval_return_mean": res["return_mean"], "eval_return_std": res["return_std"],
-               "eval_success_rate": res["success_rate"], "eval_episodes": cfg.eval_episodes,
-               "eval_returns": res["returns"], "wall_s": wall()}
-        if eval_hook is not None:
-            row.update(eval_hook(agent, buffer))
-        _append_jsonl(metrics_path, row)
-        state["last_eval"] = {k: row[k] for k in ("agent_step", "eval_return_mean", "eval_return_std", "eval_success_rate")}
-        best = state["best_eval_return"]
-        state["best_eval_return"] = res["return_mean"] if best is None else max(best, res["return_mean"])
-        state["eval_at_step"] = state["agent_step"]
-        plot_learning_curve(metrics_path, png_path, title=str(task or ""), reference_lines=reference_lines)
-        return res
-
-    def checkpoint() -> None:
-        state["elapsed_s"] = wall()
-        if cfg.save_buffer:
-            atomic_torch_save({"agent_step": state["agent_step"], "state": buffer.state_dict()}, buf_path)
-        trainer_state = json.loads(json.dumps(state))  # plain types only
-        agent.save(ckpt_path, extra={**user_extra, "trainer": trainer_state,
-                                     "trainer_config": dataclasses.asdict(cfg), "action_repeat": action_repeat})
-        last_ckpt[0] = state["agent_step"]
-
-    from tqdm.auto import tqdm
-
-    t_start, elapsed_before = time.time(), float(state["elapsed_s"])
-
-    def wall() -> float:
-        return elapsed_before + time.time() - t_start
-
-    last_ckpt = [resumed_from if resumed_from is not None else None]
-    bar = tqdm(total=cfg.steps, initial=state["agent_step"], desc=f"train {task or ''}".strip(), disable=not progress,
-               unit="step", dynamic_ncols=True)
-    try:
-        while state["agent_step"] < cfg.steps:
-            ep = state["episode"]
-            obs, info = env.reset(seed=cfg.seed * 1_000_003 + ep)
-            rng = np.random.default_rng([cfg.seed, ep])
-            obs_l, act_l, rew_l = [obs], [], []
-            done, t, ep_ret, success = False, 0, 0.0, False
-            upd_sums: dict[str, float] = defaultdict(float)
-            n_upd = 0
-            while not done and state["agent_step"] < cfg.steps:
-                if state["agent_step"] < seed_steps:  # seeding: uniform random actions
-                    action = rng.uniform(-1, 1, agent.action_dim).astype(np.float32)
-                else:
-                    action = agent.act(obs, t0=(t == 0), eval_mode=False)
-                obs, r, term, trunc, info = env.step(action)
-                obs_l.append(obs), act_l.append(action), rew_l.append(float(r))
-                ep_ret += float(r)
-                success = success or bool(info.get("success", False))
-                t += 1
-                state["agent_step"] += 1
-                done = bool(term or trunc)
-                # --- updates (Alg. 1 "num updates per step")
-                # every step after seeding earns utd updates (exact count, no float drift);
-                # they run once the buffer can be sampled
-                if state["agent_step"] >= state["updates_from"] and buffer.num_valid_starts(H) > 0:
-                    due = math.floor((state["agent_step"] - state["updates_from"]) * cfg.utd + 1e-9)
-                    n, state["utd_updates"] = due - state["utd_updates"], due
-                    if not state["pretrained"]:  # TD-MPC2: a burst of updates when seeding ends
-                        n, state["pretrained"] = n + pretrain_updates, True
-                    for _ in tqdm(range(n), desc="pretrain", leave=False, disable=not progress or n < 100):
-                        m = agent.update(sample_batch(buffer, B, H, expert_buffer, agent.device))
-                        for k, v in m.items():
-                            upd_sums[k] += v
-                        n_upd += 1
+    # -------------------------------------------------------------------------------- collect and update
+    def collect_episode(self, bar: Any = None) -> dict[str, Any]:
+        """One training episode (Alg. 1's inner loop): act (uniform-random while seeding), step, run the
+        updates each step earns; the episode goes into the buffer. Returns its ``train`` metrics row."""
+        st, ep = self.state, self.state.episode
+        obs, _ = self.env.reset(seed=derive(self.cfg.seed, "train-reset", ep))
+        rng = numpy_rng(self.cfg.seed, "seed-actions", ep)
+        obs_l, act_l, rew_l = [obs], [], []
+        done, success, sums, n_upd = False, False, defaultdict(float), 0
+        while not done and st.agent_step < self.cfg.agent_steps:
+            if st.agent_step < self.seed_steps:
+                action = rng.uniform(-1, 1, self.agent.action_dim).astype(np.float32)
+            else:
+                action = self.agent.act(obs, t0=not act_l, eval_mode=False)
+            obs, r, term, trunc, info = self.env.step(action)
+            obs_l.append(obs), act_l.append(action), rew_l.append(float(r))
+            success = success or bool(info.get("success", False))
+            st.agent_step += 1
+            done = bool(term or trunc)
+            n_upd += self.update(sums)
+            if bar is not None:
                 bar.update(1)
-            buffer.add_episode(np.stack(obs_l), np.stack(act_l), np.asarray(rew_l, dtype=np.float32))
-            state["episode"] += 1
-            row = {"kind": "train", "agent_step": state["agent_step"], "env_step": state["agent_step"] * action_repeat,
-                   "update_step": agent.update_step, "episode": state["episode"], "episode_return": ep_ret,
-                   "episode_length": t, "success": success, "updates_this_episode": n_upd,
-                   "wall_s": wall()}
-            row.update({k: v / n_upd for k, v in upd_sums.items()} if n_upd else {})
-            _append_jsonl(metrics_path, row)
-            post = {"ret": f"{ep_ret:.1f}"}
-            finished = state["agent_step"] >= cfg.steps
-            if cfg.eval_episodes > 0 and (state["agent_step"] >= state["next_eval"] or finished) \
-                    and state["eval_at_step"] != state["agent_step"]:
-                while state["next_eval"] <= state["agent_step"]:
-                    state["next_eval"] += cfg.eval_every if cfg.eval_every > 0 else cfg.steps
-                res = run_eval()
-                post["eval"] = f"{res['return_mean']:.1f}"
-            bar.set_postfix(post)
-            if state["agent_step"] >= state["next_ckpt"] or finished:
-                while state["next_ckpt"] <= state["agent_step"]:
-                    state["next_ckpt"] += cfg.checkpoint_every
-                checkpoint()
-    except TrainingDivergedError as exc:
-        where = (f"{ckpt_path} (agent step {last_ckpt[0]}), kept; rerun to resume from it"
-                 if last_ckpt[0] is not None else "none written yet")
-        raise TrainingDivergedError(f"{exc}, at agent step {state['agent_step']}; last good checkpoint: {where}") from None
-    finally:
-        bar.close()
-    plot_learning_curve(metrics_path, png_path, title=str(task or ""), reference_lines=reference_lines)
-    last = state["last_eval"] or {}
-    return {
-        "agent_step": state["agent_step"], "env_step": state["agent_step"] * action_repeat,
-        "update_step": agent.update_step, "episodes": state["episode"],
-        "final_eval_return": last.get("eval_return_mean"), "final_eval_success_rate": last.get("eval_success_rate"),
-        "best_eval_return": state["best_eval_return"], "wall_s": wall(),
-        "resumed_from": resumed_from, "checkpoint": str(ckpt_path), "metrics": str(metrics_path), "curve": str(png_path),
-        "action_repeat": action_repeat, "seed_steps": seed_steps,
-    }
+        self.buffer.add_episode(np.stack(obs_l), np.stack(act_l), np.asarray(rew_l, dtype=np.float32))
+        st.episode += 1
+        row = {"kind": "train", **self._counters(), "episode_return": sum(rew_l), "episode_length": len(act_l),
+               "success": success, "updates_this_episode": n_upd, "wall_s": self.wall_s()}
+        return {**row, **({k: v / n_upd for k, v in sums.items()} if n_upd else {})}
+
+    def update(self, sums: dict[str, float]) -> int:
+        """The updates the current agent step earns (Alg. 1: ``utd`` per step after seeding, counted
+        exactly, plus TD-MPC2's burst of pretraining updates when seeding ends), once the buffer can be
+        sampled; adds their metrics to ``sums`` and returns how many ran."""
+        st, B, H = self.state, self.agent.cfg.batch_size, self.agent.cfg.horizon
+        if st.agent_step < st.updates_from or self.buffer.num_valid_starts(H) == 0:
+            return 0
+        due = math.floor((st.agent_step - st.updates_from) * self.cfg.utd + 1e-9)
+        n, st.utd_updates = due - st.utd_updates, due
+        if not st.pretrained:
+            n, st.pretrained = n + self.pretrain_updates, True
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(n), desc="pretrain", leave=False, disable=not self.progress or n < 100):
+            for k, v in self.agent.update(sample_batch(self.buffer, B, H, self.expert_buffer, self.agent.device)).items():
+                sums[k] += v
+        return n
+
+    def _counters(self) -> dict[str, Any]:
+        st = self.state
+        return {"agent_step": st.agent_step, "env_step": st.agent_step * self.action_repeat,
+                "update_step": self.agent.update_step, "episode": st.episode}
+
+    # -------------------------------------------------------------------------------- evaluate
+    def evaluate(self) -> dict[str, Any]:
+        """``cfg.eval_episodes`` eval-mode episodes on the eval env through the batched rollout loop (one
+        env), reset with the ``train-eval-reset`` seeds (the same episodes every time); logs an ``eval``
+        row (with ``eval_hook``'s figures), keeps the best return and redraws ``curve.png``."""
+        if self.eval_env is None:
+            self.eval_env = self.eval_env_fn()
+        seeds = [derive(self.cfg.seed, "train-eval-reset", i) for i in range(self.cfg.eval_episodes)]
+        results = [res for res, _ in run_eval_episodes([self.eval_env], self.agent, seeds)]
+        returns = np.asarray([r["return"] for r in results], dtype=np.float64)
+        row = {"kind": "eval", **self._counters(), "eval_return_mean": float(returns.mean()),
+               "eval_return_std": float(returns.std()),
+               "eval_success_rate": float(np.mean([r["success_any"] for r in results])),
+               "eval_episodes": self.cfg.eval_episodes, "eval_returns": [float(x) for x in returns],
+               "wall_s": self.wall_s()}
+        if self.eval_hook is not None:
+            row.update(self.eval_hook(self.agent, self.buffer))
+        _append_jsonl(self.metrics_path, row)
+        st = self.state
+        st.last_eval = {k: row[k] for k in ("agent_step", "eval_return_mean", "eval_return_std", "eval_success_rate")}
+        best = row["eval_return_mean"]
+        st.best_eval_return = best if st.best_eval_return is None else max(st.best_eval_return, best)
+        st.eval_at_step = st.agent_step
+        self.plot()
+        return row
+
+    def plot(self) -> None:
+        """Redraw ``curve.png`` from ``metrics.jsonl``."""
+        plot_learning_curve(self.metrics_path, self.png_path, title=str(self.task or ""),
+                            reference_lines=self.reference_lines)
+
+    # -------------------------------------------------------------------------------- checkpoint
+    def checkpoint(self) -> None:
+        """Write ``buffer.pt`` (when ``save_buffer``) and then ``agent.pt`` with the trainer state, atomically."""
+        st = self.state
+        st.elapsed_s, st.last_checkpoint_step = self.wall_s(), st.agent_step
+        if self.cfg.save_buffer:
+            atomic_torch_save({"agent_step": st.agent_step, "state": self.buffer.state_dict()}, self.buf_path)
+        self.agent.save(self.ckpt_path, extra={**self.extra, "trainer": st.to_dict(),
+                                               "trainer_config": dataclasses.asdict(self.cfg),
+                                               "action_repeat": self.action_repeat})
+
+    # -------------------------------------------------------------------------------- schedule
+    def _finished(self) -> bool:
+        return self.state.agent_step >= self.cfg.agent_steps
+
+    def _take_eval(self) -> bool:
+        """Whether an evaluation is due at this episode end (on schedule, or the run's last); when so,
+        moves the schedule past the current step."""
+        st = self.state
+        if self.cfg.eval_episodes == 0 or st.eval_at_step == st.agent_step:
+            return False
+        if st.agent_step < st.next_eval and not self._finished():
+            return False
+        while st.next_eval <= st.agent_step:
+            st.next_eval += self._eval_period()
+        return True
+
+    def _take_checkpoint(self) -> bool:
+        """Whether a checkpoint is due at this episode end; when so, moves the schedule past the current step."""
+        st = self.state
+        if st.agent_step < st.next_ckpt and not self._finished():
+            return False
+        while st.next_ckpt <= st.agent_step:
+            st.next_ckpt += self.cfg.checkpoint_every_agent_steps
+        return True
+
+    def _episode_end(self, row: dict[str, Any], bar: Any) -> None:
+        """Log the episode, then evaluate and checkpoint when due."""
+        _append_jsonl(self.metrics_path, row)
+        post = {"ret": f"{row['episode_return']:.1f}"}
+        if self._take_eval():
+            post["eval"] = f"{self.evaluate()['eval_return_mean']:.1f}"
+        bar.set_postfix(post)
+        if self._take_checkpoint():
+            self.checkpoint()
+
+    # -------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Resume (or start), then train until ``cfg.agent_steps``; returns :meth:`summary`.
+
+        A diverged update raises :class:`TrainingDivergedError` naming the step and the last checkpoint."""
+        from tqdm.auto import tqdm
+
+        self.resume()
+        self._clock = (time.time(), float(self.state.elapsed_s))
+        bar = tqdm(total=self.cfg.agent_steps, initial=self.state.agent_step, desc=f"train {self.task or ''}".strip(),
+                   disable=not self.progress, unit="step", dynamic_ncols=True)
+        try:
+            while not self._finished():
+                self._episode_end(self.collect_episode(bar), bar)
+        except TrainingDivergedError as exc:
+            raise TrainingDivergedError(self._diverged(exc)) from None
+        finally:
+            bar.close()
+        self.plot()
+        return self.summary()
+
+    def _diverged(self, exc: Exception) -> str:
+        step = self.state.last_checkpoint_step
+        where = (f"{self.ckpt_path} (agent step {step}), kept; rerun to resume from it"
+                 if step is not None else "none written yet")
+        return f"{exc}, at agent step {self.state.agent_step}; last good checkpoint: {where}"
+
+    def summary(self) -> dict[str, Any]:
+        """Counters, the final and best evaluation, the wall time and the files of the run."""
+        st, last = self.state, self.state.last_eval or {}
+        return {
+            "agent_step": st.agent_step, "env_step": st.agent_step * self.action_repeat,
+            "update_step": self.agent.update_step, "episodes": st.episode,
+            "final_eval_return": last.get("eval_return_mean"), "final_eval_success_rate": last.get("eval_success_rate"),
+            "best_eval_return": st.best_eval_return, "wall_s": self.wall_s(), "resumed_from": self.resumed_from,
+            "checkpoint": str(self.ckpt_path), "metrics": str(self.metrics_path), "curve": str(self.png_path),
+            "action_repeat": self.action_repeat, "seed_steps": self.seed_steps,
+        }
 
 
-__all__ = ["TrainerConfig", "train_online", "evaluate_agent", "sample_batch", "plot_learning_curve"]
+def train_online(env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConfig, out_dir: "str | Path",
+                 **kw: Any) -> dict[str, Any]:
+    """Train ``agent`` online for ``cfg.agent_steps`` agent steps, resuming from ``out_dir``; returns the
+    summary. ``env_fn``/``eval_env_fn`` build gymnasium envs (``make_env``; their ``spec_info`` gives the
+    episode length and action repeat). Keywords: ``eval_env_fn``, ``progress``, ``expert_buffer`` (see
+    the module docstring), ``extra`` (plain data stored in every checkpoint), ``eval_hook(agent,
+    behavioural_buffer) -> dict`` (figures merged into every eval row), ``reference_lines`` ({label:
+    return} drawn on ``curve.png``). Files in ``out_dir``: ``agent.pt``, ``buffer.pt``, ``metrics.jsonl``,
+    ``curve.png``."""
+    return OnlineTrainer(env_fn, agent, cfg, out_dir, **kw).run()
+
+
+__all__ = ["OnlineTrainer", "TrainerConfig", "TrainerState", "train_online", "sample_batch", "plot_learning_curve"]
