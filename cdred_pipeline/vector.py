@@ -1,49 +1,32 @@
-"""Several environments stepped together with one batched policy call per step (issue 8, item 3).
+"""The one rollout loop: K environments stepped together, one batched policy call per step.
 
-Shared by ``cdred evaluate --num-envs`` (:func:`run_eval_episodes_batched`) and ``cdred
-collect-experts --num-envs`` (``stages/collect_experts.py``). The scheduling is one loop,
-:func:`run_vector_episodes`: K envs run ``len(seeds)`` episodes; each env takes the next episode
-seed when its episode ends; every step stacks the active envs' observations and makes ONE call of
-the stage's ``act`` function; what an episode records is the business of its :class:`EpisodeRecorder`.
+Every stage that rolls episodes goes through :func:`run_vector_episodes`; one env is the K = 1 case.
+K envs run ``len(seeds)`` episodes; each env takes the next episode seed when its episode ends; every
+step stacks the active envs' observations and makes ONE call of the stage's ``act`` function; what an
+episode records is the business of its :class:`EpisodeRecorder`.
 
 ```python
-results = run_vector_episodes(envs, seeds, act, make_recorder, on_episode=None)
-actions = act_batch(agent, obs, first, prev_means)            # (K, A): one forward pass (policy prior)
-with single_thread(agent.device):                              # batched CPU inference on one thread
+results = run_eval_episodes([env], agent, seeds)                        # evaluation, (result, frames) per episode
+eps = run_trajectories(envs, seeds, random_act(seed, action_dim))       # obs (T+1, ...), action, reward, ...
+eps = run_trajectories(envs, seeds, agent_act(agent, pad_rows=8), record_state=True)
+with single_thread(agent.device):                                       # batched CPU inference on one thread
     ...
 ```
 
-Policy prior (paper Eq. 1-2: ``a = tanh(mu(z))``, ``z = h(s)``, eval mode) batches trivially:
-``model.encode`` then ``model.pi`` on (K, obs) rows. MPPI (App. B.2, Alg. 2) plans one latent at a
-time (:func:`cdred_pipeline.agent.planner.mppi_plan` takes ``z`` of shape (1, L)), so the envs still
-step together but each one plans on its own, with its own warm-start mean.
+The agent's acting (:meth:`TDMPC2Agent.act_batch`) keeps each episode's warm-start mean and generator
+in an :class:`~cdred_pipeline.agent.agent.ActState` held by the episode's :class:`Slot`. The policy
+prior (paper Eq. 1-2) acts on all rows in one forward pass; MPPI (App. B.2, Alg. 2) plans one row at
+a time, so the envs still step together but each one plans on its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-
-
-def torch_no_grad() -> Any:
-    """``torch.no_grad()`` as a decorator, importing torch only when the function runs."""
-
-    def wrap(fn: Any) -> Any:
-        @functools.wraps(fn)
-        def inner(*a: Any, **k: Any) -> Any:
-            import torch
-
-            with torch.no_grad():
-                return fn(*a, **k)
-
-        return inner
-
-    return wrap
 
 
 @contextlib.contextmanager
@@ -64,55 +47,6 @@ def single_thread(device: Any) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@torch_no_grad()
-def act_batch(agent: Any, obs: np.ndarray, first: list[bool], prev_means: list[Any], *,
-              generators: Sequence[Any] | None = None, pad_rows: int = 1) -> np.ndarray:
-    """Eval-mode actions (K, A) for K observations with ONE batched forward pass (paper Eq. 1-2 prior).
-
-    Policy prior (``cfg.plan`` False): ``tanh(mu(z))`` with ``z = encode(obs)`` for the whole batch, the
-    action ``agent.act(o, eval_mode=True)`` takes for each row up to float rounding of the batched
-    matmul (~1e-7: a one-row matmul takes another kernel than a many-row one). ``pad_rows`` > 1 pads
-    the batch with zero rows to a multiple of ``pad_rows``, so the matmul shape, and with it the kernel
-    and the rounding of every row, does not depend on how many envs are active: with ``pad_rows=8``,
-    a row's action is bitwise the same in a batch of 1, 3 or 8 envs (measured on this CPU for every
-    batch of >= 4 rows; collect-experts relies on it, and its tests check it).
-
-    MPPI (``cfg.plan`` True) is not batched: each env calls ``agent.act`` with its own warm-start mean
-    (``prev_means[k]``, updated in place). With ``generators`` (one ``torch.Generator`` per row) each
-    env's plan draws from its own generator, so a row's plan does not depend on the other rows; without
-    them the envs share the agent's generator, so MPPI rows depend on the number of envs (evaluate then
-    keys its results by num_envs). Per-row generators need the eager plan (``agent.cuda_graphs`` off).
-    """
-    import torch
-
-    if agent.cfg.plan:
-        if generators is not None and getattr(agent, "cuda_graphs", False):
-            raise ValueError("per-row generators need the eager MPPI plan; set agent.cuda_graphs = False")
-        out, own_gen = [], agent._act_gen
-        try:
-            for k, o in enumerate(obs):
-                agent._prev_mean = prev_means[k]
-                if generators is not None:
-                    agent._act_gen = generators[k]
-                out.append(agent.act(o, t0=first[k], eval_mode=True))
-                prev_means[k] = agent._prev_mean
-        finally:
-            agent._act_gen = own_gen
-        return np.stack(out)
-    x = torch.as_tensor(np.asarray(obs), device=agent.device)
-    if not agent.is_pixel:
-        x = x.float()
-    rows = x.shape[0]
-    if pad_rows > 1 and rows % pad_rows:
-        x = torch.cat([x, x.new_zeros((pad_rows - rows % pad_rows, *x.shape[1:]))])
-    z = agent.model.encode(x)
-    gen = getattr(agent, "_batch_gen", None)
-    if gen is None:  # the prior's sample is not used in eval mode: draw it from a private generator
-        gen = agent._batch_gen = torch.Generator(device=agent.device).manual_seed(0)
-    _, info = agent.model.pi(z, generator=gen)
-    return info["mean"][:rows].float().cpu().numpy()
-
-
 # ------------------------------------------------------------------------------------ the loop
 class EpisodeRecorder(Protocol):
     """What one episode keeps; one recorder per episode, built by ``make_recorder(index)``."""
@@ -130,15 +64,14 @@ class EpisodeRecorder(Protocol):
 
 @dataclass
 class Slot:
-    """An env's current episode: its index into ``seeds``, the last observation, whether no action
-    was taken yet (``first``), and ``state``: per-episode policy state the ``act`` function keeps
-    (warm-start mean, a generator; empty at the episode's start)."""
+    """An env's current episode: its index into ``seeds``, its reset seed, the last observation, its
+    recorder, and ``state``: per-episode policy state the ``act`` function keeps (an agent's
+    ``ActState``, a random generator; empty at the episode's start)."""
 
     index: int
     seed: int
     obs: np.ndarray
     recorder: Any
-    first: bool = True
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -182,7 +115,6 @@ def run_vector_episodes(envs: Sequence[Any], seeds: Sequence[int], act: BatchAct
         actions = act(np.stack([s.obs for s in batch]), batch)
         for j, k in enumerate(active):
             s = batch[j]
-            s.first = False
             next_obs, reward, terminated, truncated, info = envs[k].step(actions[j])
             s.recorder.on_step(envs[k], s.obs, actions[j], next_obs, reward, terminated, truncated, info)
             s.obs = next_obs
@@ -196,25 +128,18 @@ def run_vector_episodes(envs: Sequence[Any], seeds: Sequence[int], act: BatchAct
     return results
 
 
-def prior_act(agent: Any, *, pad_rows: int = 1, generator_seed: Callable[[int], int] | None = None) -> BatchAct:
-    """The ``act`` of a TD-MPC2 agent in eval mode: :func:`act_batch` with each episode's warm-start
-    mean kept in its slot. ``generator_seed(index)``: MPPI draws from a per-episode generator seeded
-    with it (rows independent of the other envs); ``None``: from the agent's own generator."""
+def agent_act(agent: Any, *, pad_rows: int = 1, generator_seed: Callable[[int], int] | None = None) -> BatchAct:
+    """The ``act`` of a TD-MPC2 agent in eval mode: :meth:`act_batch` with each episode's acting state
+    kept in its slot. ``generator_seed(index)``: each episode draws its MPPI samples from a generator
+    of its own seeded with it (rows independent of the other envs); ``None``: from the agent's own
+    generator (the graphed plan can run; rows then depend on the number of envs)."""
 
     def act(obs: np.ndarray, slots: list[Slot]) -> np.ndarray:
-        gens = None
-        if generator_seed is not None and agent.cfg.plan:
-            import torch
-
-            for s in slots:
-                if "generator" not in s.state:
-                    s.state["generator"] = torch.Generator(device=agent.device).manual_seed(generator_seed(s.index))
-            gens = [s.state["generator"] for s in slots]
-        pm = [s.state.get("prev_mean") for s in slots]
-        out = act_batch(agent, obs, [s.first for s in slots], pm, generators=gens, pad_rows=pad_rows)
-        for s, m in zip(slots, pm):
-            s.state["prev_mean"] = m
-        return out
+        for s in slots:
+            if "act" not in s.state:
+                seed = None if generator_seed is None or not agent.cfg.plan else generator_seed(s.index)
+                s.state["act"] = agent.new_act_state(seed)
+        return agent.act_batch(obs, [s.state["act"] for s in slots], eval_mode=True, pad_rows=pad_rows)
 
     return act
 
@@ -259,7 +184,7 @@ def run_eval_episodes(envs: Sequence[Any], agent: Any, seeds: Sequence[int], *, 
     """
     filmed = filmed or set()
     return run_vector_episodes(
-        envs, seeds, prior_act(agent), lambda i: _EvalRecorder(i in filmed, video_size),
+        envs, seeds, agent_act(agent), lambda i: _EvalRecorder(i in filmed, video_size),
         on_episode=None if on_episode is None else (lambda i, out: on_episode(out[0])))
 
 
@@ -332,5 +257,5 @@ def random_act(seed: int, action_dim: int) -> BatchAct:
     return act
 
 
-__all__ = ["BatchAct", "EpisodeRecorder", "Slot", "TrajectoryRecorder", "act_batch", "prior_act", "random_act",
-           "run_eval_episodes", "run_trajectories", "run_vector_episodes", "single_thread", "torch_no_grad"]
+__all__ = ["BatchAct", "EpisodeRecorder", "Slot", "TrajectoryRecorder", "agent_act", "random_act", "run_eval_episodes",
+           "run_trajectories", "run_vector_episodes", "single_thread"]

@@ -32,7 +32,7 @@ from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import CdredError, UsageError
 from cdred_pipeline.stages.common import DATASET_NAME, file_sha256
 from cdred_pipeline.seeding import derive
-from cdred_pipeline.vector import BatchAct, prior_act, random_act, run_trajectories, single_thread
+from cdred_pipeline.vector import BatchAct, agent_act, random_act, run_trajectories, single_thread
 
 EXPERT_STAGE, EXPERT_VERSION = "experts", 1
 # the version changes whenever the same config would give other dataset bytes (rollout loop, seed streams)
@@ -41,7 +41,7 @@ POLICIES = ("tdmpc2", "scripted", "checkpoint")
 PAD_ROWS = 8
 """The policy prior acts on batches padded to a multiple of this many rows, whatever --num-envs, so
 that each row's action (and so the dataset) does not depend on the number of envs (see
-:func:`cdred_pipeline.vector.act_batch`)."""
+:meth:`TDMPC2Agent.act_batch`)."""
 
 
 @dataclass(frozen=True)
@@ -201,10 +201,9 @@ def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[BatchAct, 
                 {"kind": "scripted", "policy": f"metaworld {cfg.task}"}, "cpu")
     path = expert.path / "agent.pt"
     agent, extra = check_expert_checkpoint(path, cfg)
-    agent.cuda_graphs = False  # per-episode MPPI generators need the eager plan (a graph holds one generator)
     source = {"kind": "tdmpc2", "checkpoint_sha256": file_sha256(path),
               "train_steps": int(extra.get("env_step", 0)), "preset": extra.get("preset")}
-    act = prior_act(agent, pad_rows=PAD_ROWS, generator_seed=lambda i: derive(cfg.seed, "mppi", i))
+    act = agent_act(agent, pad_rows=PAD_ROWS, generator_seed=lambda i: derive(cfg.seed, "mppi", i))
     return act, source, agent.device
 
 

@@ -10,12 +10,14 @@ rows and aggregates; ``episodes.csv`` the rows; ``videos/*.mp4`` K rollouts at t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,8 @@ import numpy as np
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore, save_figure_atomic
 from cdred_pipeline.errors import CdredError, UsageError
-# the batched-acting machinery is shared with collect-experts --num-envs
-from cdred_pipeline.vector import run_eval_episodes, single_thread as _single_thread
+from cdred_pipeline.seeding import derive
+from cdred_pipeline.vector import run_eval_episodes, single_thread
 
 STAGE, VERSION = "eval", 1
 BOOTSTRAP_SAMPLES = 2000
@@ -57,7 +59,6 @@ class EvalConfig:
     plan: bool | None = None
     episode_length: int | None = None
     device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
     num_envs: int = 1  # envs stepped together, one batched policy call per step (not in the key when 1)
 
     def __post_init__(self) -> None:
@@ -75,11 +76,6 @@ def parse_tremble_list(text: str) -> tuple[float, ...]:
     from cdred_pipeline.envs import check_tremble
 
     return tuple(check_tremble(p.strip()) for p in str(text).split(",") if p.strip())
-
-
-def _episode_seed(seed: int, index: int) -> int:
-    # stream 7: evaluation seeds never coincide with the collection (0) or baseline (1) streams
-    return int(np.random.SeedSequence([seed, 7, index]).generate_state(1)[0])
 
 
 def bootstrap_ci(values: np.ndarray, *, level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES,
@@ -160,39 +156,14 @@ def _plot(path: Path, aggs: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def run_eval_episode(env: Any, agent: Any, seed: int, *, frames: list | None = None,
-                     video_size: int = 256) -> dict[str, Any]:
-    """One evaluation episode in eval mode (mean actions); frames are appended when a list is given."""
-    obs, info = env.reset(seed=seed)
-    ret, length, trembles, success_any, success = 0.0, 0, 0, False, False
-    first = True
-    if frames is not None:
-        frames.append(env.render_frame(video_size))
-    while True:
-        action = agent.act(obs, t0=first, eval_mode=True)
-        first = False
-        obs, reward, terminated, truncated, info = env.step(action)
-        ret += float(reward)
-        length += 1
-        trembles += int(bool(info.get("trembled", False)))
-        success = bool(info.get("success", False))
-        success_any = success_any or success
-        if frames is not None:
-            frames.append(env.render_frame(video_size))
-        if terminated or truncated:
-            break
-    return {"return": ret, "success_any": success_any, "success_final": success, "length": length,
-            "trembles": trembles}
-
-
 @dataclass(frozen=True)
 class EvalBlock:
     """One work unit of an evaluation: ``episodes`` episodes of one (p, seed), picklable.
 
     The unit's rows are a pure function of its fields: the agent is loaded from ``checkpoint`` and its
     act generator is reset to the checkpoint's state at the start of every block, each episode has
-    its own seed (``_episode_seed(seed, i)``), and the tremble draws are seeded per episode. So the
-    rows do not depend on the executor, the number of workers or which blocks ran before.
+    its own reset seed (``derive(seed, "eval-reset", i)``), and the tremble draws are seeded per
+    episode. So the rows do not depend on the executor, the number of workers or which blocks ran before.
     """
 
     checkpoint: str
@@ -222,7 +193,7 @@ def _cache_key(path: str | Path, device: str, plan: bool | None) -> tuple:
 def _remember_agent(key: tuple, agent: Any) -> None:
     """Keep one loaded agent per process with its act-generator state as loaded."""
     _AGENT_CACHE.clear()
-    _AGENT_CACHE[key] = (agent, agent._act_gen.get_state())
+    _AGENT_CACHE[key] = (agent, agent.act_generator.get_state())
 
 
 def _block_agent(block: EvalBlock) -> Any:
@@ -234,55 +205,152 @@ def _block_agent(block: EvalBlock) -> Any:
         agent, _ = load_agent(block.checkpoint, device=block.device, plan=block.plan)
         _remember_agent(key, agent)
     agent, gen_state = _AGENT_CACHE[key]
-    agent._act_gen.set_state(gen_state)
-    agent._prev_mean = None
+    agent.act_generator.set_state(gen_state)
     return agent
 
 
-def run_block(block: EvalBlock) -> dict[str, Any]:
-    """Run one (p, seed) block; returns its rows (episode order) and its videos as mp4 bytes."""
-    import tempfile
-
+def _block_episodes(block: EvalBlock, agent: Any, seeds: list[int]) -> tuple[list[tuple[dict, list | None]], float]:
+    """Roll the block's episodes through the rollout loop; returns (result, frames) per episode and
+    the env's control rate (videos play in real time)."""
     from tqdm.auto import tqdm
 
     from cdred_pipeline.envs import make_env
 
-    agent = _block_agent(block)
     n_envs = max(1, min(block.num_envs, block.episodes))
     envs = [make_env(block.task, obs=block.obs, seed=0, tremble=block.p, episode_length=block.episode_length,
                      **dict(block.env_kwargs)) for _ in range(n_envs)]
     bar = tqdm(total=block.episodes, desc=f"evaluate p={block.p:g} seed={block.seed}", unit="ep", leave=False,
                disable=not block.progress)
+
+    def tick(ep: dict[str, Any]) -> None:
+        bar.update(1)
+        bar.set_postfix(ret=f"{ep['return']:.1f}")
+
     try:
-        seeds = [_episode_seed(block.seed, i) for i in range(block.episodes)]
-        filmed = set(range(min(block.videos, block.episodes)))
-        if n_envs == 1:
-            results = []
-            for i, ep_seed in enumerate(seeds):
-                frames: list | None = [] if i in filmed else None
-                ep = run_eval_episode(envs[0], agent, ep_seed, frames=frames, video_size=block.video_size)
-                results.append((ep, frames))
-                bar.update(1)
-                bar.set_postfix(ret=f"{ep['return']:.1f}")
-        else:
-            with _single_thread(agent.device):
-                results = run_eval_episodes(envs, agent, seeds, filmed=filmed, video_size=block.video_size,
-                                                    on_episode=lambda ep: bar.update(1))
+        # several envs: batched rows on one thread; one env keeps torch's threads (a pixel encoder uses them)
+        with single_thread(agent.device) if n_envs > 1 else contextlib.nullcontext():
+            results = run_eval_episodes(envs, agent, seeds, filmed=set(range(min(block.videos, block.episodes))),
+                                        video_size=block.video_size, on_episode=tick)
         dt = getattr(envs[0].unwrapped, "control_dt", None)
     finally:
         bar.close()
         for env in envs:
             env.close()
-    fps = 1.0 / dt if dt else 30.0  # videos play at the control rate (real time)
+    return results, 1.0 / dt if dt else 30.0
+
+
+def _mp4_bytes(frames: list[np.ndarray], fps: float) -> bytes:
+    """The frames as an mp4 file's bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "v.mp4"
+        _write_video(path, frames, fps)
+        return path.read_bytes()
+
+
+def run_block(block: EvalBlock) -> dict[str, Any]:
+    """Run one (p, seed) block; returns its rows (episode order) and its videos as mp4 bytes."""
+    agent = _block_agent(block)
+    seeds = [derive(block.seed, "eval-reset", i) for i in range(block.episodes)]
+    results, fps = _block_episodes(block, agent, seeds)
     rows, videos = [], {}
     for i, (ep, frames) in enumerate(results):
         rows.append({"p": block.p, "seed": block.seed, "episode": i, "episode_seed": seeds[i], **ep})
         if frames is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "v.mp4"
-                _write_video(path, frames, fps)
-                videos[f"p{block.p:g}_seed{block.seed}_ep{i}.mp4"] = path.read_bytes()
+            videos[f"p{block.p:g}_seed{block.seed}_ep{i}.mp4"] = _mp4_bytes(frames, fps)
     return {"rows": rows, "videos": videos}
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What an evaluation runs on, read from the checkpoint: the agent, its task and env settings."""
+
+    ckpt: Path
+    input_key: str
+    policy: Any
+    task: str
+    obs: str
+    episode_length: int | None
+    env_kwargs: dict[str, Any]
+    scores: dict[str, Any]
+
+
+def _target(cfg: EvalConfig, agent: str, store: ArtifactStore, scores: dict[str, Any] | None) -> _Target:
+    """Load the agent and read its task, obs kind, episode length and render settings from the checkpoint."""
+    from cdred_pipeline.stages.common import load_agent, resolve_checkpoint
+
+    ckpt, input_key = resolve_checkpoint(agent, store)
+    policy, extra = load_agent(ckpt, device=cfg.device, plan=cfg.plan)
+    task, obs_kind = extra.get("task"), extra.get("obs", "state")
+    if not task:
+        raise CdredError(f"{ckpt}: the checkpoint does not say which task it was trained on", exit_code=2)
+    keys = ("camera", "image_size", "render_profile", "action_repeat") if obs_kind == "rgb" else ("action_repeat",)
+    # episodes as long as the agent was trained on (and the demos were), unless asked otherwise
+    return _Target(ckpt=Path(ckpt), input_key=input_key, policy=policy, task=task, obs=obs_kind,
+                   episode_length=cfg.episode_length or extra.get("episode_length"),
+                   env_kwargs={k: extra[k] for k in keys if extra.get(k) is not None},
+                   scores=scores if scores is not None else extra.get("scores", {}))
+
+
+def _key_config(cfg: EvalConfig, t: _Target) -> dict[str, Any]:
+    """The artifact's config. num_envs changes the bits of the rows (batched matmul rounding; MPPI's
+    shared generator): part of the key when > 1. How the work is spread (executor, workers) never is."""
+    config = {**{k: v for k, v in cfg.__dict__.items() if k not in ("device", "num_envs")}, "task": t.task, "obs": t.obs}
+    if cfg.num_envs > 1:
+        config["num_envs"] = cfg.num_envs
+    return config
+
+
+def _blocks(cfg: EvalConfig, t: _Target, progress: bool) -> list[EvalBlock]:
+    """One block per (p, seed), in that order; the first ``cfg.videos`` episodes overall are filmed."""
+    blocks, videos_left = [], cfg.videos
+    for p in cfg.tremble:
+        for seed in cfg.seeds:
+            n_vid = min(videos_left, cfg.episodes)
+            videos_left -= n_vid
+            blocks.append(EvalBlock(checkpoint=str(t.ckpt.resolve()), task=t.task, obs=t.obs,
+                                    env_kwargs=tuple(sorted(t.env_kwargs.items())), episode_length=t.episode_length,
+                                    p=p, seed=seed, episodes=cfg.episodes, device=cfg.device, plan=cfg.plan,
+                                    num_envs=cfg.num_envs, videos=n_vid, video_size=cfg.video_size, progress=progress))
+    return blocks
+
+
+def _check_env(cfg: EvalConfig, t: _Target) -> None:
+    """The agent observes what the task's env gives (a one-line error before any episode runs)."""
+    from cdred_pipeline.envs import make_env
+
+    env = make_env(t.task, obs=t.obs, seed=0, tremble=cfg.tremble[0], episode_length=t.episode_length, **t.env_kwargs)
+    try:
+        _check_obs_shape(t.ckpt, t.policy, env)
+    finally:
+        env.close()
+
+
+def _video_writer(videos_dir: Path) -> Callable[[int, dict[str, Any]], None]:
+    """An executor ``on_result`` that writes a block's videos atomically as the block ends."""
+
+    def write_videos(_: int, out: dict[str, Any]) -> None:
+        for name, data in out["videos"].items():
+            videos_dir.mkdir(exist_ok=True)
+            tmp = videos_dir / f".{name}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, videos_dir / name)
+
+    return write_videos
+
+
+def _write_report(folder: Path, t: _Target, config: dict[str, Any], rows: list[dict[str, Any]],
+                  aggs: list[dict[str, Any]], wall: float) -> None:
+    """report.json, episodes.csv and tremble.png."""
+    report = {"agent": str(t.ckpt), "task": t.task, "obs": t.obs, "config": config, "scores": t.scores,
+              "rows": rows, "aggregates": aggs, "wall_s": wall}
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    with open(folder / "episodes.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _plot(folder / "tremble.png", aggs, f"{t.task}: return and success under tremble")
 
 
 def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = False, progress: bool = True,
@@ -295,74 +363,29 @@ def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = Fals
     manifest, so the result does not depend on the executor (videos: the first ``cfg.videos``
     episodes in (p, seed, episode) order, filmed by the unit that runs them).
     """
-    from cdred_pipeline.envs import make_env
     from cdred_pipeline.executor import make_executor
-    from cdred_pipeline.stages.common import load_agent, resolve_checkpoint
 
-    ckpt, input_key = resolve_checkpoint(agent, store)
-    policy, extra = load_agent(ckpt, device=cfg.device, plan=cfg.plan)
-    task, obs_kind = extra.get("task"), extra.get("obs", "state")
-    if not task:
-        raise CdredError(f"{ckpt}: the checkpoint does not say which task it was trained on", exit_code=2)
-    scores = scores if scores is not None else extra.get("scores", {})
-    # episodes as long as the agent was trained on (and the demos were), unless asked otherwise
-    episode_length = cfg.episode_length or extra.get("episode_length")
-    kw = {k: extra[k] for k in ("camera", "image_size", "render_profile", "action_repeat") if extra.get(k) is not None}
-    if obs_kind != "rgb":
-        kw = {k: v for k, v in kw.items() if k == "action_repeat"}
-    # num_envs changes the bits of the rows (batched matmul rounding; MPPI's shared generator): part of
-    # the key when > 1. How the work is spread (executor, workers) never is.
-    config = {**{k: v for k, v in cfg.__dict__.items() if k not in ("device", "num_envs")}, "task": task, "obs": obs_kind}
-    if cfg.num_envs > 1:
-        config["num_envs"] = cfg.num_envs
-    art = store.begin(STAGE, VERSION, config, {"agent": input_key}, force=force,
-                      description=f"evaluate {task} under tremble {list(cfg.tremble)}")
+    t = _target(cfg, agent, store, scores)
+    config = _key_config(cfg, t)
+    art = store.begin(STAGE, VERSION, config, {"agent": t.input_key}, force=force,
+                      description=f"evaluate {t.task} under tremble {list(cfg.tremble)}")
     if art.complete:
         return art
     try:
         t0 = time.time()
-        env = make_env(task, obs=obs_kind, seed=0, tremble=cfg.tremble[0], episode_length=episode_length, **kw)
-        try:
-            _check_obs_shape(ckpt, policy, env)
-        finally:
-            env.close()
-        _remember_agent(_cache_key(Path(ckpt).resolve(), cfg.device, cfg.plan), policy)  # in-process blocks reuse it
+        _check_env(cfg, t)
+        _remember_agent(_cache_key(t.ckpt.resolve(), cfg.device, cfg.plan), t.policy)  # in-process blocks reuse it
         ex = executor if executor is not None else make_executor("local")
-        blocks, videos_left = [], cfg.videos
-        for p in cfg.tremble:
-            for seed in cfg.seeds:
-                n_vid = min(videos_left, cfg.episodes)
-                videos_left -= n_vid
-                blocks.append(EvalBlock(checkpoint=str(Path(ckpt).resolve()), task=task, obs=obs_kind,
-                                        env_kwargs=tuple(sorted(kw.items())), episode_length=episode_length, p=p,
-                                        seed=seed, episodes=cfg.episodes, device=cfg.device, plan=cfg.plan,
-                                        num_envs=cfg.num_envs, videos=n_vid, video_size=cfg.video_size,
-                                        progress=progress and ex.kind == "local"))
-        videos_dir = art.path / "videos"
-
-        def write_videos(_: int, out: dict[str, Any]) -> None:
-            for name, data in out["videos"].items():
-                videos_dir.mkdir(exist_ok=True)
-                tmp = videos_dir / f".{name}.tmp"
-                tmp.write_bytes(data)
-                os.replace(tmp, videos_dir / name)
-
-        outs = ex.map(run_block, blocks, desc=f"evaluate {task} (p x seed blocks)", progress=progress,
-                      on_result=write_videos)
+        outs = ex.map(run_block, _blocks(cfg, t, progress and ex.kind == "local"),
+                      desc=f"evaluate {t.task} (p x seed blocks)", progress=progress,
+                      on_result=_video_writer(art.path / "videos"))
         rows = [r for out in outs for r in out["rows"]]
-        aggs = aggregate(rows, scores)
+        aggs = aggregate(rows, t.scores)
         wall = round(time.time() - t0, 2)
+        _write_report(art.path, t, config, rows, aggs, wall)
         steps = sum(r["length"] for r in rows)
-        report = {"agent": str(ckpt), "task": task, "obs": obs_kind, "config": config, "scores": scores,
-                  "rows": rows, "aggregates": aggs, "wall_s": wall}
-        (art.path / "report.json").write_text(json.dumps(report, indent=2))
-        with open(art.path / "episodes.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        _plot(art.path / "tremble.png", aggs, f"{task}: return and success under tremble")
         head = {f"return@p={a['p']:g}": round(a["return_mean"], 2) for a in aggs}
-        return art.complete_with(head, task=task, aggregates=aggs,
+        return art.complete_with(head, task=t.task, aggregates=aggs,
                                  execution={"executor": ex.kind, "workers": ex.workers, "num_envs": cfg.num_envs,
                                             "env_steps_per_s": round(steps / max(wall, 1e-9), 1)})
     finally:

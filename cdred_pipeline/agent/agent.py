@@ -11,6 +11,8 @@ agent = TDMPC2Agent.load("agent.pt", device="auto")
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -55,6 +57,15 @@ def _check_plain(value: Any, where: str = "extra") -> None:
             _check_plain(v, f"{where}[{k!r}]")
         return
     raise TypeError(f"{where} holds a {type(value).__name__}; checkpoints store only tensors and plain types")
+
+
+@dataclass
+class ActState:
+    """One episode's acting state: the previous MPPI mean (the warm start of the next plan, ``None``
+    at the episode's start) and the generator its samples are drawn from."""
+
+    prev_mean: Optional[Tensor] = None
+    generator: Optional[torch.Generator] = None
 
 
 class TDMPC2Agent:
@@ -123,8 +134,9 @@ class TDMPC2Agent:
         self.scale = RunningScale(cfg.scale_tau).to(self.device)
         self.gamma = cfg.gamma
         self.update_step = 0
-        self._prev_mean: Optional[Tensor] = None
         self._act_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self._state = ActState(generator=self._act_gen)  # the acting state of act()
+        self._batch_gen = torch.Generator(device=self.device).manual_seed(0)  # act_batch's unused prior sample
         self._rho = cfg.rho ** torch.arange(cfg.horizon + 1, device=self.device, dtype=torch.float32)
         self._model_loss_fn = torch.compile(self._model_loss) if cfg.compile else self._model_loss
         self.extra: dict[str, Any] = {}
@@ -145,33 +157,83 @@ class TDMPC2Agent:
             raise ValueError(f"observation shape {tuple(t.shape)} does not match the agent's {self.obs_shape}")
         return (t if self.is_pixel else t.float()).unsqueeze(0)
 
+    def new_act_state(self, generator: "torch.Generator | int | None" = None) -> ActState:
+        """A fresh episode's acting state. ``generator``: the episode's own ``torch.Generator``, a seed for
+        a new one on the agent's device, or ``None`` for the agent's own generator (seeded by
+        ``cfg.seed``, saved in checkpoints)."""
+        if generator is None:
+            generator = self._act_gen
+        elif not isinstance(generator, torch.Generator):
+            generator = torch.Generator(device=self.device).manual_seed(int(generator))
+        return ActState(generator=generator)
+
+    @property
+    def act_generator(self) -> torch.Generator:
+        """The agent's own acting generator (its state is saved in checkpoints)."""
+        return self._act_gen
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, t0: bool = False, eval_mode: bool = False) -> np.ndarray:
-        """An action in [-1, 1]^A (float32 numpy) for one observation.
+        """An action in [-1, 1]^A (float32 numpy) for one observation, on the agent's own acting state.
 
         ``cfg.plan``: MPPI (App. B.2) warm-started from the previous step unless ``t0`` (first step of
         an episode). Otherwise the policy prior. ``eval_mode``: the mean action (MPPI: the final
         elite-weighted mean; policy: tanh(mu)) instead of a sample. Randomness comes from the agent's
         own generator (seeded by ``cfg.seed``, saved in checkpoints).
         """
-        obs_t = self._obs_tensor(obs)
-        if self.cfg.plan and self.cuda_graphs:
-            warm = self._prev_mean is not None and not t0
+        if t0:
+            self._state.prev_mean = None
+        return self._act_one(self._obs_tensor(obs), self._state, eval_mode).float().cpu().numpy()
+
+    @torch.no_grad()
+    def act_batch(self, obs: np.ndarray, states: Sequence[ActState], eval_mode: bool = True,
+                  pad_rows: int = 1) -> np.ndarray:
+        """Actions (K, A) for K observations of K episodes, each acting on its own :class:`ActState`.
+
+        Policy prior in eval mode (paper Eq. 1-2: ``tanh(mu(z))``, ``z = h(s)``): ONE forward pass for
+        the K rows. ``pad_rows`` > 1 pads the batch with zero rows to a multiple of ``pad_rows``, so the
+        matmul shape, and with it the kernel and the rounding of every row, does not depend on K: with
+        ``pad_rows=8`` a row's action is bitwise the same in a batch of 1, 3 or 8 (collect-experts
+        relies on it). MPPI (App. B.2, Alg. 2) plans one latent at a time: one plan per row, warm-started
+        from and drawing from that row's state (rows on the agent's own generator share its draws).
+        """
+        if len(obs) != len(states):
+            raise ValueError(f"act_batch got {len(obs)} observations but {len(states)} states")
+        if self.cfg.plan or not eval_mode:
+            rows = [self._act_one(self._obs_tensor(o), st, eval_mode) for o, st in zip(obs, states)]
+            return torch.stack(rows).float().cpu().numpy()
+        return self._prior_mean_batch(obs, pad_rows)
+
+    def _prior_mean_batch(self, obs: np.ndarray, pad_rows: int) -> np.ndarray:
+        """``tanh(mu(encode(obs)))`` for a batch, zero-padded to a multiple of ``pad_rows`` rows."""
+        x = torch.as_tensor(np.asarray(obs), device=self.device)
+        if tuple(x.shape[1:]) != self.obs_shape:
+            raise ValueError(f"observation shape {tuple(x.shape[1:])} does not match the agent's {self.obs_shape}")
+        if not self.is_pixel:
+            x = x.float()
+        rows = x.shape[0]
+        if pad_rows > 1 and rows % pad_rows:
+            x = torch.cat([x, x.new_zeros((pad_rows - rows % pad_rows, *x.shape[1:]))])
+        _, info = self.model.pi(self.model.encode(x), generator=self._batch_gen)  # the sample is not used
+        return info["mean"][:rows].float().cpu().numpy()
+
+    def _act_one(self, obs_t: Tensor, state: ActState, eval_mode: bool) -> Tensor:
+        """One action (A,) for one observation (1, ...) on ``state`` (its warm start is updated)."""
+        gen = state.generator if state.generator is not None else self._act_gen
+        if self.cfg.plan and self.cuda_graphs and gen is self._act_gen:
+            warm = state.prev_mean is not None
             sample, mean_action, mean = self._graphed_plan(
-                obs_t, self._prev_mean if warm else torch.zeros(self.cfg.horizon, self.action_dim, device=self.device),
+                obs_t, state.prev_mean if warm else torch.zeros(self.cfg.horizon, self.action_dim, device=self.device),
                 torch.tensor(1.0 if warm else 0.0))
-            self._prev_mean = mean.clone()  # the graph's output buffer is overwritten by the next plan
-            return (mean_action if eval_mode else sample).float().cpu().numpy()
+            state.prev_mean = mean.clone()  # the graph's output buffer is overwritten by the next plan
+            return mean_action if eval_mode else sample
         z = self.model.encode(obs_t)
         if self.cfg.plan:
-            a, self._prev_mean = mppi_plan(
-                self.model, z, self.cfg, gamma=self.gamma, prev_mean=None if t0 else self._prev_mean,
-                eval_mode=eval_mode, generator=self._act_gen,
-            )
-        else:
-            sample, info = self.model.pi(z, generator=self._act_gen)
-            a = (info["mean"] if eval_mode else sample)[0]
-        return a.float().cpu().numpy()
+            a, state.prev_mean = mppi_plan(self.model, z, self.cfg, gamma=self.gamma, prev_mean=state.prev_mean,
+                                           eval_mode=eval_mode, generator=gen)
+            return a
+        sample, info = self.model.pi(z, generator=gen)
+        return (info["mean"] if eval_mode else sample)[0]
 
     def _graphed_plan(self, obs: Tensor, prev_mean: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """encode + :func:`mppi_core` as one CUDA graph (built on first use, drawing from the agent's
@@ -346,7 +408,7 @@ class TDMPC2Agent:
             "schedulers": [s.state_dict() for s in self.schedulers],
             "scale": self.scale.state_dict(),
             "update_step": self.update_step,
-            "prev_mean": self._prev_mean,
+            "prev_mean": self._state.prev_mean,
             "act_generator": {"device": self.device.type, "state": self._act_gen.get_state()},
             "rng": get_rng_state(self.device),
             "extra": extra,
@@ -396,7 +458,7 @@ class TDMPC2Agent:
             raise CdredError(f"{where} does not fit this agent's architecture ({first[:200]})") from None
         self.update_step = int(src["update_step"])
         pm = src.get("prev_mean")
-        self._prev_mean = pm.to(self.device) if pm is not None else None
+        self._state.prev_mean = pm.to(self.device) if pm is not None else None
         gen = src["act_generator"]
         if isinstance(gen, Tensor):  # early checkpoints stored the bare CPU generator state
             gen = {"device": "cpu", "state": gen}
@@ -441,7 +503,7 @@ class TDMPC2Agent:
         try:
             cfg = AgentConfig.from_dict(ckpt["config"])
             if config_overrides:
-                cfg = AgentConfig.preset("paper", **{**cfg.to_dict(), **config_overrides})
+                cfg = dataclasses.replace(cfg, **config_overrides)
         except TypeError as exc:
             raise CdredError(f"checkpoint {path} has an unusable config ({exc})") from None
         head_cls = ckpt["reward_head"]["class"]
@@ -453,4 +515,4 @@ class TDMPC2Agent:
         return agent
 
 
-__all__ = ["TDMPC2Agent", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "UPDATE_METRICS"]
+__all__ = ["ActState", "TDMPC2Agent", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "UPDATE_METRICS"]
