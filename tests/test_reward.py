@@ -1,4 +1,4 @@
-"""Tests of the CDRED reward model (paper §3, Eq. 3-9, Lemma 1; ARCHITECTURE §4; issue 6 item 1)."""
+"""Tests of the CDRED reward model (paper §3, Eq. 3-9, Lemma 1; docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from cdred_pipeline.reward.functional import (
     reward_from_outputs,
     target_moments,
 )
-from cdred_pipeline.reward.model import CDREDRewardHead, NormedLinear, RandomTargetEnsemble, count_parameters
+from cdred_pipeline.reward.model import CDREDRewardHead, NormedLinear, RandomTargetEnsemble
 
 __all__ = [
     "CDREDConfig",
@@ -25,7 +25,6 @@ __all__ = [
     "CDREDRewardHead",
     "RandomTargetEnsemble",
     "NormedLinear",
-    "count_parameters",
     "reward_from_outputs",
     "bonus",
     "lemma1_statistic",

@@ -1,4 +1,4 @@
-"""Pure functions of the CDRED reward (paper §3.2-3.3, Eq. 3 and 5-9; ARCHITECTURE §4).
+"""Pure functions of the CDRED reward (paper §3.2-3.3, Eq. 3 and 5-9; docs/design.md §4).
 
 Every function here takes network *outputs* only, so the formulas can be checked on their own:
 

@@ -1,4 +1,4 @@
-"""CDRED reward model: K frozen random targets and two predictors (paper §3.2, App. A.1; ARCHITECTURE §4).
+"""CDRED reward model: K frozen random targets and two predictors (paper §3.2, App. A.1; docs/design.md §4).
 
 Input x is the world-model latent z (default) or the raw observation (reward-space "obs" ablation,
 paper Fig. 9), concatenated with the action a. Networks, as App. A.1::
@@ -13,22 +13,20 @@ NormedLinear = Linear -> LayerNorm -> Mish (TD-MPC2). The K targets are stored a
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdred_pipeline.reward.config import CDREDConfig
+from cdred_pipeline.seeding import derive
 from cdred_pipeline.reward.functional import bonus, lemma1_statistic, red_reward, resolve_g, reward_from_outputs
 
 from cdred_pipeline.agent.layers import NormedLinear, mlp
 from cdred_pipeline.agent.reward_head import RewardHead as _RewardHeadBase
 
-#: the predictors' initialisation is seeded with ``cfg.seed + PREDICTOR_SEED_OFFSET`` (the targets' with ``cfg.seed``)
-PREDICTOR_SEED_OFFSET = 1_000_003
-
-__all__ = ["CDREDRewardHead", "NormedLinear", "RandomTargetEnsemble", "PREDICTOR_SEED_OFFSET", "count_parameters", "predictor_mlp"]
+__all__ = ["CDREDRewardHead", "NormedLinear", "RandomTargetEnsemble", "predictor_mlp"]
 
 
 def predictor_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
@@ -100,11 +98,11 @@ class CDREDRewardHead(_RewardHeadBase):
         self.targets = RandomTargetEnsemble(
             in_dim, cfg.hidden, cfg.embed_dim, cfg.num_targets, gain=cfg.target_gain, seed=cfg.seed
         )
-        # predictors drawn from cfg.seed too (a stream apart from the targets'), leaving the global RNG
-        # alone: the head is built before anything seeds the global RNG, so a run is only reproducible
-        # if its initial predictors do not come from there
+        # predictors drawn from the "predictor-init" stream of cfg.seed (the targets use cfg.seed itself),
+        # leaving the global RNG alone: the head is built before anything seeds the global RNG, so a run
+        # is only reproducible if its initial predictors do not come from there
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(cfg.seed) + PREDICTOR_SEED_OFFSET)
+            torch.manual_seed(derive(cfg.seed, "predictor-init"))
             self.expert_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim)
             self.behavioral_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim)
         self._g = resolve_g(cfg.g)
@@ -256,9 +254,3 @@ class CDREDRewardHead(_RewardHeadBase):
             f"p={c.embed_dim}, alpha={c.alpha}, zeta={c.zeta}, sigma={c.sigma}, g={c.g!r}"
         )
 
-
-def count_parameters(module: nn.Module) -> dict[str, Any]:
-    """Trainable parameter count and frozen target-buffer size of a reward head (for reports)."""
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    frozen = sum(b.numel() for b in module.buffers())
-    return {"trainable": trainable, "frozen_buffers": frozen, "approx_mb": 4 * (trainable + frozen) / 2**20}
