@@ -5,8 +5,8 @@ FLOPs per update / plan and the achieved fraction of the measured matmul rate.
     python benchmarks/agent_speed.py --presets small --threads 1 --update-iters 30
 
 Each (preset, device) runs in its own child process so that peak memory is per preset. Results are
-printed as a table and written to benchmarks/results/agent_speed.json (gitignored). Defaults follow
-issue 3: batch 256, horizon 3; state observations with dmc:cheetah-run's dims (17 obs, 6 actions) so
+printed as a table and written to benchmarks/results/agent_speed.json (gitignored). Defaults: batch
+256, horizon 3 (TD-MPC2's); state observations with dmc:cheetah-run's dims (17 obs, 6 actions) so
 the parameter count is comparable to TD-MPC2's 5M model. ``--pixels`` uses 9x64x64 frames instead.
 """
 
@@ -52,35 +52,32 @@ def matmul_rate(device, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
+def _setup(preset: str, device_name: str, args: argparse.Namespace):
+    """The MPPI agent of the preset and a replay buffer of 8 random episodes of 500 steps."""
     import numpy as np
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from cdred_pipeline.agent import AgentConfig, ReplayBuffer, TDMPC2Agent
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.tf32:
-        torch.set_float32_matmul_precision("high")
-    rss_before = _rss_mb()
     obs_shape = (9, 64, 64) if args.pixels else (args.obs_dim,)
     A = args.action_dim
     cfg = AgentConfig.preset(preset, batch_size=args.batch_size, horizon=args.horizon, plan=True, compile=args.compile)
     graphs = {"auto": None, "on": True, "off": False}[args.cuda_graphs]
     agent = TDMPC2Agent(cfg, obs_shape, A, device=device_name, cuda_graphs=graphs if device_name != "cpu" else False)
-    dev = agent.device
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    if agent.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(agent.device)
     rng = np.random.default_rng(0)
     T = 500
-    buf = ReplayBuffer(8 * (T + 1), obs_shape, A, dev, torch.uint8 if args.pixels else torch.float32)
+    buf = ReplayBuffer(8 * (T + 1), obs_shape, A, agent.device, torch.uint8 if args.pixels else torch.float32)
     for _ in range(8):
         obs = (rng.integers(0, 256, (T + 1, *obs_shape), dtype=np.uint8) if args.pixels
                else rng.normal(size=(T + 1, *obs_shape)).astype(np.float32))
         buf.add_episode(obs, rng.uniform(-1, 1, (T, A)).astype(np.float32), rng.normal(size=T).astype(np.float32))
+    return agent, buf
 
-    # --- updates/s
+
+def _updates_per_s(agent, buf, preset: str, args: argparse.Namespace) -> tuple[float, int]:
+    dev, cfg = agent.device, agent.cfg
     iters = args.update_iters or (50 if dev.type == "cuda" else DEFAULT_ITERS.get(preset, 10))
     for _ in range(5 if agent.cuda_graphs else 2):  # CUDA graphs: 3 eager warm-up updates, then the capture
         agent.update(buf.sample(cfg.batch_size, cfg.horizon))
@@ -89,46 +86,76 @@ def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
     for _ in range(iters):
         agent.update(buf.sample(cfg.batch_size, cfg.horizon))
     _sync(dev)
-    upd_s = iters / (time.perf_counter() - t)
+    return iters / (time.perf_counter() - t), iters
 
-    # --- FLOPs (one update, one plan, one policy act), counted on an eager twin (a graph replay
-    # dispatches no operators to count)
-    counted = agent if not agent.cuda_graphs else TDMPC2Agent(cfg, obs_shape, A, device=dev, cuda_graphs=False)
+
+def _flops(agent, buf, o) -> tuple[float, float]:
+    """FLOPs of one update and one plan, counted on an eager twin (a graph replay dispatches no
+    operators to count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cdred_pipeline.agent import TDMPC2Agent
+
+    cfg = agent.cfg
+    counted = agent if not agent.cuda_graphs else TDMPC2Agent(cfg, agent.obs_shape, agent.action_dim,
+                                                                device=agent.device, cuda_graphs=False)
     with FlopCounterMode(display=False) as fc:
         counted.update(buf.sample(cfg.batch_size, cfg.horizon))
     update_flops = fc.get_total_flops()
-    o = buf.sample(1, 1)["obs"][0, 0].cpu().numpy()
     with FlopCounterMode(display=False) as fc:
         counted.act(o, t0=True, eval_mode=False)
-    plan_flops = fc.get_total_flops()
-    del counted
-    for _ in range(3):  # CUDA graphs: 2 eager plans, then the capture
-        agent.act(o, t0=False, eval_mode=False)
+    return update_flops, fc.get_total_flops()
 
-    # --- latencies
-    def lat(fn, n):
+
+def _latency_ms(fn, n: int, dev) -> float:
+    """Median wall time of ``fn()`` over ``n`` calls (after one warm-up), in ms."""
+    fn()
+    out = []
+    for _ in range(n):
+        _sync(dev)
+        t0 = time.perf_counter()
         fn()
-        out = []
-        for i in range(n):
-            _sync(dev)
-            t0 = time.perf_counter()
-            fn()
-            _sync(dev)
-            out.append(time.perf_counter() - t0)
-        return 1000 * statistics.median(out)
+        _sync(dev)
+        out.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(out)
 
-    plan_ms = lat(lambda: agent.act(o, t0=False, eval_mode=False), args.plan_iters)
-    pi_agent = TDMPC2Agent(AgentConfig.preset(preset, plan=False), obs_shape, A, device=device_name)
+
+def _policy_act(preset: str, device_name: str, o, action_dim: int, dev) -> tuple[float, float]:
+    """FLOPs and latency of one policy-prior act."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
+
+    pi_agent = TDMPC2Agent(AgentConfig.preset(preset, plan=False), o.shape, action_dim, device=device_name)
     with FlopCounterMode(display=False) as fc:
         pi_agent.act(o, t0=True)
-    act_flops = fc.get_total_flops()
-    act_ms = lat(lambda: pi_agent.act(o, t0=False, eval_mode=False), 200)
+    return fc.get_total_flops(), _latency_ms(lambda: pi_agent.act(o, t0=False, eval_mode=False), 200, dev)
 
+
+def child(preset: str, device_name: str, args: argparse.Namespace) -> dict:
+    """Measure one (preset, device) in this process."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
+    rss_before = _rss_mb()
+    agent, buf = _setup(preset, device_name, args)
+    dev, cfg = agent.device, agent.cfg
+    upd_s, iters = _updates_per_s(agent, buf, preset, args)
+    o = buf.sample(1, 1)["obs"][0, 0].cpu().numpy()
+    update_flops, plan_flops = _flops(agent, buf, o)
+    for _ in range(3):  # CUDA graphs: 2 eager plans, then the capture
+        agent.act(o, t0=False, eval_mode=False)
+    plan_ms = _latency_ms(lambda: agent.act(o, t0=False, eval_mode=False), args.plan_iters, dev)
+    act_flops, act_ms = _policy_act(preset, device_name, o, agent.action_dim, dev)
     rate = matmul_rate(dev)
     res = {
         "preset": preset, "device": str(dev), "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                                                               else platform.processor() or platform.machine()),
-        "threads": torch.get_num_threads(), "cuda_graphs": agent.cuda_graphs, "compile": cfg.compile, "tf32": bool(args.tf32), "obs_shape": list(obs_shape), "action_dim": A,
+        "threads": torch.get_num_threads(), "cuda_graphs": agent.cuda_graphs, "compile": cfg.compile, "tf32": bool(args.tf32),
+        "obs_shape": list(agent.obs_shape), "action_dim": agent.action_dim,
         "params_trainable": agent.num_params(), "params_without_reward_head": agent.num_params(include_reward=False),
         "batch_size": cfg.batch_size, "horizon": cfg.horizon, "updates_per_s": upd_s, "update_iters": iters,
         "mppi": {"num_samples": cfg.num_samples, "num_pi_trajs": cfg.num_pi_trajs, "num_elites": cfg.num_elites,

@@ -1,14 +1,14 @@
-"""Vectorised evaluation and executor overhead (issue 8, items 3-4).
+"""Vectorised evaluation and executor overhead.
 
     python benchmarks/vector_eval.py                          # tiny + small agents, 1/2/4/8 envs
     python benchmarks/vector_eval.py --presets small --num-envs 1 8 --episodes 8 --episode-length 200
     python benchmarks/vector_eval.py --executors local process ray   # + start-up and per-unit overhead
 
-Part 1: env steps/s of evaluation on dmc:cartpole-balance with the policy prior (eval mode) for 1
-env (``agent.act`` per step, as ``cdred evaluate``) against K envs stepped together with ONE batched
-policy call per step (``--num-envs K``, :func:`cdred_pipeline.vector.run_eval_episodes_batched`).
-Both run the same episode seeds; the returns are compared (max |diff|). "env steps" are simulator
-steps (agent steps x action repeat), as the issue and TD-MPC2 count them; agent steps/s are shown too.
+Part 1: env steps/s of evaluation on dmc:cartpole-balance with the policy prior (eval mode) through
+the rollout loop (:func:`cdred_pipeline.vector.run_eval_episodes`) for 1 env against K envs stepped
+together with ONE batched policy call per step (``cdred evaluate --num-envs K``). All run the same
+episode seeds; the returns are compared (max |diff|). "env steps" are simulator steps (agent steps x
+action repeat), as TD-MPC2 counts them; agent steps/s are shown too.
 
 Part 2 (``--executors``): the same (p, seed) evaluation blocks through the local, process and Ray
 executors: wall time of the whole ``map`` (start-up included) and per-unit cost of no-op units.
@@ -42,24 +42,22 @@ def vector_part(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
     from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
     from cdred_pipeline.envs import make_env
-    from cdred_pipeline.stages import evaluate as ev
+    from cdred_pipeline.seeding import derive
+    from cdred_pipeline.vector import run_eval_episodes
 
     rows = []
     for preset in args.presets:
         spec = make_env(TASK, episode_length=args.episode_length).spec_info
         agent = TDMPC2Agent(AgentConfig.preset(preset, plan=False, episode_length=args.episode_length, seed=0),
                             spec.obs_shape, spec.action_dim, device=args.device)
-        seeds = [ev._episode_seed(0, i) for i in range(args.episodes)]
+        seeds = [derive(0, "eval-reset", i) for i in range(args.episodes)]
         ref = None
         for k in args.num_envs:
             envs = [make_env(TASK, seed=0, episode_length=args.episode_length) for _ in range(k)]
             best = None
             for _ in range(args.repeats):
                 t = time.perf_counter()
-                if k == 1:
-                    res = [ev.run_eval_episode(envs[0], agent, s) for s in seeds]
-                else:
-                    res = [r for r, _ in ev.run_eval_episodes_batched(envs, agent, seeds)]
+                res = [r for r, _ in run_eval_episodes(envs, agent, seeds)]
                 dt = time.perf_counter() - t
                 best = dt if best is None else min(best, dt)
             for e in envs:

@@ -1,5 +1,5 @@
 """Stage ``collect-experts``: train (or load, or script) an expert for a task, then collect its
-demonstrations with every simulator state into the zarr episode store (ARCHITECTURE §5, §6).
+demonstrations with every simulator state into the zarr episode store (docs/design.md §5, §6).
 
 Two cached artifacts:
 
@@ -10,18 +10,18 @@ Two cached artifacts:
 Both resume after a kill: training from its last checkpoint, collection from the last episode that
 was flushed to the store.
 
-Collection steps ``num_envs`` environments together with ONE batched policy call per step
-(:mod:`cdred_pipeline.vector`, shared with ``evaluate --num-envs``), for the expert episodes and the
-random-policy baseline. Episode ``i`` depends only on (seed, i), so the dataset is bitwise the same
-for every ``num_envs`` (not part of the cache key) and after any number of resumes.
-:func:`run_units` runs tasks x seeds through the executor (ARCHITECTURE §7).
+Collection steps ``num_envs`` environments together with ONE batched policy call per step (the
+rollout loop of :mod:`cdred_pipeline.vector`), for the expert episodes and the random-policy
+baseline. Episode ``i`` depends only on (seed, i) (its seeds come from the named streams of
+:mod:`cdred_pipeline.seeding`), so the dataset is bitwise the same for every ``num_envs`` (not part
+of the cache key) and after any number of resumes. :func:`run_units` runs tasks x seeds through the
+executor (docs/design.md §7).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ from cdred_pipeline.stages.common import DATASET_NAME, file_sha256
 from cdred_pipeline.seeding import derive
 from cdred_pipeline.vector import BatchAct, agent_act, random_act, run_trajectories, single_thread
 
-EXPERT_STAGE, EXPERT_VERSION = "experts", 1
-# the version changes whenever the same config would give other dataset bytes (rollout loop, seed streams)
+# a version changes whenever the same config would give other bytes (trainer, rollout loop, seed streams)
+EXPERT_STAGE, EXPERT_VERSION = "experts", 2
 DEMO_STAGE, DEMO_VERSION = "demos", 3
 POLICIES = ("tdmpc2", "scripted", "checkpoint")
 PAD_ROWS = 8
@@ -46,14 +46,14 @@ that each row's action (and so the dataset) does not depend on the number of env
 
 @dataclass(frozen=True)
 class CollectConfig:
-    """Settings of collect-experts. ``train_steps`` counts environment steps (simulator steps after
-    action repeat), as TD-MPC2 and the paper report them."""
+    """Settings of collect-experts. ``train_env_steps`` counts environment steps (simulator steps
+    after action repeat), as TD-MPC2 and the paper report them; ``eval_every`` too."""
 
     task: str
     policy: str = "tdmpc2"
     checkpoint: str | None = None
     preset: str = "small"
-    train_steps: int = 100_000
+    train_env_steps: int = 100_000
     seed: int = 0
     episodes: int = 100
     random_episodes: int = 10
@@ -74,7 +74,7 @@ class CollectConfig:
             from cdred_pipeline.envs import scripted_policy
 
             scripted_policy(self.task)  # one-line UsageError for tasks without a scripted expert
-        if self.episodes < 1 or self.random_episodes < 0 or self.train_steps < 1:
+        if self.episodes < 1 or self.random_episodes < 0 or self.train_env_steps < 1:
             raise UsageError("--episodes must be >= 1, --random-episodes >= 0, --train-steps >= 1")
         if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
             raise UsageError(f"--num-envs must be a positive integer, got {self.num_envs!r}")
@@ -108,7 +108,7 @@ def _expert_config(cfg: CollectConfig) -> dict[str, Any]:
         return {"task": cfg.task, "policy": "checkpoint", "checkpoint_sha256": file_sha256(cfg.checkpoint)}
     if cfg.policy == "scripted":
         return {"task": cfg.task, "policy": "scripted"}
-    keys = ("task", "policy", "preset", "train_steps", "seed", "episode_length", "plan", "eval_every", "eval_episodes")
+    keys = ("task", "policy", "preset", "train_env_steps", "seed", "episode_length", "plan", "eval_every", "eval_episodes")
     out = {k: getattr(cfg, k) for k in keys}
     _spec, acfg = _agent_config(cfg)
     out["agent"] = acfg.to_dict()
@@ -125,10 +125,38 @@ def _agent_config(cfg: CollectConfig) -> tuple[Any, Any]:
     return spec, AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, **overrides)
 
 
-def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> Artifact:
-    """The expert artifact: a TD-MPC2 agent trained online on the task's own reward (resumable)."""
+def _trainer_config(cfg: CollectConfig, action_repeat: int) -> Any:
+    """The trainer's settings: the env-step counts of ``cfg`` as agent steps (env steps / action repeat)."""
+    from cdred_pipeline.agent.trainer import TrainerConfig
+
+    agent_steps = max(1, cfg.train_env_steps // action_repeat)
+    every = {} if cfg.eval_every is None else {"eval_every_agent_steps": max(1, cfg.eval_every // action_repeat)}
+    return TrainerConfig(agent_steps=agent_steps, seed=cfg.seed, eval_episodes=cfg.eval_episodes,
+                         checkpoint_every_agent_steps=max(1, min(10_000, agent_steps // 4)), **every)
+
+
+def _train(cfg: CollectConfig, art: Artifact, store: ArtifactStore, progress: bool) -> Artifact:
+    """Train a TD-MPC2 expert online in the artifact's folder and complete the artifact."""
+    from cdred_pipeline.agent import TDMPC2Agent
+    from cdred_pipeline.agent.trainer import train_online
     from cdred_pipeline.envs import make_env
 
+    spec, acfg = _agent_config(cfg)
+    agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim, device=cfg.device)
+    art.update(agent_params=agent.num_params())
+    env_fn = lambda: make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length)  # noqa: E731
+    result = train_online(env_fn, agent, _trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
+                          extra={"task": cfg.task, "preset": cfg.preset, "obs": "state",
+                                 "episode_length": spec.episode_length})
+    final = store.folder(EXPERT_STAGE, art.key)  # the trainer wrote its paths in .partial
+    result = {k: str(final / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v for k, v in result.items()}
+    return art.complete_with({"eval_return": result.get("final_eval_return"), "env_steps": result.get("env_step")},
+                             task=cfg.task, train=result)
+
+
+def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> Artifact:
+    """The expert artifact: a TD-MPC2 agent trained online on the task's own reward (resumable), a
+    copied checkpoint, or the mark of a scripted policy."""
     if cfg.policy == "checkpoint":  # check the file before any artifact exists: bad input leaves nothing behind
         check_expert_checkpoint(cfg.checkpoint, cfg)
     art = store.begin(EXPERT_STAGE, EXPERT_VERSION, _expert_config(cfg), {}, force=force,
@@ -143,24 +171,7 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
 
             shutil.copyfile(cfg.checkpoint, art.path / "agent.pt")
             return art.complete_with({"policy": "checkpoint"}, task=cfg.task)
-        from cdred_pipeline.agent import TDMPC2Agent
-        from cdred_pipeline.agent.trainer import TrainerConfig, train_online
-
-        spec, acfg = _agent_config(cfg)
-        agent_steps = max(1, cfg.train_steps // spec.action_repeat)
-        tcfg = TrainerConfig(steps=agent_steps, seed=cfg.seed, checkpoint_every=max(1, min(10_000, agent_steps // 4)),
-                             eval_episodes=cfg.eval_episodes,
-                             **({} if cfg.eval_every is None else {"eval_every": max(1, cfg.eval_every // spec.action_repeat)}))
-        agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim, device=cfg.device)
-        art.update(agent_params=agent.num_params())
-        env_fn = lambda: make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length)  # noqa: E731
-        result = train_online(env_fn, agent, tcfg, art.path, progress=progress,
-                              extra={"task": cfg.task, "preset": cfg.preset, "obs": "state",
-                                     "episode_length": spec.episode_length})
-        final = store.folder(EXPERT_STAGE, art.key)  # the trainer wrote its paths in .partial
-        result = {k: str(final / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v for k, v in result.items()}
-        return art.complete_with({"eval_return": result.get("final_eval_return"), "env_steps": result.get("env_step")},
-                                 task=cfg.task, train=result)
+        return _train(cfg, art, store, progress)
     finally:
         art.release()
 
@@ -190,7 +201,7 @@ def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[BatchAct, 
     * TD-MPC2 policy prior: one forward pass for all envs (``model.encode`` + the mean of
       ``model.pi``, paper Eq. 1-2) on a batch padded to :data:`PAD_ROWS` rows;
     * TD-MPC2 MPPI (``--plan``): one plan per env (the planner takes one latent), each with its
-      own warm start and its own generator seeded per episode (stream 3), so episode ``i`` samples
+      own warm start and its own generator seeded per episode (stream "mppi"), so episode ``i`` samples
       the same noise whatever ran before it or beside it (``slot.index`` is the episode index).
     """
     if cfg.policy == "scripted":
@@ -213,98 +224,134 @@ def _demo_config(cfg: CollectConfig) -> dict[str, Any]:
             "episode_length": cfg.episode_length, "probe": cfg.probe}
 
 
+class _InOrderWriter:
+    """The rollout loop's ``on_episode`` for the demos: finished episodes are appended in index order
+    (an episode that ends early waits for the lower ones) and flushed one by one, so the store always
+    holds episodes 0..n-1 and a killed collection resumes at episode n."""
+
+    def __init__(self, writer: Any, seed: int, bar: Any) -> None:
+        self.writer, self.seed, self.bar = writer, seed, bar
+        self.ready: dict[int, dict[str, Any]] = {}
+        self.returns: list[float] = []
+        self.steps = 0
+
+    def __call__(self, index: int, ep: dict[str, Any]) -> None:
+        self.ready[index] = ep
+        while self.writer.num_episodes in self.ready:
+            i = self.writer.num_episodes
+            self._append(i, self.ready.pop(i))
+
+    def _append(self, i: int, e: dict[str, Any]) -> None:
+        self.writer.append_episode(e["obs"][:-1], e["action"], e["reward"], e["terminated"], e["physics_state"],
+                                   e["obs"][-1], e["final_physics_state"], seed=derive(self.seed, "demo-reset", i),
+                                   success=e["success"])
+        self.writer.flush()  # an episode counts as done once it is on disk: a kill loses no finished episode
+        self.steps += len(e["reward"])
+        self.returns.append(e["return"])
+        self.bar.update(1)
+        self.bar.set_postfix(ret=f"{e['return']:.1f}", mean=f"{np.mean(self.returns):.1f}")
+
+
+def _make_envs(cfg: CollectConfig, n: int) -> list[Any]:
+    from cdred_pipeline.envs import make_env
+
+    return [make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length) for _ in range(n)]
+
+
+def _baseline_scores(cfg: CollectConfig, art: Artifact) -> dict[str, Any]:
+    """The random-policy scores, computed once per artifact (kept in its manifest across resumes)."""
+    scores = art.manifest.get("random_scores")
+    if scores is None:
+        scores = random_scores(cfg.task, cfg.random_episodes, cfg.seed, cfg.episode_length, num_envs=cfg.num_envs)
+        art.update(random_scores=scores)
+    return scores
+
+
+def _dataset_attrs(env: Any, source: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+    spec = env.spec_info
+    return {"env": {**spec.to_dict(), "task": spec.task, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim},
+            "sim": _sim_attrs(env), "source": source, "scores": {"random": scores}}
+
+
+def _finish_dataset(cfg: CollectConfig, writer: Any, env: Any, scores: dict[str, Any]) -> dict[str, Any]:
+    """Check the count, write the scores (and the render probe) into the attrs, close; returns the expert scores."""
+    if writer.num_episodes != cfg.episodes:
+        raise CdredError(f"collected {writer.num_episodes} of {cfg.episodes} episodes; rerun to resume")
+    ds_meta = _episode_meta(writer)
+    expert_scores = {"return_mean": float(np.mean(ds_meta["return"])), "return_std": float(np.std(ds_meta["return"])),
+                     "success_rate": float(np.mean(ds_meta["success"])), "episodes": cfg.episodes}
+    writer.group.attrs.update({"scores": {"random": scores, "expert": expert_scores}})
+    if cfg.probe:
+        writer.group.attrs.update({"sim": {**_sim_attrs(env), "probe": _probe(cfg, env, writer)}})
+    writer.close()
+    return expert_scores
+
+
+def _roll_demos(cfg: CollectConfig, writer: Any, envs: list[Any], act: BatchAct, device: Any,
+                progress: bool) -> tuple[int, float]:
+    """Roll the episodes the store lacks into it; returns the steps written and the seconds taken."""
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    bar = tqdm(total=cfg.episodes, initial=writer.num_episodes, desc=f"collect {cfg.task}", unit="ep",
+               disable=not progress)
+    sink = _InOrderWriter(writer, cfg.seed, bar)
+    with single_thread(device):
+        run_trajectories(envs, [derive(cfg.seed, "demo-reset", i) for i in range(cfg.episodes)], act,
+                         record_state=True, on_episode=sink, keep=False, start=writer.num_episodes)
+    bar.close()
+    return sink.steps, time.time() - t0
+
+
+def _collect(cfg: CollectConfig, expert: Artifact, art: Artifact, envs: list[Any], progress: bool) -> Artifact:
+    """Write the demos store of the artifact (resuming a partial one) and complete the artifact."""
+    from cdred_pipeline.datasets import EpisodeWriter, open_dataset
+
+    act, source, device = load_expert_policy(cfg, expert)
+    envs += _make_envs(cfg, 1)
+    scores = _baseline_scores(cfg, art)
+    path = art.path / DATASET_NAME
+    writer = EpisodeWriter.resume(path, _dataset_attrs(envs[0], source, scores))
+    first = writer.num_episodes
+    n_envs = max(1, min(cfg.num_envs, cfg.episodes - first))
+    envs += _make_envs(cfg, n_envs - 1)
+    try:
+        steps, collect_s = _roll_demos(cfg, writer, envs, act, device, progress)
+        expert_scores = _finish_dataset(cfg, writer, envs[0], scores)
+    except BaseException:
+        writer.abort(discard=False)  # keep flushed episodes for the resume
+        raise
+    ds = open_dataset(path)
+    env_steps = steps * int(getattr(envs[0].spec_info, "action_repeat", 1) or 1)
+    return art.complete_with(
+        {"expert_return": expert_scores["return_mean"], "random_return": scores.get("return_mean"),
+         "expert_success": expert_scores["success_rate"]},
+        task=cfg.task, dataset=str(path), episodes=ds.num_episodes, steps=ds.num_steps,
+        scores={"random": scores, "expert": expert_scores},
+        collection={"num_envs": n_envs, "episodes_this_run": cfg.episodes - first,
+                    "env_steps_per_s": round(env_steps / max(collect_s, 1e-9), 1)},
+        timings={**art.manifest["timings"], "collect_s": round(collect_s, 2)},
+    )
+
+
 def collect_demos(cfg: CollectConfig, expert: Artifact, store: ArtifactStore, *, force: bool = False,
                   progress: bool = True) -> Artifact:
     """Roll the expert for ``cfg.episodes`` seeded episodes and write them with simulator states.
 
     ``cfg.num_envs`` envs step together with one batched policy call per step
-    (:func:`run_episodes`). Episodes end out of order across envs; they are appended in index order
-    (a finished episode waits for the lower ones) and flushed one by one, so the store always holds
-    episodes 0..n-1 and a killed collection resumes at episode n. Episode ``i`` is a function of
-    (seed, i) alone (reset seed, per-episode MPPI generator, row-independent padded policy batches),
-    so the dataset is the same whatever ``num_envs`` and however often the collection was resumed.
+    (:func:`cdred_pipeline.vector.run_trajectories`). Episodes end out of order across envs; they are
+    appended in index order and flushed one by one (:class:`_InOrderWriter`), so a killed collection
+    resumes at the first missing episode. Episode ``i`` is a function of (seed, i) alone (reset seed,
+    per-episode MPPI generator, row-independent padded policy batches), so the dataset is the same
+    whatever ``num_envs`` and however often the collection was resumed.
     """
-    from tqdm.auto import tqdm
-
-    from cdred_pipeline.datasets import EpisodeWriter, open_dataset
-    from cdred_pipeline.envs import make_env
-
     art = store.begin(DEMO_STAGE, DEMO_VERSION, _demo_config(cfg), {"expert": expert.key}, force=force,
                       description=f"{cfg.episodes} expert episodes of {cfg.task}")
     if art.complete:
         return art
     envs: list[Any] = []
     try:
-        act, source, device = load_expert_policy(cfg, expert)
-        envs.append(make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length))
-        spec = envs[0].spec_info
-        scores = art.manifest.get("random_scores")
-        if scores is None:
-            scores = random_scores(cfg.task, cfg.random_episodes, cfg.seed, cfg.episode_length, num_envs=cfg.num_envs)
-            art.update(random_scores=scores)
-        attrs = {
-            "env": {**spec.to_dict(), "task": spec.task, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim},
-            "sim": _sim_attrs(envs[0]),
-            "source": source,
-            "scores": {"random": scores},
-        }
-        path = art.path / DATASET_NAME
-        writer = EpisodeWriter.resume(path, attrs)
-        first = writer.num_episodes
-        n_envs = max(1, min(cfg.num_envs, cfg.episodes - first))
-        envs += [make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length) for _ in range(n_envs - 1)]
-        t0 = time.time()
-        bar = tqdm(total=cfg.episodes, initial=first, desc=f"collect {cfg.task}", unit="ep", disable=not progress)
-        returns: list[float] = []
-        ready: dict[int, dict[str, Any]] = {}
-        steps = 0
-
-        def write_ready(j: int, ep: dict[str, Any]) -> None:  # j: the episode index
-            """Append finished episodes in index order; each is on disk before the next counts."""
-            nonlocal steps
-            ready[j] = ep
-            while writer.num_episodes in ready:
-                i = writer.num_episodes
-                e = ready.pop(i)
-                writer.append_episode(e["obs"][:-1], e["action"], e["reward"], e["terminated"], e["physics_state"],
-                                      e["obs"][-1], e["final_physics_state"], seed=derive(cfg.seed, "demo-reset", i),
-                                      success=e["success"])
-                writer.flush()  # an episode counts as done once it is on disk: a kill loses no finished episode
-                steps += len(e["reward"])
-                returns.append(e["return"])
-                bar.update(1)
-                bar.set_postfix(ret=f"{e['return']:.1f}", mean=f"{np.mean(returns):.1f}")
-
-        try:
-            with single_thread(device):
-                run_trajectories(envs, [derive(cfg.seed, "demo-reset", i) for i in range(cfg.episodes)], act,
-                                 record_state=True, on_episode=write_ready, keep=False, start=first)
-            bar.close()
-            collect_s = time.time() - t0
-            if writer.num_episodes != cfg.episodes:
-                raise CdredError(f"collected {writer.num_episodes} of {cfg.episodes} episodes; rerun to resume")
-            ds_meta = _episode_meta(writer)
-            expert_scores = {"return_mean": float(np.mean(ds_meta["return"])),
-                             "return_std": float(np.std(ds_meta["return"])),
-                             "success_rate": float(np.mean(ds_meta["success"])), "episodes": cfg.episodes}
-            writer.group.attrs.update({"scores": {"random": scores, "expert": expert_scores}})
-            if cfg.probe:
-                writer.group.attrs.update({"sim": {**_sim_attrs(envs[0]), "probe": _probe(cfg, envs[0], writer)}})
-            writer.close()
-        except BaseException:
-            writer.abort(discard=False)  # keep flushed episodes for the resume
-            raise
-        ds = open_dataset(path)
-        env_steps = steps * int(getattr(spec, "action_repeat", 1) or 1)
-        return art.complete_with(
-            {"expert_return": expert_scores["return_mean"], "random_return": scores.get("return_mean"),
-             "expert_success": expert_scores["success_rate"]},
-            task=cfg.task, dataset=str(path), episodes=ds.num_episodes, steps=ds.num_steps,
-            scores={"random": scores, "expert": expert_scores},
-            collection={"num_envs": n_envs, "episodes_this_run": cfg.episodes - first,
-                        "env_steps_per_s": round(env_steps / max(collect_s, 1e-9), 1)},
-            timings={**art.manifest["timings"], "collect_s": round(collect_s, 2)},
-        )
+        return _collect(cfg, expert, art, envs, progress)
     finally:
         for env in envs:
             env.close()

@@ -351,6 +351,38 @@ def test_policy_act_modes():
         agent.act(np.ones(4, np.float32))
 
 
+def test_act_batch_prior_rows_are_bitwise_the_same_in_batches_of_1_3_8():
+    agent = TDMPC2Agent(tiny(plan=False), (3,), 2, device="cpu")
+    obs = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    states = [agent.new_act_state() for _ in range(8)]
+    full = agent.act_batch(obs, states, pad_rows=8)
+    for k in (1, 3, 8):
+        assert np.array_equal(agent.act_batch(obs[:k], states[:k], pad_rows=8), full[:k]), k
+    assert np.allclose(agent.act(obs[2], t0=True, eval_mode=True), full[2], atol=1e-6)  # one row alone, up to rounding
+    with pytest.raises(ValueError, match="states"):
+        agent.act_batch(obs, states[:2])
+
+
+def test_act_batch_mppi_rows_with_own_generators_do_not_depend_on_the_other_rows():
+    agent = TDMPC2Agent(tiny(plan=True, num_samples=32, iterations=2), (3,), 2, device="cpu")
+    obs = np.random.default_rng(1).normal(size=(3, 4, 3)).astype(np.float32)  # 4 steps of 3 episodes
+
+    def roll(rows: list[int]) -> np.ndarray:
+        states = [agent.new_act_state(100 + r) for r in rows]
+        return np.stack([agent.act_batch(obs[rows, t], states) for t in range(obs.shape[1])])
+
+    together = roll([0, 1, 2])
+    for r in range(3):
+        assert np.array_equal(roll([r])[:, 0], together[:, r]), r
+    # on the agent's own generator a state draws what act() draws: the same actions as act with t0 at the start
+    agent.act_generator.manual_seed(7)
+    state = agent.new_act_state()
+    own = [agent.act_batch(obs[0, t][None], [state])[0] for t in range(4)]
+    agent.act_generator.manual_seed(7)
+    ref = [agent.act(obs[0, t], t0=t == 0, eval_mode=True) for t in range(4)]
+    assert all(np.array_equal(a, b) for a, b in zip(own, ref))
+
+
 # ---------------------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("plan", [True, False])
 def test_checkpoint_reload_gives_bitwise_identical_eval_actions(tmp_path, plan):

@@ -71,7 +71,7 @@ def cartpole(tmp_path_factory):
     """One tiny TD-MPC2 expert on dmc:cartpole-balance (300 env steps) and its 2-episode dataset."""
     root = tmp_path_factory.mktemp("ce_cartpole")
     store = ArtifactStore(root)
-    cfg = ce.CollectConfig(task=DMC_TASK, preset="tiny", train_steps=300, episodes=2, random_episodes=2,
+    cfg = ce.CollectConfig(task=DMC_TASK, preset="tiny", train_env_steps=300, episodes=2, random_episodes=2,
                            episode_length=50, plan=False, eval_episodes=1, device="cpu")
     demos = ce.run(cfg, store, progress=False)
     expert = store.get(ce.EXPERT_STAGE, demos.manifest["inputs"]["expert"])

@@ -136,7 +136,7 @@ def test_killed_vector_collection_resumes_and_equals_the_single_env_run(tmp_path
 # ------------------------------------------------------------------------------------- tasks x seeds
 def test_two_tasks_in_one_command_equal_separate_runs(tmp_path):
     tasks = ("dmc:cartpole-balance", "dmc:reacher-easy")
-    opts = dict(preset="tiny", train_steps=100, episodes=2, random_episodes=1, episode_length=20, plan=False,
+    opts = dict(preset="tiny", train_env_steps=100, episodes=2, random_episodes=1, episode_length=20, plan=False,
                 device="cpu", num_envs=2)  # the CLI's defaults otherwise
     res = run_cli(tmp_path / "both", "collect-experts", ",".join(tasks), "--preset", "tiny", "--train-steps", "100",
                   "--episodes", "2", "--random-episodes", "1", "--episode-length", "20", "--no-plan", "--device",
