@@ -9,15 +9,15 @@ prior``, what ``collect-experts`` writes); ``--demo-policy plan`` records it act
 (``collect-experts --policy checkpoint --plan``): it reaches 10 of 10 reacher-easy targets (the prior 8)
 but jitters on cartpole-balance. docs/learning.md has both settings' curves.
 Evaluations average ``--eval-episodes`` episodes (20 by default: five cannot tell a collapse from
-the spread of reacher-easy's random target positions). Every run gets the issue's verdict (>= 90% of the
-expert from some evaluation within 100k env steps to the end: ``imitate.target_check``), and the end of the output
+the spread of reacher-easy's random target positions). Every run gets the target's verdict (>= 90% of the
+expert from some evaluation within 100k env steps to the end: ``target_check.py``), and the end of the output
 counts the seeds that meet it per task and arm: ``--imitation-seeds`` runs several (the expert and its
 demos stay those of ``--seed``). A 20-episode evaluation fixes 20 targets per seed, and on reacher-easy
 which 20 moves the return by hundreds; ``--final-episodes 200`` also evaluates every run's final agent
 and the expert on the same 200 episodes (the evaluate stage). Finished runs and evaluations are cached
 artifacts: rerunning reads them back.
 
-    python benchmarks/imitation_learning.py --env-steps 100000                     # the issue's setting
+    python benchmarks/imitation_learning.py --env-steps 100000                     # the target's setting
     python benchmarks/imitation_learning.py --tasks dmc:reacher-easy --rewards cdred --imitation-seeds 0,1,2
     python benchmarks/imitation_learning.py --tasks dmc:cartpole-balance --env-steps 20000 --expert-steps 20000
     python benchmarks/imitation_learning.py --preset paper --plan --device cuda     # unchanged on a GPU
@@ -28,6 +28,7 @@ artifacts: rerunning reads them back.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -37,6 +38,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.stages import collect_experts, evaluate, imitate  # noqa: E402
+from target_check import describe_target, target_check  # noqa: E402
 
 
 def common_eval(agent: str, episodes: int, plan: bool, device: str, store: ArtifactStore) -> tuple[float, float]:
@@ -91,8 +93,8 @@ def main() -> None:
         demonstrator_plans = args.plan or args.demo_policy == "plan"
         if expert_art is not None and demonstrator_plans and not args.plan:
             # the expert trained acting with its policy prior (cached); record its demos acting with MPPI
-            ccfg = collect_experts.replace(ccfg, policy="checkpoint", checkpoint=str(expert_art.path / "agent.pt"),
-                                           plan=True)
+            ccfg = dataclasses.replace(ccfg, policy="checkpoint", checkpoint=str(expert_art.path / "agent.pt"),
+                                        plan=True)
         demos = collect_experts.run(ccfg, store)
         expert = demos.manifest["scores"]["expert"]["return_mean"]
         random = demos.manifest["scores"]["random"]["return_mean"]
@@ -103,10 +105,10 @@ def main() -> None:
                                         args.device, store)
             print(f"  expert on {args.final_episodes} common episodes: {expert_common[0]:.1f} ± {expert_common[1]:.1f} (s.e.)")
         for reward, seed in ((r, sd) for r in args.rewards.split(",") for sd in seeds):
-            icfg = imitate.ImitateConfig(steps=args.env_steps, preset=args.preset, reward=reward,
+            icfg = imitate.ImitateConfig(env_steps=args.env_steps, preset=args.preset, reward=reward,
                                          num_demos=args.num_demos, seed=seed, plan=args.plan,
-                                         eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                                         seed_steps=args.seed_steps, device=args.device,
+                                         eval_every_env_steps=args.eval_every, eval_episodes=args.eval_episodes,
+                                         seed_agent_steps=args.seed_steps, device=args.device,
                                          zeta=args.zeta if reward == "cdred" else None,
                                          detach_reward_input=args.detach_reward_input)
             arm = reward + (f" zeta={icfg.zeta:g}" if icfg.zeta is not None else "") \
@@ -114,14 +116,14 @@ def main() -> None:
             t0 = time.time()
             art = imitate.run(icfg, str(demos.path / "demos.zarr"), store)
             rows = imitate.read_metrics(art)
-            check = imitate.target_check(rows, expert)
+            check = target_check(rows, expert)
             print(f"  --reward {arm}, seed {seed}  ({time.time() - t0:.0f} s this call, artifact {art.path})")
             print(f"  {'env steps':>10} {'eval return':>12} {'% expert':>9} {'R(expert)':>10} {'R(current)':>11} {'wall s':>8}")
             for r in rows:
                 print(f"  {r['env_step']:>10d} {r['eval_return_mean']:>12.1f} {100 * r['eval_return_mean'] / expert:>8.1f}%"
                       f" {r.get('diag_reward_expert', float('nan')):>10.3f} {r.get('diag_reward_current', float('nan')):>11.3f}"
                       f" {r['wall_s']:>8.0f}")
-            print(f"  target: {imitate.describe_target(check, expert)}")
+            print(f"  target: {describe_target(check, expert)}")
             final = None
             if args.final_episodes:
                 final = common_eval(str(art.path / "agent.pt"), args.final_episodes, args.plan, args.device, store)

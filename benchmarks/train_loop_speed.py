@@ -1,4 +1,4 @@
-"""Full training-loop speed (issue 8): agent steps/s of env step + act (MPPI plan or policy prior) +
+"""Full training-loop speed: agent steps/s of env step + act (MPPI plan or policy prior) +
 one update, the loop `cdred collect-experts` trains with, after seeding.
 
     python benchmarks/train_loop_speed.py --task dmc:cheetah-run --preset paper --plan          # GPU
@@ -51,8 +51,8 @@ def main() -> None:
     cfg = AgentConfig.preset(args.preset, plan=args.plan, episode_length=spec.episode_length, compile=args.compile)
     agent = TDMPC2Agent(cfg, spec.obs_shape, spec.action_dim, device=args.device,
                         cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs])
-    tcfg = TrainerConfig(steps=args.steps, seed_steps=args.seed_steps, pretrain_updates=0, eval_episodes=0,
-                         checkpoint_every=10**9, save_buffer=False, seed=0)
+    tcfg = TrainerConfig(agent_steps=args.steps, seed_agent_steps=args.seed_steps, pretrain_updates=0, eval_episodes=0,
+                         checkpoint_every_agent_steps=10**9, save_buffer=False, seed=0)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
         train_online(lambda: make_env(args.task, seed=0), agent, tcfg, d, progress=False)

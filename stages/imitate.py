@@ -10,6 +10,10 @@ Ablations (paper Fig. 3, 9, 11): ``reward="red"`` (uncoupled, expert predictor o
 ``reward_space="obs"`` (the model on raw observation-action pairs), ``g="exp"``; beyond the paper:
 ``zeta``/``alpha`` (Eq. 5/6 weights) and ``detach_reward_input`` (the predictor loss does not train the
 encoder and dynamics through the latent).
+
+Seeds come from named streams of ``seed`` (:mod:`cdred_pipeline.seeding`): ``expert-replay`` (expert
+buffer sampling), ``random-episodes`` and ``random-buffer`` (the random-policy data of the reward
+diagnostics), and the trainer's own streams.
 """
 
 from __future__ import annotations
@@ -23,23 +27,20 @@ import numpy as np
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import DatasetError, UsageError
+from cdred_pipeline.presets import LR_STEP_BY_SUITE, REWARD_PRESET_FOR
+from cdred_pipeline.seeding import derive
 
-STAGE, VERSION = "imitate", 1
-REWARDS = ("cdred", "red")
-REWARD_SPACES = ("latent", "obs")
-G_CHOICES = ("identity", "exp")
-# StepLR x0.1 period in updates (paper App. A.2): 500k for Meta-World and ManiSkill2, 2M for DMControl.
-LR_STEP_BY_SUITE = {"dmc": 2_000_000, "mw": 500_000, "ms2": 500_000, "gym": 2_000_000}
-# CDRED network sizes that go with each agent preset.
-REWARD_PRESET_FOR = {"paper": "paper", "small": "small", "tiny": "tiny"}
+STAGE, VERSION = "imitate", 2
+OBS_KINDS = ("state", "rgb")
 
 
 @dataclass(frozen=True)
 class ImitateConfig:
-    """Settings of ``cdred imitate``; ``steps`` and ``eval_every`` count env steps (simulator control
-    steps after action repeat), as the paper's curves do."""
+    """Settings of ``cdred imitate``. ``env_steps`` and ``eval_every_env_steps`` count env steps
+    (simulator control steps after action repeat), as the paper's curves do; ``seed_agent_steps``
+    counts agent steps (decisions), as the trainer does."""
 
-    steps: int = 100_000
+    env_steps: int = 100_000
     preset: str = "small"
     obs: str = "state"
     reward: str = "cdred"
@@ -53,21 +54,23 @@ class ImitateConfig:
     seed: int = 0
     plan: bool = False
     camera: str | None = None
-    eval_every: int = 10_000
+    eval_every_env_steps: int = 10_000
     eval_episodes: int = 5
-    seed_steps: int | None = None
+    seed_agent_steps: int | None = None  # None: the trainer's max(1000, 5 x episode length)
     utd: float = 1.0
     buffer_capacity: int | None = None
-    lr_step_every: int | None = None
+    lr_step_every: int | None = None     # StepLR period in updates; None: LR_STEP_BY_SUITE of the task's suite
     diagnose: bool = True
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        from cdred_pipeline.agent.config import REWARD_SPACES
         from cdred_pipeline.envs import check_tremble
+        from cdred_pipeline.reward.config import G_NAMES, MODES
 
         check_tremble(self.tremble)
-        for name, value, choices in (("--obs", self.obs, ("state", "rgb")), ("--reward", self.reward, REWARDS),
-                                     ("--reward-space", self.reward_space, REWARD_SPACES), ("--g", self.g, G_CHOICES)):
+        for name, value, choices in (("--obs", self.obs, OBS_KINDS), ("--reward", self.reward, MODES),
+                                     ("--reward-space", self.reward_space, REWARD_SPACES), ("--g", self.g, G_NAMES)):
             if value not in choices:
                 raise UsageError(f"{name} {value!r}: choose one of {', '.join(choices)}")
         for name, w in (("--zeta", self.zeta), ("--alpha", self.alpha)):
@@ -77,13 +80,13 @@ class ImitateConfig:
             raise UsageError("--reward-space obs needs state observations; pixel runs use the latent space")
         if self.reward_space == "obs" and self.plan:
             raise UsageError("--reward-space obs cannot plan (imagined latents have no observation); use --no-plan")
-        if self.steps < 1 or self.eval_episodes < 0 or (self.num_demos is not None and self.num_demos < 1):
-            raise UsageError("--steps must be >= 1, --eval-episodes >= 0 and --num-demos >= 1")
+        if self.env_steps < 1 or self.eval_episodes < 0 or (self.num_demos is not None and self.num_demos < 1):
+            raise UsageError("--env-steps must be >= 1, --eval-episodes >= 0 and --num-demos >= 1")
 
     def key_config(self) -> dict[str, Any]:
-        """The config keys the artifact depends on (the device does not change results' meaning; an unset
-        zeta/alpha, or detach_reward_input off, is the preset's, which the resolved reward-model config in the
-        key already holds: artifacts made before these options existed keep their keys)."""
+        """The config keys the artifact depends on: not the device (it does not change the results'
+        meaning), and not an unset zeta/alpha or detach_reward_input off, which are the preset's and
+        already in the key through the resolved reward-model config."""
         return {k: v for k, v in self.__dict__.items()
                 if k != "device" and not (k in ("zeta", "alpha") and v is None)
                 and not (k == "detach_reward_input" and not v)}
@@ -114,21 +117,14 @@ def check_dataset_fits(ds: Any, spec: Any, obs: str, camera: str | None) -> dict
 
 
 # ------------------------------------------------------------------------------------------ diagnostics
-def random_policy_episodes(env: Any, n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """``n`` uniform-random episodes (obs (T+1, ...), action, reward) for the reward diagnostics."""
-    rng = np.random.default_rng([seed, 99])
-    out = []
-    for i in range(n):
-        obs, _ = env.reset(seed=int(rng.integers(2**31)))
-        obs_l, act_l, rew_l = [obs], [], []
-        done = False
-        while not done:
-            a = rng.uniform(-1, 1, env.action_space.shape[0]).astype(np.float32)
-            obs, r, term, trunc, _ = env.step(a)
-            obs_l.append(obs), act_l.append(a), rew_l.append(r)
-            done = bool(term or trunc)
-        out.append({"obs": np.stack(obs_l), "action": np.stack(act_l), "reward": np.asarray(rew_l, np.float32)})
-    return out
+def random_policy_episodes(env: Any, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` uniform-random episodes (obs (T+1, ...), action, reward, ...) for the reward diagnostics,
+    through the batched rollout loop on one env: reset seeds from the ``random-episodes`` stream,
+    actions from :func:`cdred_pipeline.vector.random_act`."""
+    from cdred_pipeline.vector import random_act, run_trajectories
+
+    seeds = [derive(seed, "random-episodes", i) for i in range(n)]
+    return run_trajectories([env], seeds, random_act(seed, int(env.action_space.shape[0])))
 
 
 def reward_model_stats(agent: Any, obs: Any, action: Any) -> dict[str, float]:
@@ -167,37 +163,66 @@ def reward_diagnostics(agent: Any, buffers: dict[str, Any], n: int = 512) -> dic
 
 
 # ------------------------------------------------------------------------------------------ stage
-def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool = False,
-        progress: bool = True) -> Artifact:
-    """Train a CDRED imitation agent online from DATASET; returns the ``imitate`` artifact."""
-    import torch
+@dataclass(frozen=True)
+class RunInputs:
+    """What :func:`run` resolves from the config and the dataset before it opens the artifact."""
 
-    from cdred_pipeline.agent import AgentConfig, ReplayBuffer, TDMPC2Agent
-    from cdred_pipeline.agent.trainer import TrainerConfig, train_online
-    from cdred_pipeline.datasets import load_episodes, open_dataset
+    path: Path
+    input_key: str
+    task: str
+    timing: dict[str, int]       # the demos' episode_length and action_repeat (the online env runs the same)
+    render: dict[str, Any]       # pixel runs: make_env's camera, image size and render profile
+    rgb_key: str | None
+    scores: dict[str, Any]       # the dataset's expert and random-policy scores
+    num_demos: int
+    agent: Any                   # AgentConfig
+    reward_model: Any            # CDREDConfig
+
+
+def resolve_inputs(cfg: ImitateConfig, dataset: str, store: ArtifactStore) -> RunInputs:
+    """Open DATASET and check it against the task, the agent preset and the number of demos. Every input
+    check happens here, before the artifact folder exists: bad input leaves nothing behind."""
+    from cdred_pipeline.datasets import open_dataset
     from cdred_pipeline.envs import make_env
-    from cdred_pipeline.reward import CDREDConfig, CDREDRewardHead
     from cdred_pipeline.stages.common import resolve_dataset
 
     path, input_key = resolve_dataset(dataset, store)
     ds = open_dataset(path)
-    task = ds.attrs.get("env", {}).get("task")
+    env_attrs = ds.attrs.get("env", {})
+    task = env_attrs.get("task")
     if not task:
         raise DatasetError(f"{path}: attrs.env.task is missing; cannot tell which environment to imitate in")
-    env_attrs = ds.attrs.get("env", {})
-    # the online env runs episodes as the demos were collected (length and action repeat)
     timing = {k: int(env_attrs[k]) for k in ("episode_length", "action_repeat") if env_attrs.get(k)}
     state_spec = make_env(task, seed=cfg.seed, **timing).spec_info
     render = check_dataset_fits(ds, state_spec, cfg.obs, cfg.camera)
     rgb_key = render.pop("rgb_key", None)
-    scores = dict(ds.attrs.get("scores", {}))
+    acfg = agent_config(cfg, state_spec)
+    return RunInputs(path=path, input_key=input_key, task=task, timing=timing, render=render, rgb_key=rgb_key,
+                     scores=dict(ds.attrs.get("scores", {})), num_demos=check_demos(ds, path, cfg.num_demos, acfg),
+                     agent=acfg, reward_model=reward_model_config(cfg))
 
-    # every input check happens before the artifact folder exists: bad input leaves nothing behind
-    acfg = AgentConfig.preset(
-        cfg.preset, seed=cfg.seed, episode_length=state_spec.episode_length, plan=cfg.plan,
-        reward_space=cfg.reward_space,
-        lr_step_every=cfg.lr_step_every if cfg.lr_step_every is not None else LR_STEP_BY_SUITE[state_spec.suite])
-    n_demos = ds.num_episodes if cfg.num_demos is None else cfg.num_demos
+
+def agent_config(cfg: ImitateConfig, spec: Any) -> Any:
+    """The agent preset for the task (episode length, acting, reward space, StepLR period by suite)."""
+    from cdred_pipeline.agent import AgentConfig
+
+    lr_step = cfg.lr_step_every if cfg.lr_step_every is not None else LR_STEP_BY_SUITE[spec.suite]
+    return AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, plan=cfg.plan,
+                              reward_space=cfg.reward_space, lr_step_every=lr_step)
+
+
+def reward_model_config(cfg: ImitateConfig) -> Any:
+    """The CDRED reward-model preset that goes with the agent preset, with the run's mode, g and weights."""
+    from cdred_pipeline.reward import CDREDConfig
+
+    weights = {k: v for k, v in (("zeta", cfg.zeta), ("alpha", cfg.alpha)) if v is not None}
+    return CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed,
+                              detach_input=cfg.detach_reward_input, **weights)
+
+
+def check_demos(ds: Any, path: Path, num_demos: int | None, acfg: Any) -> int:
+    """The number of demos to use; a one-line error when there are too few or they cannot fill a batch."""
+    n_demos = ds.num_episodes if num_demos is None else num_demos
     if n_demos > ds.num_episodes:
         raise DatasetError(f"{path}: --num-demos {n_demos} but the dataset has {ds.num_episodes} episodes")
     lengths = np.asarray(ds.lengths[:n_demos])
@@ -205,63 +230,98 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
     if valid < acfg.batch_size:
         raise DatasetError(f"{path}: {n_demos} demos hold {int(lengths.sum())} transitions, {valid} sub-trajectories "
                            f"of {acfg.horizon} steps; a batch needs {acfg.batch_size}: use more demos or a smaller preset")
+    return n_demos
 
-    weights = {k: v for k, v in (("zeta", cfg.zeta), ("alpha", cfg.alpha)) if v is not None}
-    rcfg = CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed,
-                              detach_input=cfg.detach_reward_input, **weights)
+
+def trainer_config(cfg: ImitateConfig, action_repeat: int) -> Any:
+    """The trainer's schedule (agent steps) from the stage's env-step counts."""
+    from cdred_pipeline.agent.trainer import TrainerConfig
+
+    agent_steps = max(1, cfg.env_steps // action_repeat)
+    return TrainerConfig(
+        agent_steps=agent_steps, seed=cfg.seed, utd=cfg.utd, eval_episodes=cfg.eval_episodes,
+        eval_every_agent_steps=max(1, cfg.eval_every_env_steps // action_repeat),
+        seed_agent_steps=cfg.seed_agent_steps, buffer_capacity=cfg.buffer_capacity,
+        checkpoint_every_agent_steps=max(1, min(10_000, cfg.env_steps // action_repeat // 4)))
+
+
+def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool = False,
+        progress: bool = True) -> Artifact:
+    """Train a CDRED imitation agent online from DATASET; returns the ``imitate`` artifact."""
+    inp = resolve_inputs(cfg, dataset, store)
     # the key holds the resolved agent and reward-model configs: a changed preset definition is a new artifact
-    key_config = {**cfg.key_config(), "agent": acfg.to_dict(), "reward_model": rcfg.to_dict()}
-    art = store.begin(STAGE, VERSION, key_config, {"dataset": input_key}, force=force,
-                      description=f"CDRED imitation on {task} ({cfg.reward}, {cfg.obs})")
+    key_config = {**cfg.key_config(), "agent": inp.agent.to_dict(), "reward_model": inp.reward_model.to_dict()}
+    art = store.begin(STAGE, VERSION, key_config, {"dataset": inp.input_key}, force=force,
+                      description=f"CDRED imitation on {inp.task} ({cfg.reward}, {cfg.obs})")
     if art.complete:
         return art
     try:
-        def env_fn(tremble: float = cfg.tremble) -> Any:
-            return make_env(task, obs=cfg.obs, seed=cfg.seed, tremble=tremble, **timing, **render)
-
-        env = env_fn()
-        spec = env.spec_info
-        episodes = load_episodes(path, n_demos, obs=cfg.obs, camera=rgb_key)
-        obs_dtype = torch.uint8 if cfg.obs == "rgb" else torch.float32
-        x_dim = acfg.latent_dim if cfg.reward_space == "latent" else spec.obs_dim
-        agent = TDMPC2Agent(acfg, spec.obs_shape, spec.action_dim,
-                            reward_head=CDREDRewardHead(x_dim, spec.action_dim, rcfg), device=cfg.device)
-        art.update(agent_params=agent.num_params(), agent_params_without_reward=agent.num_params(False))
-        expert_buffer = ReplayBuffer.from_episodes(episodes, obs_shape=spec.obs_shape, action_dim=spec.action_dim,
-                                                   device=agent.device, obs_dtype=obs_dtype, seed=cfg.seed + 1)
-        diag_buffers: dict[str, Any] = {"expert": expert_buffer}
-        if cfg.diagnose:
-            rand = random_policy_episodes(env_fn(0.0), 2, cfg.seed)
-            diag_buffers["random"] = ReplayBuffer.from_episodes(
-                rand, obs_shape=spec.obs_shape, action_dim=spec.action_dim, device=agent.device,
-                obs_dtype=obs_dtype, seed=cfg.seed + 2)
-        env.close()
-
-        def eval_hook(agent_: Any, buffer: Any) -> dict[str, float]:
-            row = reward_diagnostics(agent_, {**diag_buffers, "current": buffer}) if cfg.diagnose else {}
-            return row
-
-        repeat = spec.action_repeat
-        tcfg = TrainerConfig(
-            steps=max(1, cfg.steps // repeat), seed=cfg.seed, utd=cfg.utd, eval_episodes=cfg.eval_episodes,
-            eval_every=max(1, cfg.eval_every // repeat), seed_steps=cfg.seed_steps,
-            checkpoint_every=max(1, min(10_000, cfg.steps // repeat // 4)), buffer_capacity=cfg.buffer_capacity)
-        extra = {"task": task, "obs": cfg.obs, "preset": cfg.preset, "scores": scores, "dataset": input_key,
-                 "reward_config": rcfg.to_dict(), **timing, **render}
-        result = train_online(lambda: env_fn(), agent, tcfg, art.path, progress=progress, expert_buffer=expert_buffer,
-                              extra=extra, eval_env_fn=lambda: env_fn(0.0), eval_hook=eval_hook,
-                              reference_lines=_reference_lines(scores))
-        from cdred_pipeline.stages.evaluate import normalized_score
-
-        final = result.get("final_eval_return")
-        head = {"eval_return": final,
-                "normalized_score": None if final is None else normalized_score(final, scores),
-                "env_steps": result.get("env_step")}
+        result = train(cfg, inp, art, progress=progress)
         final_dir = store.folder(STAGE, art.key)  # the trainer wrote its paths in .partial
-        result = {k: str(final_dir / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v for k, v in result.items()}
-        return art.complete_with(head, task=task, train=result, scores=scores)
+        result = {k: str(final_dir / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v
+                  for k, v in result.items()}
+        return art.complete_with(_headline(result, inp.scores), task=inp.task, train=result, scores=inp.scores)
     finally:
         art.release()
+
+
+def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool = True) -> dict[str, Any]:
+    """Build the agent with its CDRED reward head and the buffers, then train online in the artifact's
+    folder (evaluating without tremble); returns the trainer's summary."""
+    from cdred_pipeline.agent import TDMPC2Agent
+    from cdred_pipeline.agent.trainer import train_online
+    from cdred_pipeline.envs import make_env
+    from cdred_pipeline.reward import CDREDRewardHead
+
+    def env_fn(tremble: float = cfg.tremble) -> Any:
+        return make_env(inp.task, obs=cfg.obs, seed=cfg.seed, tremble=tremble, **inp.timing, **inp.render)
+
+    env = env_fn()
+    spec = env.spec_info
+    env.close()
+    x_dim = inp.agent.latent_dim if cfg.reward_space == "latent" else spec.obs_dim
+    agent = TDMPC2Agent(inp.agent, spec.obs_shape, spec.action_dim,
+                        reward_head=CDREDRewardHead(x_dim, spec.action_dim, inp.reward_model), device=cfg.device)
+    art.update(agent_params=agent.num_params(), agent_params_without_reward=agent.num_params(False))
+    buffers = diagnostic_buffers(cfg, inp, spec, agent.device, env_fn)
+
+    def eval_hook(agent_: Any, behavioural: Any) -> dict[str, float]:
+        return reward_diagnostics(agent_, {**buffers, "current": behavioural})
+
+    extra = {"task": inp.task, "obs": cfg.obs, "preset": cfg.preset, "scores": inp.scores, "dataset": inp.input_key,
+             "reward_config": inp.reward_model.to_dict(), **inp.timing, **inp.render}
+    return train_online(env_fn, agent, trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
+                        expert_buffer=buffers["expert"], extra=extra, eval_env_fn=lambda: env_fn(0.0),
+                        eval_hook=eval_hook if cfg.diagnose else None, reference_lines=_reference_lines(inp.scores))
+
+
+def diagnostic_buffers(cfg: ImitateConfig, inp: RunInputs, spec: Any, device: Any, env_fn: Any) -> dict[str, Any]:
+    """The expert buffer (the demos, which the trainer also samples) and, with ``cfg.diagnose``, a buffer of
+    two random-policy episodes: the data the reward diagnostics score at every evaluation."""
+    import torch
+
+    from cdred_pipeline.agent import ReplayBuffer
+    from cdred_pipeline.datasets import load_episodes
+
+    episodes = load_episodes(inp.path, inp.num_demos, obs=cfg.obs, camera=inp.rgb_key)
+    like = dict(obs_shape=spec.obs_shape, action_dim=spec.action_dim, device=device,
+                obs_dtype=torch.uint8 if cfg.obs == "rgb" else torch.float32)
+    out = {"expert": ReplayBuffer.from_episodes(episodes, **like, seed=derive(cfg.seed, "expert-replay"))}
+    if cfg.diagnose:
+        env = env_fn(0.0)
+        out["random"] = ReplayBuffer.from_episodes(random_policy_episodes(env, 2, cfg.seed), **like,
+                                                   seed=derive(cfg.seed, "random-buffer"))
+        env.close()
+    return out
+
+
+def _headline(result: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+    """The final evaluation return, its expert-normalised score and the env steps trained."""
+    from cdred_pipeline.stages.evaluate import normalized_score
+
+    final = result.get("final_eval_return")
+    return {"eval_return": final, "normalized_score": None if final is None else normalized_score(final, scores),
+            "env_steps": result.get("env_step")}
 
 
 def _reference_lines(scores: dict[str, Any]) -> dict[str, float]:
@@ -280,54 +340,3 @@ def read_metrics(art: Artifact) -> list[dict[str, Any]]:
     return [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
             if r.get("kind") == "eval"]
 
-
-def target_check(rows: list[dict[str, Any]], expert_return: float, *, fraction: float = 0.9,
-                 within_env_steps: int = 100_000) -> dict[str, Any]:
-    """Issue 6's learning target on an eval curve (``read_metrics`` rows): the curve reaches ``fraction``
-    of the expert's return within ``within_env_steps`` and stays there until the end of the run.
-
-    Read as: some evaluation at or before ``within_env_steps`` from which every evaluation to the end is
-    at or above the threshold, confirmed by at least one later evaluation (a run that gets there only
-    at its last evaluation has not shown that it stays). An earlier hit followed by a dip is reported
-    (``first_env_step``, ``worst_after_first``), not hidden. Assumes a positive expert return.
-
-    Returns {threshold, first_env_step, settled_env_step, met, best, worst_after_first,
-    worst_after_first_env_step, final, final_env_step}; the env steps are None where there is none.
-    """
-    if not rows:
-        raise ValueError("target_check needs at least one evaluation row")
-    thr = fraction * float(expert_return)
-    rets = [(int(r["env_step"]), float(r["eval_return_mean"])) for r in rows]
-    first = next((s for s, v in rets if s <= within_env_steps and v >= thr), None)
-    k = len(rets)  # start of the trailing run of evaluations at or above the threshold
-    while k > 0 and rets[k - 1][1] >= thr:
-        k -= 1
-    settled = rets[k][0] if k <= len(rets) - 2 and rets[k][0] <= within_env_steps else None
-    after = [(s, v) for s, v in rets if first is not None and s >= first]
-    worst = min(after, key=lambda sv: sv[1]) if after else (None, None)
-    return {"threshold": thr, "first_env_step": first, "settled_env_step": settled, "met": settled is not None,
-            "best": max(v for _, v in rets), "worst_after_first": worst[1], "worst_after_first_env_step": worst[0],
-            "final": rets[-1][1], "final_env_step": rets[-1][0]}
-
-
-def describe_target(check: dict[str, Any], expert_return: float) -> str:
-    """One line for a person: whether ``target_check`` holds and, if not, where the curve falls short."""
-    def ret(v: float) -> str:
-        return f"{v:.1f} ({100 * v / expert_return:.1f}%)"
-
-    thr, first, settled = f"{check['threshold']:.1f}", check["first_env_step"], check["settled_env_step"]
-    dip = (f"{ret(check['worst_after_first'])} at {check['worst_after_first_env_step'] // 1000}k"
-           if first is not None else "")
-    if check["met"]:
-        line = f"met: at or above {thr} from {settled // 1000}k env steps to the end, final {ret(check['final'])}"
-        if first < settled:
-            line += f" (first reached at {first // 1000}k, then down to {dip})"
-        return line
-    if first is None:
-        return f"not met: never reached {thr} in time; best {ret(check['best'])}"
-    if first == check["final_env_step"]:
-        return f"not met: reached {thr} only at the last evaluation, {ret(check['final'])}: run longer to tell"
-    line = f"not met: reached {thr} at {first // 1000}k env steps, fell to {dip}, final {ret(check['final'])}"
-    if check["final"] >= check["threshold"]:
-        line += " (above it again at the end, but only from the last evaluation or after the deadline)"
-    return line
