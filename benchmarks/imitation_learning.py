@@ -49,7 +49,8 @@ def common_eval(agent: str, episodes: int, plan: bool, device: str, store: Artif
     return agg["return_mean"], agg["return_std"] / episodes ** 0.5
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line; ``seeds`` holds the imitation seeds."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="dmc:cartpole-balance,dmc:reacher-easy")
     ap.add_argument("--env-steps", type=int, default=100_000, help="imitation env steps")
@@ -63,7 +64,7 @@ def main() -> None:
     ap.add_argument("--demo-policy", choices=["prior", "plan"], default="prior",
                     help="how a trained TD-MPC2 expert acts while recording the demos (its policy prior or MPPI)")
     ap.add_argument("--eval-episodes", type=int, default=20, help="episodes per imitation evaluation")
-    ap.add_argument("--eval-every", type=int, default=10_000)
+    ap.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--device", default="auto")
@@ -79,60 +80,71 @@ def main() -> None:
     if args.demo_policy == "plan" and args.expert_policy != "tdmpc2":
         ap.error("--demo-policy plan records a trained TD-MPC2 expert with MPPI; use it with --expert-policy tdmpc2")
     try:
-        seeds = [int(x) for x in (args.imitation_seeds or str(args.seed)).split(",")]
+        args.seeds = [int(x) for x in (args.imitation_seeds or str(args.seed)).split(",")]
     except ValueError:
         ap.error(f"--imitation-seeds takes a comma list of integers, got {args.imitation_seeds!r}")
-    store = ArtifactStore(args.workdir)
-    summary: dict = {}
-    for task in args.tasks.split(","):
-        ccfg = collect_experts.CollectConfig(task=task, policy=args.expert_policy, preset=args.preset,
-                                             train_steps=args.expert_steps,
-                                             seed=args.seed, episodes=args.num_demos, plan=args.plan,
-                                             eval_every=args.eval_every, eval_episodes=5, device=args.device)
-        expert_art = collect_experts.train_expert(ccfg, store) if args.expert_policy == "tdmpc2" else None
-        demonstrator_plans = args.plan or args.demo_policy == "plan"
-        if expert_art is not None and demonstrator_plans and not args.plan:
-            # the expert trained acting with its policy prior (cached); record its demos acting with MPPI
-            ccfg = dataclasses.replace(ccfg, policy="checkpoint", checkpoint=str(expert_art.path / "agent.pt"),
-                                        plan=True)
-        demos = collect_experts.run(ccfg, store)
-        expert = demos.manifest["scores"]["expert"]["return_mean"]
-        random = demos.manifest["scores"]["random"]["return_mean"]
-        print(f"\n{task}: expert return {expert:.1f}, random {random:.1f} ({demos.path})")
-        expert_common = None
-        if args.final_episodes and expert_art is not None:  # the demonstrator, acting as it did for the demos
-            expert_common = common_eval(str(expert_art.path / "agent.pt"), args.final_episodes, demonstrator_plans,
-                                        args.device, store)
-            print(f"  expert on {args.final_episodes} common episodes: {expert_common[0]:.1f} ± {expert_common[1]:.1f} (s.e.)")
-        for reward, seed in ((r, sd) for r in args.rewards.split(",") for sd in seeds):
-            icfg = imitate.ImitateConfig(env_steps=args.env_steps, preset=args.preset, reward=reward,
-                                         num_demos=args.num_demos, seed=seed, plan=args.plan,
-                                         eval_every_env_steps=args.eval_every, eval_episodes=args.eval_episodes,
-                                         seed_agent_steps=args.seed_steps, device=args.device,
-                                         zeta=args.zeta if reward == "cdred" else None,
-                                         detach_reward_input=args.detach_reward_input)
-            arm = reward + (f" zeta={icfg.zeta:g}" if icfg.zeta is not None else "") \
-                + (" detached" if icfg.detach_reward_input else "")
-            t0 = time.time()
-            art = imitate.run(icfg, str(demos.path / "demos.zarr"), store)
-            rows = imitate.read_metrics(art)
-            check = target_check(rows, expert)
-            print(f"  --reward {arm}, seed {seed}  ({time.time() - t0:.0f} s this call, artifact {art.path})")
-            print(f"  {'env steps':>10} {'eval return':>12} {'% expert':>9} {'R(expert)':>10} {'R(current)':>11} {'wall s':>8}")
-            for r in rows:
-                print(f"  {r['env_step']:>10d} {r['eval_return_mean']:>12.1f} {100 * r['eval_return_mean'] / expert:>8.1f}%"
-                      f" {r.get('diag_reward_expert', float('nan')):>10.3f} {r.get('diag_reward_current', float('nan')):>11.3f}"
-                      f" {r['wall_s']:>8.0f}")
-            print(f"  target: {describe_target(check, expert)}")
-            final = None
-            if args.final_episodes:
-                final = common_eval(str(art.path / "agent.pt"), args.final_episodes, args.plan, args.device, store)
-                vs = f" = {100 * final[0] / expert_common[0]:.1f}% of the expert there" if expert_common else ""
-                print(f"  final agent on {args.final_episodes} common episodes: {final[0]:.1f} ± {final[1]:.1f} (s.e.){vs}")
-            name = arm if len(seeds) == 1 else f"{arm} seed={seed}"
-            summary.setdefault(task, {})[name] = {"expert": expert, "random": random, "arm": arm, "seed": seed,
-                                                  "target": check, "final_common": final,
-                                                  "expert_common": expert_common, "rows": rows}
+    return args
+
+
+def demonstrations(args: argparse.Namespace, task: str, store: ArtifactStore) -> dict:
+    """The expert (trained or scripted) and its demos for ``task``; with ``--final-episodes`` also the
+    expert's return on the common episodes. Returns {demos, expert, random, expert_common}."""
+    ccfg = collect_experts.CollectConfig(task=task, policy=args.expert_policy, preset=args.preset,
+                                         train_steps=args.expert_steps,
+                                         seed=args.seed, episodes=args.num_demos, plan=args.plan,
+                                         eval_every=args.eval_every, eval_episodes=5, device=args.device)
+    expert_art = collect_experts.train_expert(ccfg, store) if args.expert_policy == "tdmpc2" else None
+    demonstrator_plans = args.plan or args.demo_policy == "plan"
+    if expert_art is not None and demonstrator_plans and not args.plan:
+        # the expert trained acting with its policy prior (cached); record its demos acting with MPPI
+        ccfg = dataclasses.replace(ccfg, policy="checkpoint", checkpoint=str(expert_art.path / "agent.pt"),
+                                   plan=True)
+    demos = collect_experts.run(ccfg, store)
+    expert = demos.manifest["scores"]["expert"]["return_mean"]
+    random = demos.manifest["scores"]["random"]["return_mean"]
+    print(f"\n{task}: expert return {expert:.1f}, random {random:.1f} ({demos.path})")
+    expert_common = None
+    if args.final_episodes and expert_art is not None:  # the demonstrator, acting as it did for the demos
+        expert_common = common_eval(str(expert_art.path / "agent.pt"), args.final_episodes, demonstrator_plans,
+                                    args.device, store)
+        print(f"  expert on {args.final_episodes} common episodes: {expert_common[0]:.1f} ± {expert_common[1]:.1f} (s.e.)")
+    return {"demos": demos, "expert": expert, "random": random, "expert_common": expert_common}
+
+
+def imitation_run(args: argparse.Namespace, demo: dict, reward: str, seed: int, store: ArtifactStore) -> dict:
+    """One imitation arm on one seed: its eval curve, the target's verdict and (``--final-episodes``) the
+    final agent on the common episodes; returns the summary entry."""
+    expert, expert_common = demo["expert"], demo["expert_common"]
+    icfg = imitate.ImitateConfig(env_steps=args.env_steps, preset=args.preset, reward=reward,
+                                 num_demos=args.num_demos, seed=seed, plan=args.plan,
+                                 eval_every_env_steps=args.eval_every, eval_episodes=args.eval_episodes,
+                                 seed_agent_steps=args.seed_steps, device=args.device,
+                                 zeta=args.zeta if reward == "cdred" else None,
+                                 detach_reward_input=args.detach_reward_input)
+    arm = reward + (f" zeta={icfg.zeta:g}" if icfg.zeta is not None else "") \
+        + (" detached" if icfg.detach_reward_input else "")
+    t0 = time.time()
+    art = imitate.run(icfg, str(demo["demos"].path / "demos.zarr"), store)
+    rows = imitate.read_metrics(art)
+    check = target_check(rows, expert)
+    print(f"  --reward {arm}, seed {seed}  ({time.time() - t0:.0f} s this call, artifact {art.path})")
+    print(f"  {'env steps':>10} {'eval return':>12} {'% expert':>9} {'R(expert)':>10} {'R(current)':>11} {'wall s':>8}")
+    for r in rows:
+        print(f"  {r['env_step']:>10d} {r['eval_return_mean']:>12.1f} {100 * r['eval_return_mean'] / expert:>8.1f}%"
+              f" {r.get('diag_reward_expert', float('nan')):>10.3f} {r.get('diag_reward_current', float('nan')):>11.3f}"
+              f" {r['wall_s']:>8.0f}")
+    print(f"  target: {describe_target(check, expert)}")
+    final = None
+    if args.final_episodes:
+        final = common_eval(str(art.path / "agent.pt"), args.final_episodes, args.plan, args.device, store)
+        vs = f" = {100 * final[0] / expert_common[0]:.1f}% of the expert there" if expert_common else ""
+        print(f"  final agent on {args.final_episodes} common episodes: {final[0]:.1f} ± {final[1]:.1f} (s.e.){vs}")
+    return {"expert": expert, "random": demo["random"], "arm": arm, "seed": seed, "target": check,
+            "final_common": final, "expert_common": expert_common, "rows": rows}
+
+
+def print_verdicts(summary: dict) -> None:
+    """Per task and arm, how many seeds meet the target."""
     print("\ntarget (>= 90% of the expert's return from some evaluation within 100k env steps to the end of the run):")
     for task, runs in summary.items():
         for arm in dict.fromkeys(r["arm"] for r in runs.values()):  # arms in run order
@@ -140,6 +152,19 @@ def main() -> None:
             finals = [r["final_common"][0] for r in sel if r["final_common"] is not None]
             common = f"; final agents on common episodes {', '.join(f'{v:.0f}' for v in finals)}" if finals else ""
             print(f"  {task:<24} {arm:<24} met in {sum(r['target']['met'] for r in sel)} of {len(sel)} seed(s){common}")
+
+
+def main() -> None:
+    args = parse_args()
+    store = ArtifactStore(args.workdir)
+    summary: dict = {}
+    for task in args.tasks.split(","):
+        demo = demonstrations(args, task, store)
+        for reward, seed in ((r, sd) for r in args.rewards.split(",") for sd in args.seeds):
+            entry = imitation_run(args, demo, reward, seed, store)
+            name = entry["arm"] if len(args.seeds) == 1 else f"{entry['arm']} seed={seed}"
+            summary.setdefault(task, {})[name] = entry
+    print_verdicts(summary)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
