@@ -1,4 +1,4 @@
-"""collect-experts end to end on real MuJoCo, real zarr stores and the real CLI (issue 3).
+"""collect-experts end to end on real MuJoCo, real zarr stores and the real CLI.
 
 Covers: the scripted Meta-World path through the CLI, a (tiny, short) TD-MPC2 expert on
 dmc:cartpole-balance through the Python API with its files and the cache, the one-line errors for

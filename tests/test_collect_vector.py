@@ -1,5 +1,5 @@
-"""collect-experts on several envs stepped together (``--num-envs``) and over tasks x seeds (issue 8,
-items 3-4), on real MuJoCo, real zarr stores and the real CLI.
+"""collect-experts on several envs stepped together (``--num-envs``) and over tasks x seeds, on real
+MuJoCo, real zarr stores and the real CLI.
 
 Covers: ``--num-envs 3`` with a TD-MPC2 checkpoint (policy prior) writes a valid dataset whose count,
 lengths and returns match the manifest, under the same key and with every array and attr equal to

@@ -1,5 +1,5 @@
-"""CUDA-graph update and plan (issue 8) against the eager code on the same GPU. Skipped without CUDA
-(CI has none); run on a GPU machine with `pytest tests/test_cuda_graphs.py`."""
+"""CUDA-graph update and plan against the eager code on the same GPU. Skipped without CUDA (CI has
+none); run on a GPU machine with `pytest tests/test_cuda_graphs.py`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,24 @@ def test_graphed_plan_matches_eager_plan_and_reloads():
         actions[graphs] = np.stack([agent.act(o, t0=(i == 0), eval_mode=(i % 2 == 0)) for i, o in enumerate(obs)])
     assert np.all(np.abs(actions[True]) <= 1)
     np.testing.assert_allclose(actions[True], actions[False], rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_act_batch_on_a_graphed_agent_matches_the_eager_agent():
+    """Rows on the agent's own generator plan through the graph; rows with their own generators plan
+    eagerly (a graph holds one generator); both match the eager agent."""
+    dev = torch.device("cuda")
+    cfg = AgentConfig.preset("tiny", plan=True)
+    obs = np.random.default_rng(2).normal(size=(4, 3, 5)).astype(np.float32)  # 4 steps of 3 episodes
+    out = {}
+    for graphs in (False, True):
+        agent = TDMPC2Agent(cfg, (5,), 2, device=dev, cuda_graphs=graphs)
+        shared = [agent.new_act_state() for _ in range(3)]
+        own = [agent.new_act_state(10 + r) for r in range(3)]
+        out[graphs] = (np.stack([agent.act_batch(obs[t], shared) for t in range(4)]),
+                       np.stack([agent.act_batch(obs[t], own) for t in range(4)]))
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[True][1], out[False][1], rtol=1e-6, atol=1e-7)
 
 
 @cuda

@@ -1,4 +1,4 @@
-"""cdred evaluate on real MuJoCo (dmc:cartpole-balance, 50-step episodes) with tiny agents (issue 7).
+"""cdred evaluate on real MuJoCo (dmc:cartpole-balance, 50-step episodes) with tiny agents.
 
 Covers: p = 0 is deterministic for a fixed seed; p = 1 executes only the tremble's random draws, so
 two different agents get identical returns, equal to a uniform-random rollout over the same seeds;
@@ -105,6 +105,28 @@ def test_p0_is_deterministic_for_a_fixed_seed(agents):
     other = ev.run(ev.EvalConfig(tremble=(0.1,), episodes=1, seeds=(0,), device="cpu"), str(agents["a"]),
                    agents["store"], progress=False)
     assert other.key != second_art.key
+
+
+def test_rollout_loop_on_three_envs_gives_the_one_env_episodes(agents):
+    from cdred_pipeline.seeding import derive
+    from cdred_pipeline.vector import run_eval_episodes
+
+    agent = TDMPC2Agent.load(agents["a"], device="cpu")
+    seeds = [derive(0, "eval-reset", i) for i in range(4)]
+    runs = {}
+    for k in (1, 3):
+        envs = [make_env(TASK, seed=0, tremble=0.3, episode_length=LENGTH) for _ in range(k)]
+        try:
+            runs[k] = run_eval_episodes(envs, agent, seeds, filmed={1}, video_size=32)
+        finally:
+            for env in envs:
+                env.close()
+    for i, ((a, fa), (b, fb)) in enumerate(zip(runs[1], runs[3])):
+        # same reset seed, same tremble draws; the batched matmul rounds unlike the one-row one (~1e-7)
+        assert {k: a[k] for k in a if k != "return"} == {k: b[k] for k in b if k != "return"}, i
+        assert b["return"] == pytest.approx(a["return"], rel=1e-5, abs=1e-5), i
+        assert (fa is None) == (fb is None) == (i != 1)
+    assert len(runs[1][1][1]) == len(runs[3][1][1]) == LENGTH + 1 and runs[1][1][1][0].shape == (32, 32, 3)
 
 
 def test_p1_gives_the_random_policy_returns(agents):

@@ -1,4 +1,4 @@
-"""Tremble wrapper (paper App. D.4, ARCHITECTURE §2) on real envs: frequency, p=0/p=1, seeding."""
+"""Tremble wrapper (paper App. D.4, docs/design.md §2) on real envs: frequency, p=0/p=1, seeding."""
 
 from __future__ import annotations
 
