@@ -10,9 +10,8 @@ The summary splits the episodes at ``--near`` (distance to the nearest demo targ
     python benchmarks/reacher_targets.py AGENT DATASET [--workdir DIR] [--episodes 20] [--out FILE.json]
 
 AGENT: an imitate/experts artifact key, folder or agent.pt; DATASET: the demos the agent learnt from
-(key, folder or demos.zarr). Episode i is reset with seed ``--seed-base + i``; the default is the seed
-of the trainer's i-th evaluation episode for a run with ``--seed 0``, so the returns match its last
-evaluation row.
+(key, folder or demos.zarr). Episode i is the trainer's i-th evaluation episode of a run with ``--seed``
+(reset seed ``derive(seed, "train-eval-reset", i)``), so the returns match its last evaluation row.
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.datasets import open_dataset  # noqa: E402
 from cdred_pipeline.envs import make_env  # noqa: E402
+from cdred_pipeline.seeding import derive  # noqa: E402
 from cdred_pipeline.stages.common import load_agent, resolve_checkpoint, resolve_dataset  # noqa: E402
+from cdred_pipeline.vector import agent_act, run_vector_episodes  # noqa: E402
 
 TASK = "dmc:reacher-easy"
 
@@ -42,13 +43,30 @@ def finger_xy(env) -> np.ndarray:
     return np.array(env.physics.named.data.geom_xpos["finger", :2])
 
 
+class ReachRecorder:
+    """An episode's target, return and the finger's distance to the target after every step."""
+
+    def __init__(self) -> None:
+        self.target, self.ret, self.dists = None, 0.0, []
+
+    def on_reset(self, env, obs, info) -> None:
+        self.target = target_xy(env)
+
+    def on_step(self, env, obs, action, next_obs, reward, terminated, truncated, info) -> None:
+        self.ret += float(reward)
+        self.dists.append(float(np.linalg.norm(finger_xy(env) - self.target)))
+
+    def result(self, env) -> tuple[np.ndarray, float, list[float]]:
+        return self.target, self.ret, self.dists
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("agent")
     ap.add_argument("dataset")
     ap.add_argument("--workdir", default="cdred-runs", help="artifact store for keys")
     ap.add_argument("--episodes", type=int, default=20)
-    ap.add_argument("--seed-base", type=int, default=10_000_000, help="episode i is reset with seed-base + i")
+    ap.add_argument("--seed", type=int, default=0, help="the run's seed: its evaluation episodes")
     ap.add_argument("--num-demos", type=int, default=None, help="the agent learnt from the first N episodes only")
     ap.add_argument("--near", type=float, default=0.05, help="split the summary at this distance to a demo target")
     ap.add_argument("--out", default=None, help="JSON file for the per-episode rows")
@@ -71,13 +89,9 @@ def main() -> None:
     demo_targets = np.stack(demo_targets)
 
     rows = []
-    for i in range(args.episodes):
-        obs, _ = env.reset(seed=args.seed_base + i)
-        target, ret, dists, first, done = target_xy(env), 0.0, [], True, False
-        while not done:
-            obs, r, term, trunc, _ = env.step(agent.act(obs, t0=first, eval_mode=True))
-            first, done, ret = False, bool(term or trunc), ret + float(r)
-            dists.append(float(np.linalg.norm(finger_xy(env) - target)))
+    seeds = [derive(args.seed, "train-eval-reset", i) for i in range(args.episodes)]
+    episodes = run_vector_episodes([env], seeds, agent_act(agent), lambda i: ReachRecorder())
+    for i, (target, ret, dists) in enumerate(episodes):
         final = float(np.mean(dists[-max(1, len(dists) // 4):]))
         nearest = float(np.linalg.norm(demo_targets - target, axis=1).min())
         rows.append({"episode": i, "return": ret, "target": target.round(4).tolist(), "final_distance": final,

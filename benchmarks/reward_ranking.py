@@ -13,8 +13,9 @@ follows it harder; what is needed there is a reward that ranks the expert's beha
     python benchmarks/reward_ranking.py AGENT EXPERT [--workdir DIR] [--episodes 20] [--expert-plan] [--out F]
 
 AGENT: an imitate artifact key, folder or agent.pt; EXPERT: an experts artifact (collect-experts' TD-MPC2
-expert) or any agent checkpoint for the same task. Episode i is reset with seed ``--seed-base + i`` (the
-default is the trainer's i-th evaluation episode for a run with ``--seed 0``). Both act in eval mode.
+expert) or any agent checkpoint for the same task. Episode i is the trainer's i-th evaluation episode of
+an imitation run with ``--seed`` (reset seed ``derive(seed, "train-eval-reset", i)``). Both act in eval
+mode, through the batched rollout loop on one env.
 """
 
 from __future__ import annotations
@@ -32,20 +33,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.envs import make_env  # noqa: E402
 from cdred_pipeline.stages.common import load_agent, resolve_checkpoint  # noqa: E402
+from cdred_pipeline.seeding import derive  # noqa: E402
 from cdred_pipeline.stages.imitate import reward_model_stats  # noqa: E402
+from cdred_pipeline.vector import agent_act, run_trajectories  # noqa: E402
 
 
 def rollout(agent, env, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """One eval-mode episode: observations (T, ...), actions (T, A) and the environment return."""
-    obs, _ = env.reset(seed=seed)
-    observations, actions, ret, first, done = [], [], 0.0, True, False
-    while not done:
-        a = agent.act(obs, t0=first, eval_mode=True)
-        observations.append(obs)
-        actions.append(a)
-        obs, r, term, trunc, _ = env.step(a)
-        first, done, ret = False, bool(term or trunc), ret + float(r)
-    return np.asarray(observations), np.asarray(actions, np.float32), ret
+    (ep,) = run_trajectories([env], [seed], agent_act(agent))
+    return ep["obs"][:-1], ep["action"], ep["return"]
 
 
 @torch.no_grad()
@@ -65,7 +61,7 @@ def main() -> None:
     ap.add_argument("expert")
     ap.add_argument("--workdir", default="cdred-runs", help="artifact store for keys")
     ap.add_argument("--episodes", type=int, default=20)
-    ap.add_argument("--seed-base", type=int, default=10_000_000, help="episode i is reset with seed-base + i")
+    ap.add_argument("--seed", type=int, default=0, help="the imitation run's seed: its evaluation episodes")
     ap.add_argument("--expert-plan", action=argparse.BooleanOptionalAction, default=True,
                     help="the expert acts with MPPI (default) or its policy prior")
     ap.add_argument("--margin", type=float, default=100.0, help="'expert clearly better': return ahead by this much")
@@ -91,7 +87,7 @@ def main() -> None:
     print(f"{'ep':>3} {'agent ret':>9} {'expert ret':>10} {'R agent':>9} {'R expert':>9} "
           f"{'b_E agent':>9} {'b_E expert':>10} {'b_B agent':>9} {'b_B expert':>10}  ranking")
     for i in range(args.episodes):
-        seed = args.seed_base + i
+        seed = derive(args.seed, "train-eval-reset", i)
         o_a, a_a, ret_a = rollout(agent, env, seed)
         o_e, a_e, ret_e = rollout(expert, env, seed)
         s_a, s_e = learned_reward(agent, o_a, a_a), learned_reward(agent, o_e, a_e)
