@@ -1,25 +1,23 @@
-"""Dataset I/O figures (issue 4): zarr episode store vs numpy.save/numpy.load on the same disk.
+"""Dataset I/O figures: the episode store's writer against plain zarr whole-array writes on the same disk.
 
 Prints:
-  * write and read throughput (MB/s) of 1M steps x 39 float32 (156 MB) through the store's chunked
-    writer vs ``numpy.save``/``numpy.load`` of the same bytes, both including ``fsync`` (bytes on
-    disk, not only in the page cache), in the same folder: numpy.save, then fsync of the .npy file
-    and of the folder holding it; the store's own durable path (the column's flush fsyncs every chunk
-    file and chunk folder, then every other file and folder is fsynced as ``EpisodeWriter.close``
-    does, then the folder holding the store);
-  * the compression ratio of that array (Blosc lz4 under the default `auto` policy, byte shuffle);
-  * the same for whole episodes through :class:`EpisodeWriter` (obs, action, reward, terminated,
-    physics_state) and the per-array compression ratios;
-  * append linearity: 1000 episodes appended one by one, time per episode over the first vs the last
-    hundred episodes;
-  * random sub-trajectory sampling (horizon 3, batch 256) from ``load_episodes`` into the agent's
-    ReplayBuffer when ``cdred_pipeline/agent/buffer.py`` exists, else into
-    :class:`~cdred_pipeline.datasets.EpisodeSampler`.
+  * [1] one array of 1M steps x 39 float32 (156 MB): :func:`write_array` fed episode by episode (as a
+    collector appends) against a plain zarr whole-array write (``zarr.create_array(...)[:] = data``,
+    same codec and chunks), side by side with the ratio writer speed / plain speed (target >= 1.0x);
+    both durable: every file and folder of the array, and the folder holding it, fsynced. Also the
+    store's read speed and the compression ratio (Blosc lz4 under the default ``auto`` policy);
+  * [2] the same for whole episodes: :class:`EpisodeWriter` (append, check, flush, validate,
+    consolidate, fsync, atomic publish) against plain zarr whole-array writes of the same twelve
+    arrays (the episodes joined into whole arrays, then written and fsynced), with the per-episode
+    append time over the first vs the last hundred episodes (append linearity);
+  * [3] random sub-trajectory sampling (horizon 3, batch 256) from ``load_episodes`` into
+    :class:`~cdred_pipeline.datasets.EpisodeSampler` and the agent's ReplayBuffer.
 
 Data: random walks (``cumsum`` of small Gaussian steps), which compress like simulator states;
 ``--data noise`` uses i.i.d. Gaussian floats (near-incompressible; the worst case for the writer).
+About a minute with the defaults:
 
-    /work/venv/bin/python benchmarks/dataset_io.py [--steps 1000000] [--dir /tmp] [--data walk|noise]
+    .venv/bin/python benchmarks/dataset_io.py [--steps 1000000] [--dir /tmp] [--data walk|noise]
 """
 
 from __future__ import annotations
@@ -30,17 +28,19 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import zarr
 
-from cdred_pipeline.datasets import EpisodeSampler, EpisodeWriter, load_episodes, open_dataset
+from cdred_pipeline.datasets import EpisodeSampler, EpisodeWriter, load_episodes, open_dataset, write_array
 from cdred_pipeline.datasets import layout as L
 from cdred_pipeline.datasets.synthetic import default_attrs
-from cdred_pipeline.datasets.writer import _Column, _fsync_tree
 
 
-def fsync_path(path: Path) -> None:
+def fsync_path(path: Path | str) -> None:
     """fsync one file or folder."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -50,11 +50,11 @@ def fsync_path(path: Path) -> None:
 
 
 def fsync_tree(path: Path) -> None:
-    """fsync ``path`` (a file, or every file and folder under a folder) and the folder holding it."""
-    if path.is_dir():
-        _fsync_tree(path)
-    else:
-        fsync_path(path)
+    """fsync every file and folder under ``path`` (concurrently on 8 threads, as the writer does), then
+    the folder holding it."""
+    paths = [os.path.join(r, n) for r, _, names in os.walk(path) for n in names] + [r for r, _, _ in os.walk(path)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(fsync_path, paths))
     fsync_path(path.parent)
 
 
@@ -71,96 +71,120 @@ def make_data(n: int, d: int, kind: str, seed: int = 0) -> np.ndarray:
     return np.cumsum(steps, axis=0, dtype=np.float32)
 
 
-def bench_array(x: np.ndarray, root: Path, repeats: int, episode_len: int, compression: str) -> dict:
-    mb = x.nbytes / 1e6
-    npy = root / "x.npy"
+def plain_zarr_write(store: Path, arrays: dict[str, np.ndarray], compression: str) -> None:
+    """Plain zarr: one ``create_array(...)[:] = data`` per array, the writer's codec and chunks, then
+    every file and folder fsynced."""
+    root = zarr.open_group(str(store), mode="w", zarr_format=3)
+    for key, x in arrays.items():
+        row = tuple(x.shape[1:])
+        arr = root.create_array(key, shape=x.shape, dtype=x.dtype,
+                                chunks=(L.chunk_rows(row, x.dtype), *(max(1, d) for d in row)),
+                                compressors=L.compressors(x.dtype, compression), fill_value=np.zeros((), x.dtype).item(),
+                                chunk_key_encoding=L.CHUNK_KEY_ENCODING, config=L.array_config())
+        if x.size:
+            arr[:] = x
+    fsync_tree(store)
 
-    def np_write() -> float:
-        npy.unlink(missing_ok=True)
-        t = time.perf_counter()
-        np.save(npy, x)
-        fsync_tree(npy)
-        return time.perf_counter() - t
 
-    def np_read() -> float:
-        t = time.perf_counter()
-        y = np.load(npy)
-        dt = time.perf_counter() - t
-        assert y.shape == x.shape
-        return dt
-
-    store = root / "x.zarr"
-    import zarr
-
-    def z_write() -> float:
-        shutil.rmtree(store, ignore_errors=True)
-        t = time.perf_counter()
-        g = zarr.open_group(str(store), mode="w")
-        col = _Column.create(g, "obs", (x.shape[1],), "float32", L.DEFAULT_CHUNK_BYTES, compression)
-        for s in range(0, len(x), episode_len):  # appended episode by episode, as a collector does
-            col.append(x[s:s + episode_len])
-        col.flush()  # writes the tail chunk and fsyncs every chunk file and chunk folder (concurrently)
-        _fsync_tree(store, skip=col.synced)  # the rest, as EpisodeWriter.close does: zarr.json files, folders
-        fsync_path(root)  # the entry of x.zarr, like numpy's side fsyncs the entry of x.npy
-        return time.perf_counter() - t
-
-    def z_read() -> float:
-        t = time.perf_counter()
-        y = zarr.open_group(str(store), mode="r")["obs"][:]
-        dt = time.perf_counter() - t
-        assert y.shape == x.shape
-        return dt
-
-    out: dict = {"mb": mb}
-    runs: dict[str, list[float]] = {"numpy_write_s": [], "zarr_write_s": [], "numpy_read_s": [], "zarr_read_s": []}
-    for _ in range(repeats):  # interleaved, so both see the same machine load
-        runs["numpy_write_s"].append(np_write())
-        runs["zarr_write_s"].append(z_write())
-        runs["numpy_read_s"].append(np_read())
-        runs["zarr_read_s"].append(z_read())
-    for k, v in runs.items():
-        out[k] = min(v)
-        out[k.replace("_s", "_median_s")] = float(np.median(v))
-    y = zarr.open_group(str(store), mode="r")["obs"][:]
-    assert np.array_equal(x, y), "zarr round trip is not exact"
-    out["stored_mb"] = du(store) / 1e6
-    out["ratio"] = x.nbytes / du(store)
-    out["chunk_rows"] = L.chunk_rows((x.shape[1],), "float32")
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each run, ``repeats`` times, interleaved so that all see the same machine load."""
+    out: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, fn in runs.items():
+            out[k].append(fn())
     return out
 
 
-def bench_writer(root: Path, n_eps: int, length: int, obs_dim: int, action_dim: int, state_dim: int,
-                 kind: str, compression: str) -> dict:
-    """1000 whole episodes through EpisodeWriter: throughput, per-episode time first vs last 100."""
+def bench_array(x: np.ndarray, root: Path, repeats: int, episode_len: int, compression: str) -> dict:
+    """One array: write_array fed episode by episode vs a plain zarr whole-array write."""
+    mine, plain = root / "writer.zarr", root / "plain.zarr"
+
+    def writer_write() -> float:
+        shutil.rmtree(mine, ignore_errors=True)
+        t = time.perf_counter()
+        zarr.open_group(str(mine), mode="w", zarr_format=3)
+        write_array(mine, "obs", (x[s:s + episode_len] for s in range(0, len(x), episode_len)),
+                    compression=compression)  # fsyncs the array's files and the root zarr.json
+        fsync_path(root)
+        return time.perf_counter() - t
+
+    def plain_write() -> float:
+        shutil.rmtree(plain, ignore_errors=True)
+        t = time.perf_counter()
+        plain_zarr_write(plain, {"obs": x}, compression)
+        return time.perf_counter() - t
+
+    runs = interleaved({"writer_s": writer_write, "plain_s": plain_write}, repeats)
+    t = time.perf_counter()
+    y = zarr.open_group(str(mine), mode="r")["obs"][:]
+    read_s = time.perf_counter() - t
+    assert np.array_equal(x, y), "zarr round trip is not exact"
+    return {"mb": x.nbytes / 1e6, **{k: min(v) for k, v in runs.items()},
+            **{k.replace("_s", "_median_s"): float(np.median(v)) for k, v in runs.items()},
+            "read_s": read_s, "stored_mb": du(mine / "obs") / 1e6, "ratio": x.nbytes / du(mine / "obs"),
+            "chunk_rows": L.chunk_rows((x.shape[1],), "float32")}
+
+
+def make_episodes(n_eps: int, length: int, obs_dim: int, action_dim: int, state_dim: int, kind: str) -> list[dict]:
     rng = np.random.default_rng(1)
-    obs = make_data(n_eps * length + n_eps, obs_dim, kind, seed=2)
-    state = make_data(n_eps * length + n_eps, state_dim, kind, seed=3).astype(np.float64)
-    path = root / "episodes.zarr"
-    shutil.rmtree(path, ignore_errors=True)
+    obs = make_data(n_eps * (length + 1), obs_dim, kind, seed=2)
+    state = make_data(n_eps * (length + 1), state_dim, kind, seed=3).astype(np.float64)
+    eps = []
+    for i in range(n_eps):
+        s = i * (length + 1)
+        eps.append(dict(obs=obs[s:s + length], final_obs=obs[s + length],
+                        action=rng.uniform(-1, 1, (length, action_dim)).astype(np.float32),
+                        reward=rng.standard_normal(length).astype(np.float32),
+                        terminated=np.zeros(length, bool), physics_state=state[s:s + length],
+                        final_physics_state=state[s + length], seed=i, success=bool(i % 2)))
+    return eps
+
+
+def store_arrays(eps: list[dict]) -> dict[str, np.ndarray]:
+    """The twelve arrays a store of ``eps`` holds, as whole arrays."""
+    cat = {k: np.concatenate([e[k] for e in eps]) for k in ("obs", "action", "reward", "terminated", "physics_state")}
+    lengths = np.array([len(e["obs"]) for e in eps], dtype=np.int64)
+    meta = {"episode_ends": np.cumsum(lengths), "seed": np.array([e["seed"] for e in eps], np.int64),
+            "length": lengths, "return": np.array([e["reward"].sum(dtype=np.float64) for e in eps]),
+            "success": np.array([e["success"] for e in eps]),
+            "final_obs": np.stack([e["final_obs"] for e in eps]),
+            "final_physics_state": np.stack([e["final_physics_state"] for e in eps])}
+    return {**{f"data/{k}": v for k, v in cat.items()}, **{f"meta/{k}": v for k, v in meta.items()}}
+
+
+def bench_writer(root: Path, n_eps: int, length: int, obs_dim: int, action_dim: int, state_dim: int,
+                 kind: str, compression: str, repeats: int) -> dict:
+    """Whole episodes through EpisodeWriter vs plain zarr whole-array writes of the same arrays."""
+    eps = make_episodes(n_eps, length, obs_dim, action_dim, state_dim, kind)
+    mb = sum(a.nbytes for a in store_arrays(eps).values()) / 1e6
+    path, plain = root / "episodes.zarr", root / "plain-episodes.zarr"
     attrs = default_attrs(obs_dim, action_dim, "mw:box-close", physics_state_dim=state_dim)
-    per_ep = []
-    nbytes = 0
-    t0 = time.perf_counter()
-    with EpisodeWriter(path, attrs, compression=compression) as w:
-        for i in range(n_eps):
-            s = i * (length + 1)
-            ep = dict(obs=obs[s:s + length], final_obs=obs[s + length],
-                      action=rng.uniform(-1, 1, (length, action_dim)).astype(np.float32),
-                      reward=rng.standard_normal(length).astype(np.float32),
-                      terminated=np.zeros(length, bool), physics_state=state[s:s + length],
-                      final_physics_state=state[s + length], seed=i, success=bool(i % 2))
-            nbytes += sum(v.nbytes for v in ep.values() if isinstance(v, np.ndarray))
-            t = time.perf_counter()
-            w.append_episode(**ep)
-            per_ep.append(time.perf_counter() - t)
-    fsync_tree(path)
-    total = time.perf_counter() - t0
-    ds = open_dataset(path)
-    storage = ds.storage()
+    per_ep: list[float] = []
+
+    def writer_write() -> float:
+        shutil.rmtree(path, ignore_errors=True)
+        per_ep.clear()
+        t0 = time.perf_counter()
+        with EpisodeWriter(path, attrs, compression=compression) as w:  # close: fsync + atomic publish
+            for ep in eps:
+                t = time.perf_counter()
+                w.append_episode(**ep)
+                per_ep.append(time.perf_counter() - t)
+        return time.perf_counter() - t0
+
+    def plain_write() -> float:
+        shutil.rmtree(plain, ignore_errors=True)
+        t = time.perf_counter()
+        plain_zarr_write(plain, store_arrays(eps), compression)  # the episodes joined into whole arrays first
+        return time.perf_counter() - t
+
+    runs = interleaved({"writer_s": writer_write, "plain_s": plain_write}, repeats)
     first, last = np.array(per_ep[:100]), np.array(per_ep[-100:])
+    storage = open_dataset(path).storage()
     return {
-        "episodes": n_eps, "steps": n_eps * length, "mb": nbytes / 1e6, "write_s": total,
-        "first100_mean_ms": 1e3 * first.mean(), "last100_mean_ms": 1e3 * last.mean(),
+        "episodes": n_eps, "steps": n_eps * length, "mb": mb,
+        **{k: min(v) for k, v in runs.items()},
+        **{k.replace("_s", "_median_s"): float(np.median(v)) for k, v in runs.items()},
         "first100_median_ms": 1e3 * np.median(first), "last100_median_ms": 1e3 * np.median(last),
         "ratios": {k: v["nbytes"] / v["stored"] for k, v in storage.items() if k.startswith("data/")},
         "path": path,
@@ -215,6 +239,13 @@ def bench_sampling(path: Path, horizon: int, batch: int, seconds: float) -> list
     return out
 
 
+def side_by_side(label: str, mb: float, r: dict) -> None:
+    """One line per statistic: writer and plain zarr MB/s and the ratio writer / plain."""
+    for stat, suffix in (("best", "_s"), ("median", "_median_s")):
+        w, p = mb / r["writer" + suffix], mb / r["plain" + suffix]
+        print(f"    {label} {stat:<6}  writer {w:6.0f} MB/s   plain zarr {p:6.0f} MB/s   writer/plain {w / p:5.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1_000_000)
@@ -231,33 +262,27 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="cdred-bench-", dir=args.dir))
     try:
-        print(f"disk folder: {root}   cores: {os.cpu_count()}   data: {args.data}   compression: {args.compression}")
+        print(f"disk folder: {root}   cores: {os.cpu_count()}   data: {args.data}   compression: {args.compression}"
+              f"   zarr {zarr.__version__}")
         x = make_data(args.steps, args.dim, args.data)
         load0 = os.getloadavg()[0]
         a = bench_array(x, root, args.repeats, episode_len=500, compression=args.compression)
-        mb = a["mb"]
-        w_np, w_z = mb / a["numpy_write_s"], mb / a["zarr_write_s"]
-        r_np, r_z = mb / a["numpy_read_s"], mb / a["zarr_read_s"]
-        mw_np, mw_z = mb / a["numpy_write_median_s"], mb / a["zarr_write_median_s"]
-        mr_np, mr_z = mb / a["numpy_read_median_s"], mb / a["zarr_read_median_s"]
-        print(f"\n[1] {args.steps:,} steps x {args.dim} float32 = {mb:.0f} MB ({args.repeats} interleaved runs, "
-              f"write includes fsync; 1-min load average {load0:.2f} on {os.cpu_count()} cores)")
-        print(f"    write best   numpy.save {w_np:6.0f} MB/s   zarr store {w_z:6.0f} MB/s   ratio {w_z / w_np:6.1%}  (target >= 70%)")
-        print(f"    write median numpy.save {mw_np:6.0f} MB/s   zarr store {mw_z:6.0f} MB/s   ratio {mw_z / mw_np:6.1%}")
-        print(f"    read  best   numpy.load {r_np:6.0f} MB/s   zarr store {r_z:6.0f} MB/s   ratio {r_z / r_np:6.1%}")
-        print(f"    read  median numpy.load {mr_np:6.0f} MB/s   zarr store {mr_z:6.0f} MB/s   ratio {mr_z / mr_np:6.1%}")
+        print(f"\n[1] {args.steps:,} steps x {args.dim} float32 = {a['mb']:.0f} MB ({args.repeats} interleaved runs, "
+              f"every write fsynced; 1-min load average {load0:.2f} on {os.cpu_count()} cores)")
+        side_by_side("write", a["mb"], a)
+        print(f"    read          {a['mb'] / a['read_s']:6.0f} MB/s")
         cname = L.codec_name("float32", args.compression)
         print(f"    compression ratio {a['ratio']:.2f}x  ({a['stored_mb']:.0f} MB on disk; chunks of {a['chunk_rows']} rows, "
               f"Blosc {cname} clevel {L.CLEVEL[cname]}, byte shuffle)")
 
-        wr = bench_writer(root, args.episodes, args.episode_length, args.dim, 4, 39, args.data, args.compression)
+        wr = bench_writer(root, args.episodes, args.episode_length, args.dim, 4, 39, args.data, args.compression,
+                          args.repeats)
         print(f"\n[2] EpisodeWriter: {wr['episodes']} episodes x {args.episode_length} steps "
-              f"(obs {args.dim} f32, action 4, reward, terminated, physics_state 39 f64) = {wr['mb']:.0f} MB")
-        print(f"    write {wr['mb'] / wr['write_s']:.0f} MB/s incl. fsync and close ({wr['write_s']:.2f} s)")
-        print(f"    per-episode append: first 100 mean {wr['first100_mean_ms']:.3f} ms (median {wr['first100_median_ms']:.3f}), "
-              f"last 100 mean {wr['last100_mean_ms']:.3f} ms (median {wr['last100_median_ms']:.3f})  "
-              f"-> last/first {wr['last100_mean_ms'] / wr['first100_mean_ms']:.2f}x mean, "
-              f"{wr['last100_median_ms'] / wr['first100_median_ms']:.2f}x median (target within 2x)")
+              f"(obs {args.dim} f32, action 4, reward, terminated, physics_state 39 f64, meta) = {wr['mb']:.0f} MB")
+        side_by_side("write", wr["mb"], wr)
+        print(f"    per-episode append: median over the first 100 {wr['first100_median_ms']:.3f} ms, the last 100 "
+              f"{wr['last100_median_ms']:.3f} ms -> {wr['last100_median_ms'] / wr['first100_median_ms']:.2f}x "
+              "(target within 2x)")
         print("    compression ratio per array: " + ", ".join(f"{k.split('/', 1)[1]} {v:.2f}x" for k, v in wr["ratios"].items()))
 
         sms = bench_sampling(wr["path"], horizon=3, batch=256, seconds=3.0)

@@ -1,6 +1,6 @@
 """Dataset formats: the zarr episode store (format of record), validation, HDF5/parquet/pickle converters, training readers.
 
-Layout: ARCHITECTURE §6 and docs/dataset-layout.md. Public API::
+Layout: docs/design.md §6 and docs/dataset-layout.md. Public API::
 
     from cdred_pipeline.datasets import EpisodeWriter, open_dataset, validate, load_episodes
 """

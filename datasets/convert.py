@@ -36,7 +36,7 @@ from cdred_pipeline.errors import DatasetError, UsageError
 
 from . import layout as L
 from .reader import Dataset, open_dataset
-from .writer import EpisodeWriter, _publish
+from .writer import EpisodeWriter, publish
 
 __all__ = ["export_hdf5", "export_parquet", "import_hdf5", "import_parquet", "import_pickle",
            "import_file", "merge_datasets", "detect_format", "canonical_task", "TASK_RE"]
@@ -124,9 +124,9 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         for ds in dss:
             for lo, hi in _episode_blocks(ds):
                 data, meta = _read_block(ds, lo, hi)
-                w._append_block(data, meta)
+                w.append_block(data, meta)
         for cam in first.cameras:  # carry the render attrs of each camera
-            w._columns[f"{L.RGB_GROUP}/{cam}"].array.attrs.update(dict(first.array(f"{L.RGB_GROUP}/{cam}").attrs))
+            w.set_array_attrs(f"{L.RGB_GROUP}/{cam}", dict(first.array(f"{L.RGB_GROUP}/{cam}").attrs))
         return w.close()
     except BaseException:
         w.abort(discard=True)
@@ -178,7 +178,7 @@ def export_hdf5(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: b
                     d.create_dataset("dones", data=data["data/terminated"][s:e].astype(np.uint8))
                     d.create_dataset("states", data=data["data/physics_state"][s:e])
                     d.create_dataset("final_state", data=meta["meta/final_physics_state"][j])
-        _publish(tmp, out, overwrite)
+        publish(tmp, out, overwrite)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -314,8 +314,7 @@ def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | 
             if ours:
                 w.attrs["import"] = {"format": "hdf5", "file": file.name}
                 for key, a in json.loads(grp.attrs.get("cdred_array_attrs", "{}")).items():
-                    if key in w._columns:
-                        w._columns[key].array.attrs.update(a)
+                    w.set_array_attrs(key, a)
             if notes:
                 src = dict(w.attrs.get("source", {}))
                 src["notes"] = list(src.get("notes", [])) + notes
@@ -431,7 +430,7 @@ def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite
                      "files": {"steps": "steps.parquet", "episodes": "episodes.parquet"},
                      "columns": columns, "episode_columns": ep_columns}
         (tmp / "meta.json").write_text(json.dumps(meta_json, indent=2, sort_keys=True))
-        _publish(tmp, out, overwrite)
+        publish(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -522,10 +521,10 @@ def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: s
     _check_finite_range(folder, data, emeta)
     w = EpisodeWriter(out, attrs, overwrite=overwrite)
     try:
-        w._append_block(data, emeta)
+        w.append_block(data, emeta)
         for name, spec in meta["columns"].items():
-            if spec.get("attrs") and spec["zarr"] in w._columns:
-                w._columns[spec["zarr"]].array.attrs.update(spec["attrs"])
+            if spec.get("attrs"):
+                w.set_array_attrs(spec["zarr"], spec["attrs"])
         return w.close()
     except BaseException:
         w.abort(discard=True)

@@ -1,4 +1,4 @@
-"""The on-disk layout of a cdred episode store (ARCHITECTURE §6) in one place: keys, dtypes, chunking, codecs.
+"""The on-disk layout of a cdred episode store (docs/design.md §6) in one place: keys, dtypes, chunking, codecs.
 
 A store is a zarr format 3 group (a directory on the local file system)::
 
@@ -63,19 +63,22 @@ REQUIRED_ENV_KEYS = ("task", "obs_dim", "action_dim")
 #: Top-level attribute sections every store carries (missing ones are written as empty dicts).
 ATTR_SECTIONS = ("env", "sim", "source", "scores")
 
-#: Target uncompressed chunk size (ARCHITECTURE §6: about 1-4 MB, chunked along time only).
+#: Target uncompressed chunk size (docs/design.md §6: about 1-4 MB, chunked along time only).
 DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
 
 #: Blosc compressor per array kind under ``compression="auto"``: byte-shuffled lz4 for the numeric
 #: per-step arrays (on simulator floats it reaches zstd's ratio, 1.28x vs 1.28-1.33x, at 4-7x the
-#: encode speed, which is what lets the writer keep up with numpy.save) and zstd for uint8 frames
-#: (rendered images compress far better with zstd and are bound by rendering, not by writing).
-#: ``compression="zstd"`` gives ARCHITECTURE §6's zstd everywhere.
+#: encode speed) and zstd for uint8 frames (rendered images compress far better with zstd and are
+#: bound by rendering, not by writing). ``compression="zstd"`` gives docs/design.md §6's zstd everywhere.
 COMPRESSIONS = ("auto", "zstd", "lz4")
 DEFAULT_COMPRESSION = "auto"
 CLEVEL = {"zstd": 3, "lz4": 5}
 #: Kept for callers that pass a level explicitly (None = the per-codec default above).
 DEFAULT_CLEVEL: int | None = None
+
+#: zarr v3's default chunk key encoding, stated explicitly: chunk ``i`` of an array chunked along
+#: axis 0 only is the file ``<array>/c/<i>/0/...`` (see :func:`chunk_key`).
+CHUNK_KEY_ENCODING: dict[str, str] = {"name": "default", "separator": "/"}
 
 #: Tolerance for actions stored as float32 after clipping to [-1, 1].
 ACTION_TOL = 1e-6
@@ -85,6 +88,12 @@ def chunk_rows(row_shape: tuple[int, ...], dtype: Any, chunk_bytes: int = DEFAUL
     """Rows per chunk so that one chunk holds about ``chunk_bytes`` uncompressed bytes (at least 1 row)."""
     row_bytes = int(np.dtype(dtype).itemsize) * max(1, math.prod(row_shape))
     return max(1, int(chunk_bytes) // row_bytes)
+
+
+def chunk_key(index: int, ndim: int) -> str:
+    """The file, relative to its array's folder, of chunk ``index`` of an ``ndim``-d array chunked along
+    axis 0 only (:data:`CHUNK_KEY_ENCODING`): ``c/<index>`` followed by a ``/0`` per further axis."""
+    return "/".join(["c", str(int(index))] + ["0"] * (ndim - 1))
 
 
 def codec_name(dtype: Any, compression: str = DEFAULT_COMPRESSION) -> str:
