@@ -225,8 +225,8 @@ class TDMPC2Agent:
             sample, mean_action, mean = self._graphed_plan(
                 obs_t, state.prev_mean if warm else torch.zeros(self.cfg.horizon, self.action_dim, device=self.device),
                 torch.tensor(1.0 if warm else 0.0))
-            state.prev_mean = mean.clone()  # the graph's output buffer is overwritten by the next plan
-            return mean_action if eval_mode else sample
+            state.prev_mean = mean.clone()  # the graph's output buffers are overwritten by the next plan
+            return (mean_action if eval_mode else sample).clone()
         z = self.model.encode(obs_t)
         if self.cfg.plan:
             a, state.prev_mean = mppi_plan(self.model, z, self.cfg, gamma=self.gamma, prev_mean=state.prev_mean,
