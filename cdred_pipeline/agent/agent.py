@@ -460,7 +460,7 @@ class TDMPC2Agent:
         pm = src.get("prev_mean")
         self._state.prev_mean = pm.to(self.device) if pm is not None else None
         gen = src["act_generator"]
-        if isinstance(gen, Tensor):  # early checkpoints stored the bare CPU generator state
+        if isinstance(gen, Tensor):  # a bare tensor is a CPU generator state (checkpoint format 1 allows both)
             gen = {"device": "cpu", "state": gen}
         if gen["device"] == self.device.type:
             self._act_gen.set_state(gen["state"])
