@@ -1,4 +1,4 @@
-"""Environment layer (ARCHITECTURE §2, issue 2 items 4/7): real MuJoCo physics and rendering, no mocks.
+"""Environment layer (docs/design.md §2): real MuJoCo physics and rendering, no mocks.
 
 Covers every suite's factory on real episodes, action clipping, seeded resets, bitwise re-rendering from
 stored physics states in fresh envs, the per-episode model arrays, Meta-World's scripted experts, the
@@ -423,13 +423,14 @@ def test_recorded_dims_table_matches_every_built_env():
 
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-    from cdred_pipeline.envs import spec as spec_mod
+    from cdred_pipeline.envs import probe_dims
+    from cdred_pipeline.envs.spec import DIMS_FILE, dims_versions
 
-    recorded = json.loads(spec_mod._DIMS_FILE.read_text())
-    assert recorded["versions"] == spec_mod._versions()
+    recorded = json.loads(DIMS_FILE.read_text())
+    assert recorded["versions"] == dims_versions()
     assert {k for k in recorded["tasks"] if k.startswith("mw:")} == {f"mw:{n[:-3]}" for n in ALL_V3_ENVIRONMENTS}
     for task, dims in recorded["tasks"].items():
-        assert spec_mod.probe_dims(task) == dims, task
+        assert probe_dims(task) == dims, task
 
 
 @pytest.mark.slow

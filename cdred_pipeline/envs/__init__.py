@@ -1,4 +1,4 @@
-"""Environments: one factory for DMControl, Meta-World, ManiSkill2 and gymnasium tasks (ARCHITECTURE §2).
+"""Environments: one factory for DMControl, Meta-World, ManiSkill2 and gymnasium tasks (docs/design.md §2).
 
 ```python
 from cdred_pipeline.envs import make_env, list_tasks, TaskSpec, parse_task, scripted_policy
@@ -8,11 +8,17 @@ obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 state = env.get_physics_state(); frame = env.render_frame(64)
 ```
 
-Heavy simulator imports happen inside ``make_env``; importing this package is cheap.
+Heavy simulator imports happen inside ``make_env``; importing this package is cheap. Layers, each
+importing only those below it: ``gl`` (MUJOCO_GL checks) -> ``spec`` (the static task table) ->
+``base`` (the env base class) -> ``dmc``/``mw``/``ms2``/``gym_env``/``tremble`` (suites) ->
+``factory`` (``make_env``) -> ``catalog`` (live probing: dims of built envs, availability).
 """
 
-from cdred_pipeline.envs.base import CdredEnv, InvalidActionError, check_gl_env, check_gl_for_rendering
+from cdred_pipeline.envs.base import CdredEnv, InvalidActionError
+from cdred_pipeline.envs.catalog import list_tasks, probe_dims, suite_available, task_available
 from cdred_pipeline.envs.factory import make_env
+from cdred_pipeline.envs.gl import check_gl_env, check_gl_for_rendering
+from cdred_pipeline.envs.mw import scripted_policy
 from cdred_pipeline.envs.spec import (
     DEFAULT_ACTION_REPEAT,
     DEFAULT_EPISODE_LENGTH,
@@ -25,24 +31,14 @@ from cdred_pipeline.envs.spec import (
     all_task_ids,
     closest_task_ids,
     default_camera,
-    list_tasks,
     parse_task,
-    suite_available,
-    task_available,
 )
 from cdred_pipeline.envs.tremble import TrembleWrapper, check_tremble
-
-
-def scripted_policy(task: str):
-    """Meta-World scripted expert for ``task``: ``policy(state_obs) -> action`` (see ``envs.mw``)."""
-    from cdred_pipeline.envs.mw import scripted_policy as _scripted
-
-    return _scripted(task)
 
 
 __all__ = [
     "CdredEnv", "DEFAULT_ACTION_REPEAT", "DEFAULT_EPISODE_LENGTH", "GYM_LISTED", "InvalidActionError",
     "MS2_TASKS", "ParsedTask", "RENDER_PROFILES", "SUITES", "TaskSpec", "TrembleWrapper", "all_task_ids",
     "check_gl_env", "check_gl_for_rendering", "check_tremble", "closest_task_ids", "default_camera",
-    "list_tasks", "make_env", "parse_task", "scripted_policy", "suite_available", "task_available",
+    "list_tasks", "make_env", "parse_task", "probe_dims", "scripted_policy", "suite_available", "task_available",
 ]

@@ -1,4 +1,4 @@
-"""The environment base class shared by every suite, and MuJoCo rendering (ARCHITECTURE §2).
+"""The environment base class shared by every suite, and MuJoCo rendering (docs/design.md §2).
 
 A suite adapter implements five hooks (``_reset_sim``, ``_step_sim``, ``_get_state``, ``_set_state``,
 ``_scene``); :class:`CdredEnv` adds what is common: actions in [-1, 1] (clipped, non-finite raises),
@@ -18,38 +18,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from cdred_pipeline.envs.gl import GL_HINT, check_gl_for_rendering
 from cdred_pipeline.envs.spec import RENDER_PROFILES, TaskSpec
 from cdred_pipeline.errors import CdredError, UsageError
 
-_GL_HINT = "run with MUJOCO_GL=egl (headless; or MUJOCO_GL=osmesa after `apt-get install -y libosmesa6`)"
-_GL_VALID = {"egl", "osmesa", "glfw"}
-_GL_ALL = _GL_VALID | {"", "0", "1", "disable", "disabled", "enable", "enabled", "false", "off", "on", "true"}
 
 class InvalidActionError(UsageError):
     """An action of the wrong shape or with NaN/inf entries (exit code 2)."""
-
-
-def check_gl_env() -> None:
-    """Fail early, in one line, when ``MUJOCO_GL`` holds a value that breaks ``import mujoco``.
-
-    Call before the first import of mujoco/dm_control. An unset variable is fine for stepping; rendering
-    then checks again (:func:`check_gl_for_rendering`).
-    """
-    gl = os.environ.get("MUJOCO_GL")
-    if gl is not None and gl.strip().lower() not in _GL_ALL:
-        raise CdredError(f"MUJOCO_GL={gl!r} is not a rendering backend: {_GL_HINT}")
-
-
-def check_gl_for_rendering() -> None:
-    """Fail in one line when no usable rendering backend is selected (before creating a GL context)."""
-    check_gl_env()
-    gl = (os.environ.get("MUJOCO_GL") or "").strip().lower()
-    if gl in _GL_VALID:
-        return
-    if gl in ("", "glfw") and os.environ.get("DISPLAY"):
-        return  # glfw on a desktop
-    shown = "unset" if "MUJOCO_GL" not in os.environ else f"MUJOCO_GL={os.environ['MUJOCO_GL']!r}"
-    raise CdredError(f"rendering needs an OpenGL backend but {shown} and no display: {_GL_HINT}")
 
 
 def validate_camera(task: str, model: Any, camera: str | int | None) -> None:
@@ -116,7 +91,7 @@ class MjFrameRenderer:
                 _ATEXIT_REGISTERED = True
         except Exception as exc:  # GL context creation failed: the backend is missing or broken
             gl = os.environ.get("MUJOCO_GL", "unset")
-            raise CdredError(f"cannot create an OpenGL context (MUJOCO_GL={gl}: {exc}); {_GL_HINT}") from exc
+            raise CdredError(f"cannot create an OpenGL context (MUJOCO_GL={gl}: {exc}); {GL_HINT}") from exc
         if self.profile == "fast":
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0

@@ -1,4 +1,4 @@
-"""``make_env``: one factory for every suite (ARCHITECTURE §2, docs/interfaces.md)."""
+"""``make_env``: one factory for every suite (docs/design.md §2, docs/interfaces.md)."""
 
 from __future__ import annotations
 
@@ -54,41 +54,52 @@ def make_env(task: str, *, obs: str = "state", seed: int | None = None, action_r
         CdredError: invalid ``MUJOCO_GL`` (names ``MUJOCO_GL=egl``).
     """
     p = parse_task(task)
+    spec, ep_given = _spec_of(p.task, p.suite, p.name, obs=obs, action_repeat=action_repeat,
+                              episode_length=episode_length, image_size=image_size, camera=camera,
+                              render_profile=render_profile)
+    p_tremble = check_tremble(tremble)
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise UsageError(f"seed must be a non-negative int, got {seed!r}")
+    env = _suite_env(spec, seed, ep_given)
+    return TrembleWrapper(env, p_tremble) if p_tremble > 0.0 else env
+
+
+def _spec_of(task: str, suite: str, name: str, *, obs: str, action_repeat: int | None,
+             episode_length: int | None, image_size: int, camera: str | int | None,
+             render_profile: str) -> tuple[TaskSpec, bool]:
+    """The checked settings as a TaskSpec (dims unknown until the env is built), and whether the
+    episode length was given."""
     if obs not in ("state", "rgb"):
         raise UsageError(f"obs must be 'state' or 'rgb', got {obs!r}")
     if render_profile not in RENDER_PROFILES:
         raise UsageError(f"render_profile must be one of {', '.join(RENDER_PROFILES)}, got {render_profile!r}")
-    p_tremble = check_tremble(tremble)
     image_size = _positive_int("image_size", image_size)
-    repeat = DEFAULT_ACTION_REPEAT[p.suite] if action_repeat is None else _positive_int("action_repeat", action_repeat)
-    ep_given = episode_length is not None
-    ep = DEFAULT_EPISODE_LENGTH[p.suite] if episode_length is None else _positive_int("episode_length", episode_length)
-    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
-                             or seed < 0):
-        raise UsageError(f"seed must be a non-negative int, got {seed!r}")
+    repeat = DEFAULT_ACTION_REPEAT[suite] if action_repeat is None else _positive_int("action_repeat", action_repeat)
+    ep = DEFAULT_EPISODE_LENGTH[suite] if episode_length is None else _positive_int("episode_length", episode_length)
     if isinstance(camera, str) and camera.lstrip("-").isdigit():
         camera = int(camera)
-    cam = default_camera(p.suite, p.name) if camera is None else camera
-    spec = TaskSpec(task=p.task, suite=p.suite, obs_dim=None, action_dim=None, action_repeat=repeat,
+    cam = default_camera(suite, name) if camera is None else camera
+    spec = TaskSpec(task=task, suite=suite, obs_dim=None, action_dim=None, action_repeat=repeat,
                     episode_length=ep, camera=cam, image_size=image_size, physics_state_dim=None,
                     render_profile=render_profile, obs=obs)
-    env: Any
-    if p.suite == "dmc":
+    return spec, episode_length is not None
+
+
+def _suite_env(spec: TaskSpec, seed: int | None, episode_length_given: bool) -> Any:
+    """The suite adapter for ``spec`` (its simulator is imported here, on first use)."""
+    if spec.suite == "dmc":
         from cdred_pipeline.envs.dmc import DMCEnv
 
-        env = DMCEnv(spec, seed)
-    elif p.suite == "mw":
+        return DMCEnv(spec, seed)
+    if spec.suite == "mw":
         from cdred_pipeline.envs.mw import MetaWorldEnv
 
-        env = MetaWorldEnv(spec, seed)
-    elif p.suite == "ms2":
+        return MetaWorldEnv(spec, seed)
+    if spec.suite == "ms2":
         from cdred_pipeline.envs.ms2 import make_ms2_env
 
-        env = make_ms2_env(spec, seed)
-    else:
-        from cdred_pipeline.envs.gym_env import GymEnv
+        return make_ms2_env(spec, seed)
+    from cdred_pipeline.envs.gym_env import GymEnv
 
-        env = GymEnv(spec, seed, episode_length_given=ep_given)
-    if p_tremble > 0.0:
-        env = TrembleWrapper(env, p_tremble)
-    return env
+    return GymEnv(spec, seed, episode_length_given=episode_length_given)

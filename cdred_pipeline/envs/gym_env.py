@@ -22,7 +22,8 @@ import sys
 import numpy as np
 
 from cdred_pipeline.seeding import derive
-from cdred_pipeline.envs.base import CdredEnv, check_gl_env, validate_camera
+from cdred_pipeline.envs.base import CdredEnv, validate_camera
+from cdred_pipeline.envs.gl import check_gl_env
 from cdred_pipeline.envs.spec import TaskSpec
 from cdred_pipeline.errors import MissingDependencyError, UsageError
 

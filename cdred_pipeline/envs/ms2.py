@@ -116,11 +116,4 @@ def make_ms2_env(spec: TaskSpec, seed: int | None) -> ManiSkill2Env:
     return ManiSkill2Env(spec, seed)
 
 
-def check_ms2(task: str) -> None:
-    """Raise MissingDependencyError if ``task`` (an ms2 id) cannot run here."""
-    reason = ms2_unavailable_reason()
-    if reason is not None:
-        raise MissingDependencyError(f"{task}: {reason}")
-
-
-__all__ = ["ManiSkill2Env", "check_ms2", "make_ms2_env", "ms2_unavailable_reason"]
+__all__ = ["ManiSkill2Env", "make_ms2_env", "ms2_unavailable_reason"]

@@ -9,7 +9,7 @@ Meta-World's success flag after the last simulator step of the agent step.
 
 Physics state (float64): ``mj_getState(mjSTATE_PHYSICS | mjSTATE_MOCAP_POS | mjSTATE_MOCAP_QUAT)``
 (qpos, qvel, act, mocap pos, mocap quat) followed by ``model.body_pos`` and ``model.site_pos`` (whole
-arrays): ``reset()`` writes object, goal and fixture positions into the model (ARCHITECTURE §2), and
+arrays): ``reset()`` writes object, goal and fixture positions into the model (docs/design.md §2), and
 those arrays are the only rendering-relevant model arrays any of the 50 tasks changes (measured).
 Restoring sets all of them and runs ``mj_forward``.
 
@@ -26,7 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 from cdred_pipeline.seeding import derive
-from cdred_pipeline.envs.base import CdredEnv, check_gl_env, validate_camera
+from cdred_pipeline.envs.base import CdredEnv, validate_camera
+from cdred_pipeline.envs.gl import check_gl_env
 from cdred_pipeline.envs.spec import TaskSpec, parse_task
 from cdred_pipeline.errors import UsageError
 

@@ -1,27 +1,27 @@
-"""Task ids, task specs and the task registry (ARCHITECTURE §2).
+"""The static task table: task ids, task specs, suite defaults (docs/design.md §2).
 
 Task ids look like ``dmc:cheetah-run``, ``mw:box-close``, ``ms2:lift-cube``, ``gym:Pendulum-v1``.
 :func:`parse_task` turns an id (or a common alias of it) into its canonical form; an unknown id is a
-:class:`~cdred_pipeline.errors.UsageError` (exit 2) naming the closest valid ids.
-:func:`list_tasks` returns a :class:`TaskSpec` per task without building environments: dims come from
-``task_dims.json`` (written by :func:`regenerate_table` and checked by the tests); when the installed simulator versions differ from the ones recorded there, dims are
-probed live by building each env once (a few seconds, cached in-process).
+:class:`~cdred_pipeline.errors.UsageError` (exit 2) naming the closest valid ids. The dmc and mw
+task names and dims come from ``task_dims.json`` (:func:`recorded_dims`); when the installed
+simulator versions differ from the recorded ones, the names come from the simulators' own task lists.
+Nothing here builds an environment: live probing (dims of built envs, "usable here?") is
+:mod:`cdred_pipeline.envs.catalog`, above the factory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cdred_pipeline.errors import UsageError
+from cdred_pipeline.envs.gl import check_gl_env
+from cdred_pipeline.errors import CdredError, UsageError
 
 SUITES: tuple[str, ...] = ("dmc", "mw", "ms2", "gym")
 """Suites, in the order ``cdred envs`` lists them."""
@@ -59,13 +59,14 @@ GYM_LISTED: tuple[str, ...] = (
 
 README_MS2_SECTION = "README section 'ManiSkill2 (optional extra)'"
 
-_DIMS_FILE = Path(__file__).with_name("task_dims.json")
+DIMS_FILE = Path(__file__).with_name("task_dims.json")
+"""Recorded dims of every dmc and mw task, with the simulator versions they were recorded with."""
 _VERSIONED = ("mujoco", "dm_control", "metaworld", "gymnasium")
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a task looks like to the agent and to the dataset (ARCHITECTURE §2, §6 ``attrs.env``).
+    """What a task looks like to the agent and to the dataset (docs/design.md §2, §6 ``attrs.env``).
 
     ``obs_dim`` is the state observation size (also for ``obs="rgb"`` envs, whose observation is
     ``(9, image_size, image_size)`` uint8); ``episode_length`` and ``action_repeat`` are in agent steps
@@ -111,18 +112,21 @@ class ParsedTask(NamedTuple):
 def dmc_tasks() -> tuple[tuple[str, str], ...]:
     """Every (domain, task) of ``dm_control.suite.ALL_TASKS``, without importing dm_control when the
     recorded table can answer."""
-    table = _load_table()
+    table = recorded_dims()
     if table is not None:
         return tuple(tuple(k.split(":", 1)[1].split("-", 1)) for k in table if k.startswith("dmc:"))  # type: ignore[misc]
-    from cdred_pipeline.envs.dmc import import_suite
-
-    return tuple(import_suite().ALL_TASKS)
+    check_gl_env()
+    try:
+        from dm_control.suite import ALL_TASKS
+    except RuntimeError as exc:  # dm_control validates MUJOCO_GL at import
+        raise CdredError(f"cannot import dm_control ({exc}); run with MUJOCO_GL=egl") from exc
+    return tuple(ALL_TASKS)
 
 
 @lru_cache(maxsize=None)
 def mw_tasks() -> tuple[str, ...]:
     """The 50 Meta-World v3 task names without the ``-v3`` suffix (``box-close``, ...)."""
-    table = _load_table()
+    table = recorded_dims()
     if table is not None:
         return tuple(k.split(":", 1)[1] for k in table if k.startswith("mw:"))
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -208,65 +212,9 @@ def parse_task(task: str) -> ParsedTask:
     raise _unknown(task)
 
 
-# ---------------------------------------------------------------------------------- availability
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-@lru_cache(maxsize=None)
-def suite_available(suite: str) -> tuple[bool, str]:
-    """Whether ``suite`` can step on this machine, and why not (empty reason when it can).
-
-    Cheap: checks imports and (for ManiSkill2) that a Vulkan loader exists; it does not render.
-    """
-    if suite not in SUITES:
-        raise UsageError(f"unknown suite {suite!r}: use one of {', '.join(SUITES)}")
-    gl = os.environ.get("MUJOCO_GL")
-    if suite in ("dmc", "mw"):
-        if gl is not None and gl.lower() not in _GL_VALID:
-            return False, f"MUJOCO_GL={gl} is invalid (use MUJOCO_GL=egl)"
-    if suite == "dmc":
-        return (True, "") if _has_module("dm_control") else (False, "dm_control not installed")
-    if suite == "mw":
-        return (True, "") if _has_module("metaworld") else (False, "metaworld not installed")
-    if suite == "gym":
-        return (True, "") if _has_module("gymnasium") else (False, "gymnasium not installed")
-    # ms2
-    from cdred_pipeline.envs.ms2 import ms2_unavailable_reason
-
-    reason = ms2_unavailable_reason()
-    return (reason is None), (reason or "")
-
-
-def task_available(task: str) -> tuple[bool, str]:
-    """Suite availability plus per-task extras (gym Box2D ids need ``box2d``)."""
-    p = parse_task(task)
-    ok, why = suite_available(p.suite)
-    if not ok:
-        return ok, why
-    if p.suite == "gym" and "mujoco" in str(_gym_entry_point(p.name)):
-        gl = os.environ.get("MUJOCO_GL")
-        if gl is not None and gl.lower() not in _GL_VALID:
-            return False, f"MUJOCO_GL={gl} is invalid (use MUJOCO_GL=egl)"
-    if p.suite == "gym" and p.name.split("-")[0] in ("LunarLanderContinuous", "BipedalWalker",
-                                                     "BipedalWalkerHardcore", "CarRacing", "LunarLander"):
-        if not _has_module("Box2D"):
-            return False, "needs gymnasium[box2d] (box2d not installed)"
-    return True, ""
-
-
-def _gym_entry_point(gid: str) -> object:
-    import gymnasium
-
-    return gymnasium.spec(gid).entry_point
-
-
-_GL_VALID = {"egl", "osmesa", "glfw", "", "0", "1", "disable", "disabled", "enable", "enabled", "false",
-             "off", "on", "true"}
-
-
 # ------------------------------------------------------------------------------------ dims table
-def _versions() -> dict[str, str]:
+def dims_versions() -> dict[str, str]:
+    """Installed versions of the simulators that decide the dims (``missing`` when not installed)."""
     out = {}
     for pkg in _VERSIONED:
         try:
@@ -277,68 +225,24 @@ def _versions() -> dict[str, str]:
 
 
 @lru_cache(maxsize=None)
-def _load_table() -> dict[str, dict[str, int]] | None:
+def recorded_dims() -> dict[str, dict[str, int]] | None:
     """The recorded dims of every dmc and mw task, or None if absent or recorded with other versions."""
-    if not _DIMS_FILE.exists():
+    if not DIMS_FILE.exists():
         return None
-    data = json.loads(_DIMS_FILE.read_text())
-    if data.get("versions") != _versions():
+    data = json.loads(DIMS_FILE.read_text())
+    if data.get("versions") != dims_versions():
         return None
     return data["tasks"]
 
 
-def probe_dims(task: str) -> dict[str, int | None]:
-    """Build the env once and read its dims (obs, action, physics state)."""
-    from cdred_pipeline.envs.factory import make_env
-
-    env = make_env(task, seed=0)
-    try:
-        s = env.spec_info
-        return {"obs_dim": s.obs_dim, "action_dim": s.action_dim, "physics_state_dim": s.physics_state_dim,
-                "episode_length": s.episode_length}
-    finally:
-        env.close()
-
-
-@lru_cache(maxsize=None)
-def _live_table(suite: str) -> dict[str, dict[str, int | None]]:
-    from tqdm import tqdm
-
-    ids = all_task_ids(suite) if suite != "gym" else [f"gym:{g}" for g in GYM_LISTED]
-    out = {}
-    for t in tqdm(ids, desc=f"probing {suite} dims", disable=len(ids) < 20, leave=False):
-        if suite == "gym" and not task_available(t)[0]:
-            out[t] = {"obs_dim": None, "action_dim": None, "physics_state_dim": None, "episode_length": None}
-            continue
-        out[t] = probe_dims(t)
-    return out
-
-
-def regenerate_table() -> Path:
-    """Rebuild ``task_dims.json`` by building every dmc and mw env (about 20 s)."""
-    _load_table.cache_clear()
+def clear_caches() -> None:
+    """Forget the recorded table and the task lists read from it (after ``task_dims.json`` changed)."""
+    recorded_dims.cache_clear()
     dmc_tasks.cache_clear()
     mw_tasks.cache_clear()
-    saved = None
-    if _DIMS_FILE.exists():  # make the registries come from the simulators, not the old table
-        saved = _DIMS_FILE.read_text()
-        _DIMS_FILE.unlink()
-    try:
-        tasks: dict[str, dict[str, int | None]] = {}
-        tasks.update(_live_table("dmc"))
-        tasks.update(_live_table("mw"))
-    except BaseException:
-        if saved is not None:
-            _DIMS_FILE.write_text(saved)
-        raise
-    _DIMS_FILE.write_text(json.dumps({"versions": _versions(), "tasks": tasks}, indent=1) + "\n")
-    _load_table.cache_clear()
-    dmc_tasks.cache_clear()
-    mw_tasks.cache_clear()
-    return _DIMS_FILE
 
 
-# ------------------------------------------------------------------------------------ list_tasks
+# ------------------------------------------------------------------------------------ cameras
 def default_camera(suite: str, name: str) -> str | int | None:
     """The camera make_env renders with by default.
 
@@ -353,33 +257,3 @@ def default_camera(suite: str, name: str) -> str | int | None:
     if suite == "ms2":
         return "render_camera"
     return None
-
-
-def list_tasks(suite: str | None = None) -> list[TaskSpec]:
-    """A :class:`TaskSpec` per task of ``suite`` (all suites if None), with default settings.
-
-    gym lists :data:`GYM_LISTED` only (any registered Box-action id works with make_env). Use
-    :func:`suite_available` / :func:`task_available` for "usable here?".
-    """
-    if suite is not None and suite not in SUITES:
-        raise UsageError(f"unknown suite {suite!r}: use one of {', '.join(SUITES)}")
-    suites = SUITES if suite is None else (suite,)
-    specs: list[TaskSpec] = []
-    for s in suites:
-        if s == "ms2":
-            for name, cfg in MS2_TASKS.items():
-                specs.append(TaskSpec(f"ms2:{name}", "ms2", cfg["obs_dim"], cfg["action_dim"],
-                                      DEFAULT_ACTION_REPEAT["ms2"], DEFAULT_EPISODE_LENGTH["ms2"],
-                                      default_camera("ms2", name), 64, None))
-            continue
-        if s == "gym":
-            table = _live_table("gym")
-        else:
-            table = {k: v for k, v in (_load_table() or _live_table(s)).items() if k.startswith(f"{s}:")}
-        for tid, dims in table.items():
-            name = tid.split(":", 1)[1]
-            ep = dims.get("episode_length") if s == "gym" else DEFAULT_EPISODE_LENGTH[s]
-            specs.append(TaskSpec(tid, s, dims["obs_dim"], dims["action_dim"], DEFAULT_ACTION_REPEAT[s], ep,
-                                  default_camera(s, name), 64, dims["physics_state_dim"]))
-    return specs
-

@@ -1,4 +1,4 @@
-"""Tremble noise (paper App. D.4, following Ren et al. 2024's Hybrid IRL protocol; ARCHITECTURE §2).
+"""Tremble noise (paper App. D.4, following Ren et al. 2024's Hybrid IRL protocol; docs/design.md §2).
 
 With probability ``p`` per agent step the executed action is replaced by a uniform random action in
 [-1, 1]^A; otherwise the policy's (clipped) action runs. Draws come from a numpy Generator seeded per
