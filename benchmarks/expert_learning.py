@@ -43,7 +43,7 @@ def main() -> None:
     store = ArtifactStore(args.workdir)
     summary = {}
     for task in args.tasks.split(","):
-        cfg = CollectConfig(task=task, preset=args.preset, train_steps=args.env_steps, seed=args.seed,
+        cfg = CollectConfig(task=task, preset=args.preset, train_env_steps=args.env_steps, seed=args.seed,
                             plan=args.plan, eval_every=args.eval_every, eval_episodes=5)
         t0 = time.time()
         art = train_expert(cfg, store, progress=True)

@@ -90,7 +90,7 @@ def demonstrations(args: argparse.Namespace, task: str, store: ArtifactStore) ->
     """The expert (trained or scripted) and its demos for ``task``; with ``--final-episodes`` also the
     expert's return on the common episodes. Returns {demos, expert, random, expert_common}."""
     ccfg = collect_experts.CollectConfig(task=task, policy=args.expert_policy, preset=args.preset,
-                                         train_steps=args.expert_steps,
+                                         train_env_steps=args.expert_steps,
                                          seed=args.seed, episodes=args.num_demos, plan=args.plan,
                                          eval_every=args.eval_every, eval_episodes=5, device=args.device)
     expert_art = collect_experts.train_expert(ccfg, store) if args.expert_policy == "tdmpc2" else None
@@ -117,7 +117,7 @@ def imitation_run(args: argparse.Namespace, demo: dict, reward: str, seed: int, 
     expert, expert_common = demo["expert"], demo["expert_common"]
     icfg = imitate.ImitateConfig(env_steps=args.env_steps, preset=args.preset, reward=reward,
                                  num_demos=args.num_demos, seed=seed, plan=args.plan,
-                                 eval_every_env_steps=args.eval_every, eval_episodes=args.eval_episodes,
+                                 eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                                  seed_agent_steps=args.seed_steps, device=args.device,
                                  zeta=args.zeta if reward == "cdred" else None,
                                  detach_reward_input=args.detach_reward_input)

@@ -36,9 +36,9 @@ OBS_KINDS = ("state", "rgb")
 
 @dataclass(frozen=True)
 class ImitateConfig:
-    """Settings of ``cdred imitate``. ``env_steps`` and ``eval_every_env_steps`` count env steps
-    (simulator control steps after action repeat), as the paper's curves do; ``seed_agent_steps``
-    counts agent steps (decisions), as the trainer does."""
+    """Settings of ``cdred imitate``. ``env_steps`` and ``eval_every`` count env steps (simulator
+    control steps after action repeat), as the paper's curves and collect-experts' ``eval_every`` do;
+    ``seed_agent_steps`` counts agent steps (decisions), as the trainer does."""
 
     env_steps: int = 100_000
     preset: str = "small"
@@ -54,7 +54,7 @@ class ImitateConfig:
     seed: int = 0
     plan: bool = False
     camera: str | None = None
-    eval_every_env_steps: int = 10_000
+    eval_every: int = 10_000             # env steps between evaluations
     eval_episodes: int = 5
     seed_agent_steps: int | None = None  # None: the trainer's max(1000, 5 x episode length)
     utd: float = 1.0
@@ -240,7 +240,7 @@ def trainer_config(cfg: ImitateConfig, action_repeat: int) -> Any:
     agent_steps = max(1, cfg.env_steps // action_repeat)
     return TrainerConfig(
         agent_steps=agent_steps, seed=cfg.seed, utd=cfg.utd, eval_episodes=cfg.eval_episodes,
-        eval_every_agent_steps=max(1, cfg.eval_every_env_steps // action_repeat),
+        eval_every_agent_steps=max(1, cfg.eval_every // action_repeat),
         seed_agent_steps=cfg.seed_agent_steps, buffer_capacity=cfg.buffer_capacity,
         checkpoint_every_agent_steps=max(1, min(10_000, cfg.env_steps // action_repeat // 4)))
 

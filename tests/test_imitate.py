@@ -45,7 +45,7 @@ def _tiny(**kw) -> im.ImitateConfig:
     steps. Updates start once the first episode (50 agent steps) is in the buffer: then a burst of
     ``seed_agent_steps`` updates and ``utd`` per agent step after ``seed_agent_steps`` (so 120 env steps
     with ``seed_agent_steps=10`` give 10 + 50 = 60 updates)."""
-    base = dict(env_steps=120, preset="tiny", seed_agent_steps=10, eval_every_env_steps=120, eval_episodes=1,
+    base = dict(env_steps=120, preset="tiny", seed_agent_steps=10, eval_every=120, eval_episodes=1,
                 device="cpu")
     return im.ImitateConfig(**{**base, **kw})
 
@@ -69,7 +69,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def state_run(data):
-    cfg = _tiny(env_steps=160, seed_agent_steps=40, eval_every_env_steps=80)
+    cfg = _tiny(env_steps=160, seed_agent_steps=40, eval_every=80)
     return im.run(cfg, str(data["path"]), data["store"], progress=False)
 
 
@@ -101,7 +101,7 @@ def test_state_run_metrics_curve_and_checkpoint(state_run, data):
 
 
 def test_rerun_is_cached(state_run, data):
-    cfg = _tiny(env_steps=160, seed_agent_steps=40, eval_every_env_steps=80)
+    cfg = _tiny(env_steps=160, seed_agent_steps=40, eval_every=80)
     again = im.run(cfg, str(data["path"]), data["store"], progress=False)
     assert again.key == state_run.key and again.manifest["finished"] == state_run.manifest["finished"]
     again_by_key = im.run(cfg, data["demos"].key, data["store"], progress=False)  # DATASET as an artifact key
