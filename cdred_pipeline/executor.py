@@ -1,9 +1,9 @@
-"""One executor interface for independent work units (ARCHITECTURE §7).
+"""One executor interface for independent work units (docs/design.md §7).
 
 Work that splits into independent units (tasks x seeds for collect-experts, (p, seed) episode blocks
-for evaluate) runs through :func:`make_executor`:
+for evaluate, episode ranges for render-visual) runs through :func:`make_executor`:
 
-* ``"local"``: in this process, one unit after the other (the default; what every stage did before);
+* ``"local"``: in this process, one unit after the other (the default);
 * ``"process"``: a pool of ``workers`` spawned processes on this machine;
 * ``"ray"``: tasks on a Ray cluster (optional extra ``pip install 'cdred[ray]'``). ``ray_address``
   ``"local"`` starts a private Ray instance on this machine with ``workers`` CPUs; ``"auto"`` joins
@@ -32,7 +32,6 @@ video bytes) but read the agent checkpoint by its absolute path, which every nod
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -204,65 +203,97 @@ class ProcessExecutor(_ContextMixin):
 
     def map(self, fn: Callable[[Any], Any], units: Sequence[Any], *, retries: int = 2, desc: str = "units",
             progress: bool = True, on_result: OnResult | None = None) -> list[Any]:
-        from concurrent.futures import FIRST_COMPLETED, wait
-        from concurrent.futures.process import BrokenProcessPool
-
         track = _Tracker(len(units), retries, desc, progress, on_result)
-        env = _worker_env()
-        queue = list(range(len(units)))  # at most `workers` units in flight
-        suspects: set[int] = set()  # in flight when the pool broke: rerun alone to find who broke it
-        pool = self._pool or self._new_pool()
-        futures: dict[Any, int] = {}
-        while queue or futures:
-            broken = False
-            while queue and not broken and len(futures) < (1 if suspects else self.workers):
-                if suspects and futures:
-                    break  # a suspect runs alone
-                i = next((u for u in queue if u in suspects), queue[0])
-                try:
-                    futures[pool.submit(_call_unit, fn, units[i], env, self.threads)] = i
-                    queue.remove(i)
-                except BrokenProcessPool:  # a worker died since the last wait: not this unit's fault
-                    broken = True
-            finished = wait(futures, return_when=FIRST_COMPLETED)[0] if futures and not broken else set()
-            lost: list[int] = []
-            for fut in finished:
-                i = futures.pop(fut)
-                try:
-                    result = fut.result()
-                except BrokenProcessPool:
-                    broken = True
-                    lost.append(i)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - retried or reported by the tracker
-                    if track.failure(i, exc):
-                        queue.append(i)
-                    continue
-                suspects.discard(i)
-                track.success(i, result)
-            if broken:  # every unit still in flight died with the pool
-                for fut, i in list(futures.items()):
-                    if fut.done() and fut.exception() is None:  # finished just before the break
-                        suspects.discard(i)
-                        track.success(i, fut.result())
-                    else:
-                        lost.append(i)
-                futures.clear()
-                if len(lost) == 1:  # it ran alone: it broke the pool
-                    suspects.discard(lost[0])
-                    if track.failure(lost[0], BrokenProcessPool("its worker process died")):
-                        queue.append(lost[0])
-                else:  # several ran: none is charged yet, each reruns alone
-                    suspects.update(lost)
-                    queue.extend(lost)
-                pool = self._new_pool()
-            queue.sort()
+        _PoolRun(self, fn, units, track).run()
         return track.finish()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+class _PoolRun:
+    """One :meth:`ProcessExecutor.map` call: the queue of units, the units in flight, and the suspects
+    (units in flight when the pool broke, rerun alone to find the one whose worker died)."""
+
+    def __init__(self, ex: ProcessExecutor, fn: Callable[[Any], Any], units: Sequence[Any], track: _Tracker) -> None:
+        self.ex, self.fn, self.units, self.track = ex, fn, units, track
+        self.env = _worker_env()
+        self.queue = list(range(len(units)))  # at most `workers` units in flight
+        self.suspects: set[int] = set()
+        self.futures: dict[Any, int] = {}
+        self.pool = ex._pool or ex._new_pool()
+
+    def run(self) -> None:
+        """Submit, wait, collect until every unit finished or failed for good."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        while self.queue or self.futures:
+            broken = self._submit()
+            finished = wait(self.futures, return_when=FIRST_COMPLETED)[0] if self.futures and not broken else set()
+            lost: list[int] = []
+            broken = self._collect(finished, lost) or broken
+            if broken:
+                self._after_break(lost)
+            self.queue.sort()
+
+    def _submit(self) -> bool:
+        """Fill the free worker slots (a suspect runs alone); True when the pool was found broken."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        while self.queue and len(self.futures) < (1 if self.suspects else self.ex.workers):
+            if self.suspects and self.futures:
+                break  # a suspect runs alone
+            i = next((u for u in self.queue if u in self.suspects), self.queue[0])
+            try:
+                self.futures[self.pool.submit(_call_unit, self.fn, self.units[i], self.env, self.ex.threads)] = i
+                self.queue.remove(i)
+            except BrokenProcessPool:  # a worker died since the last wait: not this unit's fault
+                return True
+        return False
+
+    def _collect(self, finished: set[Any], lost: list[int]) -> bool:
+        """Record the finished futures; units lost with a broken pool go to ``lost``. True if broken."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        broken = False
+        for fut in finished:
+            i = self.futures.pop(fut)
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                broken = True
+                lost.append(i)
+                continue
+            except Exception as exc:  # noqa: BLE001 - retried or reported by the tracker
+                if self.track.failure(i, exc):
+                    self.queue.append(i)
+                continue
+            self.suspects.discard(i)
+            self.track.success(i, result)
+        return broken
+
+    def _after_break(self, lost: list[int]) -> None:
+        """Every unit still in flight died with the pool: charge the one that ran alone, else rerun
+        each alone; then start a new pool."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        for fut, i in list(self.futures.items()):
+            if fut.done() and fut.exception() is None:  # finished just before the break
+                self.suspects.discard(i)
+                self.track.success(i, fut.result())
+            else:
+                lost.append(i)
+        self.futures.clear()
+        if len(lost) == 1:  # it ran alone: it broke the pool
+            self.suspects.discard(lost[0])
+            if self.track.failure(lost[0], BrokenProcessPool("its worker process died")):
+                self.queue.append(lost[0])
+        else:  # several ran: none is charged yet, each reruns alone
+            self.suspects.update(lost)
+            self.queue.extend(lost)
+        self.pool = self.ex._new_pool()
 
 
 # --------------------------------------------------------------------------------------- ray
@@ -372,9 +403,3 @@ def executor_for(workers: int | None, ray_address: str | None) -> Executor:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     return make_executor("local")
 
-
-def timed_map(executor: Executor, fn: Callable[[Any], Any], units: Sequence[Any], **kw: Any) -> tuple[list[Any], float]:
-    """``executor.map`` and its wall time in seconds (benchmarks, manifests)."""
-    t = time.perf_counter()
-    out = executor.map(fn, units, **kw)
-    return out, time.perf_counter() - t

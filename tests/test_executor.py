@@ -1,4 +1,4 @@
-"""The executor interface (ARCHITECTURE §7, issue 8) on real processes, a real local Ray instance,
+"""The executor interface (docs/design.md §7) on real processes, a real local Ray instance,
 real MuJoCo and real zarr stores.
 
 Covers: local and process executors give the same results in unit order; a unit that fails once is
