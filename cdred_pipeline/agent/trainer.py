@@ -99,7 +99,8 @@ class TrainerState:
 
 
 def sample_batch(
-    buffer: ReplayBuffer, batch_size: int, horizon: int, expert_buffer: Optional[ReplayBuffer] = None, device=None
+    buffer: ReplayBuffer, batch_size: int, horizon: int, expert_buffer: Optional[ReplayBuffer] = None,
+    device: "str | torch.device | None" = None,
 ) -> dict[str, torch.Tensor]:
     """One training batch: B behavioural sub-trajectories, plus B expert ones when ``expert_buffer``
     is given (concatenated along the batch dim, ``is_expert`` marks them)."""
@@ -116,12 +117,14 @@ def sample_batch(
 
 # ------------------------------------------------------------------------------------------ files
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one row to a JSON-lines file and flush it (a kill loses at most the line being written)."""
     with open(path, "a") as fh:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; a line cut by a kill is skipped."""
     rows = []
     if path.exists():
         for line in path.read_text().splitlines():
@@ -227,6 +230,7 @@ class OnlineTrainer:
         return self.cfg.buffer_capacity or min(n + n // max(1, length) + length + 2, 1_000_000)
 
     def _eval_period(self) -> int:
+        """Agent steps between evaluations (``eval_every_agent_steps`` 0: one evaluation, at the end)."""
         return self.cfg.eval_every_agent_steps if self.cfg.eval_every_agent_steps > 0 else self.cfg.agent_steps
 
     def wall_s(self) -> float:
@@ -315,6 +319,7 @@ class OnlineTrainer:
         return n
 
     def _counters(self) -> dict[str, Any]:
+        """The counters every metrics row starts with."""
         st = self.state
         return {"agent_step": st.agent_step, "env_step": st.agent_step * self.action_repeat,
                 "update_step": self.agent.update_step, "episode": st.episode}
@@ -363,6 +368,7 @@ class OnlineTrainer:
 
     # -------------------------------------------------------------------------------- schedule
     def _finished(self) -> bool:
+        """Whether the run has taken its ``cfg.agent_steps``."""
         return self.state.agent_step >= self.cfg.agent_steps
 
     def _take_eval(self) -> bool:
@@ -418,6 +424,7 @@ class OnlineTrainer:
         return self.summary()
 
     def _diverged(self, exc: Exception) -> str:
+        """The divergence message: the step it happened at and the last good checkpoint."""
         step = self.state.last_checkpoint_step
         where = (f"{self.ckpt_path} (agent step {step}), kept; rerun to resume from it"
                  if step is not None else "none written yet")
