@@ -1,16 +1,23 @@
-"""Checking an episode store against the layout (ARCHITECTURE §6): :func:`validate` lists every problem.
+"""Checking an episode store against the layout (docs/design.md §6): :func:`validate` lists every problem.
 
 Each problem is one line ``<store path>: <key>: <what is wrong>``. The structural pass (cheap: only
 metadata, ``meta/*`` and chunk file names are read) is what :func:`open_dataset` runs and refuses on;
 the deep pass also decodes every chunk: NaN/inf rows, actions outside [-1, 1], unreadable chunks,
 per-episode returns that do not match the rewards.
+
+:func:`validate` composes small checkers, one per invariant: each takes the opened store
+(:class:`_Store`) and returns its problems (:data:`STRUCTURE`, then :data:`CONTENT` for the deep
+pass). A path that is not a zarr 3 group of a layout version this cdred reads stops at that check.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +30,263 @@ __all__ = ["validate"]
 _NDIM = {"obs": 2, "action": 2, "reward": 1, "terminated": 1, "physics_state": 2,
          "episode_ends": 1, "seed": 1, "length": 1, "return": 1, "success": 1,
          "final_obs": 2, "final_physics_state": 2}
+_FLOATS = {"data/obs", "data/action", "data/reward", "data/physics_state", "meta/final_obs",
+           "meta/final_physics_state", "meta/return"}
 
 
-def _read_json(path: Path) -> Any:
-    with open(path) as fh:
-        return json.load(fh)
+def _line(path: Path, key: str | None, msg: str) -> str:
+    """One problem line: ``<store path>: <key>: <msg>``."""
+    return f"{path}: {key}: {msg}" if key else f"{path}: {msg}"
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------------- gates
+def _read_root(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The root ``zarr.json`` of a zarr format 3 group at ``path``, or None with the reason."""
+    if not path.exists():
+        return None, [_line(path, None, "no such file or directory")]
+    if not path.is_dir():
+        return None, [_line(path, None, "not a zarr store (a file, not a directory); `cdred package import` "
+                                        "converts HDF5/parquet/pickle")]
+    root_json = path / "zarr.json"
+    if not root_json.is_file():
+        if (path / ".zgroup").is_file():
+            return None, [_line(path, ".zgroup", "a zarr format 2 store; cdred datasets are zarr format 3 (re-import it)")]
+        return None, [_line(path, None, "not a zarr store (no zarr.json)")]
+    try:
+        with open(root_json) as fh:
+            root = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        return None, [_line(path, "zarr.json", f"unreadable ({exc})")]
+    if not isinstance(root, dict) or root.get("zarr_format") != 3 or root.get("node_type") != "group":
+        return None, [_line(path, "zarr.json", "not a zarr format 3 group")]
+    return root, []
+
+
+def _check_version(path: Path, attrs: dict[str, Any]) -> list[str]:
+    """``attrs.cdred_dataset_version`` is a layout version this cdred reads."""
+    version = attrs.get("cdred_dataset_version")
+    key = "attrs.cdred_dataset_version"
+    if version is None:
+        return [_line(path, key, "missing: not a cdred dataset")]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return [_line(path, key, f"{version!r} is not a layout version")]
+    if version > L.LAYOUT_VERSION:
+        return [_line(path, key, f"layout version {version} is newer than this cdred reads "
+                                 f"({L.LAYOUT_VERSION}); upgrade cdred")]
+    return []
+
+
+def _check_attrs(path: Path, attrs: dict[str, Any]) -> list[str]:
+    """``attrs.env`` has the required keys and non-negative int dims; the other sections are dicts."""
+    problems = []
+    env = attrs.get("env")
+    if not isinstance(env, dict):
+        problems.append(_line(path, "attrs.env", "missing or not a dict"))
+        env = {}
+    problems += [_line(path, f"attrs.env.{k}", "missing") for k in L.REQUIRED_ENV_KEYS if k not in env]
+    for k in ("obs_dim", "action_dim", "physics_state_dim", "image_size"):
+        if k in env and env[k] is not None and (not isinstance(env[k], int) or isinstance(env[k], bool) or env[k] < 0):
+            problems.append(_line(path, f"attrs.env.{k}", f"{env[k]!r} is not a non-negative int"))
+    for section in ("sim", "source", "scores"):
+        if section in attrs and not isinstance(attrs[section], dict):
+            problems.append(_line(path, f"attrs.{section}", "not a dict"))
+    return problems
+
+
+# ------------------------------------------------------------------------------ opened store
+@dataclasses.dataclass
+class _Store:
+    """An opened store: its root metadata and the layout's arrays that opened with the right rank."""
+
+    path: Path
+    root: dict[str, Any]
+    env: dict[str, Any]
+    arrays: dict[str, Any]  # data/* and meta/* arrays
+    cams: dict[str, Any]  # camera -> data/rgb/<camera>
+    final_cams: dict[str, Any]  # camera -> meta/final_rgb/<camera>
+    ends: np.ndarray | None = None  # meta/episode_ends, None when missing or unreadable
+    ends_error: str | None = None
+
+    def bad(self, key: str | None, msg: str) -> str:
+        return _line(self.path, key, msg)
+
+    def length(self, key: str) -> int | None:
+        return int(self.arrays[key].shape[0]) if key in self.arrays else None
+
+    def width(self, key: str) -> int | None:
+        a = self.arrays.get(key)
+        return int(a.shape[1]) if a is not None and a.ndim == 2 else None
+
+    @property
+    def all_arrays(self) -> dict[str, Any]:
+        """Every array of the store by key, frames included."""
+        out = dict(self.arrays)
+        out.update({f"{L.RGB_GROUP}/{c}": a for c, a in self.cams.items()})
+        out.update({f"{L.FINAL_RGB_GROUP}/{c}": a for c, a in self.final_cams.items()})
+        return out
+
+    @functools.cached_property
+    def scan(self) -> dict[str, "_Scan"]:
+        """Every array decoded chunk by chunk (the deep pass), by key."""
+        return {key: _scan(self.path, key, arr, self.ends) for key, arr in sorted(self.all_arrays.items())}
+
+
+def _open_array(g: Any, path: Path, key: str, dtype: str) -> tuple[Any | None, list[str]]:
+    """The layout array ``key`` if present, an array, of ``dtype`` and of the layout's rank."""
+    try:
+        node = g[key]
+    except (KeyError, FileNotFoundError):
+        return None, [_line(path, key, "missing")]
+    except Exception as exc:  # noqa: BLE001 - any zarr failure is damaged metadata, reported as such
+        return None, [_line(path, key, f"unreadable metadata ({_error(exc)})")]
+    if not hasattr(node, "shape"):
+        return None, [_line(path, key, "is a group, expected an array")]
+    problems = [] if np.dtype(node.dtype) == np.dtype(dtype) else [_line(path, key, f"dtype {node.dtype}, expected {dtype}")]
+    rank = _NDIM[key.split("/", 1)[1]]
+    if node.ndim != rank:
+        return None, problems + [_line(path, key, f"{node.ndim}-d array of shape {node.shape}, expected {rank}-d")]
+    return node, problems
+
+
+def _open_store(path: Path, root: dict[str, Any]) -> tuple[_Store | None, list[str]]:
+    """Open the group and the layout's arrays; the problems found on the way (missing, wrong dtype or rank)."""
+    try:
+        g = L.open_group(path, mode="r")
+    except Exception as exc:  # noqa: BLE001 - any zarr failure is a damaged store, reported as such
+        return None, [_line(path, "zarr.json", f"cannot open as a zarr group ({_error(exc)})")]
+    problems: list[str] = []
+    arrays: dict[str, Any] = {}
+    for group_name, spec in (("data", L.DATA_KEYS), ("meta", L.META_KEYS)):
+        for name, dtype in spec.items():
+            node, found = _open_array(g, path, f"{group_name}/{name}", dtype)
+            problems += found
+            if node is not None:
+                arrays[f"{group_name}/{name}"] = node
+    cams: dict[str, dict[str, Any]] = {L.RGB_GROUP: {}, L.FINAL_RGB_GROUP: {}}
+    for grp_key, target in cams.items():
+        if grp_key in g:
+            for name, node in g[grp_key].members():
+                if hasattr(node, "shape"):
+                    target[name] = node
+                else:
+                    problems.append(_line(path, f"{grp_key}/{name}", "is a group, expected an array"))
+    env = (root.get("attributes") or {}).get("env")
+    store = _Store(path, root, env if isinstance(env, dict) else {}, arrays, cams[L.RGB_GROUP], cams[L.FINAL_RGB_GROUP])
+    _read_ends(store)
+    return store, problems
+
+
+def _read_ends(store: _Store) -> None:
+    """Read ``meta/episode_ends`` into the store (or the reason it cannot be read)."""
+    if "meta/episode_ends" not in store.arrays:
+        return
+    try:
+        store.ends = np.asarray(store.arrays["meta/episode_ends"][:], dtype=np.int64)
+    except Exception as exc:  # noqa: BLE001
+        store.ends_error = f"unreadable ({_error(exc)})"
+
+
+# ----------------------------------------------------------------------- structural checkers
+def _check_step_lengths(s: _Store) -> list[str]:
+    """Every per-step array has as many rows as data/obs."""
+    n = s.length("data/obs")
+    return [s.bad(f"data/{k}", f"{nk} rows, data/obs has {n}") for k in L.DATA_KEYS
+            if (nk := s.length(f"data/{k}")) is not None and n is not None and nk != n]
+
+
+def _check_episode_lengths(s: _Store) -> list[str]:
+    """Every per-episode array has as many rows as meta/episode_ends."""
+    e = s.length("meta/episode_ends")
+    return [s.bad(f"meta/{k}", f"{ek} rows, meta/episode_ends has {e} episodes") for k in L.META_KEYS
+            if (ek := s.length(f"meta/{k}")) is not None and e is not None and ek != e]
+
+
+def _check_episode_ends(s: _Store) -> list[str]:
+    """meta/episode_ends is readable, strictly increasing from 0 and ends at the number of steps."""
+    if s.ends_error:
+        return [s.bad("meta/episode_ends", s.ends_error)]
+    if s.ends is None:
+        return []
+    problems = []
+    ends, n = s.ends, s.length("data/obs")
+    steps = np.diff(np.concatenate([[0], ends]))
+    if len(ends) and (steps <= 0).any():
+        i = int(np.argmax(steps <= 0))
+        problems.append(s.bad("meta/episode_ends", f"not strictly increasing from 0 (episode {i} ends at "
+                                                   f"{int(ends[i])}, the previous at {int(ends[i - 1]) if i else 0})"))
+    total = int(ends[-1]) if len(ends) else 0
+    if n is not None and total != n:
+        problems.append(s.bad("meta/episode_ends", f"last end is {total} but the data arrays have {n} rows"))
+    return problems
+
+
+def _check_length_column(s: _Store) -> list[str]:
+    """meta/length agrees with the episode lengths that meta/episode_ends gives."""
+    if s.ends is None or "meta/length" not in s.arrays or s.length("meta/length") != len(s.ends):
+        return []
+    steps = np.diff(np.concatenate([[0], s.ends]))
+    try:
+        lens = np.asarray(s.arrays["meta/length"][:], dtype=np.int64)
+    except Exception as exc:  # noqa: BLE001
+        return [s.bad("meta/length", f"unreadable ({_error(exc)})")]
+    if np.array_equal(lens, steps):
+        return []
+    i = int(np.argmax(lens != steps))
+    return [s.bad("meta/length", f"episode {i} has length {int(lens[i])} but episode_ends gives {int(steps[i])}")]
+
+
+def _check_widths(s: _Store) -> list[str]:
+    """Array widths match attrs.env's dims, and final_* arrays match their per-step arrays."""
+    problems = []
+    for key, env_key in (("data/obs", "obs_dim"), ("data/action", "action_dim"),
+                         ("data/physics_state", "physics_state_dim")):
+        w = s.width(key)
+        if w is not None and isinstance(s.env.get(env_key), int) and w != s.env[env_key]:
+            problems.append(s.bad(key, f"width {w}, attrs.env.{env_key} is {s.env[env_key]}"))
+    for key, ref in (("meta/final_obs", "data/obs"), ("meta/final_physics_state", "data/physics_state")):
+        w, wr = s.width(key), s.width(ref)
+        if w is not None and wr is not None and w != wr:
+            problems.append(s.bad(key, f"width {w}, {ref} has width {wr}"))
+    return problems
+
+
+def _check_camera(s: _Store, cam: str, arr: Any) -> list[str]:
+    """data/rgb/<cam> holds uint8 (N, H, W, 3) frames of attrs.env.image_size, with its final frames."""
+    key, fkey = f"{L.RGB_GROUP}/{cam}", f"{L.FINAL_RGB_GROUP}/{cam}"
+    n, e, size = s.length("data/obs"), s.length("meta/episode_ends"), s.env.get("image_size")
+    problems = [] if np.dtype(arr.dtype) == np.uint8 else [s.bad(key, f"dtype {arr.dtype}, expected uint8")]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        return problems + [s.bad(key, f"shape {arr.shape}, expected (N, H, W, 3)")]
+    if n is not None and arr.shape[0] != n:
+        problems.append(s.bad(key, f"{arr.shape[0]} frames, data/obs has {n} rows"))
+    if isinstance(size, int) and tuple(arr.shape[1:3]) != (size, size):
+        problems.append(s.bad(key, f"frames are {arr.shape[1]}x{arr.shape[2]}, attrs.env.image_size is {size}"))
+    fin = s.final_cams.get(cam)
+    if fin is None:
+        problems.append(s.bad(fkey, "missing (the frame of each episode's final_obs)"))
+    elif np.dtype(fin.dtype) != np.uint8 or tuple(fin.shape[1:]) != tuple(arr.shape[1:]) \
+            or (e is not None and fin.shape[0] != e):
+        problems.append(s.bad(fkey, f"{fin.dtype} {fin.shape}, expected uint8 ({e}, {', '.join(map(str, arr.shape[1:]))})"))
+    return problems
+
+
+def _check_cameras(s: _Store) -> list[str]:
+    """Every camera's frames are well formed and have final frames; no final frames without frames."""
+    problems = [p for cam, arr in s.cams.items() for p in _check_camera(s, cam, arr)]
+    return problems + [s.bad(f"{L.FINAL_RGB_GROUP}/{cam}", f"has no {L.RGB_GROUP}/{cam}")
+                       for cam in sorted(set(s.final_cams) - set(s.cams))]
 
 
 def _missing_chunks(store: Path, key: str, arr: Any) -> list[str]:
     """Chunk files an array's shape requires that are not on disk (chunked along axis 0 only)."""
     shape, chunks = arr.shape, arr.chunks
-    if any(s == 0 for s in shape):
+    if any(n == 0 for n in shape):
         return []
-    grid = [math.ceil(s / c) for s, c in zip(shape, chunks)]
+    grid = [math.ceil(n / c) for n, c in zip(shape, chunks)]
     missing = []
     folder = store / key
     for i in range(grid[0]):
@@ -44,6 +295,80 @@ def _missing_chunks(store: Path, key: str, arr: Any) -> list[str]:
             if not (folder / name).is_file():
                 missing.append(name)
     return missing
+
+
+def _check_chunk_files(s: _Store) -> list[str]:
+    """Every chunk file an array's shape requires is on disk (a missing one means a truncated store)."""
+    problems = []
+    for key, arr in sorted(s.all_arrays.items()):
+        try:
+            missing = _missing_chunks(s.path, key, arr)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(s.bad(key, f"cannot list chunks ({_error(exc)})"))
+            continue
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            problems.append(s.bad(key, f"{len(missing)} chunk file(s) missing ({shown}): the store is truncated"))
+    return problems
+
+
+def _check_consolidated(s: _Store) -> list[str]:
+    """A finished store has consolidated metadata listing every array with its current shape."""
+    cons = s.root.get("consolidated_metadata")
+    if not isinstance(cons, dict) or "metadata" not in cons:
+        return [s.bad("zarr.json", "no consolidated metadata: the store was not finished by a writer "
+                                   "(an interrupted run? resume it, or rerun the stage)")]
+    problems = []
+    for key, arr in sorted(s.all_arrays.items()):
+        m = cons["metadata"].get(key)
+        if m is None:
+            problems.append(s.bad(key, "not in the consolidated metadata (added after the store was finished)"))
+        elif list(m.get("shape", [])) != list(arr.shape):
+            problems.append(s.bad(key, f"consolidated metadata says shape {tuple(m.get('shape', []))}, "
+                                       f"the array is {arr.shape}"))
+    return problems
+
+
+# ----------------------------------------------------------------------------- deep checkers
+@dataclasses.dataclass
+class _Scan:
+    """What decoding one array chunk by chunk found."""
+
+    unreadable: list[str]  # one problem line per chunk that does not decode
+    nonfinite: list[np.ndarray]  # row indices with NaN/inf, per chunk
+    out_of_range: list[np.ndarray]  # data/action rows with |a| > 1, per chunk
+    max_abs: float  # the largest |a| among those
+    blocks: list[np.ndarray]  # the decoded chunks of data/reward (empty for other arrays)
+
+
+def _scan(path: Path, key: str, arr: Any, ends: np.ndarray | None) -> _Scan:
+    """Decode ``arr`` chunk by chunk, noting unreadable chunks, non-finite rows and actions out of range."""
+    out = _Scan([], [], [], 0.0, [])
+    rows, total = int(arr.chunks[0]), int(arr.shape[0])
+    for start in range(0, total, rows):
+        stop = min(start + rows, total)
+        try:
+            block = np.asarray(arr[start:stop])
+        except Exception as exc:  # noqa: BLE001 - a corrupt chunk raises codec-specific errors
+            name = arr.metadata.encode_chunk_key((start // rows,) + (0,) * (arr.ndim - 1))
+            out.unreadable.append(f"{path}: {key}: chunk {name} (rows {start}-{stop - 1}) unreadable "
+                                  f"({type(exc).__name__}): the store is truncated or corrupt")
+            continue
+        if key == "data/reward":
+            out.blocks.append(block)
+        if key not in _FLOATS or not block.size:
+            continue
+        flat = block.reshape(len(block), -1)
+        bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        if len(bad_rows):
+            out.nonfinite.append(bad_rows + start)
+        if key == "data/action":
+            amax = np.abs(np.where(np.isfinite(flat), flat, 0)).max(axis=1)
+            oor = np.flatnonzero(amax > 1.0 + L.ACTION_TOL)
+            if len(oor):
+                out.out_of_range.append(oor + start)
+                out.max_abs = max(out.max_abs, float(amax.max()))
+    return out
 
 
 def _fmt_steps(rows: np.ndarray, ends: np.ndarray | None) -> str:
@@ -55,6 +380,73 @@ def _fmt_steps(rows: np.ndarray, ends: np.ndarray | None) -> str:
     return f"{len(rows)} row(s), first at {where}"
 
 
+def _check_decodable(s: _Store) -> list[str]:
+    """Every chunk decodes."""
+    return [p for scan in s.scan.values() for p in scan.unreadable]
+
+
+def _check_finite(s: _Store) -> list[str]:
+    """No NaN/inf in a float array (reported by step and episode, or by episode for meta arrays)."""
+    problems = []
+    for key, scan in s.scan.items():
+        if scan.nonfinite:
+            r = np.concatenate(scan.nonfinite)
+            where = _fmt_steps(r, s.ends) if key.startswith("data/") else f"{len(r)} episode(s), first episode {int(r[0])}"
+            problems.append(s.bad(key, f"NaN/inf values in {where}"))
+    return problems
+
+
+def _check_action_range(s: _Store) -> list[str]:
+    """Every stored action is in [-1, 1] (the executed, clipped action)."""
+    scan = s.scan.get("data/action")
+    if scan is None or not scan.out_of_range:
+        return []
+    r = np.concatenate(scan.out_of_range)
+    return [s.bad("data/action", f"values outside [-1, 1] (max |a| = {scan.max_abs:.4g}) in {_fmt_steps(r, s.ends)}")]
+
+
+def _check_returns(s: _Store) -> list[str]:
+    """meta/return is the sum of each episode's data/reward (when both are readable and consistent)."""
+    reward, ends = s.scan.get("data/reward"), s.ends
+    if reward is None or reward.unreadable or ends is None or "meta/return" not in s.arrays \
+            or s.arrays["meta/return"].shape[0] != len(ends):
+        return []
+    rew = np.concatenate(reward.blocks).astype(np.float64) if reward.blocks else np.zeros(0)
+    if not len(ends) or len(rew) != int(ends[-1]) or not (np.diff(np.concatenate([[0], ends])) > 0).all():
+        return []
+    try:
+        ret = np.asarray(s.arrays["meta/return"][:], dtype=np.float64)
+    except Exception:  # noqa: BLE001 - already reported as unreadable by _check_decodable
+        return []
+    sums = np.add.reduceat(rew, np.concatenate([[0], ends[:-1]]))
+    off = np.flatnonzero(~(np.abs(sums - ret) <= 1e-4 * np.maximum(1.0, np.abs(sums))))
+    if not len(off):
+        return []
+    i = int(off[0])
+    return [s.bad("meta/return", f"{len(off)} episode(s) differ from the sum of data/reward "
+                                 f"(episode {i}: {ret[i]:.6g} vs {sums[i]:.6g})")]
+
+
+Checker = Callable[[_Store], list[str]]
+
+
+def _array_by_array(*checkers: Checker) -> Checker:
+    """One checker running ``checkers`` whose problems are listed array by array (sorted by key, in
+    checker order within an array), as one decoding pass over the arrays meets them."""
+    def check(s: _Store) -> list[str]:
+        found = [(key, i, p) for i, c in enumerate(checkers) for p in c(s)
+                 for key in [p[len(str(s.path)) + 2:].split(": ", 1)[0]]]
+        return [p for _, _, p in sorted(found, key=lambda f: (f[0], f[1]))]
+    return check
+
+
+#: The structural invariants, in the order their problems are listed.
+STRUCTURE: tuple[Checker, ...] = (_check_step_lengths, _check_episode_lengths, _check_episode_ends,
+                                  _check_length_column, _check_widths, _check_cameras, _check_chunk_files)
+#: The content invariants of the deep pass (every chunk decoded once).
+CONTENT: tuple[Checker, ...] = (_array_by_array(_check_decodable, _check_finite, _check_action_range), _check_returns)
+
+
 def validate(path: str | os.PathLike, *, deep: bool = True, finished: bool = True) -> list[str]:
     """Every problem found in the store at ``path`` (an empty list means valid).
 
@@ -62,264 +454,19 @@ def validate(path: str | os.PathLike, *, deep: bool = True, finished: bool = Tru
     (used by writers on their temporary store before they consolidate it).
     """
     path = Path(path)
-    problems: list[str] = []
-
-    def bad(key: str | None, msg: str) -> None:
-        problems.append(f"{path}: {key}: {msg}" if key else f"{path}: {msg}")
-
-    # ---------------------------------------------------------------- is it a v3 store at all?
-    if not path.exists():
-        bad(None, "no such file or directory")
+    root, problems = _read_root(path)
+    if root is None:
         return problems
-    if not path.is_dir():
-        bad(None, "not a zarr store (a file, not a directory); `cdred package import` converts HDF5/parquet/pickle")
-        return problems
-    root_json = path / "zarr.json"
-    if not root_json.is_file():
-        if (path / ".zgroup").is_file():
-            bad(".zgroup", "a zarr format 2 store; cdred datasets are zarr format 3 (re-import it)")
-        else:
-            bad(None, "not a zarr store (no zarr.json)")
-        return problems
-    try:
-        root = _read_json(root_json)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        bad("zarr.json", f"unreadable ({exc})")
-        return problems
-    if not isinstance(root, dict) or root.get("zarr_format") != 3 or root.get("node_type") != "group":
-        bad("zarr.json", "not a zarr format 3 group")
-        return problems
-
-    # ------------------------------------------------------------------------------- attrs
     attrs = root.get("attributes") or {}
-    version = attrs.get("cdred_dataset_version")
-    if version is None:
-        bad("attrs.cdred_dataset_version", "missing: not a cdred dataset")
+    problems = _check_version(path, attrs)
+    if problems:
         return problems
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        bad("attrs.cdred_dataset_version", f"{version!r} is not a layout version")
+    problems = _check_attrs(path, attrs)
+    store, found = _open_store(path, root)
+    problems += found
+    if store is None:
         return problems
-    if version > L.LAYOUT_VERSION:
-        bad("attrs.cdred_dataset_version", f"layout version {version} is newer than this cdred reads "
-            f"({L.LAYOUT_VERSION}); upgrade cdred")
-        return problems
-    env = attrs.get("env")
-    if not isinstance(env, dict):
-        bad("attrs.env", "missing or not a dict")
-        env = {}
-    for k in L.REQUIRED_ENV_KEYS:
-        if k not in env:
-            bad(f"attrs.env.{k}", "missing")
-    for k in ("obs_dim", "action_dim", "physics_state_dim", "image_size"):
-        if k in env and env[k] is not None and (not isinstance(env[k], int) or isinstance(env[k], bool) or env[k] < 0):
-            bad(f"attrs.env.{k}", f"{env[k]!r} is not a non-negative int")
-    for section in ("sim", "source", "scores"):
-        if section in attrs and not isinstance(attrs[section], dict):
-            bad(f"attrs.{section}", "not a dict")
-
-    # --------------------------------------------------------------------------- open arrays
-    try:
-        g = L.open_group(path, mode="r")
-    except Exception as exc:  # noqa: BLE001 - any zarr failure is a damaged store, reported as such
-        bad("zarr.json", f"cannot open as a zarr group ({type(exc).__name__}: {exc})")
-        return problems
-    arrays: dict[str, Any] = {}
-    for group_name, spec in (("data", L.DATA_KEYS), ("meta", L.META_KEYS)):
-        for name, dtype in spec.items():
-            key = f"{group_name}/{name}"
-            try:
-                node = g[key]
-            except (KeyError, FileNotFoundError):
-                bad(key, "missing")
-                continue
-            except Exception as exc:  # noqa: BLE001
-                bad(key, f"unreadable metadata ({type(exc).__name__}: {exc})")
-                continue
-            if not hasattr(node, "shape"):
-                bad(key, "is a group, expected an array")
-                continue
-            if np.dtype(node.dtype) != np.dtype(dtype):
-                bad(key, f"dtype {node.dtype}, expected {dtype}")
-            if node.ndim != _NDIM[name]:
-                bad(key, f"{node.ndim}-d array of shape {node.shape}, expected {_NDIM[name]}-d")
-                continue
-            arrays[key] = node
-    cams: dict[str, Any] = {}
-    final_cams: dict[str, Any] = {}
-    for grp_key, target in ((L.RGB_GROUP, cams), (L.FINAL_RGB_GROUP, final_cams)):
-        if grp_key in g:
-            for name, node in g[grp_key].members():
-                if hasattr(node, "shape"):
-                    target[name] = node
-                else:
-                    bad(f"{grp_key}/{name}", "is a group, expected an array")
-
-    # ------------------------------------------------------------------------ lengths, ends
-    def length(key: str) -> int | None:
-        return int(arrays[key].shape[0]) if key in arrays else None
-
-    n = length("data/obs")
-    for k in L.DATA_KEYS:
-        nk = length(f"data/{k}")
-        if nk is not None and n is not None and nk != n:
-            bad(f"data/{k}", f"{nk} rows, data/obs has {n}")
-    e = length("meta/episode_ends")
-    for k in L.META_KEYS:
-        ek = length(f"meta/{k}")
-        if ek is not None and e is not None and ek != e:
-            bad(f"meta/{k}", f"{ek} rows, meta/episode_ends has {e} episodes")
-    ends: np.ndarray | None = None
-    if "meta/episode_ends" in arrays:
-        try:
-            ends = np.asarray(arrays["meta/episode_ends"][:], dtype=np.int64)
-        except Exception as exc:  # noqa: BLE001
-            bad("meta/episode_ends", f"unreadable ({type(exc).__name__}: {exc})")
-    if ends is not None:
-        steps = np.diff(np.concatenate([[0], ends]))
-        if len(ends) and (steps <= 0).any():
-            i = int(np.argmax(steps <= 0))
-            bad("meta/episode_ends", f"not strictly increasing from 0 (episode {i} ends at {int(ends[i])}, "
-                f"the previous at {int(ends[i - 1]) if i else 0})")
-        total = int(ends[-1]) if len(ends) else 0
-        if n is not None and total != n:
-            bad("meta/episode_ends", f"last end is {total} but the data arrays have {n} rows")
-        if "meta/length" in arrays and length("meta/length") == len(ends):
-            try:
-                lens = np.asarray(arrays["meta/length"][:], dtype=np.int64)
-                if not np.array_equal(lens, steps):
-                    i = int(np.argmax(lens != steps))
-                    bad("meta/length", f"episode {i} has length {int(lens[i])} but episode_ends gives {int(steps[i])}")
-            except Exception as exc:  # noqa: BLE001
-                bad("meta/length", f"unreadable ({type(exc).__name__}: {exc})")
-
-    # ------------------------------------------------------------------------------- dims
-    def width(key: str) -> int | None:
-        return int(arrays[key].shape[1]) if key in arrays and arrays[key].ndim == 2 else None
-
-    for key, env_key in (("data/obs", "obs_dim"), ("data/action", "action_dim"),
-                         ("data/physics_state", "physics_state_dim")):
-        w = width(key)
-        if w is not None and isinstance(env.get(env_key), int) and w != env[env_key]:
-            bad(key, f"width {w}, attrs.env.{env_key} is {env[env_key]}")
-    for key, ref in (("meta/final_obs", "data/obs"), ("meta/final_physics_state", "data/physics_state")):
-        w, wr = width(key), width(ref)
-        if w is not None and wr is not None and w != wr:
-            bad(key, f"width {w}, {ref} has width {wr}")
-
-    # -------------------------------------------------------------------------------- rgb
-    size = env.get("image_size")
-    for cam, arr in cams.items():
-        key = f"{L.RGB_GROUP}/{cam}"
-        if np.dtype(arr.dtype) != np.uint8:
-            bad(key, f"dtype {arr.dtype}, expected uint8")
-        if arr.ndim != 4 or arr.shape[-1] != 3:
-            bad(key, f"shape {arr.shape}, expected (N, H, W, 3)")
-            continue
-        if n is not None and arr.shape[0] != n:
-            bad(key, f"{arr.shape[0]} frames, data/obs has {n} rows")
-        if isinstance(size, int) and tuple(arr.shape[1:3]) != (size, size):
-            bad(key, f"frames are {arr.shape[1]}x{arr.shape[2]}, attrs.env.image_size is {size}")
-        fin = final_cams.get(cam)
-        if fin is None:
-            bad(f"{L.FINAL_RGB_GROUP}/{cam}", "missing (the frame of each episode's final_obs)")
-        elif np.dtype(fin.dtype) != np.uint8 or tuple(fin.shape[1:]) != tuple(arr.shape[1:]) \
-                or (e is not None and fin.shape[0] != e):
-            bad(f"{L.FINAL_RGB_GROUP}/{cam}", f"{fin.dtype} {fin.shape}, expected uint8 ({e}, {', '.join(map(str, arr.shape[1:]))})")
-    for cam in sorted(set(final_cams) - set(cams)):
-        bad(f"{L.FINAL_RGB_GROUP}/{cam}", f"has no {L.RGB_GROUP}/{cam}")
-    all_arrays = dict(arrays)
-    all_arrays.update({f"{L.RGB_GROUP}/{c}": a for c, a in cams.items()})
-    all_arrays.update({f"{L.FINAL_RGB_GROUP}/{c}": a for c, a in final_cams.items()})
-
-    # ------------------------------------------------------------------------ chunk files
-    for key, arr in sorted(all_arrays.items()):
-        try:
-            missing = _missing_chunks(path, key, arr)
-        except Exception as exc:  # noqa: BLE001
-            bad(key, f"cannot list chunks ({type(exc).__name__}: {exc})")
-            continue
-        if missing:
-            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-            bad(key, f"{len(missing)} chunk file(s) missing ({shown}): the store is truncated")
-
-    # ---------------------------------------------------------------------- consolidation
-    if finished:
-        cons = root.get("consolidated_metadata")
-        if not isinstance(cons, dict) or "metadata" not in cons:
-            bad("zarr.json", "no consolidated metadata: the store was not finished by a writer "
-                "(an interrupted run? resume it, or rerun the stage)")
-        else:
-            meta = cons["metadata"]
-            for key, arr in sorted(all_arrays.items()):
-                m = meta.get(key)
-                if m is None:
-                    bad(key, "not in the consolidated metadata (added after the store was finished)")
-                elif list(m.get("shape", [])) != list(arr.shape):
-                    bad(key, f"consolidated metadata says shape {tuple(m.get('shape', []))}, the array is {arr.shape}")
-
-    if deep:
-        problems.extend(_deep(path, all_arrays, ends))
-    return problems
-
-
-def _deep(path: Path, arrays: dict[str, Any], ends: np.ndarray | None) -> list[str]:
-    """Decode every chunk: unreadable chunks, NaN/inf, action range, returns against rewards."""
-    problems: list[str] = []
-    floats = {"data/obs", "data/action", "data/reward", "data/physics_state", "meta/final_obs",
-              "meta/final_physics_state", "meta/return"}
-    rewards: list[np.ndarray] = []
-    reward_ok = True
-    for key, arr in sorted(arrays.items()):
-        rows = int(arr.chunks[0])
-        nonfinite: list[np.ndarray] = []
-        out_of_range: list[np.ndarray] = []
-        max_abs = 0.0
-        for start in range(0, int(arr.shape[0]), rows):
-            stop = min(start + rows, int(arr.shape[0]))
-            try:
-                block = np.asarray(arr[start:stop])
-            except Exception as exc:  # noqa: BLE001 - a corrupt chunk raises codec-specific errors
-                name = arr.metadata.encode_chunk_key((start // rows,) + (0,) * (arr.ndim - 1))
-                problems.append(f"{path}: {key}: chunk {name} (rows {start}-{stop - 1}) unreadable "
-                                f"({type(exc).__name__}): the store is truncated or corrupt")
-                if key == "data/reward":
-                    reward_ok = False
-                continue
-            if key in floats and block.size:
-                flat = block.reshape(len(block), -1)
-                bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
-                if len(bad_rows):
-                    nonfinite.append(bad_rows + start)
-                if key == "data/action":
-                    amax = np.abs(np.where(np.isfinite(flat), flat, 0)).max(axis=1)
-                    oor = np.flatnonzero(amax > 1.0 + L.ACTION_TOL)
-                    if len(oor):
-                        out_of_range.append(oor + start)
-                        max_abs = max(max_abs, float(amax.max()))
-            if key == "data/reward":
-                rewards.append(block)
-        is_step = key.startswith("data/")
-        if nonfinite:
-            r = np.concatenate(nonfinite)
-            where = _fmt_steps(r, ends if is_step else None) if is_step else f"{len(r)} episode(s), first episode {int(r[0])}"
-            problems.append(f"{path}: {key}: NaN/inf values in {where}")
-        if out_of_range:
-            r = np.concatenate(out_of_range)
-            problems.append(f"{path}: {key}: values outside [-1, 1] (max |a| = {max_abs:.4g}) in {_fmt_steps(r, ends)}")
-    if reward_ok and ends is not None and "meta/return" in arrays and "data/reward" in arrays \
-            and arrays["meta/return"].shape[0] == len(ends):
-        rew = np.concatenate(rewards).astype(np.float64) if rewards else np.zeros(0)
-        if len(ends) and len(rew) == int(ends[-1]) and (np.diff(np.concatenate([[0], ends])) > 0).all():
-            try:
-                ret = np.asarray(arrays["meta/return"][:], dtype=np.float64)
-            except Exception:  # noqa: BLE001 - already reported as unreadable above
-                ret = None
-            if ret is not None:
-                sums = np.add.reduceat(rew, np.concatenate([[0], ends[:-1]]))
-                tol = 1e-4 * np.maximum(1.0, np.abs(sums))
-                off = np.flatnonzero(~(np.abs(sums - ret) <= tol))
-                if len(off):
-                    i = int(off[0])
-                    problems.append(f"{path}: meta/return: {len(off)} episode(s) differ from the sum of data/reward "
-                                    f"(episode {i}: {ret[i]:.6g} vs {sums[i]:.6g})")
+    checkers = STRUCTURE + ((_check_consolidated,) if finished else ()) + (CONTENT if deep else ())
+    for check in checkers:
+        problems += check(store)
     return problems
