@@ -7,14 +7,70 @@ exit non-zero; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
 from cdred_pipeline import __version__
+from cdred_pipeline.agent.config import REWARD_SPACES
+from cdred_pipeline.envs import RENDER_PROFILES, SUITES
 from cdred_pipeline.errors import CdredError
+from cdred_pipeline.presets import AGENT_PRESETS, PIPELINE_PRESETS
+from cdred_pipeline.reward.config import G_NAMES, MODES, CDREDConfig
+from cdred_pipeline.stages import envs as envs_stage
+from cdred_pipeline.stages.collect_experts import POLICIES, CollectConfig
+from cdred_pipeline.stages.evaluate import EvalConfig, parse_tremble_list
+from cdred_pipeline.stages.imitate import OBS_KINDS, ImitateConfig
+from cdred_pipeline.stages.package import EXPORT_FORMATS, IMPORT_FORMATS, import_
+from cdred_pipeline.stages.pipeline import EXPERT_POLICIES, PipelineConfig
+from cdred_pipeline.stages.render_visual import RenderConfig
+
+
+def default_of(owner: Any, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``owner`` (or of parameter ``name`` of the function
+    ``owner``): every option's default is read from the code it feeds, never typed a second time."""
+    if dataclasses.is_dataclass(owner):
+        f = {f.name: f for f in dataclasses.fields(owner)}[name]
+        if f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+        default = f.default
+    else:
+        default = inspect.signature(owner).parameters[name].default
+    if default is dataclasses.MISSING or default is inspect.Parameter.empty:
+        raise TypeError(f"{owner.__name__}.{name} has no default")
+    return default
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2); at least one integer."""
+    try:
+        out = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"must be a comma list of integers, got {text!r}") from None
+    if not out:
+        raise click.BadParameter(f"must name at least one integer, got {text!r}")
+    return out
+
+
+class CommaList(click.ParamType):
+    """A comma list option parsed by ``parse``; a tuple (a dataclass default) passes through as it is."""
+
+    name = "list"
+
+    def __init__(self, parse: Callable[[str], tuple]) -> None:
+        self.parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple:  # noqa: D102
+        return tuple(value) if isinstance(value, (tuple, list)) else self.parse(value)
+
+
+TREMBLE_LIST = CommaList(parse_tremble_list)
+INT_LIST = CommaList(int_list)
 
 
 class _Group(click.Group):
@@ -37,11 +93,10 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="cdred")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("cdred-runs"),
               show_default=True, envvar="CDRED_WORKDIR", help="Where cached stage artifacts live.")
-@click.option("-v", "--verbose", count=True, help="More output (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and final results; no progress bars.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.pass_context
-def main(ctx: click.Context, workdir: Path, verbose: int, quiet: bool, debug: bool) -> None:
+def main(ctx: click.Context, workdir: Path, quiet: bool, debug: bool) -> None:
     """cdred: world-model online imitation learning (CDRED) as cached pipeline stages.
 
     \b
@@ -49,72 +104,40 @@ def main(ctx: click.Context, workdir: Path, verbose: int, quiet: bool, debug: bo
     Whole chain: cdred pipeline TASK
     """
     ctx.ensure_object(dict)
-    ctx.obj.update(workdir=workdir, verbose=verbose, quiet=quiet, debug=debug)
+    ctx.obj.update(workdir=workdir, quiet=quiet, debug=debug)
 
 
-def _store(ctx: click.Context):
+def _store(ctx: click.Context) -> Any:
     from cdred_pipeline.artifacts import ArtifactStore
 
     return ArtifactStore(ctx.obj["workdir"])
 
 
-def _echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+def _progress(ctx: click.Context) -> bool:
+    return not ctx.obj["quiet"]
 
 
 # ----------------------------------------------------------------------------------------- envs
 @main.command()
 @click.argument("task", required=False)
-@click.option("--suite", type=click.Choice(["dmc", "mw", "ms2", "gym"]), default=None,
+@click.option("--suite", type=click.Choice(SUITES), default=None,
               help="Only this suite (gym: classic-control and MuJoCo Box-action ids).")
-@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
-              help="With TASK: random-action agent steps to run.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="With TASK: reset seed.")
+@click.option("--steps", type=click.IntRange(min=1), default=default_of(envs_stage.try_task, "steps"),
+              show_default=True, help="With TASK: random-action agent steps to run.")
+@click.option("--seed", type=click.IntRange(min=0), default=default_of(envs_stage.try_task, "seed"),
+              show_default=True, help="With TASK: reset seed.")
 @click.pass_context
 def envs(ctx: click.Context, task: str | None, suite: str | None, steps: int, seed: int) -> None:
     """List tasks (obs/action dims, action repeat, episode length, usable here?), or, given TASK,
     build it and step it with random actions."""
-    import time
-
-    import numpy as np
-
-    from cdred_pipeline.envs import list_tasks, make_env, suite_available, task_available
-
     if task is not None:
-        env = make_env(task, seed=seed)
-        s = env.spec_info
-        click.echo(f"{s.task}: obs {s.obs_dim}, action {s.action_dim}, repeat {s.action_repeat}, "
-                   f"episode {s.episode_length}, physics state {s.physics_state_dim}, camera {s.camera}")
-        rng = np.random.default_rng(seed)
-        env.reset(seed=seed)
-        ret, n, t0 = 0.0, 0, time.perf_counter()
-        for _ in range(steps):
-            _, r, term, trunc, _ = env.step(rng.uniform(-1, 1, s.action_dim))
-            ret, n = ret + r, n + 1
-            if term or trunc:
-                break
-        dt = time.perf_counter() - t0
-        click.echo(f"stepped {n} agent steps with random actions: return {ret:.3f}, {n / dt:.0f} agent steps/s")
-        env.close()
+        click.echo(envs_stage.format_try(envs_stage.try_task(task, steps, seed)))
         return
-    rows, notes = [], {}
-    for spec in list_tasks(suite):
-        ok, why = task_available(spec.task) if spec.suite == "gym" else suite_available(spec.suite)
-        dim = lambda v: "?" if v is None else str(v)  # noqa: E731
-        short = why.split(" (")[0]
-        if not ok and short != why:
-            notes[short] = why
-        rows.append((spec.task, dim(spec.obs_dim), dim(spec.action_dim), str(spec.action_repeat),
-                     dim(spec.episode_length), "yes" if ok else f"no: {short}"))
-    header = ("task", "obs", "act", "repeat", "ep_len", "usable here?")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
-    fmt = "{:<%d}  {:>%d}  {:>%d}  {:>%d}  {:>%d}  {}" % tuple(widths)
-    click.echo(fmt.format(*header))
-    for r in rows:
-        click.echo(fmt.format(*r))
-    if not ctx.obj.get("quiet"):
+    rows, notes = envs_stage.task_rows(suite)
+    click.echo(envs_stage.format_task_table(rows))
+    if _progress(ctx):
         click.echo(f"{len(rows)} tasks")
-        for why in notes.values():
+        for why in notes:
             click.echo(f"note: {why}")
 
 
@@ -163,7 +186,7 @@ def show(ctx: click.Context, key: str) -> None:
     if art.manifest.get("status") == "corrupt":
         raise CdredError(art.manifest["error"])
     click.echo(f"# {art.path}")
-    _echo_json(art.manifest)
+    click.echo(json.dumps(art.manifest, indent=2, sort_keys=True, default=str))
 
 
 # ------------------------------------------------------------------------------------- package
@@ -213,7 +236,7 @@ def package_merge(inputs: tuple[Path, ...], out: Path, force: bool) -> None:
 
 @package.command("export")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", required=True, type=click.Choice(["hdf5", "parquet"]), help="Output format.")
+@click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS), help="Output format.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output file (hdf5) or folder (parquet).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def package_export(path: Path, fmt: str, out: Path, force: bool) -> None:
@@ -227,8 +250,8 @@ def package_export(path: Path, fmt: str, out: Path, force: bool) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output store (.zarr).")
 @click.option("--task", default=None, help="Task id (suite:name); required unless FILE is a cdred export.")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "hdf5", "parquet", "pickle"]), help="Input format (auto: by content).")
+@click.option("--format", "fmt", default=default_of(import_, "fmt"), show_default=True,
+              type=click.Choice(IMPORT_FORMATS), help="Input format (auto: by content).")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow loading a pickle: unpickling runs arbitrary code from the file; only for files you trust.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
@@ -241,44 +264,50 @@ def package_import(file: Path, out: Path, task: str | None, fmt: str, trust_pick
 
 
 # ----------------------------------------------------------------------------- collect-experts
-def _progress(ctx: click.Context) -> bool:
-    return not ctx.obj["quiet"]
+_WORKERS_HELP = ("With --seeds or several tasks: (task, seed) units run in this many local processes "
+                 "(or Ray CPUs with --ray-address local).")
+_RAY_HELP = ("With --seeds or several tasks: run (task, seed) units as Ray tasks: 'local' (a private Ray on this "
+             "machine), 'auto' (the cluster this machine joined) or HOST:PORT. --workdir must be on storage every "
+             "node sees.")
+_NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and random-baseline episodes), one "
+                  "batched policy call per step (MPPI: one plan per env, envs still step together; scripted: per "
+                  "env). Does not change the data: episode i has the same seed, actions and states whatever N (the "
+                  "policy prior acts on batches padded to 8 rows), so N is not part of the cache key.")
 
 
 @main.command("collect-experts")
 @click.argument("task")
-@click.option("--policy", type=click.Choice(["tdmpc2", "scripted", "checkpoint"]), default=None,
+@click.option("--policy", type=click.Choice(POLICIES), default=None,
               help="Expert source: train TD-MPC2 (default), Meta-World scripted policy, or --checkpoint.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Collect with this cdred agent checkpoint instead of training one.")
-@click.option("--preset", default="small", show_default=True, help="Agent size preset: tiny | small | paper.")
-@click.option("--train-steps", type=int, default=100_000, show_default=True, help="Env steps of expert training.")
-@click.option("--episodes", type=int, default=100, show_default=True, help="Expert episodes to collect.")
-@click.option("--random-episodes", type=int, default=10, show_default=True,
-              help="Random-policy episodes for the score baseline.")
-@click.option("--episode-length", type=int, default=None, help="Agent steps per episode (task default if unset).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--seeds", default=None,
+@click.option("--preset", type=click.Choice(list(AGENT_PRESETS)), default=default_of(CollectConfig, "preset"),
+              show_default=True, help="Agent size preset.")
+@click.option("--train-steps", "train_env_steps", type=click.IntRange(min=1),
+              default=default_of(CollectConfig, "train_env_steps"), show_default=True,
+              help="Env steps of expert training.")
+@click.option("--episodes", type=int, default=default_of(CollectConfig, "episodes"), show_default=True,
+              help="Expert episodes to collect.")
+@click.option("--random-episodes", type=int, default=default_of(CollectConfig, "random_episodes"),
+              show_default=True, help="Random-policy episodes for the score baseline.")
+@click.option("--episode-length", type=int, default=default_of(CollectConfig, "episode_length"),
+              help="Agent steps per episode (task default if unset).")
+@click.option("--seed", type=int, default=default_of(CollectConfig, "seed"), show_default=True)
+@click.option("--seeds", type=INT_LIST, default=None,
               help="Comma list of seeds (e.g. 0,1,2): one expert and dataset per (task, seed), through the "
                    "executor (--workers / --ray-address); replaces --seed.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="With --seeds or several tasks: (task, seed) units run in this many local processes "
-                   "(or Ray CPUs with --ray-address local).")
-@click.option("--ray-address", default=None,
-              help="With --seeds or several tasks: run (task, seed) units as Ray tasks: 'local' (a private Ray "
-                   "on this machine), 'auto' "
-                   "(the cluster this machine joined) or HOST:PORT. --workdir must be on storage every node sees.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
-@click.option("--plan/--no-plan", default=None, help="Act with MPPI planning or the policy prior (preset default).")
-@click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Environments stepped together while collecting (expert and random-baseline episodes), "
-                   "one batched policy call per step (MPPI: one plan per env, envs still step together; "
-                   "scripted: per env). Does not change the data: episode i has the same seed, actions and "
-                   "states whatever N (the policy prior acts on batches padded to 8 rows), so N is not part "
-                   "of the cache key.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help=_WORKERS_HELP)
+@click.option("--ray-address", default=None, help=_RAY_HELP)
+@click.option("--device", default=default_of(CollectConfig, "device"), show_default=True, help="auto | cpu | cuda")
+@click.option("--plan/--no-plan", default=default_of(CollectConfig, "plan"),
+              help="Act with MPPI planning or the policy prior (preset default).")
+@click.option("--num-envs", type=click.IntRange(min=1), default=default_of(CollectConfig, "num_envs"),
+              show_default=True, help=_NUM_ENVS_HELP)
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
-def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoint: str | None, **opts) -> None:
+def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoint: str | None,
+                    seeds: tuple[int, ...] | None, workers: int | None, ray_address: str | None, force: bool,
+                    **opts: Any) -> None:
     """Train (or load) an expert for TASK and collect its demonstrations into demos.zarr.
 
     TASK may be a comma list (dmc:cartpole-balance,dmc:reacher-easy): one expert and dataset per
@@ -286,15 +315,20 @@ def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoin
     """
     from cdred_pipeline.stages import collect_experts as stage
 
-    force = opts.pop("force")
-    seeds, workers, ray_address = opts.pop("seeds"), opts.pop("workers"), opts.pop("ray_address")
     tasks = stage.parse_tasks(task)  # every id checked before anything runs
-    policy = policy or ("checkpoint" if checkpoint else "tdmpc2")
+    policy = policy or ("checkpoint" if checkpoint else default_of(CollectConfig, "policy"))
     cfg = stage.CollectConfig(task=tasks[0], policy=policy, checkpoint=checkpoint, **opts)
     if len(tasks) > 1 or seeds is not None or workers is not None or ray_address is not None:
-        _collect_seeds(ctx, stage, cfg, tasks, seeds, workers, ray_address, force)
+        _collect_units(ctx, cfg, tasks, seeds or (cfg.seed,), workers, ray_address, force)
         return
     art = stage.run(cfg, _store(ctx), force=force, progress=_progress(ctx))
+    _echo_demos(ctx, cfg, art)
+
+
+def _echo_demos(ctx: click.Context, cfg: Any, art: Any) -> None:
+    """What collect-experts made: the expert's size, the dataset, expert and random scores, the key."""
+    from cdred_pipeline.stages import collect_experts as stage
+
     expert = _store(ctx).get(stage.EXPERT_STAGE, art.manifest["inputs"]["expert"])
     if expert is not None and expert.manifest.get("agent_params"):
         click.echo(f"expert: TD-MPC2 preset {cfg.preset}, {expert.manifest['agent_params']:,} trainable parameters "
@@ -310,25 +344,15 @@ def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoin
     click.echo(f"key: {art.key}")
 
 
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"{option} must be a comma list of integers, got {text!r}") from None
-    if not out:
-        raise click.BadParameter(f"{option} must name at least one integer, got {text!r}")
-    return out
-
-
-def _collect_seeds(ctx: click.Context, stage, cfg, tasks: list[str], seeds: str | None, workers: int | None,
+def _collect_units(ctx: click.Context, cfg: Any, tasks: list[str], seeds: tuple[int, ...], workers: int | None,
                    ray_address: str | None, force: bool) -> None:
     """collect-experts over tasks x seeds through the executor; one line per (task, seed)."""
     from cdred_pipeline.executor import executor_for
+    from cdred_pipeline.stages import collect_experts as stage
 
-    seed_list = _int_list(seeds, "--seeds") if seeds is not None else (cfg.seed,)
     with executor_for(workers, ray_address) as ex:
-        arts = stage.run_units(cfg, tasks, seed_list, _store(ctx), executor=ex, force=force, progress=_progress(ctx))
-    units = [(t, s) for t in tasks for s in seed_list]
+        arts = stage.run_units(cfg, tasks, seeds, _store(ctx), executor=ex, force=force, progress=_progress(ctx))
+    units = [(t, s) for t in tasks for s in seeds]
     for (task, seed), art in zip(units, arts):
         s = (art.manifest.get("scores") or {}).get("expert") or {}
         ret = f"expert return {s['return_mean']:9.2f} ± {s['return_std']:.2f}" if s else ""
@@ -340,8 +364,10 @@ def _collect_seeds(ctx: click.Context, stage, cfg, tasks: list[str], seeds: str 
 # ------------------------------------------------------------------------------- render-visual
 @main.command("render-visual")
 @click.argument("dataset")
-@click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels (16-512).")
-@click.option("--camera", default=None, help="Camera name or id (default: the task's camera, as make_env uses online).")
+@click.option("--size", type=int, default=default_of(RenderConfig, "size"), show_default=True,
+              help="Image side in pixels (16-512).")
+@click.option("--camera", default=default_of(RenderConfig, "camera"),
+              help="Camera name or id (default: the task's camera, as make_env uses online).")
 @click.option("--workers", type=int, default=None,
               help="Render processes, one GL context each (default 1); with --ray-address local: the Ray "
                    "instance's CPUs (default: all cores).")
@@ -349,39 +375,34 @@ def _collect_seeds(ctx: click.Context, stage, cfg, tasks: list[str], seeds: str 
               help="Render episode ranges as Ray tasks: 'local' (a private Ray on this machine), 'auto' (the "
                    "cluster this machine joined) or HOST:PORT. The dataset and --workdir must be on storage "
                    "every node sees.")
-@click.option("--render-profile", type=click.Choice(["fast", "default"]), default=None,
+@click.option("--render-profile", type=click.Choice(RENDER_PROFILES), default=default_of(RenderConfig, "render_profile"),
               help="Render profile (default: the dataset's own, which the online env must use too).")
-@click.option("--chunk-episodes", type=int, default=0, show_default=True, help="Episodes per work unit (0 = auto).")
-@click.option("--verify/--no-verify", default=True, show_default=True,
+@click.option("--chunk-episodes", type=int, default=default_of(RenderConfig, "chunk_episodes"), show_default=True,
+              help="Episodes per work unit (0 = auto).")
+@click.option("--verify/--no-verify", default=default_of(RenderConfig, "verify"), show_default=True,
               help="Re-render the collection-time probe frames and compare their hashes.")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
-def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | None, workers: int | None,
-                  ray_address: str | None, render_profile: str | None, chunk_episodes: int, verify: bool,
-                  force: bool) -> None:
+def render_visual(ctx: click.Context, dataset: str, workers: int | None, ray_address: str | None, force: bool,
+                  **opts: Any) -> None:
     """Render every stored physics state of DATASET (a demos.zarr path or an artifact key) into a new
     pixel dataset: data/rgb/<camera>, exactly the frames the online pixel env shows."""
     import time
     import warnings
+    from contextlib import nullcontext
 
+    from cdred_pipeline.executor import make_executor
     from cdred_pipeline.stages import render_visual as stage
 
-    cfg = stage.RenderConfig(size=size, camera=camera, workers=1 if workers is None else workers,
-                             render_profile=render_profile, verify=verify, chunk_episodes=chunk_episodes)
+    cfg = stage.RenderConfig(workers=default_of(RenderConfig, "workers") if workers is None else workers, **opts)
     store = _store(ctx)
     path = stage.resolve_dataset(dataset, store)
     started = time.time()
-    if ray_address:  # ranges as executor units on Ray (joined on first use: a cached result starts nothing)
-        from cdred_pipeline.executor import make_executor
-
-        ex_ctx = make_executor("ray", workers=workers, ray_address=ray_address)
-    else:
-        from contextlib import nullcontext
-
-        ex_ctx = nullcontext(None)
+    # ranges as executor units on Ray (joined on first use: a cached result starts nothing)
+    ex_ctx = make_executor("ray", workers=workers, ray_address=ray_address) if ray_address else nullcontext(None)
     with ex_ctx as ex, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", stage.RenderMismatchWarning)
-        art = stage.run(cfg, path, store, force=force, progress=not ctx.obj.get("quiet"), executor=ex)
+        art = stage.run(cfg, path, store, force=force, progress=_progress(ctx), executor=ex)
     for w in caught:
         if issubclass(w.category, stage.RenderMismatchWarning):
             click.echo(f"warning: {w.message}", err=True)
@@ -389,47 +410,60 @@ def render_visual(ctx: click.Context, dataset: str, size: int, camera: str | Non
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     click.echo(stage.summary_line(art, cached=float(art.manifest.get("finished", 0)) < started))
 
+
 # ------------------------------------------------------------------------------------- imitate
+def _imitate_default(name: str) -> Any:
+    return default_of(ImitateConfig, name)
+
+
 @main.command()
 @click.argument("dataset")
-@click.option("--steps", type=int, default=100_000, show_default=True, help="Env steps of online imitation.")
-@click.option("--preset", default="small", show_default=True, help="Agent size preset: tiny | small | paper.")
-@click.option("--obs", type=click.Choice(["state", "rgb"]), default="state", show_default=True,
+@click.option("--steps", "env_steps", type=click.IntRange(min=1), default=_imitate_default("env_steps"), show_default=True,
+              help="Env steps of online imitation.")
+@click.option("--preset", type=click.Choice(list(AGENT_PRESETS)), default=_imitate_default("preset"),
+              show_default=True, help="Agent size preset.")
+@click.option("--obs", type=click.Choice(OBS_KINDS), default=_imitate_default("obs"), show_default=True,
               help="rgb: learn from pixels (the dataset must come from render-visual).")
-@click.option("--reward", type=click.Choice(["cdred", "red"]), default="cdred", show_default=True,
+@click.option("--reward", type=click.Choice(MODES), default=_imitate_default("reward"), show_default=True,
               help="cdred (coupled, Eq. 5) or red (uncoupled ablation, Eq. 3).")
-@click.option("--reward-space", type=click.Choice(["latent", "obs"]), default="latent", show_default=True,
+@click.option("--reward-space", type=click.Choice(REWARD_SPACES), default=_imitate_default("reward_space"),
+              show_default=True,
               help="Reward model on world-model latents (paper) or raw observations (Fig. 9 ablation).")
-@click.option("--g", "g", type=click.Choice(["identity", "exp"]), default="identity", show_default=True,
+@click.option("--g", "g", type=click.Choice(G_NAMES), default=_imitate_default("g"), show_default=True,
               help="g in Eq. 5 (exp: the Fig. 11 ablation).")
-@click.option("--zeta", type=float, default=None,
-              help="Eq. 5 weight of the expert term against the behavioural one (default: the paper's 0.8).")
-@click.option("--alpha", type=float, default=None,
-              help="Eq. 6 weight of the L2 term against the sqrt(1/n) estimator (default: the paper's 0.9).")
-@click.option("--detach-reward-input", is_flag=True,
+@click.option("--zeta", type=float, default=_imitate_default("zeta"),
+              help="Eq. 5 weight of the expert term against the behavioural one "
+                   f"(default: the paper's {default_of(CDREDConfig, 'zeta')}).")
+@click.option("--alpha", type=float, default=_imitate_default("alpha"),
+              help="Eq. 6 weight of the L2 term against the sqrt(1/n) estimator "
+                   f"(default: the paper's {default_of(CDREDConfig, 'alpha')}).")
+@click.option("--detach-reward-input", is_flag=True, default=_imitate_default("detach_reward_input"),
               help="Stop the predictor loss's gradient into the latent (encoder and dynamics); the paper's "
                    "code lets it flow.")
-@click.option("--num-demos", type=int, default=None, help="Use only the first N expert episodes.")
-@click.option("--tremble", type=float, default=0.0, show_default=True, help="Train under tremble noise p.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--plan/--no-plan", default=False, show_default=True,
+@click.option("--num-demos", type=int, default=_imitate_default("num_demos"),
+              help="Use only the first N expert episodes.")
+@click.option("--tremble", type=float, default=_imitate_default("tremble"), show_default=True,
+              help="Train under tremble noise p.")
+@click.option("--seed", type=int, default=_imitate_default("seed"), show_default=True)
+@click.option("--plan/--no-plan", default=_imitate_default("plan"), show_default=True,
               help="Act with MPPI planning on the CDRED reward (Eq. 17) or the policy prior alone.")
-@click.option("--camera", default=None, help="Pixel runs: which rendered camera (default: the dataset's).")
-@click.option("--eval-every", type=int, default=10_000, show_default=True, help="Env steps between evaluations.")
-@click.option("--eval-episodes", type=int, default=5, show_default=True)
-@click.option("--seed-steps", type=int, default=None,
+@click.option("--camera", default=_imitate_default("camera"),
+              help="Pixel runs: which rendered camera (default: the dataset's).")
+@click.option("--eval-every", "eval_every", type=int, default=_imitate_default("eval_every"), show_default=True,
+              help="Env steps between evaluations.")
+@click.option("--eval-episodes", type=int, default=_imitate_default("eval_episodes"), show_default=True)
+@click.option("--seed-steps", "seed_agent_steps", type=int, default=_imitate_default("seed_agent_steps"),
               help="Agent steps of random actions before updates start (default max(1000, 5 x episode length)).")
-@click.option("--diagnose/--no-diagnose", default=True, show_default=True,
+@click.option("--diagnose/--no-diagnose", default=_imitate_default("diagnose"), show_default=True,
               help="Log reward on expert vs random vs current-policy data at each evaluation.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default=_imitate_default("device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
-def imitate(ctx: click.Context, dataset: str, force: bool, **opts) -> None:
+def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
     """Learn from DATASET (a demos.zarr or a demos/render-visual artifact key) online with CDRED."""
     from cdred_pipeline.stages import imitate as stage
 
-    cfg = stage.ImitateConfig(**opts)
-    art = stage.run(cfg, dataset, _store(ctx), force=force, progress=_progress(ctx))
+    art = stage.run(stage.ImitateConfig(**opts), dataset, _store(ctx), force=force, progress=_progress(ctx))
     head = art.manifest.get("headline", {})
     score = head.get("normalized_score")
     click.echo(f"imitation: {art.path / 'agent.pt'}  ({art.manifest.get('agent_params', 0):,} trainable parameters, "
@@ -443,18 +477,23 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts) -> None:
 # ------------------------------------------------------------------------------------ evaluate
 @main.command()
 @click.argument("agent")
-@click.option("--tremble", default="0", show_default=True,
+@click.option("--tremble", type=TREMBLE_LIST, default=default_of(EvalConfig, "tremble"), show_default=True,
               help="Tremble probability p in [0, 1], or a comma list to sweep (e.g. 0,0.1,0.2).")
-@click.option("--episodes", type=int, default=10, show_default=True, help="Episodes per seed and p.")
-@click.option("--seeds", default="0", show_default=True, help="Comma list of evaluation seeds.")
-@click.option("--videos", type=int, default=0, show_default=True, help="Rollout videos (mp4) to write.")
-@click.option("--plan/--no-plan", default=None, help="Act with MPPI or the policy prior (checkpoint default).")
-@click.option("--episode-length", type=int, default=None, help="Agent steps per episode (task default if unset).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--episodes", type=int, default=default_of(EvalConfig, "episodes"), show_default=True,
+              help="Episodes per seed and p.")
+@click.option("--seeds", type=INT_LIST, default=default_of(EvalConfig, "seeds"), show_default=True,
+              help="Comma list of evaluation seeds.")
+@click.option("--videos", type=int, default=default_of(EvalConfig, "videos"), show_default=True,
+              help="Rollout videos (mp4) to write.")
+@click.option("--plan/--no-plan", default=default_of(EvalConfig, "plan"),
+              help="Act with MPPI or the policy prior (checkpoint default).")
+@click.option("--episode-length", type=int, default=default_of(EvalConfig, "episode_length"),
+              help="Agent steps per episode (task default if unset).")
+@click.option("--device", default=default_of(EvalConfig, "device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--scores-from", "scores_from", default=None,
               help="Dataset (path or key) whose stored random/expert scores normalise the returns "
                    "(default: the scores saved in an imitation checkpoint).")
-@click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--num-envs", type=click.IntRange(min=1), default=default_of(EvalConfig, "num_envs"), show_default=True,
               help="Envs stepped together with one batched policy call per step (MPPI: one plan per env).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Run the (p, seed) blocks in this many local processes (or Ray CPUs with --ray-address local).")
@@ -462,18 +501,14 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts) -> None:
               help="Run the (p, seed) blocks as Ray tasks: 'local', 'auto' or HOST:PORT.")
 @click.option("--force", is_flag=True, help="Redo even if a complete report exists.")
 @click.pass_context
-def evaluate(ctx: click.Context, agent: str, tremble: str, seeds: str, force: bool, scores_from: str | None,
-             workers: int | None, ray_address: str | None, **opts) -> None:
+def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | None, workers: int | None,
+             ray_address: str | None, **opts: Any) -> None:
     """Evaluate AGENT (a checkpoint path or an experts/imitate artifact key) under tremble noise."""
     from cdred_pipeline.executor import executor_for
     from cdred_pipeline.stages import evaluate as stage
     from cdred_pipeline.stages.common import dataset_scores
 
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"--seeds must be a comma list of integers, got {seeds!r}") from None
-    cfg = stage.EvalConfig(tremble=stage.parse_tremble_list(tremble), seeds=seed_list, **opts)
+    cfg = stage.EvalConfig(**opts)
     scores = dataset_scores(scores_from, _store(ctx)) if scores_from else None
     with executor_for(workers, ray_address) as ex:
         art = stage.run(cfg, agent, _store(ctx), force=force, progress=_progress(ctx), scores=scores, executor=ex)
@@ -484,27 +519,25 @@ def evaluate(ctx: click.Context, agent: str, tremble: str, seeds: str, force: bo
 # ------------------------------------------------------------------------------------ pipeline
 @main.command()
 @click.argument("task")
-@click.option("--preset", type=click.Choice(["smoke", "quickstart", "cpu", "paper"]), default="quickstart",
+@click.option("--preset", type=click.Choice(list(PIPELINE_PRESETS)), default=default_of(PipelineConfig, "preset"),
               show_default=True, help="smoke: seconds (checks an install); quickstart: minutes on 2 CPU cores; "
                                       "cpu: the 100k-step CPU setting; paper: App. A-B (GPU).")
-@click.option("--obs", type=click.Choice(["state", "rgb"]), default="state", show_default=True)
-@click.option("--reward", type=click.Choice(["cdred", "red"]), default="cdred", show_default=True)
-@click.option("--tremble", default="0,0.1", show_default=True, help="Evaluation tremble probabilities.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--expert-policy", type=click.Choice(["tdmpc2", "scripted"]), default=None,
+@click.option("--obs", type=click.Choice(OBS_KINDS), default=default_of(PipelineConfig, "obs"), show_default=True)
+@click.option("--reward", type=click.Choice(MODES), default=default_of(PipelineConfig, "reward"), show_default=True)
+@click.option("--tremble", type=TREMBLE_LIST, default=default_of(PipelineConfig, "tremble"), show_default=True,
+              help="Evaluation tremble probabilities.")
+@click.option("--seed", type=int, default=default_of(PipelineConfig, "seed"), show_default=True)
+@click.option("--expert-policy", type=click.Choice(EXPERT_POLICIES), default=default_of(PipelineConfig, "expert_policy"),
               help="Expert source (default: scripted for Meta-World, TD-MPC2 otherwise).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default=default_of(PipelineConfig, "device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--force", is_flag=True, help="Redo every stage.")
 @click.pass_context
-def pipeline(ctx: click.Context, task: str, tremble: str, force: bool, **opts) -> None:
+def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
     """The whole chain for TASK: collect-experts -> (render-visual) -> imitate -> evaluate, all cached."""
-    from cdred_pipeline.stages import evaluate as ev
     from cdred_pipeline.stages import pipeline as stage
 
-    cfg = stage.PipelineConfig(task=task, tremble=ev.parse_tremble_list(tremble), **opts)
-    result = stage.run(cfg, _store(ctx), force=force, progress=_progress(ctx))
+    result = stage.run(stage.PipelineConfig(task=task, **opts), _store(ctx), force=force, progress=_progress(ctx))
     click.echo(stage.format_summary(result))
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,22 +43,23 @@ REWARD_PRESET_FOR: dict[str, str] = {"paper": "paper", "small": "small", "tiny":
 LR_STEP_BY_SUITE: dict[str, int] = {"dmc": 2_000_000, "mw": 500_000, "ms2": 500_000, "gym": 2_000_000}
 
 # ------------------------------------------------------------------------------------------ pipeline
-# What each stage of ``cdred pipeline`` runs. Step counts are env steps (simulator control steps).
+# What each stage of ``cdred pipeline`` runs; every step count names its unit: env steps (simulator
+# control steps, after action repeat) or agent steps (decisions).
 PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
     # Seconds: a tiny model on 50-step episodes, to check an installation end to end (and for tests).
-    "smoke": dict(agent_preset="tiny", expert_steps=400, episodes=2, random_episodes=2, imitate_steps=400,
-                  num_demos=2, eval_episodes=2, train_eval_episodes=1, plan=False, eval_every=200,
-                  seed_steps=50, episode_length=50),
+    "smoke": dict(agent_preset="tiny", expert_env_steps=400, episodes=2, random_episodes=2,
+                  imitate_env_steps=400, num_demos=2, eval_episodes=2, train_eval_episodes=1, plan=False, eval_every=200,
+                  seed_agent_steps=50, episode_length=50),
     # A few minutes per stage on 2 CPU cores; shows learning, does not reach the paper's numbers.
-    "quickstart": dict(agent_preset="small", expert_steps=8_000, episodes=10, random_episodes=5,
-                       imitate_steps=8_000, num_demos=10, eval_episodes=5, train_eval_episodes=2, plan=False,
-                       eval_every=2_000, seed_steps=1_000, episode_length=None),
+    "quickstart": dict(agent_preset="small", expert_env_steps=8_000, episodes=10, random_episodes=5,
+                       imitate_env_steps=8_000, num_demos=10, eval_episodes=5, train_eval_episodes=2, plan=False,
+                       eval_every=2_000, seed_agent_steps=1_000, episode_length=None),
     # The CPU benchmark setting (learning targets at 100k env steps): hours on 2 cores.
-    "cpu": dict(agent_preset="small", expert_steps=100_000, episodes=10, random_episodes=10,
-                imitate_steps=100_000, num_demos=10, eval_episodes=10, train_eval_episodes=5, plan=False,
-                eval_every=10_000, seed_steps=None, episode_length=None),
+    "cpu": dict(agent_preset="small", expert_env_steps=100_000, episodes=10, random_episodes=10,
+                imitate_env_steps=100_000, num_demos=10, eval_episodes=10, train_eval_episodes=5, plan=False,
+                eval_every=10_000, seed_agent_steps=None, episode_length=None),
     # The paper's setting (App. A-B): the 5M-parameter model, MPPI planning, 1M env steps. GPU work.
-    "paper": dict(agent_preset="paper", expert_steps=1_000_000, episodes=100, random_episodes=10,
-                  imitate_steps=1_000_000, num_demos=100, eval_episodes=10, train_eval_episodes=10, plan=True,
-                  eval_every=50_000, seed_steps=None, episode_length=None),
+    "paper": dict(agent_preset="paper", expert_env_steps=1_000_000, episodes=100, random_episodes=10,
+                  imitate_env_steps=1_000_000, num_demos=100, eval_episodes=10, train_eval_episodes=10, plan=True,
+                  eval_every=50_000, seed_agent_steps=None, episode_length=None),
 }

@@ -5,7 +5,6 @@ only redoes what changed. Ends with a summary of expert, random and imitation re
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,26 +12,9 @@ from typing import Any
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import UsageError
+from cdred_pipeline.presets import PIPELINE_PRESETS
 
-# Named presets: what each stage runs. Step counts are env steps (simulator control steps).
-PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds: a tiny model on 50-step episodes, to check an installation end to end (and for tests).
-    "smoke": dict(agent_preset="tiny", expert_steps=400, episodes=2, random_episodes=2, imitate_steps=400,
-                  num_demos=2, eval_episodes=2, train_eval_episodes=1, plan=False, eval_every=200,
-                  seed_steps=50, episode_length=50),
-    # A few minutes per stage on 2 CPU cores; shows learning, does not reach the paper's numbers.
-    "quickstart": dict(agent_preset="small", expert_steps=8_000, episodes=10, random_episodes=5,
-                       imitate_steps=8_000, num_demos=10, eval_episodes=5, train_eval_episodes=2, plan=False,
-                       eval_every=2_000, seed_steps=1_000, episode_length=None),
-    # The CPU benchmark setting (issue targets at 100k env steps): hours on 2 cores.
-    "cpu": dict(agent_preset="small", expert_steps=100_000, episodes=10, random_episodes=10,
-                imitate_steps=100_000, num_demos=10, eval_episodes=10, train_eval_episodes=5, plan=False,
-                eval_every=10_000, seed_steps=None, episode_length=None),
-    # The paper's setting (App. A-B): the 5M-parameter model, MPPI planning, 1M env steps. GPU work.
-    "paper": dict(agent_preset="paper", expert_steps=1_000_000, episodes=100, random_episodes=10,
-                  imitate_steps=1_000_000, num_demos=100, eval_episodes=10, train_eval_episodes=10, plan=True,
-                  eval_every=50_000, seed_steps=None, episode_length=None),
-}
+EXPERT_POLICIES = ("tdmpc2", "scripted")  # the pipeline trains or scripts its expert; never a given checkpoint
 
 
 @dataclass(frozen=True)
@@ -50,15 +32,18 @@ class PipelineConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise UsageError(f"--preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
-        bad = sorted(set(self.overrides) - set(PRESETS[self.preset]))
+        if self.preset not in PIPELINE_PRESETS:
+            raise UsageError(f"--preset {self.preset!r}: choose one of {', '.join(PIPELINE_PRESETS)}")
+        if self.expert_policy is not None and self.expert_policy not in EXPERT_POLICIES:
+            raise UsageError(f"--expert-policy {self.expert_policy!r}: choose one of {', '.join(EXPERT_POLICIES)}")
+        bad = sorted(set(self.overrides) - set(PIPELINE_PRESETS[self.preset]))
         if bad:
-            raise UsageError(f"unknown pipeline setting(s) {bad}; known: {sorted(PRESETS[self.preset])}")
+            raise UsageError(f"unknown pipeline setting(s) {bad}; known: {sorted(PIPELINE_PRESETS[self.preset])}")
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {**PRESETS[self.preset], **self.overrides}
+        """The preset's settings (cdred_pipeline/presets.py) with ``overrides`` applied."""
+        return {**PIPELINE_PRESETS[self.preset], **self.overrides}
 
 
 @dataclass
@@ -69,10 +54,12 @@ class PipelineResult:
     summary: dict[str, Any]
 
     def artifact(self, stage: str) -> Artifact:
+        """The artifact of the stage called ``stage`` (expert, demos, render-visual, imitate, evaluate)."""
         return next(a for s, a, _, _ in self.stages if s == stage)
 
 
 def _timed(stages: list, name: str, fn: Any) -> Artifact:
+    """Run one stage, recording its artifact, wall time and whether it came from the cache."""
     t0 = time.time()
     art = fn()
     cached = art.manifest.get("finished", 0) < t0  # completed before this call: taken from the cache
@@ -80,51 +67,75 @@ def _timed(stages: list, name: str, fn: Any) -> Artifact:
     return art
 
 
-def run(cfg: PipelineConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> PipelineResult:
-    """Run (or take from the cache) every stage of the chain for ``cfg.task``."""
+def collect_config(cfg: PipelineConfig) -> Any:
+    """The collect-experts settings of the chain: scripted experts for Meta-World, TD-MPC2 otherwise."""
     from cdred_pipeline.envs import parse_task
-    from cdred_pipeline.stages import collect_experts, evaluate, imitate
+    from cdred_pipeline.stages import collect_experts
 
-    s = cfg.settings
-    task = parse_task(cfg.task)
+    s, task = cfg.settings, parse_task(cfg.task)
     policy = cfg.expert_policy or ("scripted" if task.suite == "mw" else "tdmpc2")
-    stages: list[tuple[str, Artifact, float, bool]] = []
-    ccfg = collect_experts.CollectConfig(
-        task=task.task, policy=policy, preset=s["agent_preset"], train_steps=s["expert_steps"], seed=cfg.seed,
+    return collect_experts.CollectConfig(
+        task=task.task, policy=policy, preset=s["agent_preset"], train_env_steps=s["expert_env_steps"], seed=cfg.seed,
         episodes=s["episodes"], random_episodes=s["random_episodes"], device=cfg.device, plan=s["plan"],
         eval_every=s["eval_every"], eval_episodes=s["train_eval_episodes"], episode_length=s["episode_length"])
-    expert = _timed(stages, "expert", lambda: collect_experts.train_expert(ccfg, store, force=force, progress=progress))
-    demos = _timed(stages, "demos", lambda: collect_experts.collect_demos(ccfg, expert, store, force=force,
-                                                                           progress=progress))
+
+
+def imitate_config(cfg: PipelineConfig) -> Any:
+    """The imitate settings of the chain (at most as many demos as collected)."""
+    from cdred_pipeline.stages import imitate
+
+    s = cfg.settings
+    return imitate.ImitateConfig(
+        env_steps=s["imitate_env_steps"], preset=s["agent_preset"], obs=cfg.obs, reward=cfg.reward,
+        num_demos=min(s["num_demos"], s["episodes"]), seed=cfg.seed, plan=s["plan"], eval_every=s["eval_every"],
+        eval_episodes=s["train_eval_episodes"], seed_agent_steps=s["seed_agent_steps"], device=cfg.device)
+
+
+def eval_config(cfg: PipelineConfig) -> Any:
+    """The evaluate settings of the chain: every tremble p, on the chain's seed."""
+    from cdred_pipeline.stages import evaluate
+
+    return evaluate.EvalConfig(tremble=cfg.tremble, episodes=cfg.settings["eval_episodes"], seeds=(cfg.seed,),
+                               device=cfg.device)
+
+
+def run(cfg: PipelineConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> PipelineResult:
+    """Run (or take from the cache) every stage of the chain for ``cfg.task``."""
+    from cdred_pipeline.stages import collect_experts, evaluate, imitate
+
+    opts = {"force": force, "progress": progress}
+    stages: list[tuple[str, Artifact, float, bool]] = []
+    ccfg = collect_config(cfg)
+    expert = _timed(stages, "expert", lambda: collect_experts.train_expert(ccfg, store, **opts))
+    demos = _timed(stages, "demos", lambda: collect_experts.collect_demos(ccfg, expert, store, **opts))
     dataset = str(demos.path / collect_experts.DATASET_NAME)
     if cfg.obs == "rgb":
         from cdred_pipeline.stages import render_visual
 
-        rcfg = render_visual.RenderConfig()
-        rendered = _timed(stages, "render-visual", lambda: render_visual.run(rcfg, dataset, store, force=force,
-                                                                             progress=progress))
+        rendered = _timed(stages, "render-visual",
+                          lambda: render_visual.run(render_visual.RenderConfig(), dataset, store, **opts))
         dataset = str(rendered.path / collect_experts.DATASET_NAME)
-    icfg = imitate.ImitateConfig(
-        steps=s["imitate_steps"], preset=s["agent_preset"], obs=cfg.obs, reward=cfg.reward,
-        num_demos=min(s["num_demos"], s["episodes"]), seed=cfg.seed, plan=s["plan"], eval_every=s["eval_every"],
-        eval_episodes=s["train_eval_episodes"], seed_steps=s["seed_steps"], device=cfg.device)
-    imit = _timed(stages, "imitate", lambda: imitate.run(icfg, dataset, store, force=force, progress=progress))
-    ecfg = evaluate.EvalConfig(tremble=cfg.tremble, episodes=s["eval_episodes"], seeds=(cfg.seed,), device=cfg.device)
-    ev = _timed(stages, "evaluate", lambda: evaluate.run(ecfg, str(imit.path / "agent.pt"), store, force=force,
-                                                         progress=progress))
+    icfg = imitate_config(cfg)
+    imit = _timed(stages, "imitate", lambda: imitate.run(icfg, dataset, store, **opts))
+    ecfg = eval_config(cfg)
+    ev = _timed(stages, "evaluate", lambda: evaluate.run(ecfg, str(imit.path / "agent.pt"), store, **opts))
+    return PipelineResult(stages, summarize(cfg, ccfg.task, expert, demos, imit, ev))
+
+
+def summarize(cfg: PipelineConfig, task: str, expert: Artifact, demos: Artifact, imit: Artifact,
+              ev: Artifact) -> dict[str, Any]:
+    """Expert, random and imitation returns (per tremble p) and where the reports and plots are."""
     scores = demos.manifest.get("scores", {})
-    aggs = ev.manifest.get("aggregates", [])
-    summary = {
-        "task": task.task, "preset": cfg.preset, "obs": cfg.obs, "reward": cfg.reward,
+    imitation = {a["p"]: {k: a[k] for k in ("return_mean", "return_std", "success_rate", "normalized_score")}
+                 for a in ev.manifest.get("aggregates", [])}
+    return {
+        "task": task, "preset": cfg.preset, "obs": cfg.obs, "reward": cfg.reward,
         "expert_return": (scores.get("expert") or {}).get("return_mean"),
         "random_return": (scores.get("random") or {}).get("return_mean"),
-        "imitation": {a["p"]: {"return_mean": a["return_mean"], "return_std": a["return_std"],
-                               "success_rate": a["success_rate"], "normalized_score": a["normalized_score"]}
-                      for a in aggs},
+        "imitation": imitation,
         "report": str(ev.path / "report.json"), "tremble_plot": str(ev.path / "tremble.png"),
         "imitation_curve": str(imit.path / "curve.png"), "expert_curve": str(expert.path / "curve.png"),
     }
-    return PipelineResult(stages, summary)
 
 
 def format_summary(result: PipelineResult) -> str:
@@ -148,8 +159,3 @@ def format_summary(result: PipelineResult) -> str:
     if Path(s["expert_curve"]).exists():
         lines.append(f"expert curve:    {s['expert_curve']}")
     return "\n".join(lines)
-
-
-def replace(cfg: PipelineConfig, **changes: Any) -> PipelineConfig:
-    """A changed copy (configs are frozen)."""
-    return dataclasses.replace(cfg, **changes)
