@@ -213,6 +213,123 @@ def _h5_obs(file: Path, demo: str, node: Any, what: str) -> tuple[np.ndarray, di
     return np.concatenate(parts, axis=1), cams, [f"{what}/{k}" for k in keys]
 
 
+def _h5_attrs(file: Path, grp: Any, task: str | None) -> tuple[dict[str, Any], bool]:
+    """(root attrs for the new store, whether the file is a cdred export) from the file's ``data`` group."""
+    if "cdred_attrs" in grp.attrs:
+        attrs = json.loads(grp.attrs["cdred_attrs"])
+        version = attrs.get("cdred_dataset_version")
+        if isinstance(version, int) and version > L.LAYOUT_VERSION:
+            raise DatasetError(f"{file}: data.attrs.cdred_attrs: layout version {version} is newer than this cdred "
+                               f"reads ({L.LAYOUT_VERSION}); upgrade cdred")
+        if task is not None and task != attrs.get("env", {}).get("task"):
+            raise UsageError(f"{file}: data.attrs.cdred_attrs: the file holds task {attrs['env'].get('task')!r}, "
+                             f"not --task {task!r}")
+        return attrs, True
+    if task is None:
+        raise UsageError(f"{file}: not a cdred export: give --task TASK (e.g. mw:box-close)")
+    env_args = grp.attrs.get("env_args")
+    attrs = {"env": {"task": task}, "source": {"kind": "import", "format": "robomimic", "file": file.name}}
+    if env_args is not None:
+        attrs["source"]["env_args"] = env_args if isinstance(env_args, str) else str(env_args)
+    return attrs, False
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
+
+
+def _h5_final(file: Path, name: str, d: Any, obs: np.ndarray, cams: dict[str, np.ndarray],
+              notes: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The final observation and frames of a demo: the last ``next_obs`` row, else the last ``obs`` row."""
+    if "next_obs" not in d:
+        _note(notes, "final_obs copied from the last obs row (no next_obs)")
+        return obs[-1], {c: v[-1] for c, v in cams.items()}
+    nobs, ncams, _ = _h5_obs(file, name, d["next_obs"], "next_obs")
+    if nobs.shape != obs.shape or set(ncams) != set(cams):
+        raise DatasetError(f"{file}: data/{name}/next_obs: shape {nobs.shape} does not match obs {obs.shape}")
+    return nobs[-1], {c: v[-1] for c, v in ncams.items()}
+
+
+def _h5_states(d: Any, t: int, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A demo's simulator states and final state ((T, 0) and (0,) when the file has none)."""
+    if "states" not in d:
+        _note(notes, "no simulator states (states missing): cannot re-render")
+        return np.zeros((t, 0)), np.zeros(0)
+    states = np.asarray(d["states"][()], dtype=np.float64).reshape(t, -1)
+    if "final_state" in d:
+        return states, np.asarray(d["final_state"][()], dtype=np.float64).reshape(-1)
+    _note(notes, "final_physics_state copied from the last state (no final_state)")
+    return states, states[-1]
+
+
+def _h5_episode(file: Path, name: str, d: Any, notes: list[str]) -> dict[str, Any]:
+    """One demo group as :meth:`EpisodeWriter.append_episode` arguments (plus ``obs_keys``)."""
+    for req in ("obs", "actions", "rewards"):
+        if req not in d:
+            raise DatasetError(f"{file}: data/{name}/{req}: missing key")
+    obs, cams, obs_keys = _h5_obs(file, name, d["obs"], "obs")
+    t = len(obs)
+    final_obs, final_rgb = _h5_final(file, name, d, obs, cams, notes)
+    action = np.asarray(d["actions"][()])
+    reward = np.asarray(d["rewards"][()]).reshape(-1)
+    if action.ndim != 2 or len(action) != t or len(reward) != t:
+        raise DatasetError(f"{file}: data/{name}/actions: shape {action.shape} and rewards {reward.shape} "
+                           f"do not match obs ({t} steps)")
+    dones = np.asarray(d["dones"][()]).reshape(-1).astype(bool) if "dones" in d else np.zeros(t, bool)
+    states, final_state = _h5_states(d, t, notes)
+    return {"obs": obs, "action": action, "reward": reward, "terminated": dones, "physics_state": states,
+            "final_obs": final_obs, "final_physics_state": final_state, "rgb": cams or None,
+            "final_rgb": final_rgb or None, "obs_keys": obs_keys}
+
+
+def _h5_env_dims(attrs: dict[str, Any], ep: Mapping[str, Any]) -> None:
+    """Complete a foreign file's attrs from its first demo: dims, obs keys, square image size."""
+    attrs["env"].update(obs_dim=int(ep["obs"].shape[1]), action_dim=int(ep["action"].shape[1]),
+                        physics_state_dim=int(ep["physics_state"].shape[1]))
+    attrs["source"]["obs_keys"] = ep["obs_keys"]
+    shapes = {v.shape[1:3] for v in (ep["rgb"] or {}).values()}
+    if len(shapes) == 1 and (hw := shapes.pop())[0] == hw[1]:
+        attrs["env"]["image_size"] = int(hw[0])
+
+
+def _h5_write(file: Path, out: Path, grp: Any, demos: list[tuple[int, str]], attrs: dict[str, Any], ours: bool,
+              overwrite: bool) -> Path:
+    """Append every demo to a new store at ``out`` and publish it."""
+    notes: list[str] = []
+    w: EpisodeWriter | None = None
+    try:
+        for idx, name in demos:
+            d = grp[name]
+            ep = _h5_episode(file, name, d, notes)
+            if w is None:
+                if not ours:
+                    _h5_env_dims(attrs, ep)
+                try:
+                    w = EpisodeWriter(out, attrs, overwrite=overwrite)
+                except DatasetError as exc:
+                    raise DatasetError(f"{file}: {exc}") from None
+            del ep["obs_keys"]
+            try:
+                w.append_episode(**ep, seed=int(d.attrs.get("seed", idx)), success=bool(d.attrs.get("success", False)))
+            except DatasetError as exc:
+                raise DatasetError(f"{file}: data/{name}: {str(exc).removeprefix('append_episode: ')}") from None
+        if ours:
+            w.attrs["import"] = {"format": "hdf5", "file": file.name}
+            for key, a in json.loads(grp.attrs.get("cdred_array_attrs", "{}")).items():
+                w.set_array_attrs(key, a)
+        if notes:
+            src = dict(w.attrs.get("source", {}))
+            src["notes"] = list(src.get("notes", [])) + notes
+            w.attrs["source"] = src
+        w.group.attrs.update(L.plain(w.attrs))
+        return w.close()
+    except BaseException:
+        if w is not None:
+            w.abort(discard=True)
+        raise
+
+
 def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
                 overwrite: bool = False) -> Path:
     """Import a robomimic-style HDF5 file (ours or robomimic's) into a zarr store at ``out``.
@@ -236,95 +353,8 @@ def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | 
         demos = sorted((i, k) for k in grp.keys() if (i := _demo_index(k)) is not None)
         if not demos:
             raise DatasetError(f"{file}: data: no demo_<i> groups")
-        ours = "cdred_attrs" in grp.attrs
-        notes: list[str] = []
-        if ours:
-            attrs = json.loads(grp.attrs["cdred_attrs"])
-            version = attrs.get("cdred_dataset_version")
-            if isinstance(version, int) and version > L.LAYOUT_VERSION:
-                raise DatasetError(f"{file}: data.attrs.cdred_attrs: layout version {version} is newer than this cdred "
-                                   f"reads ({L.LAYOUT_VERSION}); upgrade cdred")
-            if task is not None and task != attrs.get("env", {}).get("task"):
-                raise UsageError(f"{file}: data.attrs.cdred_attrs: the file holds task {attrs['env'].get('task')!r}, "
-                                 f"not --task {task!r}")
-        else:
-            if task is None:
-                raise UsageError(f"{file}: not a cdred export: give --task TASK (e.g. mw:box-close)")
-            env_args = grp.attrs.get("env_args")
-            attrs = {"env": {"task": task}, "source": {"kind": "import", "format": "robomimic", "file": file.name}}
-            if env_args is not None:
-                attrs["source"]["env_args"] = env_args if isinstance(env_args, str) else str(env_args)
-        w: EpisodeWriter | None = None
-        try:
-            for _idx, name in demos:
-                d = grp[name]
-                for req in ("obs", "actions", "rewards"):
-                    if req not in d:
-                        raise DatasetError(f"{file}: data/{name}/{req}: missing key")
-                obs, cams, obs_keys = _h5_obs(file, name, d["obs"], "obs")
-                t = len(obs)
-                if "next_obs" in d:
-                    nobs, ncams, _ = _h5_obs(file, name, d["next_obs"], "next_obs")
-                    if nobs.shape != obs.shape or set(ncams) != set(cams):
-                        raise DatasetError(f"{file}: data/{name}/next_obs: shape {nobs.shape} does not match obs {obs.shape}")
-                    final_obs = nobs[-1]
-                    final_rgb = {c: v[-1] for c, v in ncams.items()}
-                else:
-                    final_obs, final_rgb = obs[-1], {c: v[-1] for c, v in cams.items()}
-                    if "final_obs copied from the last obs row (no next_obs)" not in notes:
-                        notes.append("final_obs copied from the last obs row (no next_obs)")
-                action = np.asarray(d["actions"][()])
-                reward = np.asarray(d["rewards"][()]).reshape(-1)
-                if action.ndim != 2 or len(action) != t or len(reward) != t:
-                    raise DatasetError(f"{file}: data/{name}/actions: shape {action.shape} and rewards {reward.shape} "
-                                       f"do not match obs ({t} steps)")
-                dones = np.asarray(d["dones"][()]).reshape(-1).astype(bool) if "dones" in d else np.zeros(t, bool)
-                if "states" in d:
-                    states = np.asarray(d["states"][()], dtype=np.float64).reshape(t, -1)
-                    if "final_state" in d:
-                        final_state = np.asarray(d["final_state"][()], dtype=np.float64).reshape(-1)
-                    else:
-                        final_state = states[-1]
-                        note = "final_physics_state copied from the last state (no final_state)"
-                        if note not in notes:
-                            notes.append(note)
-                else:
-                    states, final_state = np.zeros((t, 0)), np.zeros(0)
-                    if "no simulator states (states missing): cannot re-render" not in notes:
-                        notes.append("no simulator states (states missing): cannot re-render")
-                if w is None:
-                    if not ours:
-                        attrs["env"].update(obs_dim=int(obs.shape[1]), action_dim=int(action.shape[1]),
-                                            physics_state_dim=int(states.shape[1]))
-                        attrs["source"]["obs_keys"] = obs_keys
-                        shapes = {v.shape[1:3] for v in cams.values()}
-                        if len(shapes) == 1 and (hw := shapes.pop())[0] == hw[1]:
-                            attrs["env"]["image_size"] = int(hw[0])
-                    try:
-                        w = EpisodeWriter(out, attrs, overwrite=overwrite)
-                    except DatasetError as exc:
-                        raise DatasetError(f"{file}: {exc}") from None
-                seed = int(d.attrs.get("seed", _idx))
-                success = bool(d.attrs.get("success", False))
-                try:
-                    w.append_episode(obs, action, reward, dones, states, final_obs, final_state, seed=seed,
-                                     success=success, rgb=cams or None, final_rgb=final_rgb or None)
-                except DatasetError as exc:
-                    raise DatasetError(f"{file}: data/{name}: {str(exc).removeprefix('append_episode: ')}") from None
-            if ours:
-                w.attrs["import"] = {"format": "hdf5", "file": file.name}
-                for key, a in json.loads(grp.attrs.get("cdred_array_attrs", "{}")).items():
-                    w.set_array_attrs(key, a)
-            if notes:
-                src = dict(w.attrs.get("source", {}))
-                src["notes"] = list(src.get("notes", [])) + notes
-                w.attrs["source"] = src
-            w.group.attrs.update(L.plain(w.attrs))
-            return w.close()
-        except BaseException:
-            if w is not None:
-                w.abort(discard=True)
-            raise
+        attrs, ours = _h5_attrs(file, grp, task)
+        return _h5_write(file, Path(out), grp, demos, attrs, ours, overwrite)
 
 
 # --------------------------------------------------------------------------------------- parquet
@@ -364,15 +394,8 @@ def _arrow_columns(columns: Mapping[str, Mapping[str, Any]], arrays: Mapping[str
     return out
 
 
-def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a store as a parquet folder (``steps.parquet``, ``episodes.parquet``, ``meta.json``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    ds = open_dataset(path)
-    out = Path(out)
-    tmp = _prepare_out(out, overwrite)
-    tmp.mkdir(parents=True)
+def _parquet_columns(ds: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(step columns, episode columns) of a store's parquet export: dtype, shape, zarr key, attrs."""
     columns = {
         "index": {"dtype": "int64", "shape": []},
         "episode_index": {"dtype": "int64", "shape": []},
@@ -400,31 +423,50 @@ def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite
                                                 "attrs": dict(ds.array(f"{L.RGB_GROUP}/{cam}").attrs)}
         ep_columns[f"final_observation.images.{cam}"] = {"dtype": "uint8", "shape": shape, "encoding": "raw HWC bytes",
                                                          "zarr": f"{L.FINAL_RGB_GROUP}/{cam}"}
+    return columns, ep_columns
+
+
+def _parquet_tables(ds: Any, lo: int, hi: int, columns: Mapping[str, Any], ep_columns: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The step table and the episode table of episodes ``lo:hi``."""
+    import pyarrow as pa
+
+    data, meta = _read_block(ds, lo, hi)
+    s0 = int(ds.episode_starts[lo])
+    n = len(data["data/obs"])
+    lens = ds.lengths[lo:hi]
+    ep_idx = np.repeat(np.arange(lo, hi, dtype=np.int64), lens)
+    frame = np.arange(n, dtype=np.int64) - np.repeat(ds.episode_starts[lo:hi] - s0, lens)
+    cols: dict[str, Any] = {"index": pa.array(np.arange(s0, s0 + n, dtype=np.int64)),
+                            "episode_index": pa.array(ep_idx), "frame_index": pa.array(frame)}
+    cols.update(_arrow_columns(columns, data))
+    ecols: dict[str, Any] = {"episode_index": pa.array(np.arange(lo, hi, dtype=np.int64))}
+    ecols.update(_arrow_columns(ep_columns, meta))
+    return pa.table(cols), pa.table(ecols)
+
+
+def _write_parquet_files(ds: Any, tmp: Path, columns: Mapping[str, Any], ep_columns: Mapping[str, Any]) -> None:
+    """Write ``steps.parquet`` and ``episodes.parquet`` into ``tmp``, a block of episodes at a time."""
+    import pyarrow.parquet as pq
+
+    writers: dict[str, Any] = {}
+    for lo, hi in _episode_blocks(ds):
+        for name, table in zip(("steps.parquet", "episodes.parquet"), _parquet_tables(ds, lo, hi, columns, ep_columns)):
+            if name not in writers:
+                writers[name] = pq.ParquetWriter(tmp / name, table.schema, compression="zstd")
+            writers[name].write_table(table)
+    for wr in writers.values():
+        wr.close()
+
+
+def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a store as a parquet folder (``steps.parquet``, ``episodes.parquet``, ``meta.json``)."""
+    ds = open_dataset(path)
+    out = Path(out)
+    tmp = _prepare_out(out, overwrite)
+    tmp.mkdir(parents=True)
+    columns, ep_columns = _parquet_columns(ds)
     try:
-        steps_w = ep_w = None
-        for lo, hi in _episode_blocks(ds):
-            data, meta = _read_block(ds, lo, hi)
-            s0 = int(ds.episode_starts[lo])
-            n = len(data["data/obs"])
-            lens = ds.lengths[lo:hi]
-            ep_idx = np.repeat(np.arange(lo, hi, dtype=np.int64), lens)
-            frame = np.arange(n, dtype=np.int64) - np.repeat(ds.episode_starts[lo:hi] - s0, lens)
-            cols: dict[str, Any] = {"index": pa.array(np.arange(s0, s0 + n, dtype=np.int64)),
-                                    "episode_index": pa.array(ep_idx), "frame_index": pa.array(frame)}
-            cols.update(_arrow_columns(columns, data))
-            table = pa.table(cols)
-            if steps_w is None:
-                steps_w = pq.ParquetWriter(tmp / "steps.parquet", table.schema, compression="zstd")
-            steps_w.write_table(table)
-            ecols: dict[str, Any] = {"episode_index": pa.array(np.arange(lo, hi, dtype=np.int64))}
-            ecols.update(_arrow_columns(ep_columns, meta))
-            etable = pa.table(ecols)
-            if ep_w is None:
-                ep_w = pq.ParquetWriter(tmp / "episodes.parquet", etable.schema, compression="zstd")
-            ep_w.write_table(etable)
-        for wr in (steps_w, ep_w):
-            if wr is not None:
-                wr.close()
+        _write_parquet_files(ds, tmp, columns, ep_columns)
         meta_json = {"format": PARQUET_FORMAT, "cdred_dataset_version": ds.version, "attrs": ds.attrs,
                      "num_episodes": ds.num_episodes, "num_steps": ds.num_steps, "cameras": ds.cameras,
                      "files": {"steps": "steps.parquet", "episodes": "episodes.parquet"},
@@ -464,15 +506,9 @@ def _col_numpy(table: Any, name: str, spec: Mapping[str, Any], file: Path) -> np
     return col.to_numpy(zero_copy_only=False).astype(spec["dtype"], copy=False)
 
 
-def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
-                   overwrite: bool = False) -> Path:
-    """Import a parquet folder written by :func:`export_parquet` (meta.json names every column)."""
-    import pyarrow.parquet as pq
-
-    folder = Path(folder)
+def _parquet_meta(folder: Path, task: str | None) -> tuple[dict[str, Any], Path]:
+    """The ``meta.json`` of a parquet export (checked: format, version, task) and its path."""
     meta_file = folder / "meta.json" if folder.is_dir() else folder.with_name("meta.json")
-    if folder.is_file():
-        folder = folder.parent
     try:
         meta = json.loads(meta_file.read_text())
     except FileNotFoundError:
@@ -489,6 +525,13 @@ def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: s
     attrs = meta["attrs"]
     if task is not None and task != attrs.get("env", {}).get("task"):
         raise UsageError(f"{meta_file}: attrs.env.task: the export holds {attrs['env'].get('task')!r}, not --task {task!r}")
+    return meta, meta_file
+
+
+def _parquet_read(folder: Path, meta: Mapping[str, Any]) -> tuple[Any, Path, Any, Path]:
+    """(step table, its file, episode table, its file) of a parquet export."""
+    import pyarrow.parquet as pq
+
     files = meta.get("files", {})
     steps_file = folder / files.get("steps", "steps.parquet")
     ep_file = folder / files.get("episodes", "episodes.parquet")
@@ -496,19 +539,24 @@ def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: s
         if not f.is_file():
             raise DatasetError(f"{f}: missing file")
     try:
-        steps = pq.read_table(steps_file)
-        eps = pq.read_table(ep_file)
+        return pq.read_table(steps_file), steps_file, pq.read_table(ep_file), ep_file
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for damaged files
         raise DatasetError(f"{folder}: unreadable parquet ({type(exc).__name__}: {exc})") from None
+
+
+def _parquet_arrays(folder: Path, meta: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(per-step arrays, per-episode arrays) keyed like the store, in episode and frame order."""
+    steps, steps_file, eps, ep_file = _parquet_read(folder, meta)
+    index = {"dtype": "int64", "shape": []}
     cols = {name: _col_numpy(steps, name, spec, steps_file) for name, spec in meta["columns"].items() if "zarr" in spec}
     ecols = {name: _col_numpy(eps, name, spec, ep_file) for name, spec in meta["episode_columns"].items() if "zarr" in spec}
-    ep_index = _col_numpy(steps, "episode_index", {"dtype": "int64", "shape": []}, steps_file)
-    frame = _col_numpy(steps, "frame_index", {"dtype": "int64", "shape": []}, steps_file)
+    ep_index = _col_numpy(steps, "episode_index", index, steps_file)
+    frame = _col_numpy(steps, "frame_index", index, steps_file)
     order = np.lexsort((frame, ep_index))
     if not np.array_equal(order, np.arange(len(order))):
         cols = {k: v[order] for k, v in cols.items()}
-        ep_index, frame = ep_index[order], frame[order]
-    eorder = np.argsort(_col_numpy(eps, "episode_index", {"dtype": "int64", "shape": []}, ep_file), kind="stable")
+        ep_index = ep_index[order]
+    eorder = np.argsort(_col_numpy(eps, "episode_index", index, ep_file), kind="stable")
     ecols = {k: v[eorder] for k, v in ecols.items()}
     lengths = ecols["length"]
     counts = np.bincount(ep_index, minlength=len(lengths)) if len(ep_index) else np.zeros(len(lengths), np.int64)
@@ -516,7 +564,18 @@ def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: s
         raise DatasetError(f"{steps_file}: episode_index: step counts per episode do not match episodes.parquet lengths")
     data = {spec["zarr"]: cols[name] for name, spec in meta["columns"].items() if "zarr" in spec}
     emeta = {spec["zarr"]: ecols[name] for name, spec in meta["episode_columns"].items() if "zarr" in spec}
-    attrs = dict(attrs)
+    return data, emeta
+
+
+def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
+                   overwrite: bool = False) -> Path:
+    """Import a parquet folder written by :func:`export_parquet` (meta.json names every column)."""
+    folder = Path(folder)
+    meta, _ = _parquet_meta(folder, task)
+    if folder.is_file():
+        folder = folder.parent
+    data, emeta = _parquet_arrays(folder, meta)
+    attrs = dict(meta["attrs"])
     attrs["import"] = {"format": "parquet", "file": folder.name}
     _check_finite_range(folder, data, emeta)
     w = EpisodeWriter(out, attrs, overwrite=overwrite)
