@@ -7,7 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-CDRED = Path(sys.executable).with_name("cdred")
+# The console script pip installed beside this interpreter (never a PATH lookup, never a machine path):
+# ``make test`` runs ``.venv/bin/python -m pytest``, so this is ``.venv/bin/cdred``. Not resolved, so
+# a venv whose python is a symlink to the system interpreter still finds its own script.
+CDRED = Path(sys.executable).parent / "cdred"
+
+
+def cdred_command() -> list[str]:
+    """``[path of cdred]``, or a clear failure when the project is not installed in this environment."""
+    if not CDRED.is_file():
+        raise FileNotFoundError(f"no cdred console script at {CDRED}: install the project into the environment "
+                                "running the tests (make test, or pip install -e '.[test]')")
+    return [str(CDRED)]
 
 
 def cli_env() -> dict[str, str]:
@@ -17,7 +28,7 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(workdir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """``cdred --workdir WORKDIR -q ARGS...``, output captured."""
-    return subprocess.run([str(CDRED), "--workdir", str(workdir), "-q", *args], env=cli_env(),
+    return subprocess.run([*cdred_command(), "--workdir", str(workdir), "-q", *args], env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -36,7 +47,8 @@ def kill_cli_when(workdir: Path, args: tuple[str, ...], ready, *, timeout: float
     import signal
     import time
 
-    proc = subprocess.Popen([str(CDRED), "--workdir", str(workdir), "-q", *args], env={**cli_env(), **(extra_env or {})},
+    proc = subprocess.Popen([*cdred_command(), "--workdir", str(workdir), "-q", *args],
+                            env={**cli_env(), **(extra_env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + timeout

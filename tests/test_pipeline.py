@@ -23,10 +23,6 @@ ARGS = ("pipeline", TASK, "--preset", "smoke", "--device", "cpu")
 STAGES = {"expert": "experts", "demos": "demos", "imitate": "imitate", "evaluate": "eval"}
 
 
-
-
-
-
 def _complete(root: Path, stage: str) -> list[Path]:
     d = root / stage
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
