@@ -63,3 +63,13 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
                   imitate_env_steps=1_000_000, num_demos=100, eval_episodes=10, train_eval_episodes=10, plan=True,
                   eval_every=50_000, seed_agent_steps=None, episode_length=None),
 }
+
+# ------------------------------------------------------------------------------------------ render
+import os  # noqa: E402  (the parallel preset's worker count; kept beside the render presets)
+
+# Overrides of RenderConfig's defaults (cdred render-visual); none but size changes the pixels' look.
+RENDER_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},  # TD-MPC2 pixels: 64x64, the task's camera, the dataset's render profile
+    "parallel": {"workers": max(1, min(8, os.cpu_count() or 1))},  # one render process per core, up to 8
+    "large": {"size": 128},
+}
