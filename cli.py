@@ -8,6 +8,7 @@ exit non-zero; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
 import sys
@@ -17,11 +18,9 @@ from typing import Any, Callable
 import click
 
 from cdred_pipeline import __version__
-from cdred_pipeline.agent.config import REWARD_SPACES
 from cdred_pipeline.envs import RENDER_PROFILES, SUITES
 from cdred_pipeline.errors import CdredError
 from cdred_pipeline.presets import AGENT_PRESETS, PIPELINE_PRESETS
-from cdred_pipeline.reward.config import G_NAMES, MODES, CDREDConfig
 from cdred_pipeline.stages import envs as envs_stage
 from cdred_pipeline.stages.collect_experts import POLICIES, CollectConfig
 from cdred_pipeline.stages.evaluate import EvalConfig, parse_tremble_list
@@ -69,6 +68,23 @@ class CommaList(click.ParamType):
         return tuple(value) if isinstance(value, (tuple, list)) else self.parse(value)
 
 
+class LazyChoice(click.Choice):
+    """The choice set ``module.name``, imported on first use: the agent and reward packages load torch,
+    which ``cdred --help``, ``status``, ``show``, ``package`` and ``envs`` do not need."""
+
+    def __init__(self, module: str, name: str) -> None:  # noqa: D107
+        self.where = (module, name)
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # noqa: D102
+        module, name = self.where
+        return tuple(getattr(importlib.import_module(module), name))
+
+
+REWARD_MODES = LazyChoice("cdred_pipeline.reward.config", "MODES")
+G_CHOICES = LazyChoice("cdred_pipeline.reward.config", "G_NAMES")
+REWARD_SPACE_CHOICES = LazyChoice("cdred_pipeline.agent.config", "REWARD_SPACES")
 TREMBLE_LIST = CommaList(parse_tremble_list)
 INT_LIST = CommaList(int_list)
 
@@ -424,19 +440,19 @@ def _imitate_default(name: str) -> Any:
               show_default=True, help="Agent size preset.")
 @click.option("--obs", type=click.Choice(OBS_KINDS), default=_imitate_default("obs"), show_default=True,
               help="rgb: learn from pixels (the dataset must come from render-visual).")
-@click.option("--reward", type=click.Choice(MODES), default=_imitate_default("reward"), show_default=True,
+@click.option("--reward", type=REWARD_MODES, default=_imitate_default("reward"), show_default=True,
               help="cdred (coupled, Eq. 5) or red (uncoupled ablation, Eq. 3).")
-@click.option("--reward-space", type=click.Choice(REWARD_SPACES), default=_imitate_default("reward_space"),
+@click.option("--reward-space", type=REWARD_SPACE_CHOICES, default=_imitate_default("reward_space"),
               show_default=True,
               help="Reward model on world-model latents (paper) or raw observations (Fig. 9 ablation).")
-@click.option("--g", "g", type=click.Choice(G_NAMES), default=_imitate_default("g"), show_default=True,
+@click.option("--g", "g", type=G_CHOICES, default=_imitate_default("g"), show_default=True,
               help="g in Eq. 5 (exp: the Fig. 11 ablation).")
 @click.option("--zeta", type=float, default=_imitate_default("zeta"),
-              help="Eq. 5 weight of the expert term against the behavioural one "
-                   f"(default: the paper's {default_of(CDREDConfig, 'zeta')}).")
+              help="Eq. 5 weight of the expert term against the behavioural one (default: the reward "
+                   "preset's, the paper's value).")
 @click.option("--alpha", type=float, default=_imitate_default("alpha"),
-              help="Eq. 6 weight of the L2 term against the sqrt(1/n) estimator "
-                   f"(default: the paper's {default_of(CDREDConfig, 'alpha')}).")
+              help="Eq. 6 weight of the L2 term against the sqrt(1/n) estimator (default: the reward "
+                   "preset's, the paper's value).")
 @click.option("--detach-reward-input", is_flag=True, default=_imitate_default("detach_reward_input"),
               help="Stop the predictor loss's gradient into the latent (encoder and dynamics); the paper's "
                    "code lets it flow.")
@@ -523,7 +539,7 @@ def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | Non
               show_default=True, help="smoke: seconds (checks an install); quickstart: minutes on 2 CPU cores; "
                                       "cpu: the 100k-step CPU setting; paper: App. A-B (GPU).")
 @click.option("--obs", type=click.Choice(OBS_KINDS), default=default_of(PipelineConfig, "obs"), show_default=True)
-@click.option("--reward", type=click.Choice(MODES), default=default_of(PipelineConfig, "reward"), show_default=True)
+@click.option("--reward", type=REWARD_MODES, default=default_of(PipelineConfig, "reward"), show_default=True)
 @click.option("--tremble", type=TREMBLE_LIST, default=default_of(PipelineConfig, "tremble"), show_default=True,
               help="Evaluation tremble probabilities.")
 @click.option("--seed", type=int, default=default_of(PipelineConfig, "seed"), show_default=True)
