@@ -81,7 +81,7 @@ class ImitateConfig:
         if self.reward_space == "obs" and self.plan:
             raise UsageError("--reward-space obs cannot plan (imagined latents have no observation); use --no-plan")
         if self.env_steps < 1 or self.eval_episodes < 0 or (self.num_demos is not None and self.num_demos < 1):
-            raise UsageError("--env-steps must be >= 1, --eval-episodes >= 0 and --num-demos >= 1")
+            raise UsageError("--steps must be >= 1, --eval-episodes >= 0 and --num-demos >= 1")
 
     def key_config(self) -> dict[str, Any]:
         """The config keys the artifact depends on: not the device (it does not change the results'
