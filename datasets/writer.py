@@ -7,8 +7,9 @@ Design (docs/design.md §6), on zarr's public API only:
   memory per array and handed to zarr as whole chunks (``array[a:b] = rows`` with ``a`` and ``b`` on
   chunk boundaries, several chunks per write so that zarr compresses them in parallel), so appending
   N episodes costs O(N): a resize only rewrites a small ``zarr.json`` and no whole chunk is read back
-  or written twice. The one exception is the partial tail chunk per array that
-  :meth:`EpisodeWriter.flush` writes; the buffer keeps its rows, and a later write rewrites it.
+  or written twice. The one exception is the partial tail chunk per array that each
+  :meth:`EpisodeWriter.flush` writes (zarr reads its previous version back to merge into it); the
+  buffer keeps its rows, and a later whole-chunk write replaces it.
 * A store is written under a temporary name (``.<name>.partial`` next to the final path) and renamed
   to its final name by :meth:`EpisodeWriter.close` after it is consolidated and structurally valid;
   a directory with the final name is therefore always complete.
@@ -19,12 +20,13 @@ Design (docs/design.md §6), on zarr's public API only:
   skips those. Episodes are committed by ``meta/episode_ends``, written last in every flush; rows
   beyond the last committed episode are discarded on resume.
 * Durability: zarr's local store writes every chunk file under a temporary name and renames it, so
-  a kill never leaves a half-written chunk. :meth:`EpisodeWriter.flush` fsyncs every chunk file and
-  chunk folder written since the last flush (concurrently, one batch for all step arrays) before it
-  writes ``meta/episode_ends``, and fsyncs that too; ``close`` fsyncs every other file and folder of
-  the store before the atomic rename that publishes it, and then the parent folder. So every byte
-  of a published store, and of every committed episode of a partial one, was fsynced; each chunk
-  write is fsynced once.
+  a kill never leaves a half-written chunk. The fsync of a whole chunk's file starts as soon as
+  zarr has written it (a whole chunk is never written again). :meth:`EpisodeWriter.flush` waits
+  for those and fsyncs every other chunk file and every chunk folder written since the last flush
+  (concurrently, one batch for all step arrays) before it writes ``meta/episode_ends``, and fsyncs
+  that too; ``close`` fsyncs every other file and folder of the store before the atomic rename
+  that publishes it, and then the parent folder. So every byte of a published store, and of every
+  committed episode of a partial one, was fsynced; each chunk write is fsynced once.
 """
 
 from __future__ import annotations
@@ -73,18 +75,26 @@ class _Lock:
 
 
 # ------------------------------------------------------------------------------------ fsync
-_POOLS: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+_POOLS: dict[str, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools() -> None:
+    """In a forked child: the parent's threads do not exist there, so its pools (and lock) are dropped."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
 def _threads(name: str, workers: int) -> ThreadPoolExecutor:
-    """The process's thread pool ``name`` (made again in a forked child, whose copy has no threads)."""
+    """The process's thread pool ``name``, made on first use."""
     with _POOLS_LOCK:
-        pid, pool = _POOLS.get(name, (-1, None))
-        if pool is None or pid != os.getpid():
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cdred-{name}")
-            _POOLS[name] = (os.getpid(), pool)
-        return pool
+        if name not in _POOLS:
+            _POOLS[name] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cdred-{name}")
+        return _POOLS[name]
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -174,13 +184,13 @@ class _Column:
 
     ``base`` is the chunk-aligned row where the in-memory buffer starts; the rows before it are on
     disk in whole chunks, or being written. Once the buffer holds ``batch_rows`` rows (whole chunks)
-    a writer thread hands them to zarr in one write and fsyncs their chunk files (whole chunks are
-    never written again), while the caller appends into a second buffer; at most one batch per
-    column is in flight. :meth:`flush` also writes the buffered partial chunk but keeps its rows in
+    a writer thread hands them to zarr in one write and starts the fsyncs of their chunk files (whole
+    chunks are never written again), while the caller appends into a second buffer; at most one
+    batch per column is in flight. :meth:`flush` also writes the buffered partial chunk but keeps its rows in
     memory, so the next write rewrites that chunk whole.
 
-    Durability: :meth:`flush` fsyncs every chunk file and chunk folder written since the last flush
-    and not yet synced (concurrently, see :func:`_fsync_all`). Those paths are then listed in
+    Durability: :meth:`flush` waits for the batches' fsyncs, then fsyncs every other chunk file and
+    every chunk folder written since the last flush (concurrently, see :func:`_fsync_all`). Those paths are then listed in
     :attr:`synced` until written again, so the finish path's :func:`_fsync_tree` does not flush
     them a second time.
     """
