@@ -1,4 +1,4 @@
-"""Exact re-rendering of stored simulator states (paper §4.3; ARCHITECTURE §2, §6; issue 5).
+"""Exact re-rendering of stored simulator states (paper §4.3; docs/design.md §2, §6).
 
 The paper builds its visual datasets by rendering RGB observations from the stored states of
 state-based expert trajectories ("we render visual observations based on state-based expert
@@ -12,7 +12,7 @@ the ``render-visual`` stage and the collection stage share:
 * :func:`verify_probes`: re-render the probes and compare; a mismatch (other GL backend, other
   simulator version) is reported with its PSNR and the versions on both sides.
 * :func:`contact_sheet`: a PNG grid of frames from a few episodes, for a person to look at.
-* :func:`render_range`: the worker job of the parallel stage (one episode range -> one part file).
+* :func:`render_range`: the work of one render-visual unit (one episode range -> one part store).
 
 Pixels do not depend on llvmpipe's thread count (``LP_NUM_THREADS``; checked bitwise at 64, 200 and
 512 px for dmc and Meta-World, both render profiles), so worker processes may set it to share the CPU
@@ -26,6 +26,7 @@ import ctypes
 import hashlib
 import math
 import os
+import shutil
 import signal
 import time
 import zlib
@@ -39,9 +40,10 @@ import numpy as np
 from cdred_pipeline.errors import CdredError, DatasetError, MissingDependencyError, UsageError
 
 __all__ = [
-    "MIN_SIZE", "MAX_SIZE", "PROBE_FORMAT", "StateRenderer", "camera_name", "check_size", "contact_sheet",
-    "decode_frame", "default_probe_steps", "encode_frame", "frame_sha256", "gl_backend", "probe_frames",
-    "psnr", "render_range", "simulator_versions", "verify_probes", "write_random_dataset",
+    "MAX_SIZE", "MIN_SIZE", "PROBE_FORMAT", "PartWriter", "RangeJob", "StateRenderer", "cached_renderer",
+    "camera_name", "check_size", "contact_sheet", "decode_frame", "default_probe_steps", "describe_verification",
+    "die_with_driver", "encode_frame", "frame_sha256", "gl_backend", "probe_frames", "probes_of", "psnr",
+    "read_part", "render_range", "simulator_versions", "verify_probes", "write_random_dataset",
 ]
 
 MIN_SIZE = 16
@@ -314,36 +316,11 @@ def verify_probes(attrs: Mapping[str, Any], physics_state: Any, *,
     backends: dict[str, Any] = {"recorded": [], "here": []}
     task_default = str((attrs.get("env") or {}).get("task"))
     for probe in probes:
-        task = str(probe.get("task") or task_default)
-        size = int(probe.get("size", 64))
-        camera = probe.get("camera")
-        profile = str(probe.get("render_profile", "fast"))
-        steps = [int(s) for s in probe.get("steps", [])]
-        hashes = [str(h) for h in probe.get("sha256", [])]
-        stored = probe.get("frames") or []
-        probe_states = probe.get("states") or []
         recorded_versions = {**recorded_versions, **dict(probe.get("versions") or {})}
         backends["recorded"].append(probe.get("gl_backend"))
-        r = cached_renderer(task, size, camera, profile)
-        backends["here"].append(gl_backend(r))
-        for j, (step, expected) in enumerate(zip(steps, hashes)):
-            row = np.asarray(physics_state[step], dtype=np.float64) if 0 <= step < int(physics_state.shape[0]) else None
-            state = np.asarray(probe_states[j], dtype=np.float64) if j < len(probe_states) else row
-            if state is None:
-                raise DatasetError(f"probe step {step} is outside data/physics_state ({int(physics_state.shape[0])} rows) "
-                                   "and the probe record holds no states")
-            frame = r.render(state)
-            got = frame_sha256(frame)
-            ref = None
-            if j < len(stored):
-                ref = decode_frame(stored[j])
-            elif reference is not None:
-                ref = reference(probe, step)
-            p = None if ref is None or ref.shape != frame.shape else psnr(ref, frame)
-            checks.append({"step": step, "size": size, "camera": camera_name(r.camera), "render_profile": profile,
-                           "expected": expected, "got": got, "match": got == expected,
-                           "row_matches": bool(row is not None and np.array_equal(row, state)),
-                           "psnr": None if p is None else ("inf" if math.isinf(p) else round(p, 3))})
+        here, probe_checks = _check_probe(probe, task_default, physics_state, reference)
+        backends["here"].append(here)
+        checks += probe_checks
     ok = all(c["match"] for c in checks) and bool(checks)
     finite = [c["psnr"] for c in checks if isinstance(c["psnr"], float)]
     out: dict[str, Any] = {
@@ -355,6 +332,36 @@ def verify_probes(attrs: Mapping[str, Any], physics_state: Any, *,
     if not checks:
         out["reason"] = "the probe record lists no steps"
     return out
+
+
+def _check_probe(probe: Mapping[str, Any], task_default: str, physics_state: Any,
+                 reference: Callable[[Mapping[str, Any], int], np.ndarray | None] | None) -> tuple[str, list[dict[str, Any]]]:
+    """Re-render one probe record's steps: the GL backend here and one check per step."""
+    task = str(probe.get("task") or task_default)
+    size = int(probe.get("size", 64))
+    profile = str(probe.get("render_profile", "fast"))
+    steps = [int(s) for s in probe.get("steps", [])]
+    hashes = [str(h) for h in probe.get("sha256", [])]
+    stored = probe.get("frames") or []
+    probe_states = probe.get("states") or []
+    r = cached_renderer(task, size, probe.get("camera"), profile)
+    rows = int(physics_state.shape[0])
+    checks = []
+    for j, (step, expected) in enumerate(zip(steps, hashes)):
+        row = np.asarray(physics_state[step], dtype=np.float64) if 0 <= step < rows else None
+        state = np.asarray(probe_states[j], dtype=np.float64) if j < len(probe_states) else row
+        if state is None:
+            raise DatasetError(f"probe step {step} is outside data/physics_state ({rows} rows) "
+                               "and the probe record holds no states")
+        frame = r.render(state)
+        got = frame_sha256(frame)
+        ref = decode_frame(stored[j]) if j < len(stored) else (reference(probe, step) if reference else None)
+        p = None if ref is None or ref.shape != frame.shape else psnr(ref, frame)
+        checks.append({"step": step, "size": size, "camera": camera_name(r.camera), "render_profile": profile,
+                       "expected": expected, "got": got, "match": got == expected,
+                       "row_matches": bool(row is not None and np.array_equal(row, state)),
+                       "psnr": None if p is None else ("inf" if math.isinf(p) else round(p, 3))})
+    return gl_backend(r), checks
 
 
 def describe_verification(v: Mapping[str, Any]) -> str:
@@ -414,7 +421,7 @@ def contact_sheet(frames_of: Callable[[int], np.ndarray], num_episodes: int, pat
     return path
 
 
-# ------------------------------------------------------------------------------ parallel workers
+# ------------------------------------------------------------------------------------ work units
 @dataclass(frozen=True)
 class RangeJob:
     """Render episodes [start, end) of ``dataset`` into the part store ``part`` (rows: each episode's
@@ -430,40 +437,33 @@ class RangeJob:
     render_profile: str
 
 
-_WORKER: dict[str, Any] = {"queue": None, "ppid": None, "datasets": {}}
+_DRIVER: dict[str, int | None] = {"ppid": None}
 _PR_SET_PDEATHSIG = 1
 
 
-def init_worker(queue: Any, lp_threads: int | None, warm: tuple[str, int, str, str] | None = None) -> None:
-    """Initializer of a spawned render worker: die with the driver, share the cores, report progress.
+def die_with_driver(driver_pid: int) -> None:
+    """In a worker process that ``driver_pid`` spawned: die with the driver.
 
-    ``PR_SET_PDEATHSIG`` (Linux) kills the worker when the driver dies (e.g. SIGKILL), so a killed run
-    never leaves workers writing into a folder a resumed run owns. ``lp_threads`` sets llvmpipe's
-    ``LP_NUM_THREADS`` unless the user set it (pixels do not depend on it, see the module docstring).
-    ``warm`` = (task, size, camera, profile) creates the worker's renderer at once.
+    ``PR_SET_PDEATHSIG`` (Linux) kills the worker when the driver dies (e.g. SIGKILL), and elsewhere
+    :func:`render_range` stops at the next episode, so a killed run never leaves workers writing into
+    a folder a resumed run owns. Nothing happens in the driver itself or in a process the driver did
+    not spawn (a Ray worker). Idempotent.
     """
-    _WORKER["queue"] = queue
-    _WORKER["ppid"] = os.getppid()
+    if os.getpid() == driver_pid or os.getppid() != driver_pid or _DRIVER["ppid"] == driver_pid:
+        return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the ppid check in render_range still stops orphans
         pass
-    if os.getppid() != _WORKER["ppid"]:  # the driver died before prctl took effect
+    if os.getppid() != driver_pid:  # the driver died before prctl took effect
         os._exit(1)
-    if lp_threads is not None and "LP_NUM_THREADS" not in os.environ:
-        os.environ["LP_NUM_THREADS"] = str(int(lp_threads))
-    if warm is not None:  # import the simulator and create the GL context before the first job
-        cached_renderer(*warm).render_current()
+    _DRIVER["ppid"] = driver_pid
 
 
-def _worker_group(path: str) -> Any:
-    g = _WORKER["datasets"].get(path)
-    if g is None:
-        from cdred_pipeline.datasets.layout import open_group
-
-        g = _WORKER["datasets"][path] = open_group(Path(path), mode="r")
-    return g
+def _orphaned() -> bool:
+    ppid = _DRIVER["ppid"]
+    return ppid is not None and os.getppid() != ppid
 
 
 class PartWriter:
@@ -519,10 +519,12 @@ def read_part(path: str | os.PathLike) -> Any:
 
 
 def render_range(job: RangeJob) -> dict[str, Any]:
-    """Worker job: render episodes [start, end) of a dataset into ``job.part`` (written under a temporary
-    name and renamed when complete). Reports frames per episode on the worker queue; returns a summary."""
+    """Render episodes [start, end) of a dataset into ``job.part`` (written under a temporary name and
+    renamed when complete); returns a summary (start, end, frames, part name, seconds, pid)."""
+    from cdred_pipeline.datasets.layout import open_group
+
     t0 = time.perf_counter()
-    g = _worker_group(job.dataset)
+    g = open_group(Path(job.dataset), mode="r")
     ends = np.asarray(g["meta/episode_ends"][:], dtype=np.int64)
     starts = np.concatenate([[0], ends[:-1]])
     s, e = int(starts[job.start]), int(ends[job.end - 1])
@@ -533,7 +535,6 @@ def render_range(job: RangeJob) -> dict[str, Any]:
     tmp = part.with_name(f".{part.name}.tmp{os.getpid()}")
     total = (e - s) + (job.end - job.start)
     w = PartWriter(tmp, total, (job.size, job.size, 3))
-    q, ppid = _WORKER["queue"], _WORKER["ppid"]
     off = 0
     for i in range(job.start, job.end):
         n = int(ends[i] - starts[i])
@@ -541,14 +542,10 @@ def render_range(job: RangeJob) -> dict[str, Any]:
             w.append(r.render(states[off + t]))
         w.append(r.render(finals[i - job.start]))
         off += n
-        if ppid is not None and os.getppid() != ppid:  # orphaned: the driver is gone
+        if _orphaned():  # the driver is gone
             os._exit(1)
-        if q is not None:
-            q.put(n + 1)
     w.close()
     if part.exists():  # a leftover of a killed run that was never recorded as a unit: replace it
-        import shutil
-
         shutil.rmtree(part, ignore_errors=True)
     os.replace(tmp, part)
     return {"start": job.start, "end": job.end, "frames": total, "part": part.name,
@@ -565,62 +562,75 @@ def write_random_dataset(path: str | os.PathLike, task: str, *, episodes: int = 
     With ``rgb`` the env is the online pixel env (``obs="rgb"``) and the frame it shows at each step
     (the last frame of its stacked observation) is stored as ``data/rgb/<camera>``: the reference
     render-visual must reproduce bitwise. With ``probe`` the ``attrs.sim.probe`` record of
-    :func:`probe_frames` is stored for episode 0, as collect-experts does.
+    :func:`probe_frames` is stored for episode 0, as collect-experts does. Reset seeds come from the
+    ``baseline-reset`` stream and the actions from ``random-actions`` (:mod:`cdred_pipeline.seeding`).
     """
     from cdred_pipeline.datasets import EpisodeWriter
     from cdred_pipeline.envs import make_env
+    from cdred_pipeline.seeding import derive, numpy_rng
 
     env = make_env(task, obs="rgb" if rgb else "state", seed=seed, episode_length=episode_length,
                    image_size=check_size(size), camera=_camera_arg(camera), render_profile=render_profile)
     spec = env.spec_info
     cam = camera_name(-1 if spec.camera is None else spec.camera)
-    rng = np.random.default_rng(seed)
-    attrs: dict[str, Any] = {
+    rng = numpy_rng(seed, "random-actions")
+    try:
+        rows = [_random_episode(env, rng, derive(seed, "baseline-reset", ep), cam if rgb else None)
+                for ep in range(int(episodes))]
+    finally:
+        env.close()
+    attrs = _random_dataset_attrs(spec, cam, render_profile, seed)
+    if probe:
+        attrs["sim"]["probe"] = probe_frames(spec.task, rows[0]["physics_state"], size=size, camera=camera,
+                                             render_profile=render_profile)
+        attrs["sim"]["gl_backend"] = attrs["sim"]["probe"]["gl_backend"]
+    with EpisodeWriter(path, attrs, overwrite=overwrite) as w:
+        for row in rows:
+            w.append_episode(**row)
+    return Path(path)
+
+
+def _random_dataset_attrs(spec: Any, cam: str, render_profile: str, seed: int) -> dict[str, Any]:
+    """Root attrs of a random-action dataset (``env``, ``sim``, ``source``)."""
+    return {
         "env": {"task": spec.task, "action_repeat": spec.action_repeat, "episode_length": spec.episode_length,
                 "obs_dim": spec.obs_dim, "action_dim": spec.action_dim, "physics_state_dim": spec.physics_state_dim,
                 "camera": cam, "image_size": spec.image_size, "render_profile": render_profile},
         "sim": {"engine": "mujoco", "versions": simulator_versions()},
         "source": {"kind": "random", "seed": int(seed)},
     }
-    episodes_data = []
-    try:
-        for ep in range(int(episodes)):
-            ep_seed = int(seed) * 1000 + ep
-            obs, info = env.reset(seed=ep_seed)
-            states, obs_rows, frames, actions, rewards, terms = [], [], [], [], [], []
-            success = False
-            while True:
-                states.append(env.get_physics_state())
-                obs_rows.append(info["state"] if rgb else obs)
-                if rgb:
-                    frames.append(np.ascontiguousarray(obs[-3:].transpose(1, 2, 0)))
-                a = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
-                obs, r, term, trunc, info = env.step(a)
-                actions.append(info["executed_action"])
-                rewards.append(r)
-                terms.append(term)
-                success = success or bool(info["success"])
-                if term or trunc:
-                    break
-            final_state = env.get_physics_state()
-            final_obs = info["state"] if rgb else obs
-            final_frame = np.ascontiguousarray(obs[-3:].transpose(1, 2, 0)) if rgb else None
-            episodes_data.append(dict(obs=np.array(obs_rows), action=np.array(actions), reward=np.array(rewards),
-                                      terminated=np.array(terms), physics_state=np.array(states),
-                                      final_obs=final_obs, final_physics_state=final_state, seed=ep_seed,
-                                      success=success,
-                                      rgb={cam: np.concatenate([np.array(frames), final_frame[None]])} if rgb else None))
-    finally:
-        env.close()
-    if probe:
-        attrs["sim"]["probe"] = probe_frames(spec.task, episodes_data[0]["physics_state"], size=size, camera=camera,
-                                             render_profile=render_profile)
-        attrs["sim"]["gl_backend"] = attrs["sim"]["probe"]["gl_backend"]
-    with EpisodeWriter(path, attrs, overwrite=overwrite) as w:
-        for e in episodes_data:
-            rgb_frames = e.pop("rgb")
-            if rgb_frames is not None:
-                e["rgb"] = {k: v[:-1] for k, v in rgb_frames.items()}
-                e["final_rgb"] = {k: v[-1] for k, v in rgb_frames.items()}
-            w.append_episode(**e)
-    return Path(path)
+
+
+def _shown_frame(obs: np.ndarray) -> np.ndarray:
+    """The frame a pixel env shows: the last of its stacked (9, H, W) observation, as (H, W, 3)."""
+    return np.ascontiguousarray(obs[-3:].transpose(1, 2, 0))
+
+
+def _random_episode(env: Any, rng: np.random.Generator, ep_seed: int, rgb_camera: str | None) -> dict[str, Any]:
+    """One episode of uniform random actions, as ``EpisodeWriter.append_episode`` arguments (with the
+    shown frames under ``rgb``/``final_rgb`` when ``rgb_camera`` is given)."""
+    rgb = rgb_camera is not None
+    obs, info = env.reset(seed=ep_seed)
+    states, obs_rows, frames, actions, rewards, terms = [], [], [], [], [], []
+    success = False
+    while True:
+        states.append(env.get_physics_state())
+        obs_rows.append(info["state"] if rgb else obs)
+        if rgb:
+            frames.append(_shown_frame(obs))
+        a = rng.uniform(-1, 1, env.spec_info.action_dim).astype(np.float32)
+        obs, r, term, trunc, info = env.step(a)
+        actions.append(info["executed_action"])
+        rewards.append(r)
+        terms.append(term)
+        success = success or bool(info["success"])
+        if term or trunc:
+            break
+    row: dict[str, Any] = dict(obs=np.array(obs_rows), action=np.array(actions), reward=np.array(rewards),
+                               terminated=np.array(terms), physics_state=np.array(states),
+                               final_obs=info["state"] if rgb else obs, final_physics_state=env.get_physics_state(),
+                               seed=ep_seed, success=success)
+    if rgb:
+        row["rgb"] = {rgb_camera: np.array(frames)}
+        row["final_rgb"] = {rgb_camera: _shown_frame(obs)}
+    return row

@@ -1,9 +1,10 @@
-"""render-visual on real MuJoCo and real zarr stores (issue 5).
+"""render-visual on real MuJoCo and real zarr stores.
 
 Datasets are made by stepping the real online pixel env (``make_env(task, obs="rgb")``) with seeded
 random actions, storing ``get_physics_state()`` and the frame the env shows at every step (the last
 frame of its stacked observation). render-visual must reproduce those frames bitwise from the states
-alone, with one worker or several, after a SIGKILL and a resume, and must report (not accept) probe
+alone, with one worker or a process pool of several (the executor of ``--workers``), after a SIGKILL
+and a resume, and must report (not accept) probe
 hashes it cannot reproduce.
 """
 
@@ -34,7 +35,7 @@ CDRED = Path(sys.executable).with_name("cdred")
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _cli(*args: str, cwd: Path, extra_env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def cdred_cli(*args: str, cwd: Path, extra_env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "MUJOCO_GL": "egl", **(extra_env or {})}
     return subprocess.run([str(CDRED), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -44,7 +45,7 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(ds.group[k][:]) for k in ds.keys()}
 
 
-def _assert_same_store(a: Path, b: Path) -> None:
+def assert_same_store(a: Path, b: Path) -> None:
     xa, xb = _arrays(a), _arrays(b)
     assert sorted(xa) == sorted(xb)
     for k in xa:
@@ -62,14 +63,18 @@ def _set_attrs(path: Path, attrs: dict) -> None:
     L.consolidate(path)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("render")
+def make_datasets(root: Path) -> dict[str, Path]:
+    """The random-action pixel datasets of every render test (episode 0 probed, frames stored)."""
     return {
         "root": root,
         DMC: R.write_random_dataset(root / "cart.zarr", DMC, episodes=3, episode_length=12, seed=1, rgb=True),
         MW: R.write_random_dataset(root / "reach.zarr", MW, episodes=2, episode_length=8, seed=2, rgb=True),
     }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_datasets(tmp_path_factory.mktemp("render"))
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +125,9 @@ def test_two_workers_equal_one_worker_bitwise(data, one_worker):
     art = rv.run(rv.RenderConfig(workers=2, chunk_episodes=1), data[DMC], store, progress=False)
     ref = one_worker[DMC]
     assert art.key == ref.key  # workers and range size are not part of the cache key
-    _assert_same_store(art.path / rv.DATASET_NAME, ref.path / rv.DATASET_NAME)
+    assert art.manifest["render"]["executor"] == "process" and art.manifest["render"]["workers"] == 2
+    assert ref.manifest["render"]["executor"] == "local"
+    assert_same_store(art.path / rv.DATASET_NAME, ref.path / rv.DATASET_NAME)
     assert len({u["pid"] for u in art.manifest["unit_info"].values()}) >= 1
     assert all(u["pid"] != os.getpid() for u in art.manifest["unit_info"].values())  # rendered in workers
     assert not (art.path / "parts").exists()
@@ -167,14 +174,14 @@ def test_kill_and_resume_equals_uninterrupted_run(data, one_worker, workers):
     first = json.loads(next((root / rv.STAGE).glob(".*.partial/manifest.json")).read_text())
     done_frames = sum(int(first["unit_info"][u]["frames"]) for u in first["units"])
     assert not any(p.name[0] != "." for p in (root / rv.STAGE).iterdir())  # nothing looks complete
-    res = _cli(*args, cwd=root)
+    res = cdred_cli(*args, cwd=root)
     assert res.returncode == 0, res.stderr
     art = ArtifactStore(root).get(rv.STAGE, one_worker[DMC].key)
     assert art is not None and art.manifest["resumed"] >= 1
     total = art.manifest["render"]["frames"]
     # exactly the ranges not recorded before the kill were rendered again (recorded ones were reused)
     assert art.manifest["render_runs"][-1]["frames_rendered"] == total - done_frames
-    _assert_same_store(art.path / rv.DATASET_NAME, one_worker[DMC].path / rv.DATASET_NAME)
+    assert_same_store(art.path / rv.DATASET_NAME, one_worker[DMC].path / rv.DATASET_NAME)
 
 
 # ---------------------------------------------------------------------------------- verification
@@ -214,7 +221,7 @@ def test_probe_mismatch_is_reported_with_psnr_and_versions(data, tmp_path):
     sim2["probe"] = dict(sim2["probe"], sha256=["0" * 64] + sim2["probe"]["sha256"][1:])
     bad2 = copy_dataset(data[DMC], tmp_path / "tampered2.zarr")
     _set_attrs(bad2, {"sim": sim2})
-    res = _cli("--workdir", str(tmp_path / "runs"), "-q", "render-visual", str(bad2), cwd=tmp_path)
+    res = cdred_cli("--workdir", str(tmp_path / "runs"), "-q", "render-visual", str(bad2), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "warning:" in res.stderr and "MISMATCH: 1 of 3 probe frames" in res.stderr and "PSNR inf dB" in res.stderr
     assert "verify: MISMATCH" in res.stdout
@@ -234,7 +241,7 @@ def _stateless_dataset(path: Path, task: str, obs_dim: int, action_dim: int, sta
 
 def test_dataset_without_physics_state_is_one_line_error_cli(tmp_path):
     ds = _stateless_dataset(tmp_path / "imported.zarr", DMC, 5, 1, 0)
-    res = _cli("--workdir", str(tmp_path / "runs"), "render-visual", str(ds), cwd=tmp_path)
+    res = cdred_cli("--workdir", str(tmp_path / "runs"), "render-visual", str(ds), cwd=tmp_path)
     assert res.returncode == DatasetError.exit_code
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be re-rendered" in lines[0] and "no simulator states" in lines[0]
@@ -255,6 +262,6 @@ def test_unavailable_simulator_and_bad_sizes(tmp_path):
         with pytest.raises(UsageError, match="16-512"):
             rv.RenderConfig(size=size)
     assert rv.RenderConfig(size=16).size == 16 and rv.RenderConfig.preset("large").size == 128
-    res = _cli("render-visual", str(wrong), "--size", "1024", cwd=tmp_path)
+    res = cdred_cli("render-visual", str(wrong), "--size", "1024", cwd=tmp_path)
     assert res.returncode == UsageError.exit_code and len(res.stderr.strip().splitlines()) == 1
     assert "16-512" in res.stderr
