@@ -13,6 +13,10 @@ Prints:
   * [3] random sub-trajectory sampling (horizon 3, batch 256) from ``load_episodes`` into
     :class:`~cdred_pipeline.datasets.EpisodeSampler` and the agent's ReplayBuffer.
 
+The writer is the one in :mod:`cdred_pipeline.datasets.writer`: whole-chunk batches through zarr's
+public API, with the per-episode checks, validation, consolidation and atomic publish that a plain
+zarr write does not do (see docs/dataset-layout.md).
+
 Data: random walks (``cumsum`` of small Gaussian steps), which compress like simulator states;
 ``--data noise`` uses i.i.d. Gaussian floats (near-incompressible; the worst case for the writer).
 About a minute with the defaults:
@@ -204,8 +208,12 @@ def _rate(sample, batch: int, seconds: float) -> float:
 
 def bench_sampling(path: Path, horizon: int, batch: int, seconds: float) -> list[dict]:
     """Samples/s of windows of horizon ``horizon`` from ``load_episodes`` data: EpisodeSampler, and the
-    agent's ReplayBuffer (cpu) when cdred_pipeline/agent/buffer.py exists."""
-    out = []
+    agent's ReplayBuffer (cpu) filled by ``fill_buffer``."""
+    import torch
+
+    from cdred_pipeline.agent.buffer import ReplayBuffer
+    from cdred_pipeline.datasets import fill_buffer
+
     t = time.perf_counter()
     eps = load_episodes(path)
     load_s = time.perf_counter() - t
@@ -215,27 +223,16 @@ def bench_sampling(path: Path, horizon: int, batch: int, seconds: float) -> list
         b = smp.sample(batch)
         assert b["obs"].shape[:2] == (horizon + 1, batch)
 
-    out.append({"sampler": "datasets.EpisodeSampler", "samples_per_s": _rate(sample_np, batch, seconds),
-                "load_s": load_s, "bytes": smp.nbytes})
-    buf_file = Path(__file__).resolve().parents[1] / "cdred_pipeline" / "agent" / "buffer.py"
-    if buf_file.exists():
-        try:
-            import torch
-
-            from cdred_pipeline.agent.buffer import ReplayBuffer
-            from cdred_pipeline.datasets import fill_buffer
-
-            steps = sum(len(e["action"]) for e in eps)
-            buf = ReplayBuffer(steps + len(eps), eps[0]["obs"].shape[1:], eps[0]["action"].shape[1], "cpu",
-                               torch.float32)
-            t = time.perf_counter()
-            nbytes = fill_buffer(buf, path)["bytes"]
-            fill_s = time.perf_counter() - t
-            out.append({"sampler": f"agent.ReplayBuffer (cpu, torch {torch.get_num_threads()} threads)",
-                        "samples_per_s": _rate(lambda: buf.sample(batch, horizon), batch, seconds),
-                        "load_s": fill_s, "bytes": nbytes})
-        except Exception as exc:  # noqa: BLE001 - report: the buffer may be mid-development
-            print(f"  (agent ReplayBuffer not usable: {type(exc).__name__}: {exc})")
+    out = [{"sampler": "datasets.EpisodeSampler", "samples_per_s": _rate(sample_np, batch, seconds),
+            "load_s": load_s, "bytes": smp.nbytes}]
+    steps = sum(len(e["action"]) for e in eps)
+    buf = ReplayBuffer(steps + len(eps), eps[0]["obs"].shape[1:], eps[0]["action"].shape[1], "cpu", torch.float32)
+    t = time.perf_counter()
+    nbytes = fill_buffer(buf, path)["bytes"]
+    fill_s = time.perf_counter() - t
+    out.append({"sampler": f"agent.ReplayBuffer (cpu, torch {torch.get_num_threads()} threads)",
+                "samples_per_s": _rate(lambda: buf.sample(batch, horizon), batch, seconds),
+                "load_s": fill_s, "bytes": nbytes})
     return out
 
 
