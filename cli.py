@@ -384,9 +384,9 @@ def _collect_units(ctx: click.Context, cfg: Any, tasks: list[str], seeds: tuple[
               help="Image side in pixels (16-512).")
 @click.option("--camera", default=default_of(RenderConfig, "camera"),
               help="Camera name or id (default: the task's camera, as make_env uses online).")
-@click.option("--workers", type=int, default=None,
-              help="Render processes, one GL context each (default 1); with --ray-address local: the Ray "
-                   "instance's CPUs (default: all cores).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Render episode ranges in this many local processes, one GL context each (default: this "
+                   "process), or Ray CPUs with --ray-address local.")
 @click.option("--ray-address", default=None,
               help="Render episode ranges as Ray tasks: 'local' (a private Ray on this machine), 'auto' (the "
                    "cluster this machine joined) or HOST:PORT. The dataset and --workdir must be on storage "
@@ -405,18 +405,15 @@ def render_visual(ctx: click.Context, dataset: str, workers: int | None, ray_add
     pixel dataset: data/rgb/<camera>, exactly the frames the online pixel env shows."""
     import time
     import warnings
-    from contextlib import nullcontext
 
-    from cdred_pipeline.executor import make_executor
+    from cdred_pipeline.executor import executor_for
     from cdred_pipeline.stages import render_visual as stage
 
-    cfg = stage.RenderConfig(workers=default_of(RenderConfig, "workers") if workers is None else workers, **opts)
+    cfg = stage.RenderConfig(workers=workers or default_of(RenderConfig, "workers"), **opts)
     store = _store(ctx)
     path = stage.resolve_dataset(dataset, store)
     started = time.time()
-    # ranges as executor units on Ray (joined on first use: a cached result starts nothing)
-    ex_ctx = make_executor("ray", workers=workers, ray_address=ray_address) if ray_address else nullcontext(None)
-    with ex_ctx as ex, warnings.catch_warnings(record=True) as caught:
+    with executor_for(workers, ray_address) as ex, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", stage.RenderMismatchWarning)
         art = stage.run(cfg, path, store, force=force, progress=_progress(ctx), executor=ex)
     for w in caught:
