@@ -1,4 +1,4 @@
-"""render-visual speed: frames/s with 1 and 2 workers against the raw ``mujoco.Renderer`` rate (issue 5).
+"""render-visual speed: frames/s with 1 and 2 workers against the raw ``mujoco.Renderer`` rate.
 
     MUJOCO_GL=egl python benchmarks/render_speed.py [--task dmc:cheetah-run] [--episodes 40] [--steps 250]
 
@@ -7,9 +7,9 @@
    render profile), ``update_scene`` + ``render`` in a loop on one state, in this process.
 3. ``cdred render-visual`` in a fresh process for each worker count (its own work dir): the stage's
    own render time (manifest ``timings.render_s``: restoring every state, rendering, compressing,
-   merging, including the spawn of the worker pool) and the whole command's wall time.
+   merging, including the start of the worker processes) and the whole command's wall time.
 
-Targets (issue 5): one worker >= 80 % of the raw rate; two workers >= 1.7x one worker. On a machine
+Targets: one worker >= 80 % of the raw rate; two workers >= 1.7x one worker. On a machine
 whose cores are shared with other jobs the figures are disturbed; the load average is printed.
 """
 
@@ -30,13 +30,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 def raw_rate(task: str, size: int, profile: str, frames: int, state) -> float:
     """Frames/s of a bare mujoco.Renderer (update_scene + render) on the env's own model and camera."""
     from cdred_pipeline.envs import make_env
-    from cdred_pipeline.envs.base import MjFrameRenderer
 
     env = make_env(task, image_size=size, render_profile=profile)
     env.set_physics_state(state)
-    model, data = env._scene()  # noqa: SLF001  the model and data the env renders
-    cam, _ = env._resolve_camera(None)  # noqa: SLF001
-    renderer = MjFrameRenderer(model, profile).get(size)  # a plain mujoco.Renderer, profile applied
+    renderer, data, cam, _ = env.frame_renderer(size)  # a plain mujoco.Renderer, profile applied
     for _ in range(20):  # warm up
         renderer.update_scene(data, camera=cam)
         renderer.render()
@@ -45,7 +42,6 @@ def raw_rate(task: str, size: int, profile: str, frames: int, state) -> float:
         renderer.update_scene(data, camera=cam)
         renderer.render()
     rate = frames / (time.perf_counter() - t0)
-    renderer.close()
     env.close()
     return rate
 
@@ -57,9 +53,7 @@ def interleaved(task: str, size: int, profile: str, states, reps: int = 10, n: i
 
     r = StateRenderer(task, size=size, render_profile=profile)
     r.render(states[0])
-    model, data = r.env._scene()  # noqa: SLF001
-    cam, _ = r.env._resolve_camera(None)  # noqa: SLF001
-    raw = r.env._mj_renderer.get(size)  # noqa: SLF001  the very renderer render_frame uses
+    raw, data, cam, _ = r.env.frame_renderer(size)  # the very renderer render_frame uses
     t_raw = t_stage = 0.0
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -92,6 +86,30 @@ def stage_rate(dataset: Path, workdir: Path, workers: int, size: int, profile: s
             "fps_steady": run.get("fps_steady"), "wall_s": wall, "fps_wall": frames / wall}
 
 
+def report(raws: list[float], stage: dict[int, list[dict]], repeat: int) -> None:
+    """Best-of and median ratios: one worker against the raw rate, two workers against one."""
+    from statistics import median
+
+    raw = max(raws)
+    best = {w: max(rs, key=lambda r: r["fps"]) for w, rs in stage.items() if rs}
+    print(f"best of {repeat}: raw {raw:.1f}; " + "; ".join(
+        f"{w} worker(s) {b['fps']:.1f} ({b['fps_steady'] or float('nan'):.1f} steady)" for w, b in best.items()))
+    if 1 in stage:
+        ratio = best[1]["fps"] / raw
+        per_round = [r["fps"] / x for r, x in zip(stage[1], raws)]
+        print(f"one worker / raw      = {ratio:5.2f} best-of, {median(per_round):.2f} median of rounds "
+              f"(target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'})")
+        if best[1]["fps_steady"]:
+            print(f"one worker / raw, steady = {best[1]['fps_steady'] / raw:5.2f}")
+    if 1 in stage and 2 in stage:
+        sp = best[2]["fps"] / best[1]["fps"]
+        per_round = [b["fps"] / a["fps"] for a, b in zip(stage[1], stage[2])]
+        print(f"two workers / one     = {sp:5.2f}x best-of, {median(per_round):.2f}x median of rounds "
+              f"(target >= 1.70: {'met' if sp >= 1.7 else 'NOT met'})")
+        if best[1]["fps_steady"] and best[2]["fps_steady"]:
+            print(f"two workers / one, steady = {best[2]['fps_steady'] / best[1]['fps_steady']:5.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="dmc:cheetah-run")
@@ -105,7 +123,6 @@ def main() -> None:
                     help="Rounds of (raw, each worker count); best-of and median ratios are reported.")
     args = ap.parse_args()
 
-    from statistics import median
 
     from cdred_pipeline.datasets import open_dataset
     from cdred_pipeline.render import StateRenderer, gl_backend, write_random_dataset
@@ -139,24 +156,7 @@ def main() -> None:
                       f"phase, {r['fps_steady'] or float('nan'):.1f} steady (after worker start-up) "
                       f"({r['frames']} frames in {r['render_s']:.2f} s; whole command {r['wall_s']:.2f} s = "
                       f"{r['fps_wall']:.1f} frames/s)")
-    raw = max(raws)
-    best = {w: max(rs, key=lambda r: r["fps"]) for w, rs in stage.items() if rs}
-    print(f"best of {args.repeat}: raw {raw:.1f}; " + "; ".join(
-        f"{w} worker(s) {b['fps']:.1f} ({b['fps_steady'] or float('nan'):.1f} steady)" for w, b in best.items()))
-    if 1 in stage:
-        ratio = best[1]["fps"] / raw
-        per_round = [r["fps"] / x for r, x in zip(stage[1], raws)]
-        print(f"one worker / raw      = {ratio:5.2f} best-of, {median(per_round):.2f} median of rounds "
-              f"(target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'})")
-        if best[1]["fps_steady"]:
-            print(f"one worker / raw, steady = {best[1]['fps_steady'] / raw:5.2f}")
-    if 1 in stage and 2 in stage:
-        sp = best[2]["fps"] / best[1]["fps"]
-        per_round = [b["fps"] / a["fps"] for a, b in zip(stage[1], stage[2])]
-        print(f"two workers / one     = {sp:5.2f}x best-of, {median(per_round):.2f}x median of rounds "
-              f"(target >= 1.70: {'met' if sp >= 1.7 else 'NOT met'})")
-        if best[1]["fps_steady"] and best[2]["fps_steady"]:
-            print(f"two workers / one, steady = {best[2]['fps_steady'] / best[1]['fps_steady']:5.2f}x")
+    report(raws, stage, args.repeat)
     load1 = os.getloadavg()
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} on {os.cpu_count()} cores"
           + ("  (other jobs share these cores: figures disturbed)" if max(load0[0], load1[0]) > 0.5 else ""))

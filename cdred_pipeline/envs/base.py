@@ -98,12 +98,6 @@ class MjFrameRenderer:
         self._renderers[size] = r
         return r
 
-    def render(self, data: Any, size: int, camera: int | str) -> np.ndarray:
-        """Render ``data`` from ``camera`` into a fresh (size, size, 3) uint8 array."""
-        r = self.get(size)
-        r.update_scene(data, camera=camera)
-        return r.render()
-
     def upload_hfield(self, hfield_id: int) -> None:
         """Push a changed height field to every existing GL context (new contexts upload it themselves)."""
         import mujoco
@@ -280,6 +274,20 @@ class CdredEnv(gym.Env):
         """uint8 (size, size, 3) image of the current state via ``mujoco.Renderer`` (never gymnasium's
         ``render``); the same pixels the rgb observation holds. ``size`` defaults to ``image_size``,
         ``camera`` to the task's default camera (see :func:`~cdred_pipeline.envs.spec.default_camera`)."""
+        renderer, data, cam, rotate = self.frame_renderer(size, camera)
+        try:
+            renderer.update_scene(data, camera=cam)
+        except ValueError as exc:  # unknown camera name / id out of range
+            raise UsageError(f"{self.spec_info.task}: {exc}") from exc
+        img = renderer.render()
+        if rotate:
+            img = img[::-1, ::-1]
+        return np.ascontiguousarray(img)
+
+    def frame_renderer(self, size: int | None = None, camera: str | int | None = None) -> tuple[Any, Any, int | str, bool]:
+        """What :meth:`render_frame` renders with: the ``mujoco.Renderer`` for ``size`` (render profile
+        applied), the MjData, the camera, and whether the image is turned by 180 degrees (benchmarks
+        time the renderer alone with it)."""
         size = self.spec_info.image_size if size is None else int(size)
         if size <= 0:
             raise UsageError(f"image size must be positive, got {size}")
@@ -287,13 +295,7 @@ class CdredEnv(gym.Env):
         if self._mj_renderer is None:
             self._mj_renderer = MjFrameRenderer(model, self.spec_info.render_profile)
         cam, rotate = self._resolve_camera(camera)
-        try:
-            img = self._mj_renderer.render(data, size, cam)
-        except ValueError as exc:  # unknown camera name / id out of range
-            raise UsageError(f"{self.spec_info.task}: {exc}") from exc
-        if rotate:
-            img = img[::-1, ::-1]
-        return np.ascontiguousarray(img)
+        return self._mj_renderer.get(size), data, cam, rotate
 
     def close(self) -> None:
         if self._mj_renderer is not None:
