@@ -218,7 +218,7 @@ def test_ray_retries_a_unit_that_fails_once(ray_address, tmp_path):
 
 @needs_ray
 def test_collect_experts_over_seeds_on_ray_equals_the_local_executor(ray_address, tmp_path):
-    cfg = ce.CollectConfig(task=TASK, preset="tiny", train_steps=200, episodes=2, random_episodes=1,
+    cfg = ce.CollectConfig(task=TASK, preset="tiny", train_env_steps=200, episodes=2, random_episodes=1,
                            episode_length=25, plan=False, device="cpu")  # the CLI's defaults otherwise
     local = ce.run_seeds(cfg, [0, 1], ArtifactStore(tmp_path / "local"), progress=False)
     res = subprocess.run(
