@@ -109,7 +109,7 @@ class DMCEnv(CdredEnv):
         return np.concatenate([np.asarray(obs[k], dtype=np.float64).reshape(-1) for k in self._obs_keys])
 
     def _reset_sim(self, episode_seed: int) -> np.ndarray:
-        self._env.task._random = np.random.RandomState(derive(episode_seed, "sim"))  # noqa: SLF001
+        self._env.task.random.seed(derive(episode_seed, "sim"))  # reseeds the task's RandomState in place
         if self._escape:
             # the terrain's bumps are the first draw of Escape.initialize_episode: replay it to record them
             rs = np.random.RandomState()
