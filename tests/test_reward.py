@@ -169,7 +169,7 @@ def test_lemma1_fitted_predictor_estimates_one_over_n(n):
     c = tgt[k, torch.arange(M)[:, None]]  # (M, n, p): the n occurrences' target draws
     inp = torch.cat([x, a], -1)
     opt = torch.optim.Adam(head.expert_predictor.parameters(), lr=3e-3)
-    for _ in range(400):
+    for _ in range(600):
         f = head.expert_predictor(inp)
         loss = (f.unsqueeze(1) - c).square().mean()
         opt.zero_grad()
