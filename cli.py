@@ -18,13 +18,13 @@ from typing import Any, Callable
 import click
 
 from cdred_pipeline import __version__
-from cdred_pipeline.envs import RENDER_PROFILES, SUITES
+from cdred_pipeline.envs import OBS_KINDS, RENDER_PROFILES, SUITES
 from cdred_pipeline.errors import CdredError
 from cdred_pipeline.presets import AGENT_PRESETS, PIPELINE_PRESETS
 from cdred_pipeline.stages import envs as envs_stage
 from cdred_pipeline.stages.collect_experts import POLICIES, CollectConfig
 from cdred_pipeline.stages.evaluate import EvalConfig, parse_tremble_list
-from cdred_pipeline.stages.imitate import OBS_KINDS, ImitateConfig
+from cdred_pipeline.stages.imitate import ImitateConfig
 from cdred_pipeline.stages.package import EXPORT_FORMATS, IMPORT_FORMATS, import_
 from cdred_pipeline.stages.pipeline import EXPERT_POLICIES, PipelineConfig
 from cdred_pipeline.stages.render_visual import RenderConfig

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from cdred_pipeline.envs.spec import OBS_KINDS
 from cdred_pipeline.errors import DatasetError
 
 from . import layout as L
@@ -244,8 +245,8 @@ def load_episodes(path: str | os.PathLike, num_demos: int | None = None, obs: st
     uint8 (rgb: 3 stacked frames, channels-first, see :func:`stack_frames`), action (T, A) float32
     and reward (T,) float32. Each array is read with one contiguous zarr read.
     """
-    if obs not in ("state", "rgb"):
-        raise DatasetError(f"load_episodes: obs={obs!r}; use 'state' or 'rgb'")
+    if obs not in OBS_KINDS:
+        raise DatasetError(f"load_episodes: obs={obs!r}; use one of {', '.join(OBS_KINDS)}")
     ds = open_dataset(path)
     n = ds.num_episodes if num_demos is None else int(num_demos)
     if n < 0 or n > ds.num_episodes:

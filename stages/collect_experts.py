@@ -176,6 +176,12 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
         art.release()
 
 
+def trained_env_steps(extra: dict[str, Any]) -> int:
+    """Env steps an expert checkpoint was trained for (its trainer state counts agent steps); 0 when it
+    holds no trainer state (a checkpoint made elsewhere)."""
+    return int(extra.get("trainer", {}).get("agent_step", 0)) * int(extra.get("action_repeat", 1) or 1)
+
+
 def check_expert_checkpoint(path: str | Path, cfg: CollectConfig) -> tuple[Any, dict[str, Any]]:
     """Load an expert checkpoint and check it acts on this task's state observations (one-line errors)."""
     from cdred_pipeline.envs import make_env
@@ -213,7 +219,7 @@ def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[BatchAct, 
     path = expert.path / "agent.pt"
     agent, extra = check_expert_checkpoint(path, cfg)
     source = {"kind": "tdmpc2", "checkpoint_sha256": file_sha256(path),
-              "train_steps": int(extra.get("env_step", 0)), "preset": extra.get("preset")}
+              "train_env_steps": trained_env_steps(extra), "preset": extra.get("preset")}
     act = agent_act(agent, pad_rows=PAD_ROWS, generator_seed=lambda i: derive(cfg.seed, "mppi", i))
     return act, source, agent.device
 
@@ -397,11 +403,6 @@ def run(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progre
     return collect_demos(cfg, expert, store, force=force, progress=progress)
 
 
-def replace(cfg: CollectConfig, **changes: Any) -> CollectConfig:
-    """A changed copy of a config (configs are frozen, never mutated)."""
-    return dataclasses.replace(cfg, **changes)
-
-
 # ------------------------------------------------------------------------------------------ tasks x seeds
 def _seed_unit(unit: tuple[CollectConfig, str, bool, bool]) -> dict[str, Any]:
     """One executor unit: collect-experts for one (task, seed), run by the stage functions in the worker.
@@ -450,7 +451,7 @@ def run_units(cfg: CollectConfig, tasks: list[str] | tuple[str, ...], seeds: lis
     if cfg.policy == "checkpoint" and len(tasks) > 1:
         raise UsageError(f"--checkpoint is the expert of one task, got {len(tasks)} tasks; "
                          "pass one TASK with --checkpoint (or train experts for several tasks)")
-    cfgs = [replace(cfg, task=t, seed=s) for t in tasks for s in seeds]  # checks every unit's config now
+    cfgs = [dataclasses.replace(cfg, task=t, seed=s) for t in tasks for s in seeds]  # checks every unit's config now
     ex = executor if executor is not None else make_executor("local")
     inline = progress and ex.kind == "local"
     root = str(Path(store.root).resolve())

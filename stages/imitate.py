@@ -31,7 +31,6 @@ from cdred_pipeline.presets import LR_STEP_BY_SUITE, REWARD_PRESET_FOR
 from cdred_pipeline.seeding import derive
 
 STAGE, VERSION = "imitate", 2
-OBS_KINDS = ("state", "rgb")
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class ImitateConfig:
 
     def __post_init__(self) -> None:
         from cdred_pipeline.agent.config import REWARD_SPACES
-        from cdred_pipeline.envs import check_tremble
+        from cdred_pipeline.envs import OBS_KINDS, check_tremble
         from cdred_pipeline.reward.config import G_NAMES, MODES
 
         check_tremble(self.tremble)

@@ -110,6 +110,7 @@ def test_tdmpc2_expert_writes_agent_metrics_curve_and_valid_dataset(cartpole):
     _check_dataset_matches_manifest(cartpole["demos"].path, episodes=2, length=50)
     ds = open_dataset(cartpole["demos"].path / ce.DATASET_NAME)
     assert ds.attrs["source"]["kind"] == "tdmpc2"
+    assert ds.attrs["source"]["train_env_steps"] == 300  # what the expert trained for, from its trainer state
     assert ds.attrs["env"]["obs_dim"] == 5 and ds.attrs["env"]["action_dim"] == 1
 
 

@@ -12,11 +12,11 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cli_helpers import CDRED as CDRED_SCRIPT
 
 from cdred_pipeline.envs import (
     InvalidActionError,
@@ -29,7 +29,7 @@ from cdred_pipeline.envs import (
 )
 from cdred_pipeline.errors import CdredError, MissingDependencyError, UsageError
 
-CDRED = str(Path(sys.executable).with_name("cdred"))
+CDRED = str(CDRED_SCRIPT)
 PAPER_MW = ("box-close", "bin-picking", "reach-wall", "stick-pull", "stick-push", "soccer")
 
 

@@ -30,6 +30,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned workers inherit sys.path
 import executor_units as U  # noqa: E402
+from cli_helpers import CDRED  # noqa: E402
 from store_helpers import assert_same_zarr  # noqa: E402
 
 from cdred_pipeline.agent import AgentConfig, TDMPC2Agent  # noqa: E402
@@ -46,7 +47,6 @@ try:
 except ImportError:
     HAVE_RAY = False
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'cdred[ray]'; `make test` installs it)")
-CDRED = Path(sys.executable).with_name("cdred")
 TASK, LENGTH = "dmc:cartpole-balance", 30
 
 

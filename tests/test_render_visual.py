@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,9 @@ from cdred_pipeline.datasets import EpisodeWriter, copy_dataset, load_episodes, 
 from cdred_pipeline.datasets import layout as L  # noqa: E402
 from cdred_pipeline.errors import DatasetError, MissingDependencyError, UsageError  # noqa: E402
 from cdred_pipeline.stages import render_visual as rv  # noqa: E402
-from cli_helpers import kill_cli_when  # noqa: E402
+from cli_helpers import CDRED, kill_cli_when  # noqa: E402
 
 DMC, MW = "dmc:cartpole-balance", "mw:reach"
-CDRED = Path(sys.executable).with_name("cdred")
 
 
 # ------------------------------------------------------------------------------------- helpers

@@ -10,6 +10,7 @@ import numpy as np
 from cdred_pipeline.envs.spec import (
     DEFAULT_ACTION_REPEAT,
     DEFAULT_EPISODE_LENGTH,
+    OBS_KINDS,
     RENDER_PROFILES,
     TaskSpec,
     default_camera,
@@ -70,8 +71,8 @@ def _spec_of(task: str, suite: str, name: str, *, obs: str, action_repeat: int |
              render_profile: str) -> tuple[TaskSpec, bool]:
     """The checked settings as a TaskSpec (dims unknown until the env is built), and whether the
     episode length was given."""
-    if obs not in ("state", "rgb"):
-        raise UsageError(f"obs must be 'state' or 'rgb', got {obs!r}")
+    if obs not in OBS_KINDS:
+        raise UsageError(f"obs must be one of {', '.join(OBS_KINDS)}, got {obs!r}")
     if render_profile not in RENDER_PROFILES:
         raise UsageError(f"render_profile must be one of {', '.join(RENDER_PROFILES)}, got {render_profile!r}")
     image_size = _positive_int("image_size", image_size)

@@ -33,6 +33,8 @@ DEFAULT_EPISODE_LENGTH: dict[str, int | None] = {"dmc": 500, "mw": 100, "ms2": 1
 """Episode length in agent steps (None for gym: the env's own TimeLimit, divided by the repeat)."""
 
 RENDER_PROFILES: tuple[str, ...] = ("fast", "default")
+OBS_KINDS: tuple[str, ...] = ("state", "rgb")
+"""What an env observes: the state vector, or stacked rgb frames."""
 """``default``: the model's own look. ``fast``: shadows, reflections and multisampling off (about 7x
 faster under software GL). The profile changes pixels, so it is part of the spec and the cache key."""
 
