@@ -1,8 +1,8 @@
 """Full training-loop speed: agent steps/s of env step + act (MPPI plan or policy prior) +
 one update, the loop `cdred collect-experts` trains with, after seeding.
 
-    python benchmarks/train_loop_speed.py --task dmc:cheetah-run --preset paper --plan          # GPU
-    python benchmarks/train_loop_speed.py --task dmc:cartpole-balance --preset small --steps 1500
+    python benchmarks/speed/train_loop_speed.py --task dmc:cheetah-run --preset paper --plan          # GPU
+    python benchmarks/speed/train_loop_speed.py --task dmc:cartpole-balance --preset small --steps 1500
 
 Runs the real trainer (``train_online``, utd 1, no evaluations, no burst of pre-training updates) in
 a temporary folder and reads the per-episode rows of its metrics.jsonl: the rate is taken over the
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000, help="agent steps in all, seeding included")
     ap.add_argument("--seed-steps", type=int, default=500)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch default)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "train_loop_speed.jsonl")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "train_loop_speed.jsonl")
     args = ap.parse_args()
 
     import torch

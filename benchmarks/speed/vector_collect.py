@@ -1,7 +1,7 @@
 """Vectorised collection: env steps/s of ``cdred collect-experts --num-envs K``.
 
-    python benchmarks/vector_collect.py                              # small agent, 1 and 8 envs
-    python benchmarks/vector_collect.py --presets tiny small --num-envs 1 2 4 8 --episodes 16
+    python benchmarks/speed/vector_collect.py                              # small agent, 1 and 8 envs
+    python benchmarks/speed/vector_collect.py --presets tiny small --num-envs 1 2 4 8 --episodes 16
 
 For each agent preset (untrained, policy prior: speed only) and each K, the collect-experts stage
 (``collect_experts.collect_demos`` with a checkpoint expert) collects ``--episodes`` episodes of
@@ -55,7 +55,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--episode-length", type=int, default=500, help="agent steps (cartpole default: 500)")
     p.add_argument("--repeats", type=int, default=2, help="best of this many timings")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vector_collect.json")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "vector_collect.json")
     return p.parse_args()
 
 

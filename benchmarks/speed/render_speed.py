@@ -1,6 +1,6 @@
 """render-visual speed: frames/s with 1 and 2 workers against the raw ``mujoco.Renderer`` rate.
 
-    MUJOCO_GL=egl python benchmarks/render_speed.py [--task dmc:cheetah-run] [--episodes 40] [--steps 250]
+    MUJOCO_GL=egl python benchmarks/speed/render_speed.py [--task dmc:cheetah-run] [--episodes 40] [--steps 250]
 
 1. Builds a state dataset by stepping the real env with seeded random actions (no pixels stored).
 2. Raw rate, the limit: a ``mujoco.Renderer`` configured exactly as the env's (same model, size and

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check for cdred (issue 8, item 5): one command for a person with a CUDA machine.
+# GPU check for cdred: one command for a person with a CUDA machine.
 #
-#   bash benchmarks/gpu_check.sh WHEELS_DIR [OUT_DIR]
+#   bash benchmarks/speed/gpu_check.sh WHEELS_DIR [OUT_DIR]
 #
 # WHEELS_DIR  a folder of wheels to install from, offline (pip install --no-index --find-links):
 #             the CUDA build of torch 2.13.0 for your driver, every dependency of cdred, and either a
@@ -17,9 +17,9 @@
 # What it runs (MUJOCO_GL=egl, device cuda), eager PyTorch ("graphs off") and with the update and the
 # MPPI plan captured as CUDA graphs ("graphs on", the default on CUDA):
 #   1. pytest tests/test_cuda_graphs.py: graphed update and plan equal the eager ones;
-#   2. benchmarks/agent_speed.py --devices cuda --presets small paper: update ms, MPPI plan ms,
+#   2. benchmarks/speed/agent_speed.py --devices cuda --presets small paper: update ms, MPPI plan ms,
 #      policy act ms and achieved/limit of the measured matmul rate (OUT_DIR/agent_speed*.json);
-#   3. benchmarks/train_loop_speed.py: the full training loop (env step + MPPI plan + update) on
+#   3. benchmarks/speed/train_loop_speed.py: the full training loop (env step + MPPI plan + update) on
 #      dmc:cheetah-run with the paper preset, agent steps/s (OUT_DIR/train_loop_speed.jsonl);
 #   4. a short paper-preset training through the CLI, `cdred collect-experts dmc:cheetah-run --preset
 #      paper --train-steps $TRAIN_STEPS --episodes 2 --device cuda --plan`;
@@ -29,10 +29,10 @@
 set -euo pipefail
 
 if [[ $# -lt 1 || ( "${SKIP_INSTALL:-0}" != 1 && ! -d "$1" ) ]]; then
-    echo "usage: bash benchmarks/gpu_check.sh WHEELS_DIR [OUT_DIR]   (WHEELS_DIR: a folder of wheels, see the top of this file)" >&2
+    echo "usage: bash benchmarks/speed/gpu_check.sh WHEELS_DIR [OUT_DIR]   (WHEELS_DIR: a folder of wheels, see the top of this file)" >&2
     exit 2
 fi
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${2:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -75,14 +75,14 @@ echo "== CUDA-graph tests"
 for G in on off; do
     echo "== agent speed (presets: $PRESETS, CUDA graphs $G)"
     # shellcheck disable=SC2086
-    "$VPY" "$REPO/benchmarks/agent_speed.py" --devices cuda --presets $PRESETS --cuda-graphs $G \
+    "$VPY" "$REPO/benchmarks/speed/agent_speed.py" --devices cuda --presets $PRESETS --cuda-graphs $G \
         --out "$OUT/agent_speed_graphs_$G.json" 2>&1 | tee -a "$OUT/agent_speed.log" || true
 done
 
 echo "== training loop: dmc:cheetah-run, paper preset, MPPI, cuda"
-"$VPY" "$REPO/benchmarks/train_loop_speed.py" --task dmc:cheetah-run --preset paper --device cuda --cuda-graphs on \
+"$VPY" "$REPO/benchmarks/speed/train_loop_speed.py" --task dmc:cheetah-run --preset paper --device cuda --cuda-graphs on \
     --steps 3000 --seed-steps 500 --out "$OUT/train_loop_speed.jsonl" || true
-"$VPY" "$REPO/benchmarks/train_loop_speed.py" --task dmc:cheetah-run --preset paper --device cuda --cuda-graphs off \
+"$VPY" "$REPO/benchmarks/speed/train_loop_speed.py" --task dmc:cheetah-run --preset paper --device cuda --cuda-graphs off \
     --steps 1500 --seed-steps 500 --out "$OUT/train_loop_speed.jsonl" || true
 
 echo "== paper-preset training through the CLI: dmc:cheetah-run, $TRAIN_STEPS env steps, MPPI, cuda"
@@ -131,6 +131,6 @@ print()
 print(f"CLI paper-preset training on dmc:cheetah-run (env step + MPPI plan + update): {rate:.1f} agent steps/s "
       f"({2 * rate:.1f} env steps/s) over {int(steps)} agent steps after seeding; "
       f"{env_steps} env steps in all, {total_s} s wall for the whole command (seeding, evaluations, collection included)")
-print("issue 8 target: >= 300 agent steps/s on an H100 (TD-MPC2's authors: ~90 on an RTX 3090 with compile)")
+print("target: >= 300 agent steps/s on an H100 (TD-MPC2's authors: ~90 on an RTX 3090 with compile)")
 EOF
 echo "results: $OUT/gpu_check.txt, $OUT/agent_speed_graphs_*.json, $OUT/train_loop_speed.jsonl, $OUT/runs"

@@ -4,7 +4,7 @@ One panel per task: evaluation return (mean, band = one standard error of that m
 evaluation episodes) against env steps for every (file, reward) pair, the demonstrations' return as a
 dashed line and 90% of it dotted.
 
-    python benchmarks/plot_imitation.py runs/reacher_cdred.json:"CPU" runs/reacher_red.json:"CPU" \
+    python benchmarks/learning/plot_imitation.py runs/reacher_cdred.json:"CPU" runs/reacher_red.json:"CPU" \
         --out docs/img/imitation_reacher-easy.png
 
 A ``FILE:LABEL`` argument adds LABEL to that file's curve names (e.g. the machine or the demo policy).

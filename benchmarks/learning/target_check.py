@@ -1,7 +1,7 @@
 """The imitation learning target read off an eval curve: >= 90% of the expert's return from some
 evaluation within 100k env steps to the end of the run (used by imitation_learning.py).
 
-    python benchmarks/target_check.py      # self-check on made-up curves (a second)
+    python benchmarks/learning/target_check.py      # self-check on made-up curves (a second)
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ which 20 moves the return by hundreds; ``--final-episodes 200`` also evaluates e
 and the expert on the same 200 episodes (the evaluate stage). Finished runs and evaluations are cached
 artifacts: rerunning reads them back.
 
-    python benchmarks/imitation_learning.py --env-steps 100000                     # the target's setting
-    python benchmarks/imitation_learning.py --tasks dmc:reacher-easy --rewards cdred --imitation-seeds 0,1,2
-    python benchmarks/imitation_learning.py --tasks dmc:cartpole-balance --env-steps 20000 --expert-steps 20000
-    python benchmarks/imitation_learning.py --preset paper --plan --device cuda     # unchanged on a GPU
-    python benchmarks/imitation_learning.py --tasks mw:reach --expert-policy scripted --env-steps 8000 \
+    python benchmarks/learning/imitation_learning.py --env-steps 100000                     # the target's setting
+    python benchmarks/learning/imitation_learning.py --tasks dmc:reacher-easy --rewards cdred --imitation-seeds 0,1,2
+    python benchmarks/learning/imitation_learning.py --tasks dmc:cartpole-balance --env-steps 20000 --expert-steps 20000
+    python benchmarks/learning/imitation_learning.py --preset paper --plan --device cuda     # unchanged on a GPU
+    python benchmarks/learning/imitation_learning.py --tasks mw:reach --expert-policy scripted --env-steps 8000 \
         --eval-every 2000 --seed-steps 1000                                          # minutes on 2 cores
 """
 

@@ -1,8 +1,8 @@
 """Vectorised evaluation and executor overhead.
 
-    python benchmarks/vector_eval.py                          # tiny + small agents, 1/2/4/8 envs
-    python benchmarks/vector_eval.py --presets small --num-envs 1 8 --episodes 8 --episode-length 200
-    python benchmarks/vector_eval.py --executors local process ray   # + start-up and per-unit overhead
+    python benchmarks/speed/vector_eval.py                          # tiny + small agents, 1/2/4/8 envs
+    python benchmarks/speed/vector_eval.py --presets small --num-envs 1 8 --episodes 8 --episode-length 200
+    python benchmarks/speed/vector_eval.py --executors local process ray   # + start-up and per-unit overhead
 
 Part 1: env steps/s of evaluation on dmc:cartpole-balance with the policy prior (eval mode) through
 the rollout loop (:func:`cdred_pipeline.vector.run_eval_episodes`) for 1 env against K envs stepped
@@ -137,7 +137,7 @@ def main() -> None:
     p.add_argument("--executors", nargs="*", default=[], help="local process ray: also time the executors")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--noop-units", type=int, default=20)
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "vector_eval.json")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "vector_eval.json")
     args = p.parse_args()
     import torch
 

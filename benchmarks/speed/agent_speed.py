@@ -1,8 +1,8 @@
 """Agent speed per preset: parameters, updates/s, MPPI plan and policy-prior act latency, peak memory,
 FLOPs per update / plan and the achieved fraction of the measured matmul rate.
 
-    python benchmarks/agent_speed.py                         # tiny, small, paper on cpu (+ cuda if present)
-    python benchmarks/agent_speed.py --presets small --threads 1 --update-iters 30
+    python benchmarks/speed/agent_speed.py                         # tiny, small, paper on cpu (+ cuda if present)
+    python benchmarks/speed/agent_speed.py --presets small --threads 1 --update-iters 30
 
 Each (preset, device) runs in its own child process so that peak memory is per preset. Results are
 printed as a table and written to benchmarks/results/agent_speed.json (gitignored). Defaults: batch
@@ -189,7 +189,7 @@ def main() -> None:
     p.add_argument("--tf32", action="store_true", help="CUDA: TF32 tensor-core matmuls (torch.set_float32_matmul_precision('high'))")
     p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="CUDA: capture update and plan as CUDA graphs (auto: on; 'off' measures eager PyTorch)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "agent_speed.json")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "agent_speed.json")
     p.add_argument("--child", nargs=2, metavar=("PRESET", "DEVICE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

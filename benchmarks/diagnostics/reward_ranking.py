@@ -10,7 +10,7 @@ The telling rows are those where the expert earns clearly more environment retur
 wrong where the agent fails, and a better optimiser (MPPI planning, a larger model, more updates) only
 follows it harder; what is needed there is a reward that ranks the expert's behaviour higher.
 
-    python benchmarks/reward_ranking.py AGENT EXPERT [--workdir DIR] [--episodes 20] [--expert-plan] [--out F]
+    python benchmarks/diagnostics/reward_ranking.py AGENT EXPERT [--workdir DIR] [--episodes 20] [--expert-plan] [--out F]
 
 AGENT: an imitate artifact key, folder or agent.pt; EXPERT: an experts artifact (collect-experts' TD-MPC2
 expert) or any agent checkpoint for the same task. Episode i is the trainer's i-th evaluation episode of

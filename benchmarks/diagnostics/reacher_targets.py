@@ -7,7 +7,7 @@ target, the finger's mean distance to it over the last quarter of the episode, w
 the reward radius (target + finger size), and the distance from the target to the nearest demo target.
 The summary splits the episodes at ``--near`` (distance to the nearest demo target).
 
-    python benchmarks/reacher_targets.py AGENT DATASET [--workdir DIR] [--episodes 20] [--out FILE.json]
+    python benchmarks/diagnostics/reacher_targets.py AGENT DATASET [--workdir DIR] [--episodes 20] [--out FILE.json]
 
 AGENT: an imitate/experts artifact key, folder or agent.pt; DATASET: the demos the agent learnt from
 (key, folder or demos.zarr). Episode i is the trainer's i-th evaluation episode of a run with ``--seed``

@@ -4,8 +4,8 @@ Prints eval return against env steps and wall time, and the fraction of TD-MPC2'
 (cartpole-balance ~998, reacher-easy ~978 at 100k env steps). Uses the collect-experts stage, so the
 runs are cached under --workdir and a rerun (or a later imitation benchmark) reuses them.
 
-    python benchmarks/expert_learning.py --env-steps 100000            # the learning target's setting (hours on 2 cores)
-    python benchmarks/expert_learning.py --env-steps 20000 --tasks dmc:cartpole-balance
+    python benchmarks/learning/expert_learning.py --env-steps 100000            # the learning target's setting (hours on 2 cores)
+    python benchmarks/learning/expert_learning.py --env-steps 20000 --tasks dmc:cartpole-balance
 """
 
 from __future__ import annotations
