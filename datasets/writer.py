@@ -5,11 +5,13 @@ Design (docs/design.md §6), on zarr's public API only:
 
 * Every array is chunked along time only (about 2 MB per chunk, Blosc). Appends are buffered in
   memory per array and handed to zarr as whole chunks (``array[a:b] = rows`` with ``a`` and ``b`` on
-  chunk boundaries, several chunks per write so that zarr compresses them in parallel), so appending
-  N episodes costs O(N): a resize only rewrites a small ``zarr.json`` and no whole chunk is read back
-  or written twice. The one exception is the partial tail chunk per array that each
-  :meth:`EpisodeWriter.flush` writes (zarr reads its previous version back to merge into it); the
-  buffer keeps its rows, and a later whole-chunk write replaces it.
+  chunk boundaries, up to 16 chunks / 32 MB per write so that zarr compresses them in parallel and
+  its fixed cost per write stays small; an idle writer thread takes 4 whole chunks, so writing
+  overlaps appending), so appending N episodes costs O(N): a resize only rewrites a small
+  ``zarr.json`` and no whole chunk is read back or written twice. The one exception is the partial
+  tail chunk per array that each :meth:`EpisodeWriter.flush` writes (from the chunk's start to the
+  array's end, so zarr encodes it without reading anything back); the buffer keeps its rows, and a
+  later whole-chunk write replaces it.
 * A store is written under a temporary name (``.<name>.partial`` next to the final path) and renamed
   to its final name by :meth:`EpisodeWriter.close` after it is consolidated and structurally valid;
   a directory with the final name is therefore always complete.
@@ -20,8 +22,8 @@ Design (docs/design.md §6), on zarr's public API only:
   skips those. Episodes are committed by ``meta/episode_ends``, written last in every flush; rows
   beyond the last committed episode are discarded on resume.
 * Durability: zarr's local store writes every chunk file under a temporary name and renames it, so
-  a kill never leaves a half-written chunk. The fsync of a whole chunk's file starts as soon as
-  zarr has written it (a whole chunk is never written again). :meth:`EpisodeWriter.flush` waits
+  a kill never leaves a half-written chunk. The fsync of a whole chunk's file and of the folders
+  holding only it starts as soon as zarr has written it (a whole chunk is never written again). :meth:`EpisodeWriter.flush` waits
   for those and fsyncs every other chunk file and every chunk folder written since the last flush
   (concurrently, one batch for all step arrays) before it writes ``meta/episode_ends``, and fsyncs
   that too; ``close`` fsyncs every other file and folder of the store before the atomic rename
@@ -169,9 +171,12 @@ def publish(tmp: Path, final: Path, overwrite: bool) -> None:
 
 # --------------------------------------------------------------------------------------- columns
 #: One zarr write covers up to this many whole chunks (zarr compresses a write's chunks in parallel)
-#: and at most this many bytes of buffered rows.
-_BATCH_CHUNKS = 4
-_BATCH_BYTES = 8 << 20
+#: and at most this many bytes of buffered rows: few, large writes keep zarr's fixed cost per write
+#: (metadata update, chunk indexing) small against the encoding, as in a whole-array write.
+_BATCH_CHUNKS = 16
+_BATCH_BYTES = 32 << 20
+#: Whole chunks buffered from which a column hands them to its writer thread when that is idle.
+_EARLY_CHUNKS = 4
 
 
 def _writers() -> ThreadPoolExecutor:
@@ -183,8 +188,8 @@ class _Column:
     """One zarr array appended along axis 0 in whole chunks.
 
     ``base`` is the chunk-aligned row where the in-memory buffer starts; the rows before it are on
-    disk in whole chunks, or being written. Once the buffer holds ``batch_rows`` rows (whole chunks)
-    a writer thread hands them to zarr in one write and starts the fsyncs of their chunk files (whole
+    disk in whole chunks, or being written. Once the buffer holds ``batch_rows`` rows (whole chunks),
+    or ``early_rows`` while the writer thread is idle, that thread hands its whole chunks to zarr in one write and starts the fsyncs of their chunk files (whole
     chunks are never written again), while the caller appends into a second buffer; at most one
     batch per column is in flight. :meth:`flush` also writes the buffered partial chunk but keeps its rows in
     memory, so the next write rewrites that chunk whole.
@@ -205,13 +210,15 @@ class _Column:
         self.base = (n // self.rows) * self.rows
         row_bytes = self.dtype.itemsize * max(1, math.prod(self.row_shape))
         self.batch_rows = self.rows * max(1, min(_BATCH_CHUNKS, _BATCH_BYTES // (self.rows * row_bytes)))
+        #: whole chunks go to an idle writer thread from this many rows on, so writing overlaps appending
+        self.early_rows = min(self.batch_rows, self.rows * _EARLY_CHUNKS)
         self._buf = np.empty((0, *self.row_shape), dtype=self.dtype)
         self._spare: np.ndarray | None = None  # the buffer of the last batch, reused once it is written
         self._nbuf = 0
         self._job: Future | None = None  # the batch in flight
         self._fsyncs: list[Future] = []  # fsyncs of chunk files that batches wrote, not yet waited for
-        self._dirty: set[int] = set()  # chunk indices written since the last sync
-        self._dirty_files: set[str] = set()  # of those, the chunk files not yet fsynced
+        self._dirty_files: set[str] = set()  # chunk files written since the last sync, not yet fsynced
+        self._dirty_dirs: set[str] = set()  # chunk folders changed since the last sync, not yet fsynced
         #: chunk files and folders fsynced by :meth:`flush` and not written since
         self.synced: set[str] = set()
         if n > self.base:
@@ -240,8 +247,15 @@ class _Column:
         """Copy ``rows`` into the buffer (the caller may reuse its arrays); every ``batch_rows`` rows
         go to a writer thread. A long block of whole chunks is written at once, without the copy."""
         rows = np.asarray(rows)
-        if self._nbuf == 0 and len(rows) >= self.batch_rows:
-            whole = (len(rows) // self.rows) * self.rows
+        n, end = len(rows), self._nbuf + len(rows)
+        if end < len(self._buf):  # the common case: a short block that fits
+            self._buf[self._nbuf:end] = rows
+            self._nbuf = end
+            if end >= self.early_rows and self._idle():
+                self._send_batch()
+            return
+        if self._nbuf == 0 and n >= self.batch_rows:
+            whole = (n // self.rows) * self.rows
             self.wait()
             self._job = _writers().submit(self._store_batch, np.ascontiguousarray(rows[:whole], dtype=self.dtype),
                                           self.base)
@@ -255,8 +269,12 @@ class _Column:
             self._buf[self._nbuf:self._nbuf + k] = rows[:k]
             self._nbuf += k
             rows = rows[k:]
-            if self._nbuf == self.batch_rows:
+            if self._nbuf == self.batch_rows or (self._nbuf >= self.early_rows and self._idle()):
                 self._send_batch()
+
+    def _idle(self) -> bool:
+        """No batch in flight (or it is done): the writer thread could take whole chunks now."""
+        return self._job is None or self._job.done()
 
     def _grow(self, want: int) -> None:
         cap = min(self.batch_rows, max(4 * len(self._buf), self._nbuf + want, 256))
@@ -265,13 +283,18 @@ class _Column:
         self._buf = buf
 
     def _send_batch(self) -> None:
-        """Hand the full buffer to a writer thread (after the previous batch is done) and go on in the
-        other buffer."""
+        """Hand the buffer's whole chunks to a writer thread (after the previous batch is done) and go
+        on in the other buffer, which takes the rows of the partial chunk."""
+        whole = (self._nbuf // self.rows) * self.rows
         self.wait()
-        self._job = _writers().submit(self._store_batch, self._buf, self.base)
-        self._buf, self._spare = self._spare if self._spare is not None else np.empty_like(self._buf), self._buf
-        self.base += self._nbuf
-        self._nbuf = 0
+        spare = self._spare if self._spare is not None and len(self._spare) >= len(self._buf) else None
+        spare = np.empty_like(self._buf) if spare is None else spare
+        rest = self._nbuf - whole
+        spare[:rest] = self._buf[whole:self._nbuf]
+        self._job = _writers().submit(self._store_batch, self._buf[:whole], self.base)
+        self._buf, self._spare = spare, self._buf
+        self.base += whole
+        self._nbuf = rest
 
     def wait(self) -> None:
         """Wait for the batch in flight (re-raising its error) and record what it wrote."""
@@ -282,11 +305,18 @@ class _Column:
             self._fsyncs.extend(fsyncs)
 
     def _store_batch(self, data: np.ndarray, base: int) -> tuple[range, set[str], list[Future]]:
-        """Write whole chunks at row ``base`` and start the fsyncs of their files (they are final);
-        returns the chunk indices written, their files and the fsyncs in flight."""
+        """Write whole chunks at row ``base`` and start the fsyncs of their files and of the folders
+        that hold only that chunk (they are final; the shared ``c`` folder waits for the flush);
+        returns the chunk indices written, those paths and the fsyncs in flight."""
         written = self._store(data, base)
-        files = {self._chunk_paths(i)[0] for i in written}
-        return written, files, [_pool().submit(_fsync_file, f) for f in sorted(files)]
+        files, dirs = set(), set()
+        for i in written:
+            file, folders = self._chunk_paths(i)
+            files.add(file)
+            dirs.update(folders[:-1])
+        jobs = [_pool().submit(_fsync_file, f) for f in sorted(files)]
+        jobs += [_pool().submit(_fsync_dir, d) for d in sorted(dirs)]
+        return written, files | dirs, jobs
 
     def _store(self, data: np.ndarray, base: int) -> range:
         """Write ``data`` at row ``base`` (raising the array's length first); returns the indices of
@@ -299,19 +329,18 @@ class _Column:
         self.array[base:end] = data
         return range(base // self.rows, (end - 1) // self.rows + 1)
 
-    def _record(self, written: range, synced_files: set[str]) -> None:
-        """Note the chunks ``written`` as changed since the last sync; ``synced_files`` of them are
-        fsynced already."""
+    def _record(self, written: range, synced: set[str]) -> None:
+        """Note the chunk files and folders of the chunks ``written`` as changed since the last sync;
+        the paths in ``synced`` are fsynced already."""
         for index in written:
-            self._dirty.add(index)
             file, dirs = self._chunk_paths(index)
-            if file in synced_files:
-                self._dirty_files.discard(file)
-            else:
-                self._dirty_files.add(file)
-            self.synced.discard(file)
-            self.synced.difference_update(dirs)
-        self.synced.update(synced_files)
+            for path, dirty in ((file, self._dirty_files), *((d, self._dirty_dirs) for d in dirs)):
+                if path in synced:
+                    dirty.discard(path)
+                else:
+                    dirty.add(path)
+                self.synced.discard(path)
+        self.synced.update(synced)
 
     def _chunk_paths(self, index: int) -> tuple[str, list[str]]:
         """The file of chunk ``index`` and its folders up to the array's ``c`` folder."""
@@ -355,16 +384,13 @@ class _Column:
         fsyncs, self._fsyncs = self._fsyncs, []
         for f in fsyncs:
             f.result()
-        dirs: set[str] = set()
-        for index in self._dirty:
-            dirs.update(self._chunk_paths(index)[1])
-        return set(self._dirty_files), dirs
+        return set(self._dirty_files), set(self._dirty_dirs)
 
     def mark_synced(self, files: set[str], dirs: set[str]) -> None:
         """Record ``files`` and ``dirs`` (from :meth:`dirty_paths`) as fsynced."""
         self.synced.update(files | dirs)
-        self._dirty.clear()
         self._dirty_files.clear()
+        self._dirty_dirs.clear()
 
 
 def _sync_columns(columns: Iterable[_Column]) -> None:
@@ -457,14 +483,21 @@ def _step_spec(obs_dim: int, action_dim: int, state_dim: int) -> dict[str, tuple
 
 
 def _check_finite(arrays: Mapping[str, np.ndarray]) -> None:
-    """Refuse NaN/inf in any of ``arrays`` and actions outside [-1, 1] (DatasetError)."""
-    for name, a in arrays.items():
-        if not np.isfinite(a).all():
+    """Refuse NaN/inf in any of ``arrays`` and actions outside [-1, 1] (DatasetError).
+
+    Cheap on the valid path: one reduction per array, whose result is finite whenever every value is
+    (NaN and inf propagate into a sum; a finite sum that overflows only costs the exact check);
+    the action's min and max, which a NaN fails too, bound its range.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums_finite = [bool(np.isfinite(a.sum())) for a in arrays.values()]
+    for (name, a), fast in zip(arrays.items(), sums_finite):
+        if not fast and not np.isfinite(a).all():
             bad = np.argwhere(~np.isfinite(a))[0]
             raise DatasetError(f"append_episode: {name}: NaN/inf at index {tuple(int(i) for i in bad)}; "
                                "refusing to store a non-finite episode")
-    action = arrays["action"]
-    if action.size and np.abs(action).max() > 1.0 + L.ACTION_TOL:
+    action, limit = arrays["action"], 1.0 + L.ACTION_TOL
+    if action.size and not (action.min() >= -limit and action.max() <= limit):
         raise DatasetError(f"append_episode: action: values outside [-1, 1] (max |a| = "
                            f"{float(np.abs(action).max()):.4g}); store the executed, clipped action")
 
