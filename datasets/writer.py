@@ -137,13 +137,13 @@ def _fsync_all(files: Iterable[str], dirs: Iterable[str] = ()) -> None:
         j.result()
 
 
-def _fsync_tree(path: Path, skip: Iterable[str] = ()) -> None:
-    """fsync every file and folder under ``path`` (concurrently): the data is on disk before the
-    atomic rename. ``skip`` names paths already fsynced and not written since (chunk files and
-    their folders that a column's durable flush synced), which need no second device flush."""
+def _fsync_tree(path: Path, skip: Iterable[str] = (), files: Iterable[str] = (), dirs: Iterable[str] = ()) -> None:
+    """fsync every file and folder under ``path``, and the extra ``files`` and ``dirs``, in one
+    concurrent batch: the data is on disk before the atomic rename. ``skip`` names paths already
+    fsynced and not written since (chunk files and their folders that a column's durable flush or
+    its batches synced), which need no second device flush."""
     skip = set(skip)
-    files: list[str] = []
-    dirs: list[str] = []
+    files, dirs = list(files), list(dirs)
     for root, _dirs, names in os.walk(os.path.abspath(path)):
         files.extend(f for f in (os.path.join(root, n) for n in names) if f not in skip)
         if root not in skip:
@@ -378,12 +378,18 @@ class _Column:
             self.base += whole
             self._nbuf = rest
 
-    def dirty_paths(self) -> tuple[set[str], set[str]]:
-        """The chunk files not yet fsynced and the chunk folders changed since the last sync (after
-        waiting for the fsyncs the batches started)."""
+    def settle(self) -> None:
+        """Wait for the batch in flight and the fsyncs the batches started: every path in
+        :attr:`synced` is then on disk."""
+        self.wait()
         fsyncs, self._fsyncs = self._fsyncs, []
         for f in fsyncs:
             f.result()
+
+    def dirty_paths(self) -> tuple[set[str], set[str]]:
+        """The chunk files not yet fsynced and the chunk folders changed since the last sync (after
+        waiting for the fsyncs the batches started)."""
+        self.settle()
         return set(self._dirty_files), set(self._dirty_dirs)
 
     def mark_synced(self, files: set[str], dirs: set[str]) -> None:
@@ -405,13 +411,15 @@ def _sync_columns(columns: Iterable[_Column]) -> None:
         c.mark_synced(f, d)
 
 
-def _flush_columns(columns: Iterable[_Column | None]) -> None:
-    """Write every buffered row of the columns and make it durable (one fsync batch for all)."""
+def _flush_columns(columns: Iterable[_Column | None], sync: bool = True) -> None:
+    """Write every buffered row of the columns and, with ``sync``, make it durable (one fsync batch
+    for all)."""
     columns = [c for c in columns if c is not None]
     jobs = [c.start_flush() for c in columns]
     for c, job in zip(columns, jobs):
         c.end_flush(job)
-    _sync_columns(columns)
+    if sync:
+        _sync_columns(columns)
 
 
 def _open_column(root: Any, folder: Path, key: str, length: int) -> _Column:
@@ -436,19 +444,24 @@ def _as(x: Any, dtype: str, name: str, shape: tuple[int | None, ...]) -> np.ndar
 
 def _finish_store(tmp: Path, final: Path, *, overwrite: bool, what: str,
                   columns: Iterable[_Column | None] = ()) -> None:
-    """Check the structure of a flushed partial store, consolidate, fsync and rename it into place.
+    """Check the structure of a written partial store, consolidate, fsync and rename it into place.
 
     Every file and folder of the store is fsynced before the rename, so the published name never
     points at data still only in the page cache; the chunk files and folders the ``columns``' last
-    flush already fsynced (and that nothing wrote since) are not flushed to the device twice.
+    flush or their batches already fsynced (and that nothing wrote since) are not flushed to the
+    device twice. A store that fails the check is made durable as it is and kept for a resume.
     """
     from .validate import validate
 
+    columns = [c for c in columns if c is not None]
+    for col in columns:
+        col.settle()
     problems = validate(tmp, deep=False, finished=False)
     if problems:
+        _sync_columns(columns)
         raise DatasetError(f"{problems[0]} (the partial {what} is kept at {tmp})")
     L.consolidate(tmp)
-    _fsync_tree(tmp, skip=set().union(*(c.synced for c in columns if c is not None)))
+    _fsync_tree(tmp, skip=set().union(*(c.synced for c in columns)))
     publish(tmp, final, overwrite=overwrite)
 
 
@@ -776,9 +789,14 @@ class EpisodeWriter:
         """Write every buffered row (partial tail chunks included): everything appended so far is
         durable and survives a kill; ``meta/episode_ends`` is written last and commits the episodes."""
         self._ensure_open()
+        self._flush(sync_commit=True)
+
+    def _flush(self, sync_commit: bool) -> None:
+        """Write and fsync every step and per-episode array, then write ``meta/episode_ends`` (and
+        fsync it with ``sync_commit``; close fsyncs it with the rest of the store instead)."""
         _flush_columns(col for k, col in self._columns.items() if k != "meta/episode_ends")
         if "meta/episode_ends" in self._columns:  # only once every row it commits is on disk
-            self._columns["meta/episode_ends"].flush()
+            self._columns["meta/episode_ends"].flush(sync=sync_commit)
 
     def close(self) -> Path:
         """Flush, check the structure, consolidate and rename the store to its final path; returns it."""
@@ -789,7 +807,7 @@ class EpisodeWriter:
             if not self._columns:
                 env = self.attrs["env"]
                 self._create_columns(env["obs_dim"], env["action_dim"], int(env.get("physics_state_dim", 0)), {})
-            self.flush()
+            self._flush(sync_commit=False)
             _finish_store(self.tmp, self.path, overwrite=True, what="store", columns=self._columns.values())
             self._closed = True
         finally:
@@ -886,12 +904,12 @@ def write_array(store: str | os.PathLike, key: str, data: np.ndarray | Iterable[
             col.append(block)
         if col is None:
             raise DatasetError(f"{store}: {key}: no data given")
-        col.flush()
+        col.flush(sync=False)  # made durable below, with the metadata, in one fsync batch
         if attrs:
             col.array.attrs.update(L.plain(dict(attrs)))
         L.consolidate(store)
-        _fsync_tree(store / key, skip=col.synced)
-        _fsync_all([str(store / "zarr.json")], [str(store)])
+        col.settle()
+        _fsync_tree(store / key, skip=col.synced, files=[str(store / "zarr.json")], dirs=[str(store)])
     finally:
         lock.release()
 
