@@ -23,7 +23,8 @@ Design (docs/design.md §6), on zarr's public API only:
   beyond the last committed episode are discarded on resume.
 * Durability: zarr's local store writes every chunk file under a temporary name and renames it, so
   a kill never leaves a half-written chunk. The fsync of a whole chunk's file and of the folders
-  holding only it starts as soon as zarr has written it (a whole chunk is never written again). :meth:`EpisodeWriter.flush` waits
+  holding only it starts as soon as zarr has written it (a whole chunk is never written again).
+  :meth:`EpisodeWriter.flush` waits
   for those and fsyncs every other chunk file and every chunk folder written since the last flush
   (concurrently, one batch for all step arrays) before it writes ``meta/episode_ends``, and fsyncs
   that too; ``close`` fsyncs every other file and folder of the store before the atomic rename
@@ -188,16 +189,17 @@ class _Column:
     """One zarr array appended along axis 0 in whole chunks.
 
     ``base`` is the chunk-aligned row where the in-memory buffer starts; the rows before it are on
-    disk in whole chunks, or being written. Once the buffer holds ``batch_rows`` rows (whole chunks),
-    or ``early_rows`` while the writer thread is idle, that thread hands its whole chunks to zarr in one write and starts the fsyncs of their chunk files (whole
-    chunks are never written again), while the caller appends into a second buffer; at most one
-    batch per column is in flight. :meth:`flush` also writes the buffered partial chunk but keeps its rows in
-    memory, so the next write rewrites that chunk whole.
+    disk in whole chunks, or being written. Once the buffer holds ``batch_rows`` rows (whole
+    chunks), or ``early_rows`` while the writer thread is idle, that thread hands its whole chunks
+    to zarr in one write and starts the fsyncs of their chunk files and folders (whole chunks are
+    never written again), while the caller appends into a second buffer; at most one batch per
+    column is in flight. :meth:`flush` also writes the buffered partial chunk but keeps its rows
+    in memory, so the next write rewrites that chunk whole.
 
     Durability: :meth:`flush` waits for the batches' fsyncs, then fsyncs every other chunk file and
-    every chunk folder written since the last flush (concurrently, see :func:`_fsync_all`). Those paths are then listed in
-    :attr:`synced` until written again, so the finish path's :func:`_fsync_tree` does not flush
-    them a second time.
+    every chunk folder written since the last flush (concurrently, see :func:`_fsync_all`). Those
+    paths are then listed in :attr:`synced` until written again, so the finish path's
+    :func:`_fsync_tree` does not flush them a second time.
     """
 
     def __init__(self, array: Any, folder: Path, length: int | None = None) -> None:
