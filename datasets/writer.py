@@ -664,7 +664,9 @@ class EpisodeWriter:
                      + [int(g[f"{L.RGB_GROUP}/{c}"].shape[0]) for c in cams])
         e = 0
         for i in range(min(len(ends), n_meta)):
-            if ends[i] > n_data:
+            # a kill between growing episode_ends and writing it leaves a fill value (0) there: episodes
+            # have at least one step, so only a strictly increasing prefix is committed
+            if ends[i] > n_data or ends[i] <= (ends[i - 1] if i else 0):
                 break
             e = i + 1
         return e, int(ends[e - 1]) if e else 0
@@ -917,6 +919,10 @@ def write_array(store: str | os.PathLike, key: str, data: np.ndarray | Iterable[
 
 
 # ------------------------------------------------------------------------------------ RgbWriter
+#: attr of a partial frame array: the episodes whose frames a flush made durable (gone once published)
+_RGB_FLUSHED = "cdred_flushed_episodes"
+
+
 class RgbWriter:
     """Write a copy of a state dataset with rendered frames of one camera added (render-visual).
 
@@ -975,8 +981,10 @@ class RgbWriter:
                     del self.group[k]
         if key in self.group and fkey in self.group:
             n_rgb, n_fin = self.group[key].shape[0], self.group[fkey].shape[0]
+            # the arrays grow before their rows are written: only flushed episodes count (see flush)
+            done = int(self.group[key].attrs.get(_RGB_FLUSHED, 0))
             e = 0
-            while e < len(self.ends) and self.ends[e] <= n_rgb and e < n_fin:
+            while e < min(len(self.ends), done) and self.ends[e] <= n_rgb and e < n_fin:
                 e += 1
             self._data = _open_column(self.group, self.tmp, key, int(self.ends[e - 1]) if e else 0)
             self._final = _open_column(self.group, self.tmp, fkey, e)
@@ -1014,9 +1022,13 @@ class RgbWriter:
         return i
 
     def flush(self) -> None:
-        """Make the frames appended so far durable (a killed run resumes after them)."""
+        """Make the frames appended so far durable, then record how many episodes that covers in the
+        frame array's attrs (a killed run resumes after them; an array's length alone is not proof,
+        since it grows before its rows are written)."""
         if self._data is not None:
             _flush_columns((self._data, self._final))
+            self._data.array.attrs[_RGB_FLUSHED] = self.num_episodes
+            _fsync_file(os.path.join(self._data.folder, "zarr.json"))
 
     def close(self) -> Path:
         """Check every episode has frames, record attrs, consolidate and rename to ``dst``."""
@@ -1030,6 +1042,7 @@ class RgbWriter:
             if self._data is None:  # a dataset with no episodes
                 raise DatasetError(f"{self.src}: has no episodes to render")
             self.flush()
+            del self._data.array.attrs[_RGB_FLUSHED]
             h, w = self._data.row_shape[:2]
             self._data.array.attrs.update({"camera": self.camera, "height": h, "width": w, **self.array_attrs})
             if self.root_attrs:

@@ -287,6 +287,26 @@ def test_resume_drops_rows_beyond_the_last_committed_episode(tmp_path):
     _assert_episode(ds.episode(2), eps[2])
 
 
+def test_resume_ignores_episode_ends_grown_but_not_written(tmp_path):
+    """A writer killed after growing meta/episode_ends and before writing it leaves the fill value (0)
+    there: resume keeps the committed episodes instead of reading that 0 as an end."""
+    rng = np.random.default_rng(2)
+    path = tmp_path / "d.zarr"
+    w = EpisodeWriter(path, default_attrs(), chunk_bytes=512)
+    eps = [random_episode(rng, n, seed=i) for i, n in enumerate([9, 30, 4])]
+    for ep in eps[:2]:
+        w.append_episode(**ep)
+    w.abort()  # flushes what was appended
+    meta = zarr.open_group(w.tmp, mode="r+", use_consolidated=False)["meta"]
+    for _, arr in meta.arrays():  # the kill: the next flush grew every per-episode array (the others'
+        arr.resize((3, *arr.shape[1:]))  # rows durable), episode_ends last, whose value was never written
+    w = EpisodeWriter.resume(path)
+    assert (w.num_episodes, w.num_steps) == (2, 39)
+    w.append_episode(**eps[2])
+    w.close()
+    assert validate(path) == [] and open_dataset(path).num_steps == 43
+
+
 def test_empty_store_closes_valid(tmp_path):
     EpisodeWriter(tmp_path / "e.zarr", default_attrs(physics_state_dim=3)).close()
     ds = open_dataset(tmp_path / "e.zarr")
@@ -329,6 +349,29 @@ def test_rgb_writer_copies_and_resumes(tmp_path):
     # copy without the camera
     copy = copy_dataset(dst, tmp_path / "c.zarr", exclude=["data/rgb/corner", "meta/final_rgb/corner"])
     assert open_dataset(copy).cameras == [] and validate(copy) == []
+
+
+def test_rgb_writer_resumes_after_the_flushed_episodes_not_the_grown_arrays(tmp_path):
+    """Frame arrays grow before their rows are written: a kill in between leaves zero frames that the
+    arrays' lengths would count; resume goes by the episodes the last flush recorded."""
+    src, eps = write_random_dataset(tmp_path / "s.zarr", [6, 11, 3], seed=5)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(1, 256, (len(e["obs"]) + 1, 8, 8, 3), dtype=np.uint8) for e in eps]
+    dst = tmp_path / "v.zarr"
+    rw = RgbWriter(src, dst, "corner", chunk_bytes=1024)
+    rw.append_episode(frames[0])
+    rw.append_episode(frames[1])
+    rw.abort()  # flushes two episodes
+    g = zarr.open_group(rw.tmp, mode="r+", use_consolidated=False)
+    g["data/rgb/corner"].resize((20, 8, 8, 3))  # the kill: episode 3's rows reserved, never written
+    g["meta/final_rgb/corner"].resize((3, 8, 8, 3))
+    rw = RgbWriter(src, dst, "corner", chunk_bytes=1024)
+    assert rw.num_episodes == 2
+    rw.append_episode(frames[2])
+    rw.close()
+    got = open_dataset(dst).episode(2, rgb=True)
+    np.testing.assert_array_equal(got["rgb"]["corner"], frames[2][:-1])
+    assert "cdred_flushed_episodes" not in dict(open_dataset(dst).array("data/rgb/corner").attrs)
 
 
 def test_write_array_adds_a_chunked_array(tmp_path):
