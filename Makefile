@@ -29,15 +29,21 @@ demo: install
 # package as installed (stages/ and datasets/ live under cdred_pipeline there), built into .venv/lint.
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
-	rm -rf $(VENV)/lint
+	rm -rf $(VENV)/lint build
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation --target $(VENV)/lint .
 	cd $(VENV)/lint && ../bin/lint-imports ../../.importlinter --no-cache
 
 test: lint
 	$(BIN)/python -m pytest tests -q -rs
 
+# The speed set on CPU with short settings (benchmarks/README.md: what each prints, and the long forms).
 bench: install
-	$(BIN)/python benchmarks/agent_speed.py
+	$(BIN)/python benchmarks/speed/agent_speed.py --presets tiny small --devices cpu --threads 1
+	$(BIN)/python benchmarks/speed/train_loop_speed.py --task dmc:cartpole-balance --preset small --no-plan --steps 1500 --threads 1
+	$(BIN)/python benchmarks/speed/vector_eval.py --presets small --num-envs 1 8
+	$(BIN)/python benchmarks/speed/vector_collect.py --presets small --num-envs 1 8
+	$(BIN)/python benchmarks/speed/render_speed.py --episodes 8
+	$(BIN)/python benchmarks/speed/dataset_io.py --steps 200000 --repeats 3 --episodes 300
 
 clean:
 	rm -rf $(VENV) build *.egg-info

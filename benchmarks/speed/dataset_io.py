@@ -21,7 +21,7 @@ Data: random walks (``cumsum`` of small Gaussian steps), which compress like sim
 ``--data noise`` uses i.i.d. Gaussian floats (near-incompressible; the worst case for the writer).
 About a minute with the defaults:
 
-    .venv/bin/python benchmarks/dataset_io.py [--steps 1000000] [--dir /tmp] [--data walk|noise]
+    .venv/bin/python benchmarks/speed/dataset_io.py [--steps 1000000] [--dir /tmp] [--data walk|noise]
 """
 
 from __future__ import annotations
