@@ -20,6 +20,7 @@ import click
 from cdred_pipeline import __version__
 from cdred_pipeline.envs import OBS_KINDS, RENDER_PROFILES, SUITES
 from cdred_pipeline.errors import CdredError
+from cdred_pipeline.executor import apply_threads
 from cdred_pipeline.presets import AGENT_PRESETS, PIPELINE_PRESETS
 from cdred_pipeline.stages import envs as envs_stage
 from cdred_pipeline.stages.collect_experts import POLICIES, CollectConfig
@@ -105,14 +106,21 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+_THREADS_HELP = ("CPU threads (torch) of this run, and of each worker with --workers or --ray-address. 0: "
+                 "OMP_NUM_THREADS when set, else 1, so that runs sharing the cores slow down by their share "
+                 "of them; more helps only on idle cores (pixel encoders, the paper preset). GPU work is "
+                 "unaffected.")
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cdred")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("cdred-runs"),
               show_default=True, envvar="CDRED_WORKDIR", help="Where cached stage artifacts live.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and final results; no progress bars.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help=_THREADS_HELP)
 @click.pass_context
-def main(ctx: click.Context, workdir: Path, quiet: bool, debug: bool) -> None:
+def main(ctx: click.Context, workdir: Path, quiet: bool, debug: bool, threads: int) -> None:
     """cdred: world-model online imitation learning (CDRED) as cached pipeline stages.
 
     \b
@@ -120,7 +128,7 @@ def main(ctx: click.Context, workdir: Path, quiet: bool, debug: bool) -> None:
     Whole chain: cdred pipeline TASK
     """
     ctx.ensure_object(dict)
-    ctx.obj.update(workdir=workdir, quiet=quiet, debug=debug)
+    ctx.obj.update(workdir=workdir, quiet=quiet, debug=debug, threads=apply_threads(threads))
 
 
 def _store(ctx: click.Context) -> Any:

@@ -32,6 +32,7 @@ video bytes) but read the agent checkpoint by its absolute path, which every nod
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +42,13 @@ KINDS = ("local", "process", "ray")
 RAY_INSTALL = "pip install 'cdred[ray]'"
 #: Environment passed to every worker (set before the unit runs): GL backend for MuJoCo rendering.
 WORKER_ENV_KEYS = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "CDRED_WORKDIR")
+
+#: Torch threads of a run process (the CLI's and each worker's) when neither ``--threads`` nor OMP_NUM_THREADS
+#: sets them: one thread per run, so runs sharing a machine slow down by their share of the cores (threads
+#: of several runs spinning against each other on the same cores slow every run down many times more).
+DEFAULT_THREADS = 1
+#: The thread settings a worker process inherits (read by torch and its BLAS when they first load).
+THREAD_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 OnResult = Callable[[int, Any], None]
 
@@ -76,16 +84,32 @@ def _worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
 
 
-def _call_unit(fn: Callable[[Any], Any], unit: Any, env: dict[str, str], threads: int | None) -> Any:
-    """Run one unit in a worker: the driver's GL settings first, a fair share of CPU threads."""
-    import sys
+def resolve_threads(threads: int | None = None) -> int:
+    """The torch threads of a run process: ``threads`` when > 0, else OMP_NUM_THREADS when it is set to a
+    positive integer, else :data:`DEFAULT_THREADS`."""
+    if threads:
+        return int(threads)
+    from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(from_env) if from_env.isdigit() and int(from_env) > 0 else DEFAULT_THREADS
 
+
+def apply_threads(threads: int | None = None) -> int:
+    """Give this process :func:`resolve_threads` torch threads, and the worker processes it starts the same
+    (through :data:`THREAD_ENV_KEYS`, read when torch loads there); returns the count. The one place a
+    thread count is applied: the CLI calls it once for its process, :func:`_call_unit` in every worker."""
+    n = resolve_threads(threads)
+    for key in THREAD_ENV_KEYS:
+        os.environ[key] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    return n
+
+
+def _call_unit(fn: Callable[[Any], Any], unit: Any, env: dict[str, str], threads: int | None) -> Any:
+    """Run one unit in a worker: the driver's GL settings first, then the driver's thread count."""
     for k, v in env.items():
         os.environ.setdefault(k, v)
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is first imported
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
+    apply_threads(threads)
     return fn(unit)
 
 
@@ -190,7 +214,7 @@ class ProcessExecutor(_ContextMixin):
         self.workers = int(workers or cpus)
         if self.workers < 1:
             raise UsageError(f"--workers must be >= 1, got {workers}")
-        self.threads = threads if threads is not None else max(1, cpus // self.workers)
+        self.threads = resolve_threads(threads)
         self._pool: Any = None
 
     def _new_pool(self) -> Any:
@@ -352,9 +376,9 @@ class RayExecutor(_ContextMixin):
 
         track = _Tracker(len(units), retries, desc, progress, on_result)
         remote = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(_call_unit)
-        env = _worker_env()
+        env, threads = _worker_env(), resolve_threads()
         fn_ref = ray.put(fn)
-        refs = {remote.remote(fn_ref, units[i], env, None): i for i in range(len(units))}
+        refs = {remote.remote(fn_ref, units[i], env, threads): i for i in range(len(units))}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
@@ -364,11 +388,11 @@ class RayExecutor(_ContextMixin):
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(exc.cause, BaseException) else exc
                     if track.failure(i, cause):
-                        refs[remote.remote(fn_ref, units[i], env, None)] = i
+                        refs[remote.remote(fn_ref, units[i], env, threads)] = i
                     continue
                 except Exception as exc:  # noqa: BLE001 - worker lost beyond Ray's own retries
                     if track.failure(i, exc):
-                        refs[remote.remote(fn_ref, units[i], env, None)] = i
+                        refs[remote.remote(fn_ref, units[i], env, threads)] = i
                     continue
                 track.success(i, result)
         return track.finish()

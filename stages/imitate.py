@@ -245,8 +245,9 @@ def trainer_config(cfg: ImitateConfig, action_repeat: int) -> Any:
 
 
 def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool = False,
-        progress: bool = True) -> Artifact:
-    """Train a CDRED imitation agent online from DATASET; returns the ``imitate`` artifact."""
+        progress: bool = True, timings: dict[str, float] | None = None) -> Artifact:
+    """Train a CDRED imitation agent online from DATASET; returns the ``imitate`` artifact. ``timings``
+    receives the wall seconds of each part of the training loop (benchmarks/speed/imitate_loop.py)."""
     inp = resolve_inputs(cfg, dataset, store)
     # the key holds the resolved agent and reward-model configs: a changed preset definition is a new artifact
     key_config = {**cfg.key_config(), "agent": inp.agent.to_dict(), "reward_model": inp.reward_model.to_dict()}
@@ -255,7 +256,7 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
     if art.complete:
         return art
     try:
-        result = train(cfg, inp, art, progress=progress)
+        result = train(cfg, inp, art, progress=progress, timings=timings)
         final_dir = store.folder(STAGE, art.key)  # the trainer wrote its paths in .partial
         result = {k: str(final_dir / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v
                   for k, v in result.items()}
@@ -264,7 +265,8 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
         art.release()
 
 
-def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool = True) -> dict[str, Any]:
+def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool = True,
+          timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Build the agent with its CDRED reward head and the buffers, then train online in the artifact's
     folder (evaluating without tremble); returns the trainer's summary."""
     from cdred_pipeline.agent import TDMPC2Agent
@@ -291,7 +293,8 @@ def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool =
              "reward_config": inp.reward_model.to_dict(), **inp.timing, **inp.render}
     return train_online(env_fn, agent, trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
                         expert_buffer=buffers["expert"], extra=extra, eval_env_fn=lambda: env_fn(0.0),
-                        eval_hook=eval_hook if cfg.diagnose else None, reference_lines=_reference_lines(inp.scores))
+                        eval_hook=eval_hook if cfg.diagnose else None, reference_lines=_reference_lines(inp.scores),
+                        timings=timings)
 
 
 def diagnostic_buffers(cfg: ImitateConfig, inp: RunInputs, spec: Any, device: Any, env_fn: Any) -> dict[str, Any]:

@@ -64,7 +64,7 @@ class TrainerConfig:
     save_buffer: bool = True                     # also checkpoint the replay buffer (exact resume)
     buffer_capacity: Optional[int] = None        # slots; None -> enough for every step (capped at 1M)
     seed: int = 1
-    num_threads: Optional[int] = None            # torch.set_num_threads (CPU); None leaves torch's default
+    num_threads: Optional[int] = None            # torch.set_num_threads (CPU); None keeps the process's (cdred --threads)
 
     def __post_init__(self) -> None:
         if self.agent_steps < 1 or self.utd < 0 or self.eval_episodes < 0 or self.checkpoint_every_agent_steps < 1:
@@ -179,15 +179,38 @@ def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", titl
 
 
 # ------------------------------------------------------------------------------------------ loop
+class Laps:
+    """Wall seconds per part of the loop, added into ``into`` (keys: env, act, update, buffer, eval,
+    diagnostics, writes, other); with ``into=None`` nothing is timed."""
+
+    def __init__(self, into: Optional[dict[str, float]]) -> None:
+        self.into, self.t = into, 0.0
+
+    def start(self) -> None:
+        """Start a lap."""
+        if self.into is not None:
+            self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """Charge the time since the last lap (or start) to ``name``; the next lap starts now."""
+        if self.into is not None:
+            now = time.perf_counter()
+            self.into[name] = self.into.get(name, 0.0) + now - self.t
+            self.t = now
+
+
 class OnlineTrainer:
     """Alg. 1 as verbs: :meth:`resume`, :meth:`collect_episode` (acting, with :meth:`update` after
     every step), :meth:`evaluate`, :meth:`checkpoint`; :meth:`run` strings them together until
-    ``cfg.agent_steps``. The arguments are :func:`train_online`'s."""
+    ``cfg.agent_steps``. The arguments are :func:`train_online`'s; ``timings`` (optional) receives the
+    wall seconds of each part of the loop (:class:`Laps`)."""
 
     def __init__(self, env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConfig, out_dir: "str | Path", *,
                  eval_env_fn: Optional[Callable[[], Any]] = None, progress: bool = True,
                  expert_buffer: Optional[ReplayBuffer] = None, extra: Optional[dict[str, Any]] = None,
-                 eval_hook: Optional[EvalHook] = None, reference_lines: Optional[dict[str, float]] = None) -> None:
+                 eval_hook: Optional[EvalHook] = None, reference_lines: Optional[dict[str, float]] = None,
+                 timings: Optional[dict[str, float]] = None) -> None:
+        self.laps = Laps(timings)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.agent, self.cfg, self.progress = agent, cfg, progress
@@ -276,8 +299,10 @@ class OnlineTrainer:
     def collect_episode(self, bar: Any = None) -> dict[str, Any]:
         """One training episode (Alg. 1's inner loop): act (uniform-random while seeding), step, run the
         updates each step earns; the episode goes into the buffer. Returns its ``train`` metrics row."""
-        st, ep = self.state, self.state.episode
+        st, ep, laps = self.state, self.state.episode, self.laps
+        laps.start()
         obs, _ = self.env.reset(seed=derive(self.cfg.seed, "train-reset", ep))
+        laps.lap("env")
         rng = numpy_rng(self.cfg.seed, "seed-actions", ep)
         obs_l, act_l, rew_l = [obs], [], []
         done, success, sums, n_upd = False, False, defaultdict(float), 0
@@ -286,15 +311,20 @@ class OnlineTrainer:
                 action = rng.uniform(-1, 1, self.agent.action_dim).astype(np.float32)
             else:
                 action = self.agent.act(obs, t0=not act_l, eval_mode=False)
+            laps.lap("act")
             obs, r, term, trunc, info = self.env.step(action)
+            laps.lap("env")
             obs_l.append(obs), act_l.append(action), rew_l.append(float(r))
             success = success or bool(info.get("success", False))
             st.agent_step += 1
             done = bool(term or trunc)
             n_upd += self.update(sums)
+            laps.lap("update")
             if bar is not None:
                 bar.update(1)
+            laps.lap("other")
         self.buffer.add_episode(np.stack(obs_l), np.stack(act_l), np.asarray(rew_l, dtype=np.float32))
+        laps.lap("buffer")
         st.episode += 1
         row = {"kind": "train", **self._counters(), "episode_return": sum(rew_l), "episode_length": len(act_l),
                "success": success, "updates_this_episode": n_upd, "wall_s": self.wall_s()}
@@ -329,10 +359,12 @@ class OnlineTrainer:
         """``cfg.eval_episodes`` eval-mode episodes on the eval env through the batched rollout loop (one
         env), reset with the ``train-eval-reset`` seeds (the same episodes every time); logs an ``eval``
         row (with ``eval_hook``'s figures), keeps the best return and redraws ``curve.png``."""
+        self.laps.start()
         if self.eval_env is None:
             self.eval_env = self.eval_env_fn()
         seeds = [derive(self.cfg.seed, "train-eval-reset", i) for i in range(self.cfg.eval_episodes)]
         results = [res for res, _ in run_eval_episodes([self.eval_env], self.agent, seeds)]
+        self.laps.lap("eval")
         returns = np.asarray([r["return"] for r in results], dtype=np.float64)
         row = {"kind": "eval", **self._counters(), "eval_return_mean": float(returns.mean()),
                "eval_return_std": float(returns.std()),
@@ -341,6 +373,7 @@ class OnlineTrainer:
                "wall_s": self.wall_s()}
         if self.eval_hook is not None:
             row.update(self.eval_hook(self.agent, self.buffer))
+            self.laps.lap("diagnostics")
         _append_jsonl(self.metrics_path, row)
         st = self.state
         st.last_eval = {k: row[k] for k in ("agent_step", "eval_return_mean", "eval_return_std", "eval_success_rate")}
@@ -348,6 +381,7 @@ class OnlineTrainer:
         st.best_eval_return = best if st.best_eval_return is None else max(st.best_eval_return, best)
         st.eval_at_step = st.agent_step
         self.plot()
+        self.laps.lap("writes")
         return row
 
     def plot(self) -> None:
@@ -394,13 +428,17 @@ class OnlineTrainer:
 
     def _episode_end(self, row: dict[str, Any], bar: Any) -> None:
         """Log the episode, then evaluate and checkpoint when due."""
+        self.laps.start()
         _append_jsonl(self.metrics_path, row)
+        self.laps.lap("writes")
         post = {"ret": f"{row['episode_return']:.1f}"}
         if self._take_eval():
             post["eval"] = f"{self.evaluate()['eval_return_mean']:.1f}"
         bar.set_postfix(post)
+        self.laps.start()
         if self._take_checkpoint():
             self.checkpoint()
+        self.laps.lap("writes")
 
     # -------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -420,7 +458,9 @@ class OnlineTrainer:
             raise TrainingDivergedError(self._diverged(exc)) from None
         finally:
             bar.close()
+        self.laps.start()
         self.plot()
+        self.laps.lap("writes")
         return self.summary()
 
     def _diverged(self, exc: Exception) -> str:
@@ -440,6 +480,7 @@ class OnlineTrainer:
             "best_eval_return": st.best_eval_return, "wall_s": self.wall_s(), "resumed_from": self.resumed_from,
             "checkpoint": str(self.ckpt_path), "metrics": str(self.metrics_path), "curve": str(self.png_path),
             "action_repeat": self.action_repeat, "seed_steps": self.seed_steps,
+            "torch_threads": torch.get_num_threads(),
         }
 
 
@@ -451,8 +492,8 @@ def train_online(env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConf
     the module docstring), ``extra`` (plain data stored in every checkpoint), ``eval_hook(agent,
     behavioural_buffer) -> dict`` (figures merged into every eval row), ``reference_lines`` ({label:
     return} drawn on ``curve.png``). Files in ``out_dir``: ``agent.pt``, ``buffer.pt``, ``metrics.jsonl``,
-    ``curve.png``."""
+    ``curve.png``; ``timings``: see :class:`OnlineTrainer`."""
     return OnlineTrainer(env_fn, agent, cfg, out_dir, **kw).run()
 
 
-__all__ = ["OnlineTrainer", "TrainerConfig", "TrainerState", "train_online", "sample_batch", "plot_learning_curve"]
+__all__ = ["Laps", "OnlineTrainer", "TrainerConfig", "TrainerState", "train_online", "sample_batch", "plot_learning_curve"]
