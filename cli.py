@@ -106,7 +106,7 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
-_THREADS_HELP = ("CPU threads (torch) of this run, and of each worker with --workers or --ray-address. 0: "
+_THREADS_HELP = ("CPU threads (torch, at most the cores) of this run, and of each worker with --workers or --ray-address. 0: "
                  "OMP_NUM_THREADS when set, else 1, so that runs sharing the cores slow down by their share "
                  "of them; more helps only on idle cores (pixel encoders, the paper preset). GPU work is "
                  "unaffected.")

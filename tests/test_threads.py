@@ -47,11 +47,13 @@ def test_collect_experts_trains_on_the_default_thread_count(collected):
     assert _manifest(collected, "experts")["train"]["torch_threads"] == DEFAULT_THREADS == 1
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch caps OMP_NUM_THREADS at the core count")
 def test_threads_option_reaches_imitate(collected):
+    """2 threads, not the default 1 (torch reads the count from OMP_NUM_THREADS, capped at the cores)."""
     (demos,) = collected.glob("demos/*/demos.zarr")
-    _cli(collected, "--threads", "3", "imitate", str(demos), "--preset", "tiny", "--steps", "120", "--seed-steps",
+    _cli(collected, "--threads", "2", "imitate", str(demos), "--preset", "tiny", "--steps", "120", "--seed-steps",
          "10", "--eval-every", "120", "--eval-episodes", "1", "--no-diagnose", "--device", "cpu")
-    assert _manifest(collected, "imitate")["train"]["torch_threads"] == 3
+    assert _manifest(collected, "imitate")["train"]["torch_threads"] == 2
 
 
 def test_resolve_threads_order(monkeypatch):
