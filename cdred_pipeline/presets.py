@@ -8,6 +8,7 @@ or the CLI: they read from it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 # ------------------------------------------------------------------------------------------ agent
@@ -65,8 +66,6 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # ------------------------------------------------------------------------------------------ render
-import os  # noqa: E402  (the parallel preset's worker count; kept beside the render presets)
-
 # Overrides of RenderConfig's defaults (cdred render-visual); none but size changes the pixels' look.
 RENDER_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # TD-MPC2 pixels: 64x64, the task's camera, the dataset's render profile
