@@ -106,10 +106,10 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
-_THREADS_HELP = ("CPU threads (torch, at most the cores) of this run, and of each worker with --workers or --ray-address. 0: "
-                 "OMP_NUM_THREADS when set, else 1, so that runs sharing the cores slow down by their share "
-                 "of them; more helps only on idle cores (pixel encoders, the paper preset). GPU work is "
-                 "unaffected.")
+_THREADS_HELP = ("CPU threads (torch, at most the cores) of this run and of each worker of --workers or "
+                 "--ray-address. 0: OMP_NUM_THREADS when set, else 1, so that a run sharing the cores slows down "
+                 "by its share of them; on idle cores more threads are faster (e.g. --threads 2 on an idle "
+                 "2-core machine). GPU work is unaffected.")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
