@@ -227,7 +227,7 @@ def _block_episodes(block: EvalBlock, agent: Any, seeds: list[int]) -> tuple[lis
         bar.set_postfix(ret=f"{ep['return']:.1f}")
 
     try:
-        # several envs: batched rows on one thread; one env keeps torch's threads (a pixel encoder uses them)
+        # several envs: batched rows on one thread; one env keeps the run's thread count (cdred --threads)
         with single_thread(agent.device) if n_envs > 1 else contextlib.nullcontext():
             results = run_eval_episodes(envs, agent, seeds, filmed=set(range(min(block.videos, block.episodes))),
                                         video_size=block.video_size, on_episode=tick)
