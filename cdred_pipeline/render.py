@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline.errors import CdredError, DatasetError, MissingDependencyError, UsageError
+from cdred_pipeline.vector import TrajectoryRecorder
 
 __all__ = [
     "MAX_SIZE", "MIN_SIZE", "PROBE_FORMAT", "PartWriter", "RangeJob", "StateRenderer", "cached_renderer",
@@ -567,16 +568,13 @@ def write_random_dataset(path: str | os.PathLike, task: str, *, episodes: int = 
     """
     from cdred_pipeline.datasets import EpisodeWriter
     from cdred_pipeline.envs import make_env
-    from cdred_pipeline.seeding import derive, numpy_rng
 
     env = make_env(task, obs="rgb" if rgb else "state", seed=seed, episode_length=episode_length,
                    image_size=check_size(size), camera=_camera_arg(camera), render_profile=render_profile)
     spec = env.spec_info
     cam = camera_name(-1 if spec.camera is None else spec.camera)
-    rng = numpy_rng(seed, "random-actions")
     try:
-        rows = [_random_episode(env, rng, derive(seed, "baseline-reset", ep), cam if rgb else None)
-                for ep in range(int(episodes))]
+        rows = _random_episodes(env, seed, episodes, cam if rgb else None)
     finally:
         env.close()
     attrs = _random_dataset_attrs(spec, cam, render_profile, seed)
@@ -606,31 +604,49 @@ def _shown_frame(obs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(obs[-3:].transpose(1, 2, 0))
 
 
-def _random_episode(env: Any, rng: np.random.Generator, ep_seed: int, rgb_camera: str | None) -> dict[str, Any]:
-    """One episode of uniform random actions, as ``EpisodeWriter.append_episode`` arguments (with the
-    shown frames under ``rgb``/``final_rgb`` when ``rgb_camera`` is given)."""
-    rgb = rgb_camera is not None
-    obs, info = env.reset(seed=ep_seed)
-    states, obs_rows, frames, actions, rewards, terms = [], [], [], [], [], []
-    success = False
-    while True:
-        states.append(env.get_physics_state())
-        obs_rows.append(info["state"] if rgb else obs)
-        if rgb:
-            frames.append(_shown_frame(obs))
-        a = rng.uniform(-1, 1, env.spec_info.action_dim).astype(np.float32)
-        obs, r, term, trunc, info = env.step(a)
-        actions.append(info["executed_action"])
-        rewards.append(r)
-        terms.append(term)
-        success = success or bool(info["success"])
-        if term or trunc:
-            break
-    row: dict[str, Any] = dict(obs=np.array(obs_rows), action=np.array(actions), reward=np.array(rewards),
-                               terminated=np.array(terms), physics_state=np.array(states),
-                               final_obs=info["state"] if rgb else obs, final_physics_state=env.get_physics_state(),
-                               seed=ep_seed, success=success)
-    if rgb:
-        row["rgb"] = {rgb_camera: np.array(frames)}
-        row["final_rgb"] = {rgb_camera: _shown_frame(obs)}
+class _RandomEpisodeRecorder(TrajectoryRecorder):
+    """:class:`TrajectoryRecorder` with the simulator states, and for a pixel env (``pixels``) also the
+    state observations it reports in ``info["state"]`` (``state_obs``, (T+1, D))."""
+
+    def __init__(self, pixels: bool) -> None:
+        super().__init__(record_state=True)
+        self.pixels, self.state_obs = pixels, []
+
+    def on_reset(self, env: Any, obs: np.ndarray, info: dict[str, Any]) -> None:
+        super().on_reset(env, obs, info)
+        if self.pixels:
+            self.state_obs.append(info["state"])
+
+    def on_step(self, env: Any, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, reward: float,
+                terminated: bool, truncated: bool, info: dict[str, Any]) -> None:
+        super().on_step(env, obs, action, next_obs, reward, terminated, truncated, info)
+        if self.pixels:
+            self.state_obs.append(info["state"])
+
+    def result(self, env: Any) -> dict[str, Any]:
+        return {**super().result(env), "state_obs": np.array(self.state_obs)}
+
+
+def _random_episodes(env: Any, seed: int, episodes: int, rgb_camera: str | None) -> list[dict[str, Any]]:
+    """Uniform random episodes through the rollout loop, as ``EpisodeWriter.append_episode`` arguments
+    (with the shown frames under ``rgb``/``final_rgb`` when ``rgb_camera`` is given)."""
+    from cdred_pipeline.seeding import derive
+    from cdred_pipeline.vector import random_act, run_vector_episodes
+
+    seeds = [derive(seed, "baseline-reset", ep) for ep in range(int(episodes))]
+    eps = run_vector_episodes([env], seeds, random_act(seed, env.spec_info.action_dim),
+                              lambda i: _RandomEpisodeRecorder(rgb_camera is not None))
+    return [_episode_row(ep, s, rgb_camera) for ep, s in zip(eps, seeds)]
+
+
+def _episode_row(ep: dict[str, Any], ep_seed: int, rgb_camera: str | None) -> dict[str, Any]:
+    """One recorded episode as ``EpisodeWriter.append_episode`` arguments."""
+    obs = ep["state_obs"] if rgb_camera is not None else ep["obs"]
+    row: dict[str, Any] = dict(obs=obs[:-1], action=ep["action"], reward=ep["reward"], terminated=ep["terminated"],
+                               physics_state=ep["physics_state"], final_obs=obs[-1],
+                               final_physics_state=ep["final_physics_state"], seed=ep_seed, success=ep["success"])
+    if rgb_camera is not None:
+        frames = [_shown_frame(o) for o in ep["obs"]]
+        row["rgb"] = {rgb_camera: np.array(frames[:-1])}
+        row["final_rgb"] = {rgb_camera: frames[-1]}
     return row
