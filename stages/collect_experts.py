@@ -235,8 +235,8 @@ class _InOrderWriter:
     (an episode that ends early waits for the lower ones) and flushed one by one, so the store always
     holds episodes 0..n-1 and a killed collection resumes at episode n."""
 
-    def __init__(self, writer: Any, seed: int, bar: Any) -> None:
-        self.writer, self.seed, self.bar = writer, seed, bar
+    def __init__(self, writer: Any, seeds: list[int], bar: Any) -> None:
+        self.writer, self.seeds, self.bar = writer, seeds, bar
         self.ready: dict[int, dict[str, Any]] = {}
         self.returns: list[float] = []
         self.steps = 0
@@ -249,7 +249,7 @@ class _InOrderWriter:
 
     def _append(self, i: int, e: dict[str, Any]) -> None:
         self.writer.append_episode(e["obs"][:-1], e["action"], e["reward"], e["terminated"], e["physics_state"],
-                                   e["obs"][-1], e["final_physics_state"], seed=derive(self.seed, "demo-reset", i),
+                                   e["obs"][-1], e["final_physics_state"], seed=self.seeds[i],
                                    success=e["success"])
         self.writer.flush()  # an episode counts as done once it is on disk: a kill loses no finished episode
         self.steps += len(e["reward"])
@@ -301,10 +301,10 @@ def _roll_demos(cfg: CollectConfig, writer: Any, envs: list[Any], act: BatchAct,
     t0 = time.time()
     bar = tqdm(total=cfg.episodes, initial=writer.num_episodes, desc=f"collect {cfg.task}", unit="ep",
                disable=not progress)
-    sink = _InOrderWriter(writer, cfg.seed, bar)
+    seeds = [derive(cfg.seed, "demo-reset", i) for i in range(cfg.episodes)]
+    sink = _InOrderWriter(writer, seeds, bar)
     with single_thread(device):
-        run_trajectories(envs, [derive(cfg.seed, "demo-reset", i) for i in range(cfg.episodes)], act,
-                         record_state=True, on_episode=sink, keep=False, start=writer.num_episodes)
+        run_trajectories(envs, seeds, act, record_state=True, on_episode=sink, keep=False, start=writer.num_episodes)
     bar.close()
     return sink.steps, time.time() - t0
 

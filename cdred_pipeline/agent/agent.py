@@ -455,7 +455,7 @@ class TDMPC2Agent:
             self.scale.load_state_dict(src["scale"])
         except (RuntimeError, KeyError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
-            raise CdredError(f"{where} does not fit this agent's architecture ({first[:200]})") from None
+            raise CdredError(f"{where} does not fit this agent's network layout ({first[:200]})") from None
         self.update_step = int(src["update_step"])
         pm = src.get("prev_mean")
         self._state.prev_mean = pm.to(self.device) if pm is not None else None

@@ -37,7 +37,7 @@ def predictor_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequ
 class RandomTargetEnsemble(nn.Module):
     """K frozen random networks f_k (Eq. 4, 7), evaluated together: ``(N, D) -> (K, N, p)``.
 
-    Same architecture as the predictors (App. A.1); weights drawn once, orthogonal with gain
+    The same layers as the predictors (App. A.1); weights drawn once, orthogonal with gain
     ``gain`` and zero bias (as the authors' released code), from a generator seeded with ``seed``.
     The LayerNorms have no affine parameters (a NormedLinear's LayerNorm at initialisation: weight 1,
     bias 0 — the released code never trains them). Weights are buffers ``w{i}`` of shape
