@@ -23,7 +23,7 @@ from cdred_pipeline.reward.config import CDREDConfig
 from cdred_pipeline.seeding import derive
 from cdred_pipeline.reward.functional import bonus, lemma1_statistic, red_reward, resolve_g, reward_from_outputs
 
-from cdred_pipeline.agent.layers import NormedLinear, mlp
+from cdred_pipeline.agent.layers import NormedLinear, mish, mlp
 from cdred_pipeline.agent.reward_head import RewardHead as _RewardHeadBase
 
 __all__ = ["CDREDRewardHead", "NormedLinear", "RandomTargetEnsemble", "predictor_mlp"]
@@ -65,7 +65,7 @@ class RandomTargetEnsemble(nn.Module):
         for i in range(self.num_layers):
             h = torch.matmul(h, getattr(self, f"w{i}")) + getattr(self, f"b{i}")
             if i < self.num_layers - 1:
-                h = F.mish(F.layer_norm(h, h.shape[-1:]))
+                h = mish(F.layer_norm(h, h.shape[-1:]))
         return h
 
     def extra_repr(self) -> str:
