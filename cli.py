@@ -293,6 +293,9 @@ _WORKERS_HELP = ("With --seeds or several tasks: (task, seed) units run in this 
 _RAY_HELP = ("With --seeds or several tasks: run (task, seed) units as Ray tasks: 'local' (a private Ray on this "
              "machine), 'auto' (the cluster this machine joined) or HOST:PORT. --workdir must be on storage every "
              "node sees.")
+_COMPILE_HELP = ("Run the agent's losses as torch.compile kernels (default: the preset's; small compiles where a C++ "
+                 "compiler is installed, ~1.6x the updates/s on CPU, results equal to eager within float rounding). "
+                 "Not part of the cache key, like --device.")
 _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and random-baseline episodes), one "
                   "batched policy call per step (MPPI: one plan per env, envs still step together; scripted: per "
                   "env). Does not change the data: episode i has the same seed, actions and states whatever N (the "
@@ -327,6 +330,7 @@ _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and ra
               help="Act with MPPI planning or the policy prior (preset default).")
 @click.option("--num-envs", type=click.IntRange(min=1), default=default_of(CollectConfig, "num_envs"),
               show_default=True, help=_NUM_ENVS_HELP)
+@click.option("--compile/--no-compile", default=default_of(CollectConfig, "compile"), help=_COMPILE_HELP)
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
 def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoint: str | None,
@@ -478,6 +482,7 @@ def _imitate_default(name: str) -> Any:
 @click.option("--diagnose/--no-diagnose", default=_imitate_default("diagnose"), show_default=True,
               help="Log reward on expert vs random vs current-policy data at each evaluation.")
 @click.option("--device", default=_imitate_default("device"), show_default=True, help="auto | cpu | cuda")
+@click.option("--compile/--no-compile", default=_imitate_default("compile"), help=_COMPILE_HELP)
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
 def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:

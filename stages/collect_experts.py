@@ -64,6 +64,7 @@ class CollectConfig:
     eval_episodes: int = 5
     probe: bool = True
     num_envs: int = 1  # envs stepped together while collecting; does not change the data, not in the key
+    compile: bool | None = None  # None: the agent preset's; a runtime choice like device, not in the key
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -111,18 +112,20 @@ def _expert_config(cfg: CollectConfig) -> dict[str, Any]:
     keys = ("task", "policy", "preset", "train_env_steps", "seed", "episode_length", "plan", "eval_every", "eval_episodes")
     out = {k: getattr(cfg, k) for k in keys}
     _spec, acfg = _agent_config(cfg)
-    out["agent"] = acfg.to_dict()
+    out["agent"] = acfg.key_dict()
     return out
 
 
 def _agent_config(cfg: CollectConfig) -> tuple[Any, Any]:
     """The task's spec and the expert's resolved AgentConfig."""
     from cdred_pipeline.agent import AgentConfig
+    from cdred_pipeline.agent.compiled import with_compile
     from cdred_pipeline.envs import make_env
 
     spec = make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length).spec_info
     overrides = {} if cfg.plan is None else {"plan": cfg.plan}
-    return spec, AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, **overrides)
+    acfg = AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, **overrides)
+    return spec, with_compile(acfg, cfg.compile, cfg.device)
 
 
 def _trainer_config(cfg: CollectConfig, action_repeat: int) -> Any:

@@ -61,6 +61,7 @@ class ImitateConfig:
     lr_step_every: int | None = None     # StepLR period in updates; None: LR_STEP_BY_SUITE of the task's suite
     diagnose: bool = True
     device: str = "auto"
+    compile: bool | None = None          # None: the agent preset's (fused torch.compile losses where a compiler exists)
 
     def __post_init__(self) -> None:
         from cdred_pipeline.agent.config import REWARD_SPACES
@@ -83,11 +84,11 @@ class ImitateConfig:
             raise UsageError("--steps must be >= 1, --eval-episodes >= 0 and --num-demos >= 1")
 
     def key_config(self) -> dict[str, Any]:
-        """The config keys the artifact depends on: not the device (it does not change the results'
-        meaning), and not an unset zeta/alpha or detach_reward_input off, which are the preset's and
+        """The config keys the artifact depends on: not the device or compile (they do not change the
+        results' meaning), and not an unset zeta/alpha or detach_reward_input off, which are the preset's and
         already in the key through the resolved reward-model config."""
         return {k: v for k, v in self.__dict__.items()
-                if k != "device" and not (k in ("zeta", "alpha") and v is None)
+                if k not in ("device", "compile") and not (k in ("zeta", "alpha") and v is None)
                 and not (k == "detach_reward_input" and not v)}
 
 
@@ -204,10 +205,12 @@ def resolve_inputs(cfg: ImitateConfig, dataset: str, store: ArtifactStore) -> Ru
 def agent_config(cfg: ImitateConfig, spec: Any) -> Any:
     """The agent preset for the task (episode length, acting, reward space, StepLR period by suite)."""
     from cdred_pipeline.agent import AgentConfig
+    from cdred_pipeline.agent.compiled import with_compile
 
     lr_step = cfg.lr_step_every if cfg.lr_step_every is not None else LR_STEP_BY_SUITE[spec.suite]
-    return AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, plan=cfg.plan,
+    acfg = AgentConfig.preset(cfg.preset, seed=cfg.seed, episode_length=spec.episode_length, plan=cfg.plan,
                               reward_space=cfg.reward_space, lr_step_every=lr_step)
+    return with_compile(acfg, cfg.compile, cfg.device)
 
 
 def reward_model_config(cfg: ImitateConfig) -> Any:
@@ -250,7 +253,7 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
     receives the wall seconds of each part of the training loop (benchmarks/speed/imitate_loop.py)."""
     inp = resolve_inputs(cfg, dataset, store)
     # the key holds the resolved agent and reward-model configs: a changed preset definition is a new artifact
-    key_config = {**cfg.key_config(), "agent": inp.agent.to_dict(), "reward_model": inp.reward_model.to_dict()}
+    key_config = {**cfg.key_config(), "agent": inp.agent.key_dict(), "reward_model": inp.reward_model.to_dict()}
     art = store.begin(STAGE, VERSION, key_config, {"dataset": inp.input_key}, force=force,
                       description=f"CDRED imitation on {inp.task} ({cfg.reward}, {cfg.obs})")
     if art.complete:

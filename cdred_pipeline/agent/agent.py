@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdred_pipeline import __version__
+from cdred_pipeline.agent.compiled import compile_fn
 from cdred_pipeline.agent.checkpoint import atomic_torch_save, get_rng_state, safe_torch_load, set_rng_state
 from cdred_pipeline.agent.config import AgentConfig, resolve_device
 from cdred_pipeline.agent.cuda_graphs import GraphedCall, graphs_available
@@ -138,7 +139,8 @@ class TDMPC2Agent:
         self._state = ActState(generator=self._act_gen)  # the acting state of act()
         self._batch_gen = torch.Generator(device=self.device).manual_seed(0)  # act_batch's unused prior sample
         self._rho = cfg.rho ** torch.arange(cfg.horizon + 1, device=self.device, dtype=torch.float32)
-        self._model_loss_fn = torch.compile(self._model_loss) if cfg.compile else self._model_loss
+        self._model_loss_fn = compile_fn(self._model_loss, self.device) if cfg.compile else self._model_loss
+        self._pi_loss_fn = compile_fn(self._pi_loss, self.device) if cfg.compile else self._pi_loss
         self.extra: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------ info
@@ -359,7 +361,7 @@ class TDMPC2Agent:
             self._check_finite("world-model grad norm", grad_norm)
         self.optim.step()
 
-        pi = self._pi_loss(out["zs"].detach())
+        pi = self._pi_loss_fn(out["zs"].detach())
         if checked:
             self._check_finite("policy loss", pi["pi_loss"].detach())
         self.pi_optim.zero_grad(set_to_none=True)

@@ -81,7 +81,7 @@ class AgentConfig:
 
     # --- runtime
     seed: int = 1
-    compile: bool = False            # torch.compile the loss functions
+    compile: bool = False            # torch.compile the loss functions (agent/compiled.py)
 
     def __post_init__(self) -> None:
         if self.latent_dim % self.simnorm_dim:
@@ -126,6 +126,11 @@ class AgentConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (stored in checkpoints)."""
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without ``compile``, a runtime choice like the device (the compiled losses
+        equal the eager ones within float rounding): what a cached artifact's results depend on."""
+        return {k: v for k, v in self.to_dict().items() if k != "compile"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AgentConfig":
