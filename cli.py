@@ -29,6 +29,7 @@ from cdred_pipeline.stages.imitate import ImitateConfig
 from cdred_pipeline.stages.package import EXPORT_FORMATS, IMPORT_FORMATS, import_
 from cdred_pipeline.stages.pipeline import EXPERT_POLICIES, PipelineConfig
 from cdred_pipeline.stages.render_visual import RenderConfig
+from cdred_pipeline.stages.sweep import SweepConfig
 
 
 def default_of(owner: Any, name: str) -> Any:
@@ -564,6 +565,56 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 
     result = stage.run(stage.PipelineConfig(task=task, **opts), _store(ctx), force=force, progress=_progress(ctx))
     click.echo(stage.format_summary(result))
+
+
+# --------------------------------------------------------------------------------------- sweep
+NAME_LIST = CommaList(lambda text: tuple(s.strip() for s in text.split(",") if s.strip()))
+
+
+@main.command()
+@click.option("--tasks", required=True, help="Comma list of task ids (dmc:cartpole-balance,mw:reach-wall).")
+@click.option("--seeds", type=INT_LIST, default=default_of(SweepConfig, "seeds"), show_default=True,
+              help="Comma list of run seeds: one imitate + evaluate run per (task, method, seed).")
+@click.option("--methods", type=NAME_LIST, default=default_of(SweepConfig, "methods"), show_default=True,
+              help="Comma list of methods (stages/sweep.py METHODS: cdred, red).")
+@click.option("--preset", default=default_of(SweepConfig, "preset"), show_default=True,
+              help=f"Pipeline preset ({', '.join(PIPELINE_PRESETS)}); its settings make every stage.")
+@click.option("--num-demos", type=click.IntRange(min=1), default=default_of(SweepConfig, "num_demos"),
+              help="Demo episodes collected per task and used by every run (default: the preset's).")
+@click.option("--env-steps", type=click.IntRange(min=1), default=default_of(SweepConfig, "env_steps"),
+              help="Imitation env steps per run (default: the preset's).")
+@click.option("--eval-episodes", type=click.IntRange(min=1), default=default_of(SweepConfig, "eval_episodes"),
+              help="Episodes of each run's final evaluation, tremble 0 (default: 100 for cpu and paper, else the "
+                   "preset's).")
+@click.option("--expert-seed", type=int, default=default_of(SweepConfig, "expert_seed"), show_default=True,
+              help="Seed of each task's expert and demos (shared by every method and seed).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Runs in this many local processes (or Ray CPUs with --ray-address local).")
+@click.option("--ray-address", default=None,
+              help="Run each run as a Ray task (one CPU each): 'local', 'auto' or HOST:PORT. --workdir must be on "
+                   "storage every node sees.")
+@click.option("--device", default=default_of(SweepConfig, "device"), show_default=True, help="auto | cpu | cuda")
+@click.option("--name", default=default_of(SweepConfig, "name"), show_default=True,
+              help="Output folder: <workdir>/sweeps/<name>/.")
+@click.pass_context
+def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, **opts: Any) -> None:
+    """A grid of imitation runs: tasks x methods x seeds, with results.csv, summary.md and figures.
+
+    Each task's expert and demos are made once and shared; each (task, method, seed) is a cached imitate
+    run plus a final evaluation. A killed sweep rerun resumes from the cache. Exit code 1 when a run failed
+    (after writing everything; summary.md lists the failures).
+    """
+    from cdred_pipeline.executor import executor_for
+    from cdred_pipeline.stages import sweep as stage
+
+    cfg = stage.SweepConfig(**opts)
+    with executor_for(workers, ray_address) as ex:
+        result = stage.run(cfg, _store(ctx), executor=ex, progress=_progress(ctx))
+    click.echo(f"results: {result.csv}\nsummary: {result.summary}\nfigures: {result.folder / 'figures'} "
+               f"({len(result.figures)})\n")
+    click.echo(stage.format_table(result))
+    if result.failures:
+        raise CdredError(f"{result.failures} of {result.runs} runs failed; see {result.summary}")
 
 
 if __name__ == "__main__":  # pragma: no cover

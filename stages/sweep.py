@@ -1,0 +1,582 @@
+"""``cdred sweep``: a grid of (task, method, seed) imitation runs with results a person can read and plot.
+
+Each task's expert and demonstrations are made once (collect-experts with the pipeline preset's settings:
+a scripted expert for Meta-World, TD-MPC2 otherwise, on ``expert_seed``) and shared by every method and
+seed. Each (task, method, seed) is then one imitate run plus a final evaluation without tremble, both
+cached artifacts, run as one executor unit. The outputs under ``<workdir>/sweeps/<name>/`` are rebuilt
+from the artifacts' manifests alone, so a killed sweep rerun writes the same ``results.csv`` bytes as an
+uninterrupted one:
+
+* ``results.csv``: one row per evaluation point of every run's learning curve and one final row per run;
+* ``summary.md``: the command that reproduces the sweep, the setting, expert and random scores, final
+  success and return per task and method (mean and 95% bootstrap CI over seeds), the interquartile mean
+  (IQM) of the final normalised score across tasks with a stratified-bootstrap 95% CI (Agarwal et al.
+  2021, as rliable computes it), and the failed runs;
+* ``figures/<task>.png``: the learning curve of every method against env steps.
+
+A method is an entry of :data:`METHODS`: the ImitateConfig overrides that make it and the function that
+runs one (task, seed) of it (default :func:`imitate_and_evaluate`), so baselines that are not reward
+modes of the imitate stage can be registered beside them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.artifacts import Artifact, ArtifactStore, save_figure_atomic
+from cdred_pipeline.errors import CdredError, UsageError
+from cdred_pipeline.presets import PIPELINE_PRESETS
+from cdred_pipeline.stages.common import DATASET_NAME
+
+CSV_COLUMNS = ("task", "method", "seed", "point", "env_steps", "return", "success", "normalized_score",
+               "episodes", "wall_time_s", "imitate_key", "eval_key")
+#: Episodes of the final evaluation by pipeline preset; a preset not named here uses its own ``eval_episodes``.
+FINAL_EVAL_EPISODES: dict[str, int] = {"cpu": 100, "paper": 100}
+IQM_BOOTSTRAP_REPS = 10_000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# ------------------------------------------------------------------------------------------ methods
+@dataclass(frozen=True)
+class Method:
+    """A sweep method: the ImitateConfig fields that make it and the module-level function that runs one
+    (task, seed) of it (``None``: :func:`imitate_and_evaluate`). A runner returns the keys of the run's
+    ``imitate`` artifact (learning curve in ``metrics.jsonl``) and ``eval`` artifact (final evaluation)."""
+
+    imitate: Mapping[str, Any] = field(default_factory=dict)
+    runner: Callable[["RunUnit"], dict[str, str]] | None = None
+    description: str = ""
+
+
+METHODS: dict[str, Method] = {
+    "cdred": Method({"reward": "cdred"}, description="CDRED: coupled expert and behavioural predictors (Eq. 5)"),
+    "red": Method({"reward": "red"}, description="RED: the expert predictor only (the paper's uncoupled ablation)"),
+}
+
+
+def method_spec(name: str) -> Method:
+    """The registered method ``name``; a one-line UsageError listing the registered ones otherwise."""
+    if name not in METHODS:
+        raise UsageError(f"--methods {name!r}: choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+# ------------------------------------------------------------------------------------------ config
+def _names(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A comma list (or sequence) of names as a tuple of stripped, non-empty names."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(s).strip() for s in items if str(s).strip())
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: tasks x methods x seeds on one pipeline preset. ``None`` counts take the preset's
+    (``eval_episodes``: :data:`FINAL_EVAL_EPISODES` for cpu and paper, else the preset's own)."""
+
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = ("cdred", "red")
+    preset: str = "quickstart"
+    num_demos: int | None = None      # demo episodes collected and used
+    env_steps: int | None = None      # imitation env steps per run
+    eval_episodes: int | None = None  # episodes of the final evaluation
+    expert_seed: int = 0              # the seed of every task's expert and demos
+    device: str = "auto"
+    name: str = "sweep"               # the output folder <workdir>/sweeps/<name>
+
+    def __post_init__(self) -> None:
+        from cdred_pipeline.stages.collect_experts import parse_tasks
+
+        if self.preset not in PIPELINE_PRESETS:
+            raise UsageError(f"--preset {self.preset!r}: choose one of {', '.join(PIPELINE_PRESETS)}")
+        object.__setattr__(self, "tasks", tuple(parse_tasks(list(_names(self.tasks)) or [""])))
+        object.__setattr__(self, "methods", _names(self.methods))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise UsageError(f"--methods needs distinct names from {', '.join(METHODS)}, got {list(self.methods)}")
+        for m in self.methods:
+            method_spec(m)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"--seeds needs distinct integers, got {list(self.seeds)}")
+        for opt, v in (("--num-demos", self.num_demos), ("--env-steps", self.env_steps),
+                       ("--eval-episodes", self.eval_episodes)):
+            if v is not None and v < 1:
+                raise UsageError(f"{opt} must be >= 1, got {v}")
+        if not _NAME.match(self.name):
+            raise UsageError(f"--name {self.name!r}: use letters, digits, '.', '_' and '-' (a folder name)")
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The pipeline-preset settings this sweep changes (cdred_pipeline/presets.py names)."""
+        out: dict[str, Any] = {"eval_episodes": self.final_eval_episodes}
+        if self.num_demos is not None:
+            out.update(episodes=self.num_demos, num_demos=self.num_demos)
+        if self.env_steps is not None:
+            out["imitate_env_steps"] = self.env_steps
+        return out
+
+    @property
+    def final_eval_episodes(self) -> int:
+        """Episodes of each run's final evaluation."""
+        if self.eval_episodes is not None:
+            return self.eval_episodes
+        return FINAL_EVAL_EPISODES.get(self.preset, PIPELINE_PRESETS[self.preset]["eval_episodes"])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The pipeline preset's settings with this sweep's changes."""
+        return {**PIPELINE_PRESETS[self.preset], **self.overrides}
+
+    def pipeline_config(self, task: str, seed: int) -> Any:
+        """The ``cdred pipeline`` config of one run (its stage configs are the pipeline's)."""
+        from cdred_pipeline.stages.pipeline import PipelineConfig
+
+        return PipelineConfig(task=task, preset=self.preset, seed=seed, tremble=(0.0,), device=self.device,
+                              overrides=self.overrides)
+
+    def command(self, workdir: str | os.PathLike) -> str:
+        """The command line that reproduces this sweep, with every count spelled out."""
+        s = self.settings
+        args = ["cdred", "--workdir", str(workdir), "sweep", "--tasks", ",".join(self.tasks),
+                "--seeds", ",".join(map(str, self.seeds)), "--methods", ",".join(self.methods),
+                "--preset", self.preset, "--num-demos", str(min(s["num_demos"], s["episodes"])),
+                "--env-steps", str(s["imitate_env_steps"]), "--eval-episodes", str(self.final_eval_episodes),
+                "--expert-seed", str(self.expert_seed), "--device", self.device, "--name", self.name]
+        return " ".join(shlex.quote(a) for a in args)
+
+
+# ------------------------------------------------------------------------------------------ units
+@dataclass(frozen=True)
+class RunUnit:
+    """One executor unit: a (task, method, seed) run, picklable. ``imitate`` and ``evaluate`` are the
+    run's stage configs (ImitateConfig with the method's fields, EvalConfig), built and checked on the driver."""
+
+    task: str
+    method: str
+    seed: int
+    spec: Method
+    imitate: Any
+    evaluate: Any
+    dataset: str
+    workdir: str
+    progress: bool = False
+
+
+def imitate_and_evaluate(unit: RunUnit) -> dict[str, str]:
+    """The default runner: imitate from the task's demos, then evaluate the final agent (both cached)."""
+    from cdred_pipeline.stages import evaluate, imitate
+
+    store = ArtifactStore(unit.workdir)
+    imit = imitate.run(unit.imitate, unit.dataset, store, progress=unit.progress)
+    ev = evaluate.run(unit.evaluate, str(imit.path / "agent.pt"), store, progress=unit.progress)
+    return {"imitate_key": imit.key, "eval_key": ev.key}
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def run_unit(unit: RunUnit) -> dict[str, Any]:
+    """Run one (task, method, seed) with its method's runner; an exception becomes an error row, so one
+    crashed run never stops the others."""
+    row: dict[str, Any] = {"task": unit.task, "method": unit.method, "seed": unit.seed}
+    try:
+        runner = unit.spec.runner or imitate_and_evaluate
+        return {**row, **runner(unit), "error": None}
+    except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, reported in the summary
+        return {**row, "error": _one_line(exc)}
+
+
+def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, progress: bool) -> list[RunUnit]:
+    """Every (task, method, seed) unit whose task has demos, task-major; each config is checked here."""
+    from cdred_pipeline.stages.pipeline import eval_config, imitate_config
+
+    units = []
+    for task in cfg.tasks:
+        for m in cfg.methods:
+            spec = method_spec(m)
+            for seed in cfg.seeds:
+                pcfg = cfg.pipeline_config(task, seed)
+                icfg = dataclasses.replace(imitate_config(pcfg), **dict(spec.imitate))
+                if task in datasets:
+                    units.append(RunUnit(task=task, method=m, seed=seed, spec=spec, imitate=icfg,
+                                         evaluate=eval_config(pcfg), dataset=datasets[task], workdir=workdir,
+                                         progress=progress))
+    return units
+
+
+# ------------------------------------------------------------------------------------------ experts
+def prepare_task(cfg: SweepConfig, task: str, store: ArtifactStore, progress: bool) -> Artifact:
+    """The task's expert and demos artifacts (cached), made once for every method and seed."""
+    from cdred_pipeline.stages import collect_experts
+    from cdred_pipeline.stages.pipeline import collect_config
+
+    ccfg = collect_config(cfg.pipeline_config(task, cfg.expert_seed))
+    expert = collect_experts.train_expert(ccfg, store, progress=progress)
+    return collect_experts.collect_demos(ccfg, expert, store, progress=progress)
+
+
+def prepare_tasks(cfg: SweepConfig, store: ArtifactStore, progress: bool) -> tuple[dict[str, Artifact], dict[str, str]]:
+    """Every task's demos artifact, in order; a task whose expert or demos fail gets its one-line error."""
+    demos, errors = {}, {}
+    for task in cfg.tasks:
+        try:
+            demos[task] = prepare_task(cfg, task, store, progress)
+        except Exception as exc:  # noqa: BLE001 - every run of the task fails with this error
+            errors[task] = f"expert/demos: {_one_line(exc)}"
+    return demos, errors
+
+
+def check_configs(cfg: SweepConfig) -> None:
+    """Build every stage config of the sweep (one-line UsageError) before anything runs."""
+    from cdred_pipeline.stages.pipeline import collect_config
+
+    for task in cfg.tasks:
+        collect_config(cfg.pipeline_config(task, cfg.expert_seed))
+    plan_units(cfg, {}, "", False)
+
+
+def execute(units: list[RunUnit], executor: Any, desc: str, progress: bool) -> list[dict[str, Any]]:
+    """Every unit's outcome through ``executor``; units lost with their worker get the executor's error."""
+    from cdred_pipeline.executor import ExecutorError
+
+    done: dict[int, dict[str, Any]] = {}
+
+    def keep(i: int, out: dict[str, Any]) -> None:
+        done[i] = out
+
+    try:
+        executor.map(run_unit, units, desc=desc, progress=progress, on_result=keep)
+    except ExecutorError as exc:
+        lost = _one_line(exc)
+        for i, u in enumerate(units):
+            done.setdefault(i, {"task": u.task, "method": u.method, "seed": u.seed, "error": lost})
+    return [done[i] for i in range(len(units))]
+
+
+# ------------------------------------------------------------------------------------------ rows
+def _f(value: Any) -> float | None:
+    """A finite float, or None."""
+    if value is None:
+        return None
+    v = float(value)
+    return v if np.isfinite(v) else None
+
+
+def curve_rows(run: dict[str, Any], imit: Artifact) -> list[dict[str, Any]]:
+    """The learning curve of one run: the imitate artifact's evaluation rows (metrics.jsonl)."""
+    from cdred_pipeline.stages.evaluate import normalized_score
+
+    scores = imit.manifest.get("scores", {})
+    rows = []
+    for r in _eval_metrics(imit):
+        ret = float(r["eval_return_mean"])
+        rows.append({**run, "point": "curve", "env_steps": int(r["env_step"]), "return": ret,
+                     "success": _f(r.get("eval_success_rate")), "normalized_score": _f(normalized_score(ret, scores)),
+                     "episodes": int(r.get("eval_episodes", 0)), "wall_time_s": round(float(r.get("wall_s", 0)), 3)})
+    return rows
+
+
+def _eval_metrics(imit: Artifact) -> list[dict[str, Any]]:
+    """The ``eval`` rows of the imitate artifact's metrics.jsonl."""
+    path = Path(imit.path) / "metrics.jsonl"
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r for r in rows if r.get("kind") == "eval"]
+
+
+def final_row(run: dict[str, Any], imit: Artifact, ev: Artifact) -> dict[str, Any]:
+    """The run's final evaluation (tremble 0); its wall time is the training's plus the evaluation's, as
+    the artifacts recorded them."""
+    agg = next(a for a in ev.manifest["aggregates"] if float(a["p"]) == 0.0)
+    report = json.loads((Path(ev.path) / "report.json").read_text())
+    train = imit.manifest.get("train", {})
+    wall = float(train.get("wall_s", 0.0)) + float(report.get("wall_s", 0.0))
+    return {**run, "point": "final", "env_steps": int(train.get("env_step") or imit.manifest["headline"]["env_steps"]),
+            "return": float(agg["return_mean"]), "success": _f(agg["success_rate"]),
+            "normalized_score": _f(agg["normalized_score"]), "episodes": int(agg["episodes"]),
+            "wall_time_s": round(wall, 3)}
+
+
+def run_rows(out: dict[str, Any], store: ArtifactStore) -> list[dict[str, Any]]:
+    """Curve and final rows of one finished run, read from its artifacts."""
+    from cdred_pipeline.stages import evaluate, imitate
+
+    imit, ev = store.get(imitate.STAGE, out["imitate_key"]), store.get(evaluate.STAGE, out["eval_key"])
+    if imit is None or ev is None:
+        raise CdredError(f"the run reported imitate/{out['imitate_key']} and eval/{out['eval_key']} but "
+                         f"{store.root} does not hold them; with Ray, --workdir must be on storage every node sees")
+    run = {k: out[k] for k in ("task", "method", "seed", "imitate_key", "eval_key")}
+    return curve_rows(run, imit) + [final_row(run, imit, ev)]
+
+
+def sort_key(row: Mapping[str, Any]) -> tuple:
+    """Task, method, seed, curve before final, env steps."""
+    return (row["task"], row["method"], int(row["seed"]), row["point"] != "curve", int(row["env_steps"]))
+
+
+def gather(outcomes: list[dict[str, Any]], store: ArtifactStore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """All result rows (sorted) and the failed runs (task, method, seed, error)."""
+    rows, failed = [], []
+    for out in outcomes:
+        if out.get("error") is None:
+            try:
+                rows += run_rows(out, store)
+                continue
+            except CdredError as exc:
+                out = {**out, "error": _one_line(exc)}
+        failed.append({k: out[k] for k in ("task", "method", "seed", "error")})
+    return sorted(rows, key=sort_key), sorted(failed, key=lambda f: (f["task"], f["method"], f["seed"]))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file and a rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV (:data:`CSV_COLUMNS`; an unknown value is an empty cell)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def iqm(values: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% of all values (25% trimmed on each side, as
+    ``scipy.stats.trim_mean(x, 0.25, axis=None)`` and rliable's ``aggregate_iqm``)."""
+    v = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    cut = int(0.25 * v.size)
+    return float(v[cut:v.size - cut].mean())
+
+
+def iqm_ci(per_task: list[np.ndarray], *, reps: int = IQM_BOOTSTRAP_REPS, level: float = 0.95,
+           seed: int = 0) -> tuple[float, float, float]:
+    """IQM over all runs x tasks and its stratified-bootstrap percentile CI: every replicate resamples the
+    runs of each task with replacement, separately per task (rliable's ``StratifiedBootstrap``)."""
+    tasks = [np.asarray(v, dtype=np.float64) for v in per_task if len(v)]
+    point = iqm(np.concatenate(tasks))
+    rng = np.random.default_rng(seed)
+    stats = []
+    for start in range(0, reps, 1000):
+        n = min(1000, reps - start)
+        sample = np.concatenate([v[rng.integers(0, len(v), size=(n, len(v)))] for v in tasks], axis=1)
+        sample.sort(axis=1)
+        cut = int(0.25 * sample.shape[1])
+        stats.append(sample[:, cut:sample.shape[1] - cut].mean(axis=1))
+    lo, hi = np.percentile(np.concatenate(stats), [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return point, float(lo), float(hi)
+
+
+def is_metaworld(task: str) -> bool:
+    """Meta-World tasks are judged by success; the others by return."""
+    return task.startswith("mw:")
+
+
+def method_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and method: the finished seeds and the mean and 95% bootstrap CI (over seeds) of the final
+    success, return and normalised score."""
+    from cdred_pipeline.stages.evaluate import bootstrap_ci
+
+    out = []
+    for task in cfg.tasks:
+        for m in cfg.methods:
+            finals = [r for r in rows if r["point"] == "final" and r["task"] == task and r["method"] == m]
+            entry: dict[str, Any] = {"task": task, "method": m, "seeds": len(finals)}
+            for col in ("success", "return", "normalized_score"):
+                v = np.array([r[col] for r in finals if r[col] is not None], dtype=np.float64)
+                entry[col] = (float(v.mean()), *bootstrap_ci(v)) if len(v) else None
+            out.append(entry)
+    return out
+
+
+def aggregates(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[tuple[str, str, tuple[float, float, float] | None]]:
+    """(method, metric, (IQM, CI low, CI high)) across tasks: the final normalised score over every task and
+    the final success over the Meta-World tasks (None without values)."""
+    out = []
+    for m in cfg.methods:
+        for metric, col, tasks in (("normalised score", "normalized_score", cfg.tasks),
+                                   ("success (Meta-World)", "success", [t for t in cfg.tasks if is_metaworld(t)])):
+            if not tasks:
+                continue
+            per_task = [np.array([r[col] for r in rows if r["point"] == "final" and r["task"] == t
+                                  and r["method"] == m and r[col] is not None]) for t in tasks]
+            out.append((m, metric, iqm_ci(per_task) if any(len(v) for v in per_task) else None))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ summary
+def _ci(v: tuple[float, float, float] | None, fmt: str = ".2f") -> str:
+    return "n/a" if v is None else f"{v[0]:{fmt}} [{v[1]:{fmt}}, {v[2]:{fmt}}]"
+
+
+def _score_cells(scores: Mapping[str, Any], name: str) -> str:
+    s = scores.get(name) or {}
+    ret = "-" if s.get("return_mean") is None else f"{s['return_mean']:.2f}"
+    succ = "-" if s.get("success_rate") is None else f"{s['success_rate']:.2f}"
+    return f"{ret} | {succ}"
+
+
+def summary_text(cfg: SweepConfig, workdir: str, demos: Mapping[str, Artifact], rows: list[dict[str, Any]],
+                 failed: list[dict[str, Any]], runs: int) -> str:
+    """summary.md: how to reproduce, the setting, reference scores, per task/method results, IQMs, failures."""
+    s = cfg.settings
+    lines = [f"# cdred sweep `{cfg.name}`", "", "Reproduce (resumes from the cache in the same work dir):", "",
+             "```", cfg.command(workdir), "```", "",
+             f"Setting: preset `{cfg.preset}`, {s['imitate_env_steps']} env steps per run, "
+             f"{min(s['num_demos'], s['episodes'])} demos (expert seed {cfg.expert_seed}), final evaluation "
+             f"{cfg.final_eval_episodes} episodes without tremble; {len(cfg.tasks)} tasks x {len(cfg.methods)} methods "
+             f"x {len(cfg.seeds)} seeds = {runs} runs, {runs - len(failed)} finished.", "",
+             "## Expert and random policy", "", "| task | expert return | expert success | random return | "
+             "random success |", "| --- | ---: | ---: | ---: | ---: |"]
+    for task in cfg.tasks:
+        sc = demos[task].manifest.get("scores", {}) if task in demos else {}
+        lines.append(f"| {task} | {_score_cells(sc, 'expert')} | {_score_cells(sc, 'random')} |")
+    lines += ["", "## Final evaluation (mean [95% bootstrap CI] over seeds)", "",
+              "| task | method | seeds | success | return | normalised score |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for e in method_table(cfg, rows):
+        lines.append(f"| {e['task']} | {e['method']} | {e['seeds']} | {_ci(e['success'])} | {_ci(e['return'])} | "
+                     f"{_ci(e['normalized_score'], '.1f')} |")
+    lines += ["", "## Across tasks: interquartile mean (IQM) [stratified-bootstrap 95% CI]", ""]
+    lines += [f"- IQM {metric} of {m}: {_ci(v, '.2f')}" for m, metric, v in aggregates(cfg, rows)]
+    lines += ["", f"IQM: the 25% trimmed mean over all runs x tasks; CI: {IQM_BOOTSTRAP_REPS} stratified-bootstrap "
+              "replicates (the runs of each task resampled), percentile interval; computed with cdred's own numpy "
+              "implementation of rliable's `aggregate_iqm` and `StratifiedBootstrap`.", ""]
+    lines += _failure_lines(failed)
+    return "\n".join(lines) + "\n"
+
+
+def _failure_lines(failed: list[dict[str, Any]]) -> list[str]:
+    if not failed:
+        return ["## Failed runs", "", "None."]
+    return ["## Failed runs", ""] + [f"- {f['task']} {f['method']} seed {f['seed']}: {f['error']}" for f in failed]
+
+
+# ------------------------------------------------------------------------------------------ figures
+def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]], scores: Mapping[str, Any]) -> None:
+    """Mean over seeds (min-max band) of success (Meta-World) or return against env steps, per method, with
+    the expert's level dashed and the random policy's dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    col, label = ("success", "success rate") if is_metaworld(task) else ("return", "episode return")
+    ref_key = "success_rate" if col == "success" else "return_mean"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in cfg.methods:
+        _plot_method(ax, m, [r for r in rows if r["task"] == task and r["method"] == m and r["point"] == "curve"], col)
+    for name, style in (("expert", "--"), ("random", ":")):
+        level = (scores.get(name) or {}).get(ref_key)
+        if level is not None:
+            ax.axhline(float(level), color="black" if name == "expert" else "grey", linestyle=style, label=name)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(label)
+    ax.set_title(f"{task}: mean over seeds, band min-max (sweep {cfg.name})", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_method(ax: Any, method: str, rows: list[dict[str, Any]], col: str) -> None:
+    """One method's mean line and min-max band over seeds."""
+    steps = sorted({r["env_steps"] for r in rows})
+    vals = [[r[col] for r in rows if r["env_steps"] == s and r[col] is not None] for s in steps]
+    pts = [(s, v) for s, v in zip(steps, vals) if v]
+    if not pts:
+        return
+    x = [s for s, _ in pts]
+    line, = ax.plot(x, [np.mean(v) for _, v in pts], marker="o", label=method)
+    ax.fill_between(x, [min(v) for _, v in pts], [max(v) for _, v in pts], color=line.get_color(), alpha=0.2)
+
+
+def figure_name(task: str) -> str:
+    """``dmc:cartpole-balance`` -> ``dmc_cartpole-balance.png``."""
+    return task.replace(":", "_") + ".png"
+
+
+# ------------------------------------------------------------------------------------------ stage
+@dataclass
+class SweepResult:
+    """Where the outputs are, the per task/method table, and the failed runs."""
+
+    folder: Path
+    csv: Path
+    summary: Path
+    figures: list[Path]
+    table: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    runs: int
+
+    @property
+    def failures(self) -> int:
+        """The number of failed runs."""
+        return len(self.failed)
+
+
+def run(cfg: SweepConfig, store: ArtifactStore, *, executor: Any = None, progress: bool = True) -> SweepResult:
+    """Run (or take from the cache) every (task, method, seed) of the sweep and write its outputs.
+
+    ``executor``: :func:`cdred_pipeline.executor.executor_for` (default: one run after the other here).
+    Failed runs are recorded, never raised: the result lists them (``failures``)."""
+    from cdred_pipeline.executor import make_executor
+
+    check_configs(cfg)
+    workdir = str(Path(store.root).resolve())
+    demos, task_errors = prepare_tasks(cfg, store, progress)
+    datasets = {t: str((a.path / DATASET_NAME).resolve()) for t, a in demos.items()}
+    ex = executor if executor is not None else make_executor("local")
+    units = plan_units(cfg, datasets, workdir, progress and ex.kind == "local")
+    outcomes = execute(units, ex, f"sweep {cfg.name} ({len(units)} runs)", progress)
+    outcomes += [{"task": t, "method": m, "seed": s, "error": err} for t, err in task_errors.items()
+                 for m in cfg.methods for s in cfg.seeds]
+    rows, failed = gather(outcomes, store)
+    runs = len(cfg.tasks) * len(cfg.methods) * len(cfg.seeds)
+    return write_outputs(cfg, store, demos, rows, failed, runs)
+
+
+def write_outputs(cfg: SweepConfig, store: ArtifactStore, demos: Mapping[str, Artifact], rows: list[dict[str, Any]],
+                  failed: list[dict[str, Any]], runs: int) -> SweepResult:
+    """results.csv, summary.md and figures/<task>.png under <workdir>/sweeps/<name>/, each written atomically."""
+    folder = Path(store.root) / "sweeps" / cfg.name
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    csv_path, summary_path = folder / "results.csv", folder / "summary.md"
+    write_text_atomic(csv_path, csv_text(rows))
+    figures = []
+    for task in cfg.tasks:
+        figures.append(folder / "figures" / figure_name(task))
+        scores = demos[task].manifest.get("scores", {}) if task in demos else {}
+        plot_task(figures[-1], cfg, task, rows, scores)
+    write_text_atomic(summary_path, summary_text(cfg, str(store.root), demos, rows, failed, runs))
+    return SweepResult(folder=folder, csv=csv_path, summary=summary_path, figures=figures,
+                       table=method_table(cfg, rows), failed=failed, runs=runs)
+
+
+def format_table(result: SweepResult) -> str:
+    """The compact table printed at the end of ``cdred sweep``: final success and return means."""
+    lines = [f"{'task':<28} {'method':<10} {'seeds':>5} {'success':>8} {'return':>10}"]
+    for e in result.table:
+        succ = "-" if e["success"] is None else f"{e['success'][0]:.2f}"
+        ret = "-" if e["return"] is None else f"{e['return'][0]:.2f}"
+        lines.append(f"{e['task']:<28} {e['method']:<10} {e['seeds']:>5} {succ:>8} {ret:>10}")
+    return "\n".join(lines)
