@@ -169,7 +169,7 @@ def test_lemma1_fitted_predictor_estimates_one_over_n(n):
     c = tgt[k, torch.arange(M)[:, None]]  # (M, n, p): the n occurrences' target draws
     inp = torch.cat([x, a], -1)
     opt = torch.optim.Adam(head.expert_predictor.parameters(), lr=3e-3)
-    for _ in range(600):
+    for _ in range(1000):
         f = head.expert_predictor(inp)
         loss = (f.unsqueeze(1) - c).square().mean()
         opt.zero_grad()
@@ -342,9 +342,24 @@ def test_targets_seeded_and_independent_of_global_rng():
     before = torch.get_rng_state()
     _ = CDREDRewardHead(6, 2, CDREDConfig.preset("tiny"))
     assert torch.equal(torch.get_rng_state(), before)  # building a head leaves the global RNG alone
-    # orthogonal rows with the configured gain (released code: sqrt 2)
-    w = h1.targets.w2[0].T  # (p, hidden): p orthogonal rows
-    torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(w.shape[0], dtype=F64), atol=1e-5, rtol=0)  # drawn in float32
+    # the released code's scales: hidden target layers orthogonal with gain 1 (orthonormal rows), zero bias
+    for i in range(h1.targets.num_layers - 1):
+        w = getattr(h1.targets, f"w{i}")[0].T  # (out, in)
+        rows_orthonormal = w.shape[0] <= w.shape[1]
+        gram = w @ w.T if rows_orthonormal else w.T @ w
+        torch.testing.assert_close(gram, torch.eye(gram.shape[0]), atol=1e-5, rtol=0)
+        assert not getattr(h1.targets, f"b{i}").any()
+    # ... the last target layer at nn.Linear's default: weights and bias uniform in +-1/sqrt(fan_in)
+    last = h1.targets.num_layers - 1
+    w, b = getattr(h1.targets, f"w{last}"), getattr(h1.targets, f"b{last}")
+    bound = 1 / w.shape[1] ** 0.5
+    assert w.abs().max() <= bound and b.abs().max() <= bound and b.abs().max() > bound / 2
+    assert abs(float(w.std()) - bound / 3**0.5) < 0.1 * bound  # std of U(-bound, bound)
+    # predictors: TD-MPC2's init, truncated normal std 0.02, zero biases
+    for net in (h1.expert_predictor, h1.behavioral_predictor):
+        linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        assert all(m.weight.abs().max() <= 0.04 + 1e-6 and not m.bias.any() for m in linears)
+        assert all(abs(float(m.weight.std()) - 0.02) < 0.004 for m in linears)
 
 
 def test_targets_move_with_to_dtype():

@@ -37,7 +37,7 @@ class CDREDConfig:
         eps: lower bound on the ensemble variance B2 - mu^2 (the denominator of Eq. 9).
         seed: seed of the random target initialisation (targets are drawn from their own generator,
             independent of the global RNG).
-        target_gain: gain of the orthogonal initialisation of the target layers (released code: sqrt 2).
+        target_gain: gain of the orthogonal initialisation of the targets' hidden layers (released code: 1).
         detach_input: stop the predictor loss's gradient into the latent x (encoder, dynamics). The
             released code lets it flow (False); the targets are always evaluated without gradient.
     """
@@ -54,7 +54,7 @@ class CDREDConfig:
     loss_coef: float = 1.0
     eps: float = 1e-6
     seed: int = 0
-    target_gain: float = 2.0**0.5
+    target_gain: float = 1.0
     detach_input: bool = False
 
     def __post_init__(self) -> None:

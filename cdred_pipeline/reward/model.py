@@ -13,6 +13,7 @@ NormedLinear = Linear -> LayerNorm -> Mish (TD-MPC2). The K targets are stored a
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -23,22 +24,28 @@ from cdred_pipeline.reward.config import CDREDConfig
 from cdred_pipeline.seeding import derive
 from cdred_pipeline.reward.functional import bonus, lemma1_statistic, red_reward, resolve_g, reward_from_outputs
 
-from cdred_pipeline.agent.layers import NormedLinear, mish, mlp
+from cdred_pipeline.agent.layers import NormedLinear, init_linear_, mish, mlp
 from cdred_pipeline.agent.reward_head import RewardHead as _RewardHeadBase
 
 __all__ = ["CDREDRewardHead", "NormedLinear", "RandomTargetEnsemble", "predictor_mlp"]
 
 
 def predictor_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
-    """A predictor network (App. A.1): NormedLinear-Mish layers over ``hidden``, then a plain Linear to p."""
-    return mlp(in_dim, hidden, out_dim)
+    """A predictor network (App. A.1): NormedLinear-Mish layers over ``hidden``, then a plain Linear to p,
+    with TD-MPC2's init (trunc-normal 0.02 weights, zero biases), which the released code's world model
+    applies to its predictors."""
+    net = mlp(in_dim, hidden, out_dim)
+    net.apply(init_linear_)
+    return net
 
 
 class RandomTargetEnsemble(nn.Module):
     """K frozen random networks f_k (Eq. 4, 7), evaluated together: ``(N, D) -> (K, N, p)``.
 
-    The same layers as the predictors (App. A.1); weights drawn once, orthogonal with gain
-    ``gain`` and zero bias (as the authors' released code), from a generator seeded with ``seed``.
+    The same layers as the predictors (App. A.1), drawn once from a generator seeded with ``seed`` at
+    the scales of the authors' released code: hidden layers orthogonal with gain ``gain`` (1 there)
+    and zero bias, the last Linear at PyTorch's default init (weights and bias uniform in
+    +-1/sqrt(fan_in)), which the released code's world-model init never reaches.
     The LayerNorms have no affine parameters (a NormedLinear's LayerNorm at initialisation: weight 1,
     bias 0 — the released code never trains them). Weights are buffers ``w{i}`` of shape
     ``(K, in, out)`` and ``b{i}`` of shape ``(K, 1, out)``.
@@ -53,11 +60,16 @@ class RandomTargetEnsemble(nn.Module):
         gen = torch.Generator().manual_seed(int(seed))
         dims = [in_dim, *hidden, out_dim]
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            w = torch.empty(num_targets, d_out, d_in)
+            w, b = torch.empty(num_targets, d_out, d_in), torch.zeros(num_targets, 1, d_out)
+            bound = 1.0 / math.sqrt(d_in)
             for k in range(num_targets):
-                nn.init.orthogonal_(w[k], gain=gain, generator=gen)
+                if i < self.num_layers - 1:
+                    nn.init.orthogonal_(w[k], gain=gain, generator=gen)
+                else:  # nn.Linear's default: kaiming_uniform(a=sqrt 5) weights, uniform bias, both +-1/sqrt(fan_in)
+                    w[k].uniform_(-bound, bound, generator=gen)
+                    b[k].uniform_(-bound, bound, generator=gen)
             self.register_buffer(f"w{i}", w.transpose(1, 2).contiguous())
-            self.register_buffer(f"b{i}", torch.zeros(num_targets, 1, d_out))
+            self.register_buffer(f"b{i}", b)
 
     def forward(self, inp: Tensor) -> Tensor:
         """``inp`` (N, D) -> target outputs (K, N, p). Call under ``torch.no_grad()`` when training."""
