@@ -1,0 +1,191 @@
+"""cdred sweep on real MuJoCo envs with the smoke preset (each run takes seconds).
+
+A 2-task (dmc:cartpole-balance, mw:reach-wall) x 2-seed x 2-method (cdred, red) sweep through the real
+``cdred`` console script writes results.csv, summary.md and one figure per task, making each task's
+expert and demos once. The same sweep SIGKILLed after its first finished run and rerun resumes: the
+finished runs' artifacts are untouched, results.csv equals the uninterrupted sweep's in every column
+but the recorded wall time, and a further rerun writes the same bytes again. A run that fails for a
+real reason (a pixel method on a state dataset, registered through ``METHODS``) is recorded while the
+others finish, the summary lists it and the CLI exits 1. The IQM and its stratified-bootstrap CI
+match rliable's numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
+from cdred_pipeline.errors import UsageError  # noqa: E402
+from cdred_pipeline.stages import sweep as sw  # noqa: E402
+from cli_helpers import kill_cli_when, one_line_error, run_cli  # noqa: E402
+
+torch.set_num_threads(1)
+TASKS = ("dmc:cartpole-balance", "mw:reach-wall")
+ARGS = ("--threads", "1", "sweep", "--tasks", ",".join(TASKS), "--seeds", "0,1", "--methods", "cdred,red",
+        "--preset", "smoke", "--device", "cpu")
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+
+
+def _complete(root: Path, stage: str) -> list[Path]:
+    d = root / stage
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+
+
+def _csv(root: Path, name: str = "sweep") -> list[dict[str, str]]:
+    with open(root / "sweeps" / name / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """The 2 x 2 x 2 smoke sweep, uninterrupted, through the console script."""
+    root = tmp_path_factory.mktemp("sweep") / "wd"
+    res = run_cli(root, *ARGS, timeout=600)
+    return {"root": root, "res": res}
+
+
+# ------------------------------------------------------------------------------ a whole sweep
+def test_sweep_writes_results_csv(full):
+    res, root = full["res"], full["root"]
+    assert res.returncode == 0, res.stderr
+    rows = _csv(root)
+    assert tuple(rows[0]) == sw.CSV_COLUMNS
+    assert len(rows) == 2 * 2 * 2 * 3  # 8 runs x (2 curve points at 200 and 400 env steps + the final row)
+    for task in TASKS:
+        for method in ("cdred", "red"):
+            for seed in ("0", "1"):
+                run = [r for r in rows if (r["task"], r["method"], r["seed"]) == (task, method, seed)]
+                assert [(r["point"], r["env_steps"]) for r in run] == [("curve", "200"), ("curve", "400"),
+                                                                       ("final", "400")]
+                assert run[-1]["episodes"] == "2"  # the smoke preset's final evaluation episodes
+                assert len({r["imitate_key"] for r in run}) == 1 and len({r["eval_key"] for r in run}) == 1
+    for r in rows:
+        for col in ("return", "normalized_score", "wall_time_s"):
+            assert math.isfinite(float(r[col])), (col, r)
+        assert 0.0 <= float(r["success"]) <= 1.0 and float(r["wall_time_s"]) > 0
+    assert rows == sorted(rows, key=sw.sort_key)
+
+
+def test_sweep_makes_each_expert_once_and_one_run_per_cell(full):
+    root = full["root"]
+    assert len(_complete(root, "experts")) == 2 and len(_complete(root, "demos")) == 2  # one per task
+    assert len(_complete(root, "imitate")) == 8 and len(_complete(root, "eval")) == 8
+    finals = [r for r in _csv(root) if r["point"] == "final"]
+    assert {r["imitate_key"] for r in finals} == {p.name for p in _complete(root, "imitate")}
+
+
+def test_sweep_summary_and_printed_table(full):
+    res, root = full["res"], full["root"]
+    folder = root / "sweeps" / "sweep"
+    text = (folder / "summary.md").read_text()
+    assert f"--tasks {','.join(TASKS)} --seeds 0,1 --methods cdred,red --preset smoke --num-demos 2" in text
+    assert "8 runs, 8 finished" in text
+    for task in TASKS:
+        for method in ("cdred", "red"):
+            assert f"| {task} | {method} | 2 | " in text, (task, method)
+            assert any(ln.split()[:3] == [task, method, "2"] for ln in res.stdout.splitlines()), res.stdout
+        assert f"| {task} | " in text.split("## Expert and random policy")[1].split("##")[0]
+    for method in ("cdred", "red"):
+        assert f"- IQM normalised score of {method}: " in text
+        assert f"- IQM success (Meta-World) of {method}: " in text
+    assert text.rstrip().endswith("## Failed runs\n\nNone.")
+    assert f"results: {folder / 'results.csv'}" in res.stdout and f"summary: {folder / 'summary.md'}" in res.stdout
+
+
+def test_sweep_figures(full):
+    figures = full["root"] / "sweeps" / "sweep" / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == ["dmc_cartpole-balance.png", "mw_reach-wall.png"]
+    for png in figures.iterdir():
+        data = png.read_bytes()
+        assert data[:8] == PNG_HEADER and len(data) > 5000
+
+
+# ------------------------------------------------------------------------------ killed and rerun
+def test_killed_sweep_resumes_with_the_same_results(full, tmp_path):
+    root = tmp_path / "wd"
+    code = kill_cli_when(root, ARGS, lambda: bool(_complete(root, "imitate")), timeout=400,
+                         what="the sweep finished no imitate run")
+    assert code == -signal.SIGKILL
+    done = {p.name: ((p / "manifest.json").read_bytes(), p.stat().st_mtime_ns) for p in _complete(root, "imitate")}
+    assert 1 <= len(done) < 8 and not (root / "sweeps").exists()
+    res = run_cli(root, *ARGS, timeout=600)
+    assert res.returncode == 0, res.stderr
+    for name, (manifest, mtime) in done.items():  # finished runs come from the cache, untouched
+        folder = root / "imitate" / name
+        assert (folder / "manifest.json").read_bytes() == manifest and folder.stat().st_mtime_ns == mtime
+    resumed, uninterrupted = _csv(root), _csv(full["root"])
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
+    assert drop(resumed) == drop(uninterrupted)  # the same runs, the same numbers, whatever the kill
+    first = (root / "sweeps" / "sweep" / "results.csv").read_bytes()
+    again = run_cli(root, *ARGS, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert (root / "sweeps" / "sweep" / "results.csv").read_bytes() == first  # rebuilt from the artifacts alone
+
+
+# ------------------------------------------------------------------------------ a failing run
+def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+
+    # a pixel method: its imitate run finds no rendered pixels in the state demos (a DatasetError)
+    monkeypatch.setitem(sw.METHODS, "red-pixels", sw.Method({"reward": "red", "obs": "rgb"}))
+    cfg = sw.SweepConfig(tasks=(TASKS[0],), seeds=(0,), methods=("cdred", "red-pixels"), preset="smoke",
+                         device="cpu", name="failing")
+    store = ArtifactStore(tmp_path / "wd")
+    result = sw.run(cfg, store, progress=False)
+    assert result.failures == 1 and result.runs == 2
+    (failed,) = result.failed
+    assert (failed["task"], failed["method"], failed["seed"]) == (TASKS[0], "red-pixels", 0)
+    assert failed["error"].startswith("DatasetError: ") and "no data/rgb" in failed["error"]
+    rows = _csv(tmp_path / "wd", "failing")
+    assert {r["method"] for r in rows} == {"cdred"} and [r["point"] for r in rows][-1] == "final"
+    text = result.summary.read_text()
+    assert f"- {TASKS[0]} red-pixels seed 0: DatasetError: " in text and "2 runs, 1 finished" in text
+    assert f"| {TASKS[0]} | red-pixels | 0 | n/a | n/a | n/a |" in text
+    res = CliRunner().invoke(cli.main, ["--workdir", str(tmp_path / "wd"), "-q", "--threads", "1", "sweep",
+                                        "--tasks", TASKS[0], "--seeds", "0", "--methods", "cdred,red-pixels",
+                                        "--preset", "smoke", "--device", "cpu", "--name", "failing"])
+    assert res.exit_code == 1, res.output
+    assert f"error: 1 of 2 runs failed; see {result.summary}" in res.output
+
+
+# ------------------------------------------------------------------------------ bad input, statistics
+@pytest.mark.parametrize("kw, words", [
+    ({"methods": ("cdred", "bc")}, "--methods 'bc': choose from cdred, red"),
+    ({"preset": "huge"}, "--preset 'huge': choose one of smoke, quickstart, cpu, paper"),
+    ({"tasks": ("dmc:nope",)}, "unknown task id 'dmc:nope'"),
+    ({"seeds": (0, 0)}, "--seeds needs distinct integers"),
+    ({"name": "../x"}, "--name '../x'"),
+])
+def test_bad_config_is_a_usage_error(kw, words):
+    with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        sw.SweepConfig(**{"tasks": (TASKS[0],), **kw})
+
+
+def test_cli_unknown_method_is_one_line_before_anything_runs(tmp_path):
+    res = run_cli(tmp_path / "wd", "sweep", "--tasks", TASKS[0], "--methods", "cdred,bc", "--preset", "smoke")
+    assert res.returncode == 2
+    assert one_line_error(res) == "error: --methods 'bc': choose from cdred, red"
+    assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
+
+
+def test_iqm_and_its_stratified_bootstrap_ci_match_rliable():
+    scores = np.random.default_rng(0).random((5, 3)) * 100  # 5 runs x 3 tasks
+    # rliable 1.2.0: metrics.aggregate_iqm(scores) and get_interval_estimates(..., reps=2000) on this matrix
+    point, lo, hi = sw.iqm_ci([scores[:, j] for j in range(3)])
+    assert point == pytest.approx(57.625094366554094, abs=1e-9) == sw.iqm(scores)
+    assert lo == pytest.approx(29.86, abs=3.0) and hi == pytest.approx(77.30, abs=3.0)
+    assert sw.iqm_ci([scores[:, j] for j in range(3)]) == (point, lo, hi)  # seeded: the same every time
+    assert sw.iqm_ci([np.full(4, 7.0), np.full(2, 7.0)]) == (7.0, 7.0, 7.0)
+    assert sw.iqm(np.arange(8.0)) == pytest.approx(3.5)  # the middle four of eight
