@@ -21,7 +21,8 @@ AGENT_PRESETS: dict[str, dict[str, Any]] = {
     # ~19 updates/s at batch 128 (8 at batch 256; "paper": 1.7).
     # Learns dmc:cartpole-balance: eval return 830 after 20k agent steps (40k env steps), 19 min.
     # ``compile``: the losses run as fused kernels of torch.compile (agent/compiled.py): 1.6x the
-    # updates/s of eager PyTorch on one core; stages run eagerly where no C++ compiler is installed.
+    # updates/s of eager PyTorch on one core; stages run eagerly where no C++ compiler is installed,
+    # and use CUDA graphs instead on a GPU.
     "small": dict(latent_dim=64, mlp_dim=128, enc_dim=64, batch_size=128, plan=False, compile=True,
                   num_samples=256, num_pi_trajs=24, num_elites=32, iterations=4),
     # Unit tests: tiny and fast.

@@ -74,6 +74,7 @@ def test_compile_without_a_toolchain_falls_back_or_says_what_to_do(monkeypatch, 
     assert resolve_compile(None, True, CPU) == (False, f"running eagerly: {why}")  # a preset's default: eager
     assert resolve_compile(False, True, CPU) == (False, "")
     assert resolve_compile(None, False, CPU) == (False, "")
+    assert resolve_compile(None, True, torch.device("cuda")) == (False, "")  # CUDA graphs by default there
     with pytest.raises(UsageError, match="--no-compile"):  # asked for explicitly: a one-line error
         resolve_compile(True, False, CPU)
     with pytest.raises(UsageError, match="C\\+\\+ compiler"):

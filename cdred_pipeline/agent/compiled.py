@@ -47,9 +47,10 @@ def compile_fn(fn: F, device: torch.device) -> F:
 
 def resolve_compile(requested: "bool | None", preset_default: bool, device: torch.device) -> tuple[bool, str]:
     """Whether a stage compiles: ``requested`` (the ``--compile/--no-compile`` flag) or, when unset, the
-    agent preset's default where the device has a toolchain. Returns (on, a notice for the log when
-    the preset's default is dropped); an explicit request without a toolchain is a one-line UsageError."""
-    if requested is False or (requested is None and not preset_default):
+    agent preset's default on a CPU that has a C++ compiler (on CUDA the default is CUDA graphs, which
+    replay the whole update in one launch). Returns (on, a notice for the log when the preset's default
+    is dropped); an explicit request without a toolchain is a one-line UsageError."""
+    if requested is False or (requested is None and (not preset_default or device.type == "cuda")):
         return False, ""
     why = compile_unavailable(device)
     if not why:
