@@ -26,6 +26,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.errors import UsageError  # noqa: E402
+from cdred_pipeline.presets import PIPELINE_PRESETS  # noqa: E402
 from cdred_pipeline.stages import sweep as sw  # noqa: E402
 from cli_helpers import kill_cli_when, one_line_error, run_cli  # noqa: E402
 
@@ -34,6 +35,8 @@ TASKS = ("dmc:cartpole-balance", "mw:reach-wall")
 ARGS = ("--threads", "1", "sweep", "--tasks", ",".join(TASKS), "--seeds", "0,1", "--methods", "cdred,red",
         "--preset", "smoke", "--device", "cpu")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+SMOKE = PIPELINE_PRESETS["smoke"]
+CURVE_STEPS = [str(s) for s in range(SMOKE["eval_every"], SMOKE["imitate_env_steps"] + 1, SMOKE["eval_every"])]
 
 
 def _complete(root: Path, stage: str) -> list[Path]:
@@ -60,14 +63,15 @@ def test_sweep_writes_results_csv(full):
     assert res.returncode == 0, res.stderr
     rows = _csv(root)
     assert tuple(rows[0]) == sw.CSV_COLUMNS
-    assert len(rows) == 2 * 2 * 2 * 3  # 8 runs x (2 curve points at 200 and 400 env steps + the final row)
+    assert len(rows) == 2 * 2 * 2 * (len(CURVE_STEPS) + 1)  # 8 runs x (the curve's points + the final row)
     for task in TASKS:
         for method in ("cdred", "red"):
             for seed in ("0", "1"):
                 run = [r for r in rows if (r["task"], r["method"], r["seed"]) == (task, method, seed)]
-                assert [(r["point"], r["env_steps"]) for r in run] == [("curve", "200"), ("curve", "400"),
-                                                                       ("final", "400")]
-                assert run[-1]["episodes"] == "2"  # the smoke preset's final evaluation episodes
+                final_steps = str(SMOKE["imitate_env_steps"])
+                assert [(r["point"], r["env_steps"]) for r in run] == [("curve", s) for s in CURVE_STEPS] + [
+                    ("final", final_steps)]
+                assert run[-1]["episodes"] == str(SMOKE["eval_episodes"])  # the preset's final evaluation episodes
                 assert len({r["imitate_key"] for r in run}) == 1 and len({r["eval_key"] for r in run}) == 1
     for r in rows:
         for col in ("return", "normalized_score", "wall_time_s"):
@@ -88,7 +92,8 @@ def test_sweep_summary_and_printed_table(full):
     res, root = full["res"], full["root"]
     folder = root / "sweeps" / "sweep"
     text = (folder / "summary.md").read_text()
-    assert f"--tasks {','.join(TASKS)} --seeds 0,1 --methods cdred,red --preset smoke --num-demos 2" in text
+    assert f"--tasks {','.join(TASKS)} --seeds 0,1 --methods cdred,red --preset smoke --num-demos {SMOKE['num_demos']} " \
+           f"--env-steps {SMOKE['imitate_env_steps']} --eval-episodes {SMOKE['eval_episodes']} --expert-seed 0" in text
     assert "8 runs, 8 finished" in text
     for task in TASKS:
         for method in ("cdred", "red"):
