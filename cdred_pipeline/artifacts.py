@@ -116,6 +116,12 @@ class Artifact:
     def complete(self) -> bool:
         return self.manifest.get("status") == "complete"
 
+    @property
+    def final_path(self) -> Path:
+        """The folder the artifact has once complete (``path`` is the ``.partial`` one until then):
+        what a manifest records as the place of its files."""
+        return self.store.folder(self.stage, self.key)
+
     # ----------------------------------------------------------------------------- work units
     def done_units(self) -> list[str]:
         """Work units recorded as finished by an earlier (possibly killed) run, in order."""

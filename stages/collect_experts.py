@@ -335,7 +335,7 @@ def _collect(cfg: CollectConfig, expert: Artifact, art: Artifact, envs: list[Any
     return art.complete_with(
         {"expert_return": expert_scores["return_mean"], "random_return": scores.get("return_mean"),
          "expert_success": expert_scores["success_rate"]},
-        task=cfg.task, dataset=str(path), episodes=ds.num_episodes, steps=ds.num_steps,
+        task=cfg.task, dataset=str(art.final_path / DATASET_NAME), episodes=ds.num_episodes, steps=ds.num_steps,
         scores={"random": scores, "expert": expert_scores},
         collection={"num_envs": n_envs, "episodes_this_run": cfg.episodes - first,
                     "env_steps_per_s": round(env_steps / max(collect_s, 1e-9), 1)},

@@ -112,6 +112,9 @@ def test_tdmpc2_expert_writes_agent_metrics_curve_and_valid_dataset(cartpole):
     assert ds.attrs["source"]["kind"] == "tdmpc2"
     assert ds.attrs["source"]["train_env_steps"] == 300  # what the expert trained for, from its trainer state
     assert ds.attrs["env"]["obs_dim"] == 5 and ds.attrs["env"]["action_dim"] == 1
+    # the manifest names the dataset where it lies once complete, not in the .partial folder
+    assert cartpole["demos"].manifest["dataset"] == str(cartpole["demos"].path / ce.DATASET_NAME)
+    assert Path(cartpole["demos"].manifest["dataset"]).is_dir()
 
 
 def test_tdmpc2_rerun_is_served_from_cache(cartpole):
