@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 DEFAULT_ITERS = {"tiny": 50, "small": 20, "paper": 3}
+# The small preset on one CPU thread with eager PyTorch and torch's own Mish (docs/performance.md),
+# printed beside this run's figures; the target is 50% of the matmul rate.
+BEFORE_CPU_SMALL = "eager, F.mish: 19 updates/s at batch 128 (23%), 8.3-12.7 at batch 256 (15-25%)"
 
 
 def _sync(device) -> None:
@@ -185,7 +188,7 @@ def main() -> None:
     p.add_argument("--update-iters", type=int, default=0, help="0: per-preset default (tiny 50, small 20, paper 3)")
     p.add_argument("--plan-iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the world-model loss (cfg.compile)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both losses (cfg.compile; agent/compiled.py)")
     p.add_argument("--tf32", action="store_true", help="CUDA: TF32 tensor-core matmuls (torch.set_float32_matmul_precision('high'))")
     p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="CUDA: capture update and plan as CUDA graphs (auto: on; 'off' measures eager PyTorch)")
@@ -212,7 +215,8 @@ def main() -> None:
             res = json.loads(line[len("RESULT "):])
             results.append(res)
             print(
-                f"{preset:6s} {res['device']:5s} graphs={'on ' if res['cuda_graphs'] else 'off'} thr={res['threads']} params={res['params_trainable']:>9,d} "
+                f"{preset:6s} {res['device']:5s} graphs={'on ' if res['cuda_graphs'] else 'off'} "
+                f"compile={'on ' if res['compile'] else 'off'} batch={res['batch_size']} thr={res['threads']} params={res['params_trainable']:>9,d} "
                 f"(w/o reward {res['params_without_reward_head']:,d})  upd/s={res['updates_per_s']:7.2f}  "
                 f"plan={res['plan_latency_ms']:8.2f} ms  act={res['policy_act_latency_ms']:6.3f} ms  "
                 f"peak RSS={res['peak_rss_mb']:7.0f} MB" + (f" CUDA={res['peak_cuda_mem_mb']:.0f} MB" if "peak_cuda_mem_mb" in res else "")
@@ -221,6 +225,8 @@ def main() -> None:
                 f"{res['update_achieved_gflops']:.1f} GFLOP/s = {100 * res['update_achieved_fraction_of_matmul']:.0f}%",
                 flush=True,
             )
+    if any(r["preset"] == "small" and r["device"] == "cpu" for r in results):
+        print(f"before (small, cpu, 1 thread): {BEFORE_CPU_SMALL}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"host": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                "argv": sys.argv[1:], "results": results}
