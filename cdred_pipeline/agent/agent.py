@@ -414,6 +414,7 @@ class TDMPC2Agent:
             "act_generator": {"device": self.device.type, "state": self._act_gen.get_state()},
             "rng": get_rng_state(self.device),
             "extra": extra,
+            **({} if type(self) is TDMPC2Agent else {"agent_class": _class_path(self)}),  # a subclass (baselines)
         }
 
     def save(self, path: "str | Path", extra: Optional[dict] = None) -> None:
@@ -495,6 +496,11 @@ class TDMPC2Agent:
         ``config_overrides``: acting-time changes (e.g. ``plan=False``) applied by dataclasses.replace.
         """
         ckpt = cls.read_checkpoint(path)
+        sub = ckpt.get("agent_class")
+        if sub is not None and sub != f"{cls.__module__}.{cls.__qualname__}":  # written by a subclass: build that
+            return _agent_class(sub, path).load(path, device, reward_head=reward_head, task=task, obs_shape=obs_shape,
+                                                action_dim=action_dim, restore_rng=restore_rng,
+                                                cuda_graphs=cuda_graphs, **config_overrides)
         ck_task = ckpt.get("extra", {}).get("task")
         if task is not None and ck_task is not None and ck_task != task:
             raise CdredError(f"checkpoint {path} is for task {ck_task}, not {task}")
@@ -515,6 +521,22 @@ class TDMPC2Agent:
                     cuda_graphs=cuda_graphs)
         agent.load_state(ckpt, restore_rng=restore_rng)
         return agent
+
+
+def _agent_class(name: str, path: "str | Path") -> type:
+    """The TDMPC2Agent subclass a checkpoint names (a module of this package only); else a one-line CdredError."""
+    import importlib
+
+    module, _, cls_name = name.rpartition(".")
+    target = None
+    if module.startswith("cdred_pipeline."):
+        try:
+            target = getattr(importlib.import_module(module), cls_name, None)
+        except ImportError:
+            target = None
+    if not (isinstance(target, type) and issubclass(target, TDMPC2Agent)):
+        raise CdredError(f"checkpoint {path} names agent class {name}, which this cdred does not have")
+    return target
 
 
 __all__ = ["ActState", "TDMPC2Agent", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "UPDATE_METRICS"]
