@@ -452,6 +452,10 @@ def _imitate_default(name: str) -> Any:
               help="rgb: learn from pixels (the dataset must come from render-visual).")
 @click.option("--reward", type=REWARD_MODES, default=_imitate_default("reward"), show_default=True,
               help="cdred (coupled, Eq. 5) or red (uncoupled ablation, Eq. 3).")
+@click.option("--method", default=_imitate_default("method"), show_default=True,
+              help="cdred | red (the same as --reward red) | iqmpc (IQ-MPC: inverse soft-Q critic, no learned "
+                   "reward) | bc (behavioural cloning of the demos; no env interaction while training). "
+                   "docs/baselines.md.")
 @click.option("--reward-space", type=REWARD_SPACE_CHOICES, default=_imitate_default("reward_space"),
               show_default=True,
               help="Reward model on world-model latents (paper) or raw observations (Fig. 9 ablation).")

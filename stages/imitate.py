@@ -1,4 +1,9 @@
-"""Stage ``imitate``: CDRED online imitation learning in the world model's latent space (paper §3, Alg. 1-2).
+"""Stage ``imitate``: CDRED online imitation learning in the world model's latent space (paper §3, Alg. 1-2),
+and the baselines in the same toolkit (``method``; docs/baselines.md): ``iqmpc`` (IQ-MPC, the world model's
+critic trained by the inverse soft-Q objective, no learned reward) and ``bc`` (behavioural cloning of the
+encoder and policy prior on the demos, no environment interaction while training). Every method shares
+the agent preset, the demos, the seeds, the evaluations, ``metrics.jsonl``, ``curve.png`` and a checkpoint
+``cdred evaluate`` loads.
 
 The expert buffer is the demonstration dataset; the behavioural buffer is the agent's own online
 experience (FIFO). Every update samples B behavioural and B expert sub-trajectories; the CDRED reward
@@ -31,6 +36,9 @@ from cdred_pipeline.presets import LR_STEP_BY_SUITE, REWARD_PRESET_FOR
 from cdred_pipeline.seeding import derive
 
 STAGE, VERSION = "imitate", 2
+#: ``--method`` choices: CDRED, its uncoupled RED ablation, and the two baselines.
+METHODS = ("cdred", "red", "iqmpc", "bc")
+BASELINES = ("iqmpc", "bc")
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class ImitateConfig:
     preset: str = "small"
     obs: str = "state"
     reward: str = "cdred"
+    method: str = "cdred"                # one of METHODS; --reward red is --method red
     reward_space: str = "latent"
     g: str = "identity"
     zeta: float | None = None   # None: the reward preset's (paper 0.8)
@@ -69,6 +78,7 @@ class ImitateConfig:
         from cdred_pipeline.reward.config import G_NAMES, MODES
 
         check_tremble(self.tremble)
+        self._resolve_method()
         for name, value, choices in (("--obs", self.obs, OBS_KINDS), ("--reward", self.reward, MODES),
                                      ("--reward-space", self.reward_space, REWARD_SPACES), ("--g", self.g, G_NAMES)):
             if value not in choices:
@@ -83,13 +93,37 @@ class ImitateConfig:
         if self.env_steps < 1 or self.eval_episodes < 0 or (self.num_demos is not None and self.num_demos < 1):
             raise UsageError("--steps must be >= 1, --eval-episodes >= 0 and --num-demos >= 1")
 
+    def _resolve_method(self) -> None:
+        """``--reward red`` and ``--method red`` name the same run (both fields say red); the baselines
+        take none of CDRED's reward options, and BC neither trembles nor plans while it trains."""
+        if self.method not in METHODS:
+            raise UsageError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.method in ("cdred", "red"):
+            mode = "red" if "red" in (self.method, self.reward) else self.reward
+            object.__setattr__(self, "reward", mode)
+            object.__setattr__(self, "method", mode)
+            return
+        cdred_only = {"--reward": self.reward != "cdred", "--reward-space": self.reward_space != "latent",
+                      "--g": self.g != "identity", "--zeta": self.zeta is not None, "--alpha": self.alpha is not None,
+                      "--detach-reward-input": self.detach_reward_input}
+        given = [k for k, v in cdred_only.items() if v]
+        if given:
+            raise UsageError(f"{', '.join(given)}: CDRED reward-model options, and --method {self.method} has no "
+                             "reward model; drop them or use --method cdred")
+        if self.method == "bc" and self.tremble > 0:
+            raise UsageError("--tremble with --method bc: BC never acts while it trains; evaluate it under "
+                             "tremble with `cdred evaluate --tremble`")
+        if self.method == "bc" and self.plan:
+            raise UsageError("--plan with --method bc: BC learns no reward or value to plan with; use --no-plan")
+
     def key_config(self) -> dict[str, Any]:
         """The config keys the artifact depends on: not the device or compile (they do not change the
         results' meaning), and not an unset zeta/alpha or detach_reward_input off, which are the preset's and
-        already in the key through the resolved reward-model config."""
+        already in the key through the resolved reward-model config; the method only for the baselines
+        (cdred and red are in the key as ``reward``)."""
         return {k: v for k, v in self.__dict__.items()
                 if k not in ("device", "compile") and not (k in ("zeta", "alpha") and v is None)
-                and not (k == "detach_reward_input" and not v)}
+                and not (k == "detach_reward_input" and not v) and not (k == "method" and v not in BASELINES)}
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -253,9 +287,10 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
     receives the wall seconds of each part of the training loop (benchmarks/speed/imitate_loop.py)."""
     inp = resolve_inputs(cfg, dataset, store)
     # the key holds the resolved agent and reward-model configs: a changed preset definition is a new artifact
-    key_config = {**cfg.key_config(), "agent": inp.agent.key_dict(), "reward_model": inp.reward_model.to_dict()}
+    key_config = {**cfg.key_config(), "agent": inp.agent.key_dict(), **method_key(cfg, inp)}
     art = store.begin(STAGE, VERSION, key_config, {"dataset": inp.input_key}, force=force,
-                      description=f"CDRED imitation on {inp.task} ({cfg.reward}, {cfg.obs})")
+                      description=f"{cfg.method} imitation on {inp.task} ({cfg.obs})" if cfg.method in BASELINES
+                      else f"CDRED imitation on {inp.task} ({cfg.reward}, {cfg.obs})")
     if art.complete:
         return art
     try:
@@ -266,6 +301,22 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
         return art.complete_with(_headline(result, inp.scores), task=inp.task, train=result, scores=inp.scores)
     finally:
         art.release()
+
+
+def iq_config(cfg: ImitateConfig) -> Any:
+    """The IQ-MPC objective's preset that goes with the agent preset (cdred_pipeline/agent/iq_critic.py)."""
+    from cdred_pipeline.agent.iq_critic import IQ_PRESETS, IQConfig
+
+    return IQConfig.preset(cfg.preset if cfg.preset in IQ_PRESETS else "small")
+
+
+def method_key(cfg: ImitateConfig, inp: RunInputs) -> dict[str, Any]:
+    """The method's own resolved config in the cache key: CDRED's reward model, IQ-MPC's objective, none for BC."""
+    if cfg.method == "iqmpc":
+        return {"iq": iq_config(cfg).to_dict()}
+    if cfg.method == "bc":
+        return {}
+    return {"reward_model": inp.reward_model.to_dict()}
 
 
 def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool = True,
@@ -283,26 +334,54 @@ def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool =
     env = env_fn()
     spec = env.spec_info
     env.close()
-    x_dim = inp.agent.latent_dim if cfg.reward_space == "latent" else spec.obs_dim
-    agent = TDMPC2Agent(inp.agent, spec.obs_shape, spec.action_dim,
-                        reward_head=CDREDRewardHead(x_dim, spec.action_dim, inp.reward_model), device=cfg.device)
+    if cfg.method == "bc":
+        return train_bc_run(cfg, inp, art, spec, env_fn, progress=progress)
+    if cfg.method == "iqmpc":
+        from cdred_pipeline.agent.iq_critic import IQMPCAgent, iq_reward_diagnostics
+
+        agent = IQMPCAgent(inp.agent, spec.obs_shape, spec.action_dim, device=cfg.device, iq=iq_config(cfg))
+        diagnose, method_extra = iq_reward_diagnostics, {"method": cfg.method}
+    else:
+        x_dim = inp.agent.latent_dim if cfg.reward_space == "latent" else spec.obs_dim
+        agent = TDMPC2Agent(inp.agent, spec.obs_shape, spec.action_dim,
+                            reward_head=CDREDRewardHead(x_dim, spec.action_dim, inp.reward_model), device=cfg.device)
+        diagnose, method_extra = reward_diagnostics, {"reward_config": inp.reward_model.to_dict()}
     art.update(agent_params=agent.num_params(), agent_params_without_reward=agent.num_params(False))
     buffers = diagnostic_buffers(cfg, inp, spec, agent.device, env_fn)
 
     def eval_hook(agent_: Any, behavioural: Any) -> dict[str, float]:
-        return reward_diagnostics(agent_, {**buffers, "current": behavioural})
+        return diagnose(agent_, {**buffers, "current": behavioural})
 
     extra = {"task": inp.task, "obs": cfg.obs, "preset": cfg.preset, "scores": inp.scores, "dataset": inp.input_key,
-             "reward_config": inp.reward_model.to_dict(), **inp.timing, **inp.render}
+             **method_extra, **inp.timing, **inp.render}
     return train_online(env_fn, agent, trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
                         expert_buffer=buffers["expert"], extra=extra, eval_env_fn=lambda: env_fn(0.0),
                         eval_hook=eval_hook if cfg.diagnose else None, reference_lines=_reference_lines(inp.scores),
                         timings=timings)
 
 
-def diagnostic_buffers(cfg: ImitateConfig, inp: RunInputs, spec: Any, device: Any, env_fn: Any) -> dict[str, Any]:
-    """The expert buffer (the demos, which the trainer also samples) and, with ``cfg.diagnose``, a buffer of
-    two random-policy episodes: the data the reward diagnostics score at every evaluation."""
+def train_bc_run(cfg: ImitateConfig, inp: RunInputs, art: Artifact, spec: Any, env_fn: Any, *,
+                 progress: bool = True) -> dict[str, Any]:
+    """Behavioural cloning of the demos with the online methods' update count and evaluation marks
+    (cdred_pipeline/agent/bc.py); the agent is the plain TD-MPC2 agent, so its checkpoint loads anywhere."""
+    from cdred_pipeline.agent import TDMPC2Agent
+    from cdred_pipeline.agent.bc import train_bc
+
+    agent = TDMPC2Agent(inp.agent, spec.obs_shape, spec.action_dim, device=cfg.device, cuda_graphs=False)
+    art.update(agent_params=agent.num_params(), agent_params_without_reward=agent.num_params(False))
+    expert = diagnostic_buffers(cfg, inp, spec, agent.device, env_fn, random_episodes=False)["expert"]
+    extra = {"task": inp.task, "obs": cfg.obs, "preset": cfg.preset, "scores": inp.scores, "dataset": inp.input_key,
+             "method": cfg.method, **inp.timing, **inp.render}
+    return train_bc(lambda: env_fn(0.0), agent, expert, trainer_config(cfg, spec.action_repeat), art.path,
+                    episode_length=spec.episode_length, action_repeat=spec.action_repeat, extra=extra,
+                    reference_lines=_reference_lines(inp.scores), progress=progress)
+
+
+def diagnostic_buffers(cfg: ImitateConfig, inp: RunInputs, spec: Any, device: Any, env_fn: Any,
+                       random_episodes: bool = True) -> dict[str, Any]:
+    """The expert buffer (the demos, which the trainer also samples) and, with ``cfg.diagnose`` and
+    ``random_episodes``, a buffer of two random-policy episodes: the data the reward diagnostics score at
+    every evaluation."""
     import torch
 
     from cdred_pipeline.agent import ReplayBuffer
@@ -312,7 +391,7 @@ def diagnostic_buffers(cfg: ImitateConfig, inp: RunInputs, spec: Any, device: An
     like = dict(obs_shape=spec.obs_shape, action_dim=spec.action_dim, device=device,
                 obs_dtype=torch.uint8 if cfg.obs == "rgb" else torch.float32)
     out = {"expert": ReplayBuffer.from_episodes(episodes, **like, seed=derive(cfg.seed, "expert-replay"))}
-    if cfg.diagnose:
+    if cfg.diagnose and random_episodes:
         env = env_fn(0.0)
         out["random"] = ReplayBuffer.from_episodes(random_policy_episodes(env, 2, cfg.seed), **like,
                                                    seed=derive(cfg.seed, "random-buffer"))
