@@ -61,8 +61,14 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "cdred": Method({"reward": "cdred"}, description="CDRED: coupled expert and behavioural predictors (Eq. 5)"),
-    "red": Method({"reward": "red"}, description="RED: the expert predictor only (the paper's uncoupled ablation)"),
+    "cdred": Method({"reward": "cdred", "method": "cdred"},
+                    description="CDRED: coupled expert and behavioural predictors (Eq. 5)"),
+    "red": Method({"reward": "red", "method": "red"},
+                  description="RED: the expert predictor only (the paper's uncoupled ablation)"),
+    "iqmpc": Method({"reward": "cdred", "method": "iqmpc"},
+                    description="IQ-MPC: the world model's critic trained by the inverse soft-Q objective (Li et al. 2024)"),
+    "bc": Method({"reward": "cdred", "method": "bc", "plan": False},
+                 description="BC: encoder and policy prior fit to the demos' actions, no env interaction"),
 }
 
 
