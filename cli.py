@@ -494,11 +494,14 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
     """Learn from DATASET (a demos.zarr or a demos/render-visual artifact key) online with CDRED."""
     from cdred_pipeline.stages import imitate as stage
 
-    art = stage.run(stage.ImitateConfig(**opts), dataset, _store(ctx), force=force, progress=_progress(ctx))
+    cfg = stage.ImitateConfig(**opts)
+    art = stage.run(cfg, dataset, _store(ctx), force=force, progress=_progress(ctx))
     head = art.manifest.get("headline", {})
     score = head.get("normalized_score")
-    click.echo(f"imitation: {art.path / 'agent.pt'}  ({art.manifest.get('agent_params', 0):,} trainable parameters, "
-               f"CDRED reward model included)")
+    method = cfg.method
+    extra = ", CDRED reward model included" if method in ("cdred", "red") else ""
+    click.echo(f"imitation ({method}): {art.path / 'agent.pt'}  ({art.manifest.get('agent_params', 0):,} "
+               f"trainable parameters{extra})")
     click.echo(f"  final eval return {head.get('eval_return')}, expert-normalised score "
                f"{'-' if score is None else f'{score:.1f}'}")
     click.echo(f"  curve {art.path / 'curve.png'}, metrics {art.path / 'metrics.jsonl'}")

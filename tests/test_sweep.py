@@ -167,7 +167,7 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------ bad input, statistics
 @pytest.mark.parametrize("kw, words", [
-    ({"methods": ("cdred", "bc")}, "--methods 'bc': choose from cdred, red"),
+    ({"methods": ("cdred", "gail")}, "--methods 'gail': choose from cdred, red, iqmpc, bc"),
     ({"preset": "huge"}, "--preset 'huge': choose one of smoke, quickstart, cpu, paper"),
     ({"tasks": ("dmc:nope",)}, "unknown task id 'dmc:nope'"),
     ({"seeds": (0, 0)}, "--seeds needs distinct integers"),
@@ -179,9 +179,9 @@ def test_bad_config_is_a_usage_error(kw, words):
 
 
 def test_cli_unknown_method_is_one_line_before_anything_runs(tmp_path):
-    res = run_cli(tmp_path / "wd", "sweep", "--tasks", TASKS[0], "--methods", "cdred,bc", "--preset", "smoke")
+    res = run_cli(tmp_path / "wd", "sweep", "--tasks", TASKS[0], "--methods", "cdred,gail", "--preset", "smoke")
     assert res.returncode == 2
-    assert one_line_error(res) == "error: --methods 'bc': choose from cdred, red"
+    assert one_line_error(res) == "error: --methods 'gail': choose from cdred, red, iqmpc, bc"
     assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
 
 
