@@ -24,13 +24,12 @@ from cdred_pipeline.agent.bc import bc_loss, bc_update, eval_marks  # noqa: E402
 from cdred_pipeline.agent.iq_critic import (IQConfig, IQMPCAgent, gradient_penalty,  # noqa: E402
                                             inverse_soft_q_loss, inverse_soft_q_terms)
 from cdred_pipeline.agent.trainer import sample_batch  # noqa: E402
-from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.errors import UsageError  # noqa: E402
-from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
 from cdred_pipeline.stages import evaluate as ev  # noqa: E402
 from cdred_pipeline.stages import imitate as im  # noqa: E402
 from cdred_pipeline.stages.common import load_agent  # noqa: E402
 from cli_helpers import one_line_error, run_cli  # noqa: E402
+from demo_helpers import checkpoint_demos  # noqa: E402
 
 torch.set_num_threads(1)
 TASK, LENGTH = "dmc:cartpole-balance", 50
@@ -154,15 +153,7 @@ def test_iqmpc_agent_updates_plans_and_reloads_as_itself(tmp_path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A 2-demo cartpole dataset (50 agent steps each) collected with a tiny agent checkpoint."""
-    root = tmp_path_factory.mktemp("baselines")
-    store = ArtifactStore(root / "wd")
-    ckpt = root / "expert.pt"
-    TDMPC2Agent(AgentConfig.preset("tiny", plan=False, episode_length=LENGTH), (5,), 1, device="cpu").save(
-        ckpt, extra={"task": TASK, "obs": "state", "episode_length": LENGTH})
-    cfg = ce.CollectConfig(task=TASK, policy="checkpoint", checkpoint=str(ckpt), episodes=2, random_episodes=2,
-                           episode_length=LENGTH, plan=False, device="cpu")
-    demos = ce.run(cfg, store, progress=False)
-    return {"store": store, "demos": demos, "path": demos.path / ce.DATASET_NAME}
+    return checkpoint_demos(tmp_path_factory.mktemp("baselines"), TASK, LENGTH)
 
 
 def _tiny(**kw) -> im.ImitateConfig:

@@ -20,15 +20,15 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from cdred_pipeline.agent import AgentConfig, TDMPC2Agent  # noqa: E402
+from cdred_pipeline.agent import AgentConfig  # noqa: E402
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.datasets import validate  # noqa: E402
 from cdred_pipeline.errors import DatasetError  # noqa: E402
-from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
 from cdred_pipeline.stages import evaluate as ev  # noqa: E402
 from cdred_pipeline.stages import imitate as im  # noqa: E402
 from cdred_pipeline.stages.common import load_agent  # noqa: E402
 from cli_helpers import one_line_error as _one_line_error, run_cli as _cli
+from demo_helpers import checkpoint_demos  # noqa: E402
 
 torch.set_num_threads(1)
 TASK, LENGTH = "dmc:cartpole-balance", 50
@@ -55,14 +55,8 @@ def _tiny(**kw) -> im.ImitateConfig:
 def data(tmp_path_factory):
     """A 2-demo cartpole dataset (50 agent steps each) collected with a tiny agent checkpoint."""
     root = tmp_path_factory.mktemp("imitate")
-    store = ArtifactStore(root / "wd")
-    ckpt = root / "expert.pt"
-    TDMPC2Agent(AgentConfig.preset("tiny", plan=False, episode_length=LENGTH), (5,), 1, device="cpu").save(
-        ckpt, extra={"task": TASK, "obs": "state", "episode_length": LENGTH})
-    cfg = ce.CollectConfig(task=TASK, policy="checkpoint", checkpoint=str(ckpt), episodes=2, random_episodes=2,
-                           episode_length=LENGTH, plan=False, device="cpu")
-    demos = ce.run(cfg, store, progress=False)
-    path = demos.path / ce.DATASET_NAME
+    made = checkpoint_demos(root, TASK, LENGTH)
+    store, demos, path = made["store"], made["demos"], made["path"]
     assert validate(path) == []
     return {"root": root, "store": store, "demos": demos, "path": path}
 

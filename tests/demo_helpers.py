@@ -1,0 +1,23 @@
+"""Shared helper for stage tests: a small real demos dataset collected with an untrained tiny agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
+from cdred_pipeline.artifacts import ArtifactStore
+from cdred_pipeline.stages import collect_experts as ce
+
+
+def checkpoint_demos(root: Path, task: str, length: int, episodes: int = 2) -> dict[str, Any]:
+    """``episodes`` demos of ``length`` agent steps of ``task`` (state obs of size 5, 1 action: cartpole),
+    collected by collect-experts from a tiny agent checkpoint; the store, the demos artifact, its path."""
+    store = ArtifactStore(root / "wd")
+    ckpt = root / "expert.pt"
+    TDMPC2Agent(AgentConfig.preset("tiny", plan=False, episode_length=length), (5,), 1, device="cpu").save(
+        ckpt, extra={"task": task, "obs": "state", "episode_length": length})
+    cfg = ce.CollectConfig(task=task, policy="checkpoint", checkpoint=str(ckpt), episodes=episodes,
+                           random_episodes=2, episode_length=length, plan=False, device="cpu")
+    demos = ce.run(cfg, store, progress=False)
+    return {"store": store, "demos": demos, "path": demos.path / ce.DATASET_NAME}
