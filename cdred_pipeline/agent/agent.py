@@ -30,7 +30,7 @@ from cdred_pipeline.agent.layers import RunningScale
 from cdred_pipeline.agent.ops import two_hot
 from cdred_pipeline.agent.planner import mppi_core, mppi_plan
 from cdred_pipeline.agent.reward_head import RewardHead, TwoHotRewardHead
-from cdred_pipeline.agent.world_model import WorldModel
+from cdred_pipeline.agent.world_model import WorldModel, latent_rollout
 from cdred_pipeline.errors import CdredError, TrainingDivergedError, UsageError
 
 CHECKPOINT_FORMAT = "cdred-agent"
@@ -256,14 +256,7 @@ class TDMPC2Agent:
         rho = self._rho[:H]
         with torch.no_grad():
             next_z = m.encode(obs[1:], augment=self.is_pixel)                       # consistency targets
-        z = m.encode(obs[0], augment=self.is_pixel)
-        zs = [z]
-        consistency = z.new_zeros(())
-        for t in range(H):                                                           # latent rollout
-            z = m.next(z, action[t])
-            consistency = consistency + F.mse_loss(z, next_z[t]) * rho[t]
-            zs.append(z)
-        zs_all = torch.stack(zs)                                                     # (H+1, B, L)
+        zs_all, consistency = latent_rollout(m, m.encode(obs[0], augment=self.is_pixel), action, next_z, rho)
         x = zs_all[:-1] if cfg.reward_space == "latent" else obs[:-1].float()
         head_loss, head_reward = m._reward.loss_and_reward(x, action, reward, is_expert)
         reward_loss = (head_loss * rho).sum() / H
@@ -275,7 +268,6 @@ class TDMPC2Agent:
         q_logits = m.Q(zs_all[:-1], action, "all")                                   # (E, H, B, bins)
         value_ce = -(td_probs * F.log_softmax(q_logits, dim=-1)).sum(-1).mean(dim=(0, 2))  # (H,)
         value_loss = (value_ce * rho).sum() / H
-        consistency = consistency / H
         total = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
         return {"total_loss": total, "consistency_loss": consistency, "reward_loss": reward_loss,
                 "value_loss": value_loss, "zs": zs_all, "td_target": td.mean()}

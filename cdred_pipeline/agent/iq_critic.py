@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cdred_pipeline.agent.agent import TDMPC2Agent
 from cdred_pipeline.agent.config import AgentConfig
 from cdred_pipeline.agent.ops import two_hot_inv
 from cdred_pipeline.agent.reward_head import RewardHead
+from cdred_pipeline.agent.world_model import latent_rollout
 from cdred_pipeline.errors import UsageError
 
 # ------------------------------------------------------------------------------------------ config
@@ -125,17 +125,6 @@ def recovered_reward(model: Any, z: Tensor, a: Tensor, z_next: Tensor, gamma: fl
     return q - gamma * soft_value(model, z_next, entropy_coef, generator=generator)
 
 
-def latent_rollout(model: Any, z0: Tensor, action: Tensor, next_z: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
-    """The latents z_0..z_H of the dynamics rollout (H+1, N, L) and the rho-weighted consistency loss / H
-    (Eq. 15's first term)."""
-    zs, z, consistency = [z0], z0, z0.new_zeros(())
-    for t in range(action.shape[0]):
-        z = model.next(z, action[t])
-        consistency = consistency + F.mse_loss(z, next_z[t]) * rho[t]
-        zs.append(z)
-    return torch.stack(zs), consistency / action.shape[0]
-
-
 # ------------------------------------------------------------------------------------------ reward head
 class RecoveredRewardHead(RewardHead):
     """No learned reward: r(z, a) = Q(z, a) - gamma V(d(z, a)) read from the bound world model's critic
@@ -176,7 +165,6 @@ class IQMPCAgent(TDMPC2Agent):
         super().__init__(dataclasses.replace(cfg, compile=False), obs_shape, action_dim, head, device, cuda_graphs)
         self.iq = iq if iq is not None else IQConfig()
         head.bind(self.model, self.gamma, self.cfg.entropy_coef)
-        self.iq_rho = self.cfg.rho ** torch.arange(self.cfg.horizon + 1, device=self.device, dtype=torch.float32)
         self.last_loss_terms: dict[str, Tensor] = {}
 
     @classmethod
@@ -189,7 +177,7 @@ class IQMPCAgent(TDMPC2Agent):
     def _model_loss(self, obs: Tensor, action: Tensor, reward: Optional[Tensor], is_expert: Tensor) -> dict[str, Tensor]:
         """Consistency + value_coef x the inverse soft-Q loss (IQ-MPC's ``update_iq``); keys as the parent's."""
         cfg, m = self.cfg, self.model
-        rho = self.iq_rho[: action.shape[0]]
+        rho = self._rho[: action.shape[0]]
         with torch.no_grad():
             next_z = m.encode(obs[1:], augment=self.is_pixel)
             y = self.gamma * soft_value(m, next_z, cfg.entropy_coef, target=True)          # (H, N, 1)

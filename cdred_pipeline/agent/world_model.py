@@ -13,6 +13,7 @@ import copy
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdred_pipeline.agent.config import AgentConfig
@@ -132,4 +133,15 @@ class WorldModel(nn.Module):
         return q.min(0).values if return_type == "min" else q.mean(0)
 
 
-__all__ = ["WorldModel"]
+def latent_rollout(model: WorldModel, z0: Tensor, action: Tensor, next_z: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
+    """The latents z_0..z_H of the dynamics rollout (H+1, N, L) and the rho-weighted consistency loss / H
+    (Eq. 15's first term)."""
+    zs, z, consistency = [z0], z0, z0.new_zeros(())
+    for t in range(action.shape[0]):
+        z = model.next(z, action[t])
+        consistency = consistency + F.mse_loss(z, next_z[t]) * rho[t]
+        zs.append(z)
+    return torch.stack(zs), consistency / action.shape[0]
+
+
+__all__ = ["WorldModel", "latent_rollout"]
