@@ -138,7 +138,7 @@ def _trainer_config(cfg: CollectConfig, action_repeat: int) -> Any:
                          checkpoint_every_agent_steps=max(1, min(10_000, agent_steps // 4)), **every)
 
 
-def _train(cfg: CollectConfig, art: Artifact, store: ArtifactStore, progress: bool) -> Artifact:
+def _train(cfg: CollectConfig, art: Artifact, progress: bool) -> Artifact:
     """Train a TD-MPC2 expert online in the artifact's folder and complete the artifact."""
     from cdred_pipeline.agent import TDMPC2Agent
     from cdred_pipeline.agent.trainer import train_online
@@ -151,7 +151,7 @@ def _train(cfg: CollectConfig, art: Artifact, store: ArtifactStore, progress: bo
     result = train_online(env_fn, agent, _trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
                           extra={"task": cfg.task, "preset": cfg.preset, "obs": "state",
                                  "episode_length": spec.episode_length})
-    final = store.folder(EXPERT_STAGE, art.key)  # the trainer wrote its paths in .partial
+    final = art.final_path  # the trainer wrote its paths in .partial
     result = {k: str(final / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v for k, v in result.items()}
     return art.complete_with({"eval_return": result.get("final_eval_return"), "env_steps": result.get("env_step")},
                              task=cfg.task, train=result)
@@ -174,7 +174,7 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
 
             shutil.copyfile(cfg.checkpoint, art.path / "agent.pt")
             return art.complete_with({"policy": "checkpoint"}, task=cfg.task)
-        return _train(cfg, art, store, progress)
+        return _train(cfg, art, progress)
     finally:
         art.release()
 

@@ -295,7 +295,7 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
         return art
     try:
         result = train(cfg, inp, art, progress=progress, timings=timings)
-        final_dir = store.folder(STAGE, art.key)  # the trainer wrote its paths in .partial
+        final_dir = art.final_path  # the trainer wrote its paths in .partial
         result = {k: str(final_dir / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v
                   for k, v in result.items()}
         return art.complete_with(_headline(result, inp.scores), task=inp.task, train=result, scores=inp.scores)
@@ -352,12 +352,17 @@ def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool =
     def eval_hook(agent_: Any, behavioural: Any) -> dict[str, float]:
         return diagnose(agent_, {**buffers, "current": behavioural})
 
-    extra = {"task": inp.task, "obs": cfg.obs, "preset": cfg.preset, "scores": inp.scores, "dataset": inp.input_key,
-             **method_extra, **inp.timing, **inp.render}
     return train_online(env_fn, agent, trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
-                        expert_buffer=buffers["expert"], extra=extra, eval_env_fn=lambda: env_fn(0.0),
-                        eval_hook=eval_hook if cfg.diagnose else None, reference_lines=_reference_lines(inp.scores),
+                        expert_buffer=buffers["expert"], extra=checkpoint_extra(cfg, inp, **method_extra),
+                        eval_env_fn=lambda: env_fn(0.0), eval_hook=eval_hook if cfg.diagnose else None, reference_lines=_reference_lines(inp.scores),
                         timings=timings)
+
+
+def checkpoint_extra(cfg: ImitateConfig, inp: RunInputs, **method_extra: Any) -> dict[str, Any]:
+    """What every method's checkpoint records beside its weights (``extra``): the task, observation kind,
+    preset, scores, dataset key and env timing/rendering, plus the method's own fields."""
+    return {"task": inp.task, "obs": cfg.obs, "preset": cfg.preset, "scores": inp.scores, "dataset": inp.input_key,
+            **method_extra, **inp.timing, **inp.render}
 
 
 def train_bc_run(cfg: ImitateConfig, inp: RunInputs, art: Artifact, spec: Any, env_fn: Any, *,
@@ -370,8 +375,7 @@ def train_bc_run(cfg: ImitateConfig, inp: RunInputs, art: Artifact, spec: Any, e
     agent = TDMPC2Agent(inp.agent, spec.obs_shape, spec.action_dim, device=cfg.device, cuda_graphs=False)
     art.update(agent_params=agent.num_params(), agent_params_without_reward=agent.num_params(False))
     expert = diagnostic_buffers(cfg, inp, spec, agent.device, env_fn, random_episodes=False)["expert"]
-    extra = {"task": inp.task, "obs": cfg.obs, "preset": cfg.preset, "scores": inp.scores, "dataset": inp.input_key,
-             "method": cfg.method, **inp.timing, **inp.render}
+    extra = checkpoint_extra(cfg, inp, method=cfg.method)
     return train_bc(lambda: env_fn(0.0), agent, expert, trainer_config(cfg, spec.action_repeat), art.path,
                     episode_length=spec.episode_length, action_repeat=spec.action_repeat, extra=extra,
                     reference_lines=_reference_lines(inp.scores), progress=progress)
