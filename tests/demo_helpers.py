@@ -21,3 +21,24 @@ def checkpoint_demos(root: Path, task: str, length: int, episodes: int = 2) -> d
                            random_episodes=2, episode_length=length, plan=False, device="cpu")
     demos = ce.run(cfg, store, progress=False)
     return {"store": store, "demos": demos, "path": demos.path / ce.DATASET_NAME}
+
+
+def run_imitate_twice(cli: Any, tmp_path: Path, args: list[str]) -> list[tuple[dict, list[dict]]]:
+    """Run the same ``cdred imitate`` command in two fresh processes (work dirs ``a`` and ``b``); returns
+    each run's saved model weights and its metrics rows without their wall times."""
+    import json
+
+    import torch
+
+    from cdred_pipeline.stages import imitate as im
+
+    runs = []
+    for name in ("a", "b"):
+        res = cli(tmp_path / name, *args)
+        assert res.returncode == 0, res.stderr
+        (folder,) = (tmp_path / name / im.STAGE).iterdir()
+        ck = torch.load(folder / "agent.pt", weights_only=True)
+        rows = [{k: v for k, v in r.items() if k != "wall_s"} for r in
+                (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())]
+        runs.append((ck["model"], rows))
+    return runs

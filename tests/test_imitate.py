@@ -28,7 +28,7 @@ from cdred_pipeline.stages import evaluate as ev  # noqa: E402
 from cdred_pipeline.stages import imitate as im  # noqa: E402
 from cdred_pipeline.stages.common import load_agent  # noqa: E402
 from cli_helpers import one_line_error as _one_line_error, run_cli as _cli
-from demo_helpers import checkpoint_demos  # noqa: E402
+from demo_helpers import checkpoint_demos, run_imitate_twice  # noqa: E402
 
 torch.set_num_threads(1)
 TASK, LENGTH = "dmc:cartpole-balance", 50
@@ -107,16 +107,7 @@ def test_same_seed_in_two_processes_gives_the_same_run(data, tmp_path):
     weights and metrics (each process starts from its own unseeded global RNG)."""
     args = ["imitate", str(data["path"]), "--preset", "tiny", "--steps", "120", "--seed-steps", "10",
             "--eval-every", "120", "--eval-episodes", "1", "--seed", "3", "--device", "cpu"]
-    runs = []
-    for name in ("a", "b"):
-        res = _cli(tmp_path / name, *args)
-        assert res.returncode == 0, res.stderr
-        (folder,) = (tmp_path / name / im.STAGE).iterdir()
-        ck = torch.load(folder / "agent.pt", weights_only=True)
-        rows = [{k: v for k, v in r.items() if k != "wall_s"} for r in
-                (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())]
-        runs.append((ck["model"], rows))
-    (wa, ra), (wb, rb) = runs
+    (wa, ra), (wb, rb) = run_imitate_twice(_cli, tmp_path, args)
     assert ra == rb and any(r.get("update_step") for r in ra)
     assert wa.keys() == wb.keys()
     assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
