@@ -14,7 +14,6 @@ lines up with the online methods' by ``env_step`` and by ``update_step`` (both l
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -27,10 +26,8 @@ from torch import Tensor
 
 from cdred_pipeline.agent.agent import TDMPC2Agent
 from cdred_pipeline.agent.buffer import ReplayBuffer
-from cdred_pipeline.agent.trainer import TrainerConfig, plot_learning_curve
+from cdred_pipeline.agent.trainer import TrainerConfig, append_jsonl, evaluation_figures, plot_learning_curve
 from cdred_pipeline.errors import TrainingDivergedError
-from cdred_pipeline.seeding import derive
-from cdred_pipeline.vector import run_eval_episodes
 
 
 def bc_loss(agent: TDMPC2Agent, obs: Tensor, action: Tensor) -> Tensor:
@@ -87,27 +84,10 @@ def eval_marks(agent_steps: int, episode_length: int, eval_every: int) -> list[i
     return marks
 
 
-def _append(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it."""
-    with open(path, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-
-
-def _evaluate(agent: TDMPC2Agent, env: Any, cfg: TrainerConfig) -> dict[str, Any]:
-    """``cfg.eval_episodes`` eval-mode episodes on the ``train-eval-reset`` seeds (the trainer's episodes)."""
-    seeds = [derive(cfg.seed, "train-eval-reset", i) for i in range(cfg.eval_episodes)]
-    results = [res for res, _ in run_eval_episodes([env], agent, seeds)]
-    returns = np.asarray([r["return"] for r in results], dtype=np.float64)
-    return {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-            "eval_success_rate": float(np.mean([r["success_any"] for r in results])),
-            "eval_episodes": cfg.eval_episodes, "eval_returns": [float(x) for x in returns]}
-
-
 def bc_schedule(cfg: TrainerConfig, episode_length: int) -> tuple[list[int], list[int]]:
     """The evaluation marks (agent steps) of a BC run and the update count due at each (see the module
     docstring); with ``eval_episodes`` 0 the one mark is the last step."""
-    seed_steps = cfg.seed_agent_steps if cfg.seed_agent_steps is not None else max(1000, 5 * episode_length)
-    pretrain = cfg.pretrain_updates if cfg.pretrain_updates is not None else seed_steps
+    seed_steps, pretrain = cfg.seeding(episode_length)
     period = cfg.eval_every_agent_steps if cfg.eval_every_agent_steps > 0 else cfg.agent_steps
     marks = eval_marks(cfg.agent_steps, episode_length, period) if cfg.eval_episodes > 0 else [cfg.agent_steps]
     return marks, [updates_by(m, seed_steps, pretrain, cfg.utd, episode_length) for m in marks]
@@ -139,9 +119,9 @@ def train_bc(eval_env_fn: Callable[[], Any], agent: TDMPC2Agent, expert_buffer: 
         if cfg.eval_episodes > 0:
             rows.append({"kind": "eval", "agent_step": step, "env_step": step * action_repeat,
                          "update_step": agent.update_step, "episode": -(-step // episode_length),
-                         "bc_loss": float(np.mean(losses)) if losses else None, **_evaluate(agent, env, cfg),
+                         "bc_loss": float(np.mean(losses)) if losses else None, **evaluation_figures(env, agent, cfg),
                          "wall_s": time.time() - started})
-            _append(paths["metrics"], rows[-1])
+            append_jsonl(paths["metrics"], rows[-1])
             plot_learning_curve(paths["metrics"], paths["curve"], title=title, reference_lines=reference_lines)
         agent.save(paths["checkpoint"], extra={**extra, "bc_agent_step": step})
     bar.close()

@@ -70,6 +70,12 @@ class TrainerConfig:
         if self.agent_steps < 1 or self.utd < 0 or self.eval_episodes < 0 or self.checkpoint_every_agent_steps < 1:
             raise UsageError("agent_steps and checkpoint_every_agent_steps must be >= 1, utd and eval_episodes >= 0")
 
+    def seeding(self, episode_length: int) -> tuple[int, int]:
+        """(seed agent steps, pretraining updates) for episodes of ``episode_length``: the set values, else
+        TD-MPC2's max(1000, 5 x episode length) and as many updates as seed steps."""
+        seed_steps = self.seed_agent_steps if self.seed_agent_steps is not None else max(1000, 5 * episode_length)
+        return seed_steps, self.pretrain_updates if self.pretrain_updates is not None else seed_steps
+
 
 @dataclass
 class TrainerState:
@@ -115,8 +121,19 @@ def sample_batch(
     return out
 
 
+def evaluation_figures(env: Any, agent: TDMPC2Agent, cfg: TrainerConfig) -> dict[str, Any]:
+    """``cfg.eval_episodes`` eval-mode episodes of ``agent`` on ``env`` through the rollout loop, reset with
+    the ``train-eval-reset`` seeds (the same episodes every time): an ``eval`` row's figures."""
+    seeds = [derive(cfg.seed, "train-eval-reset", i) for i in range(cfg.eval_episodes)]
+    results = [res for res, _ in run_eval_episodes([env], agent, seeds)]
+    returns = np.asarray([r["return"] for r in results], dtype=np.float64)
+    return {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+            "eval_success_rate": float(np.mean([r["success_any"] for r in results])),
+            "eval_episodes": cfg.eval_episodes, "eval_returns": [float(x) for x in returns]}
+
+
 # ------------------------------------------------------------------------------------------ files
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one row to a JSON-lines file and flush it (a kill loses at most the line being written)."""
     with open(path, "a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -225,8 +242,7 @@ class OnlineTrainer:
         self.action_repeat = int(getattr(spec, "action_repeat", 1) or 1)
         self.task = getattr(spec, "task", None)
         self._check_env()
-        self.seed_steps = cfg.seed_agent_steps if cfg.seed_agent_steps is not None else max(1000, 5 * self.episode_length)
-        self.pretrain_updates = cfg.pretrain_updates if cfg.pretrain_updates is not None else self.seed_steps
+        self.seed_steps, self.pretrain_updates = cfg.seeding(self.episode_length)
         self.buffer = ReplayBuffer(self._capacity(), agent.obs_shape, agent.action_dim, agent.device,
                                    torch.uint8 if agent.is_pixel else torch.float32, seed=derive(cfg.seed, "replay"))
         self.extra = dict(extra or {})
@@ -362,19 +378,13 @@ class OnlineTrainer:
         self.laps.start()
         if self.eval_env is None:
             self.eval_env = self.eval_env_fn()
-        seeds = [derive(self.cfg.seed, "train-eval-reset", i) for i in range(self.cfg.eval_episodes)]
-        results = [res for res, _ in run_eval_episodes([self.eval_env], self.agent, seeds)]
+        figures = evaluation_figures(self.eval_env, self.agent, self.cfg)
         self.laps.lap("eval")
-        returns = np.asarray([r["return"] for r in results], dtype=np.float64)
-        row = {"kind": "eval", **self._counters(), "eval_return_mean": float(returns.mean()),
-               "eval_return_std": float(returns.std()),
-               "eval_success_rate": float(np.mean([r["success_any"] for r in results])),
-               "eval_episodes": self.cfg.eval_episodes, "eval_returns": [float(x) for x in returns],
-               "wall_s": self.wall_s()}
+        row = {"kind": "eval", **self._counters(), **figures, "wall_s": self.wall_s()}
         if self.eval_hook is not None:
             row.update(self.eval_hook(self.agent, self.buffer))
             self.laps.lap("diagnostics")
-        _append_jsonl(self.metrics_path, row)
+        append_jsonl(self.metrics_path, row)
         st = self.state
         st.last_eval = {k: row[k] for k in ("agent_step", "eval_return_mean", "eval_return_std", "eval_success_rate")}
         best = row["eval_return_mean"]
@@ -429,7 +439,7 @@ class OnlineTrainer:
     def _episode_end(self, row: dict[str, Any], bar: Any) -> None:
         """Log the episode, then evaluate and checkpoint when due."""
         self.laps.start()
-        _append_jsonl(self.metrics_path, row)
+        append_jsonl(self.metrics_path, row)
         self.laps.lap("writes")
         post = {"ret": f"{row['episode_return']:.1f}"}
         if self._take_eval():
@@ -496,4 +506,5 @@ def train_online(env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConf
     return OnlineTrainer(env_fn, agent, cfg, out_dir, **kw).run()
 
 
-__all__ = ["Laps", "OnlineTrainer", "TrainerConfig", "TrainerState", "train_online", "sample_batch", "plot_learning_curve"]
+__all__ = ["Laps", "OnlineTrainer", "TrainerConfig", "TrainerState", "append_jsonl", "evaluation_figures", "train_online",
+           "sample_batch", "plot_learning_curve"]
