@@ -5,7 +5,9 @@ An artifact is a folder ``<workdir>/<stage>/<key>/`` holding ``manifest.json``. 
 it changes exactly when one of those changes. Work happens in ``<workdir>/<stage>/.<key>.partial/``
 under an exclusive lock; :meth:`Artifact.complete` writes the final manifest and renames the folder,
 so a folder without ``.partial`` is always complete. Finished work units (episodes, checkpoints) are
-recorded in the partial manifest so a killed run resumes where it stopped.
+recorded in the partial manifest so a killed run resumes where it stopped. A complete manifest lists
+every file with its size and sha256: reuse checks that each is there with its size, a checkpoint load
+checks its hash (:func:`verify_file`), and :meth:`ArtifactStore.verify` hashes everything.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,70 @@ def save_figure_atomic(fig: Any, path: "str | Path", **savefig_kwargs: Any) -> N
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     fig.savefig(tmp, **savefig_kwargs)
     os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (read in blocks)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _listed(path: Path) -> bool:
+    """Files a manifest inventories: all but the manifest itself and writer lock files (``*.lock``),
+    which a later reader may create."""
+    return path.is_file() and not path.is_symlink() and path.name != MANIFEST and not path.name.endswith(".lock")
+
+
+def file_inventory(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"bytes", "sha256"}}`` of every file under ``folder`` that a manifest lists."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(folder.rglob("*")) if _listed(p)}
+
+
+def inventory_problems(folder: Path, files: Mapping[str, Mapping[str, Any]], *, hashes: bool) -> list[str]:
+    """What differs between ``folder`` and its manifest's file list: missing, resized, extra files, and
+    (with ``hashes``) changed contents. Empty when the folder is whole."""
+    folder = Path(folder)
+    problems = []
+    for rel, rec in files.items():
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif path.stat().st_size != rec["bytes"]:
+            problems.append(f"{rel} has {path.stat().st_size} bytes, not {rec['bytes']}")
+        elif hashes and file_sha256(path) != rec["sha256"]:
+            problems.append(f"{rel} has changed contents (sha256 differs)")
+    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if _listed(p)
+                   and p.relative_to(folder).as_posix() not in files)
+    problems += [f"{rel} is not in the manifest" for rel in extra]
+    return problems
+
+
+def _manifest_above(path: Path, levels: int = 4) -> Path | None:
+    """The nearest folder at or above ``path``'s parent (up to ``levels``) holding a manifest."""
+    for folder in list(Path(path).resolve().parents)[:levels]:
+        if (folder / MANIFEST).is_file():
+            return folder
+    return None
+
+
+def verify_file(path: "str | os.PathLike") -> None:
+    """Check a file (a checkpoint before it is loaded) against the sha256 its artifact's manifest
+    recorded; a mismatch is a one-line CdredError naming the file. Files outside an artifact, or in an
+    artifact that lists no files, pass unchecked."""
+    path = Path(path)
+    folder = _manifest_above(path)
+    if folder is None:
+        return
+    try:
+        files = read_manifest(folder).get("files") or {}
+    except CdredError:
+        return
+    rec = files.get(path.resolve().relative_to(folder).as_posix())
+    if rec is not None and file_sha256(path) != rec["sha256"]:
+        raise CdredError(f"{path}: contents differ from the sha256 its artifact recorded; the file is damaged or "
+                         f"was edited: redo it with --force (or restore it)", exit_code=4)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -154,6 +221,7 @@ class Artifact:
         if self.complete:
             return self
         self.manifest["status"] = "complete"
+        self.manifest["files"] = file_inventory(self.path)
         self.manifest["finished"] = time.time()
         self.manifest["timings"]["wall_s"] = round(self.manifest["finished"] - self.manifest["created"], 3)
         if headline:
@@ -181,11 +249,23 @@ class Artifact:
             self._lock_fh = None
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _lock_holder(fh: Any) -> str:
+    """Who holds a lock file, as its holder wrote it ("pid N on HOST since T"), for wait messages."""
+    fh.seek(0)
+    line = fh.read().strip()
+    return f"another cdred process ({line})" if line else "another cdred process"
+
+
 class ArtifactStore:
     """The work dir: ``<root>/<stage>/<key>/`` folders with manifests, plus locks in ``<root>/.locks``."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, notify: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
+        self.notify = notify or _to_stderr
 
     def folder(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -203,7 +283,28 @@ class ArtifactStore:
         if manifest.get("status") != "complete" or manifest["key"] != key:
             raise CdredError(f"{folder}: manifest says status={manifest.get('status')!r}, key={manifest['key']!r}; "
                              "the folder was edited by hand; move it away or rerun with --force")
-        return Artifact(self, stage, key, folder, manifest)
+        art = Artifact(self, stage, key, folder, manifest)
+        self.check_whole(art, hashes=False)
+        return art
+
+    def check_whole(self, art: Artifact, *, hashes: bool) -> None:
+        """Raise a one-line CdredError when a complete artifact's files differ from its manifest's list
+        (missing, resized, unlisted; changed contents too with ``hashes``)."""
+        problems = self.problems(art, hashes=hashes)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CdredError(f"{art.stage}/{art.key} is damaged: {problems[0]}{more}; rerun with --force to redo it",
+                             exit_code=4)
+
+    def problems(self, art: Artifact, *, hashes: bool = True) -> list[str]:
+        """The differences between a complete artifact's folder and its manifest's file list (none for
+        artifacts whose manifest lists no files)."""
+        files = art.manifest.get("files")
+        return inventory_problems(art.path, files, hashes=hashes) if files is not None else []
+
+    def verify(self) -> list[tuple[Artifact, list[str]]]:
+        """Every complete artifact with the problems a full check (sizes and sha256) finds in it."""
+        return [(a, self.problems(a)) for a in self.list() if a.complete]
 
     def find(self, key_prefix: str) -> Artifact:
         """The artifact (complete or partial) whose key starts with ``key_prefix`` (unique)."""
@@ -239,10 +340,18 @@ class ArtifactStore:
         lock_dir.mkdir(parents=True, exist_ok=True)
         fh = open(lock_dir / f"{stage}-{key}.lock", "a+")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.close()
-            raise CdredError(f"another cdred process is writing {stage}/{key}; wait for it to finish") from None
+            holder = _lock_holder(fh)
+            if not wait:
+                fh.close()
+                raise CdredError(f"{holder} is writing {stage}/{key}; wait for it to finish") from None
+            self.notify(f"waiting: {holder} is writing {stage}/{key}; this run goes on when it finishes")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()} since {time.strftime('%H:%M:%S')}\n")
+        fh.flush()
         yield fh
 
     def begin(self, stage: str, version: int, config: Mapping[str, Any] | Any,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cdred_pipeline.artifacts import ArtifactStore, artifact_key, read_manifest
+from cdred_pipeline.artifacts import ArtifactStore, artifact_key, read_manifest, verify_file
 from cdred_pipeline.errors import CdredError
 
 # A writer that records one unit file per step, sleeping between, so a test can kill it mid-way.
@@ -110,6 +110,17 @@ def test_two_concurrent_writers_do_not_corrupt(tmp_path):
     assert not (tmp_path / "demo" / f".{key}.partial").exists()
 
 
+def test_waiting_writer_says_who_holds_the_lock(tmp_path):
+    holder = _run_writer(tmp_path, 3, 0.5, "A", stderr=subprocess.PIPE)
+    assert holder.stdout.readline().startswith("UNIT 0")
+    waiter = _run_writer(tmp_path, 3, 0.0, "B", stderr=subprocess.PIPE)
+    out, err = waiter.communicate(timeout=60)
+    holder.communicate(timeout=60)
+    assert waiter.returncode == 0 and "SKIPPED" in out
+    assert err.count("\n") == 1 and err.startswith("waiting: another cdred process (pid ")
+    assert f"pid {holder.pid} on " in err and "demo/" in err
+
+
 def test_nonblocking_second_writer_gets_one_line_error(tmp_path):
     store = ArtifactStore(tmp_path)
     first = store.begin("demo", 1, {"a": 1})
@@ -132,6 +143,54 @@ def test_corrupt_or_foreign_manifest_is_reported_not_overwritten(tmp_path):
     with pytest.raises(CdredError, match="not a cdred manifest"):
         store.get("demo", art.key)
     assert [a.manifest["status"] for a in store.list()] == ["corrupt"]
+
+
+def _finished(store: ArtifactStore, payload: bytes = b"weights") -> tuple:
+    art = store.begin("demo", 1, {"a": 1})
+    (art.path / "sub").mkdir()
+    (art.path / "sub" / "chunk.0").write_bytes(b"x" * 100)
+    (art.path / "agent.pt").write_bytes(payload)
+    (art.path / ".store.lock").write_text("")  # writer locks are not inventoried
+    return art.complete_with({}), art.key
+
+
+def test_manifest_lists_every_file_with_size_and_sha256(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art, key = _finished(store)
+    files = art.manifest["files"]
+    assert sorted(files) == ["agent.pt", "sub/chunk.0"]
+    assert files["sub/chunk.0"]["bytes"] == 100 and len(files["agent.pt"]["sha256"]) == 64
+    assert store.get("demo", key).key == key and store.problems(art) == []
+
+
+def test_damaged_cached_artifact_is_refused_on_reuse(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art, key = _finished(store)
+    (art.path / "sub" / "chunk.0").unlink()
+    with pytest.raises(CdredError, match=r"demo/\w+ is damaged: sub/chunk.0 is missing; rerun with --force"):
+        store.begin("demo", 1, {"a": 1})
+    redone = store.begin("demo", 1, {"a": 1}, force=True)
+    assert not redone.complete
+    redone.complete_with({})
+    assert store.get("demo", key).complete
+    (art.path / "stray.bin").write_bytes(b"1")
+    with pytest.raises(CdredError, match="stray.bin is not in the manifest"):
+        store.get("demo", key)
+
+
+def test_changed_checkpoint_is_caught_on_load_and_by_verify(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art, _ = _finished(store, b"weights+")
+    verify_file(art.path / "agent.pt")  # whole: passes
+    (art.path / "agent.pt").write_bytes(b"weights-")  # same size, other contents
+    with pytest.raises(CdredError, match="agent.pt: contents differ from the sha256"):
+        verify_file(art.path / "agent.pt")
+    assert store.problems(art, hashes=False) == []  # sizes alone cannot see it
+    [(found, problems)] = store.verify()
+    assert found.key == art.key and problems == ["agent.pt has changed contents (sha256 differs)"]
+    outside = tmp_path / "loose.pt"
+    outside.write_bytes(b"anything")
+    verify_file(outside)  # a file of no artifact is not checked
 
 
 def test_status_and_show_cli(tmp_path):
