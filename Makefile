@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export MUJOCO_GL ?= egl
 
-.PHONY: install demo lint test bench clean
+.PHONY: install demo lint test bench readme-figures clean
 
 $(BIN)/cdred: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: install
 	$(BIN)/python benchmarks/speed/vector_collect.py --presets small --num-envs 1 8
 	$(BIN)/python benchmarks/speed/render_speed.py --episodes 8
 	$(BIN)/python benchmarks/speed/dataset_io.py --steps 200000 --repeats 3 --episodes 300
+
+# Every figure the README quotes (demo table and times, preset sizes, test time) from the current code,
+# with the machine's load: results/readme-figures.md.
+readme-figures: $(VENV)/.test-deps
+	$(BIN)/python benchmarks/readme_figures.py --tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
