@@ -354,8 +354,8 @@ def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool =
 
     return train_online(env_fn, agent, trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
                         expert_buffer=buffers["expert"], extra=checkpoint_extra(cfg, inp, **method_extra),
-                        eval_env_fn=lambda: env_fn(0.0), eval_hook=eval_hook if cfg.diagnose else None, reference_lines=_reference_lines(inp.scores),
-                        timings=timings)
+                        eval_env_fn=lambda: env_fn(0.0), eval_hook=eval_hook if cfg.diagnose else None,
+                        hook_buffers=buffers, reference_lines=_reference_lines(inp.scores), timings=timings)
 
 
 def checkpoint_extra(cfg: ImitateConfig, inp: RunInputs, **method_extra: Any) -> dict[str, Any]:

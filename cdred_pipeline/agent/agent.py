@@ -404,7 +404,9 @@ class TDMPC2Agent:
             "update_step": self.update_step,
             "prev_mean": self._state.prev_mean,
             "act_generator": {"device": self.device.type, "state": self._act_gen.get_state()},
+            "batch_generator": {"device": self.device.type, "state": self._batch_gen.get_state()},
             "rng": get_rng_state(self.device),
+            "last_loss_terms": self._last_loss_terms(),
             "extra": extra,
             **({} if type(self) is TDMPC2Agent else {"agent_class": _class_path(self)}),  # a subclass (baselines)
         }
@@ -454,17 +456,42 @@ class TDMPC2Agent:
         self.update_step = int(src["update_step"])
         pm = src.get("prev_mean")
         self._state.prev_mean = pm.to(self.device) if pm is not None else None
+        self._load_generators(src)
+        if restore_rng:
+            set_rng_state(src["rng"], self.device)
+            self._load_last_loss_terms(src.get("last_loss_terms") or {})
+        self.extra = dict(src.get("extra", {}))
+        return self.extra
+
+    def _load_generators(self, src: dict[str, Any]) -> None:
+        """Restore the acting generator (and act_batch's) from a checkpoint; one saved on another device
+        type (e.g. trained on cuda, evaluated on cpu) is reseeded instead, since the states differ in kind."""
         gen = src["act_generator"]
         if isinstance(gen, Tensor):  # a bare tensor is a CPU generator state (checkpoint format 1 allows both)
             gen = {"device": "cpu", "state": gen}
         if gen["device"] == self.device.type:
             self._act_gen.set_state(gen["state"])
-        else:  # saved on another device type (e.g. trained on cuda, evaluated on cpu): states differ in kind
+        else:
             self._act_gen.manual_seed(self.cfg.seed + self.update_step)
-        if restore_rng:
-            set_rng_state(src["rng"], self.device)
-        self.extra = dict(src.get("extra", {}))
-        return self.extra
+        batch = src.get("batch_generator")
+        if batch is not None and batch["device"] == self.device.type:
+            self._batch_gen.set_state(batch["state"])
+
+    def _last_loss_terms(self) -> dict[str, dict[str, Tensor]]:
+        """The detached loss terms of the last update that the reward head (and a subclass) keep for the
+        evaluation rows' diagnostics: saved, so a resumed run logs what an uninterrupted one logs."""
+        out = {}
+        for name, owner in (("head", self.reward_head), ("agent", self)):
+            terms = getattr(owner, "last_loss_terms", None)
+            if isinstance(terms, dict) and all(isinstance(v, Tensor) for v in terms.values()):
+                out[name] = {k: v.detach().cpu() for k, v in terms.items()}
+        return out
+
+    def _load_last_loss_terms(self, saved: dict[str, dict[str, Tensor]]) -> None:
+        """Inverse of :meth:`_last_loss_terms`."""
+        for name, owner in (("head", self.reward_head), ("agent", self)):
+            if name in saved and hasattr(owner, "last_loss_terms"):
+                owner.last_loss_terms = {k: v.to(self.device) for k, v in saved[name].items()}
 
     @classmethod
     def load(

@@ -145,6 +145,30 @@ class ReplayBuffer:
         return self.num_steps
 
     # ------------------------------------------------------------------------------------ state
+    def sampler_state(self) -> dict[str, Any]:
+        """The sampling generator's state with the number of episodes and slots it samples from (a tensor
+        and plain types): a buffer of the same contents given it by :meth:`load_sampler_state` draws the
+        same batches from then on (a resumed run's expert buffer, rebuilt from the demos)."""
+        return {"device": self.device.type, "state": self._gen.get_state(), "num_episodes": self.num_episodes,
+                "filled": self._filled}
+
+    def load_sampler_state(self, state: dict[str, Any], what: str = "replay buffer") -> None:
+        """Restore :meth:`sampler_state`; a one-line CdredError when this buffer does not hold as many
+        episodes and slots as the one it was taken from (its draws would pick other data)."""
+        mine, theirs = (self.num_episodes, self._filled), (int(state["num_episodes"]), int(state["filled"]))
+        if mine != theirs:
+            raise CdredError(f"the checkpoint's {what} held (episodes, slots) {theirs}, this one {mine}: resume "
+                             "with the same data, or start in another folder")
+        self._set_generator(state["device"], state["state"], seed=self.num_episodes)
+
+    def _set_generator(self, device_type: str, gen_state: Tensor, seed: int) -> None:
+        """Set the sampling generator's state; one saved on another device type cannot be set (states
+        differ in kind), so the generator is then reseeded deterministically with ``seed``."""
+        if device_type == self.device.type:
+            self._gen.set_state(gen_state)
+        else:
+            self._gen.manual_seed(int(seed))
+
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain types only (``torch.load(weights_only=True)``-safe)."""
         n = self._filled
@@ -193,10 +217,7 @@ class ReplayBuffer:
                     self.add_episode(state["obs"][seg], state["action"][seg[:-1]], state["reward"][seg[:-1]])
                 start = end + 1
         self.num_episodes = int(state["num_episodes"])
-        if state.get("gen_device", "cpu") == self.device.type:
-            self._gen.set_state(state["gen_state"])
-        else:  # generator states are device-specific; reseed deterministically
-            self._gen.manual_seed(int(state["num_episodes"]))
+        self._set_generator(state.get("gen_device", "cpu"), state["gen_state"], seed=self.num_episodes)
         self._starts.clear()
 
     def save(self, path: "str | Path") -> None:

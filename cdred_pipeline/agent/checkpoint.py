@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,15 @@ def safe_torch_load(path: "str | Path", *, what: str = "checkpoint", map_locatio
 
 
 def get_rng_state(device: torch.device) -> dict[str, Any]:
-    """Global torch (CPU and, on CUDA, the device) and numpy RNG states as tensors/plain types."""
+    """Global torch (CPU and, on CUDA, the device), numpy and Python ``random`` RNG states as
+    tensors/plain types."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch_cpu": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
     }
     if device.type == "cuda":
         state["torch_cuda"] = torch.cuda.get_rng_state(device)
@@ -69,6 +73,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch_cpu"].cpu())
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state.get("python")
+    if p is not None:
+        random.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss"]))
     if device.type == "cuda" and "torch_cuda" in state:
         torch.cuda.set_rng_state(state["torch_cuda"].cpu(), device)
 

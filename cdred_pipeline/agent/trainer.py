@@ -226,15 +226,18 @@ class OnlineTrainer:
                  eval_env_fn: Optional[Callable[[], Any]] = None, progress: bool = True,
                  expert_buffer: Optional[ReplayBuffer] = None, extra: Optional[dict[str, Any]] = None,
                  eval_hook: Optional[EvalHook] = None, reference_lines: Optional[dict[str, float]] = None,
-                 timings: Optional[dict[str, float]] = None) -> None:
+                 timings: Optional[dict[str, float]] = None,
+                 hook_buffers: Optional[dict[str, ReplayBuffer]] = None) -> None:
         self.laps = Laps(timings)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.agent, self.cfg, self.progress = agent, cfg, progress
         self.expert_buffer, self.eval_hook, self.reference_lines = expert_buffer, eval_hook, reference_lines
+        self.samplers = {**{f"hook:{k}": b for k, b in (hook_buffers or {}).items() if b is not expert_buffer},
+                         **({"expert": expert_buffer} if expert_buffer is not None else {})}
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.ckpt_path, self.buf_path = out / "agent.pt", out / "buffer.pt"
+        self.ckpt_path, self.buf_path, self.next_buf_path = out / "agent.pt", out / "buffer.pt", out / "buffer-next.pt"
         self.metrics_path, self.png_path = out / "metrics.jsonl", out / "curve.png"
         self.env, self.eval_env_fn, self.eval_env = env_fn(), eval_env_fn or env_fn, None
         spec = getattr(self.env, "spec_info", None)
@@ -280,9 +283,10 @@ class OnlineTrainer:
     # -------------------------------------------------------------------------------- resume
     def resume(self) -> Optional[int]:
         """Continue from ``agent.pt`` when ``out_dir`` holds one, else start fresh (seeding the global
-        RNGs, clearing old metrics). Restores the agent with its RNGs, the trainer state, and the replay
-        buffer when one was saved at the same step (else refills it by acting before updating again);
-        metrics rows after the checkpoint are dropped. Returns the agent step resumed from, or None."""
+        RNGs, clearing old metrics). Restores the agent with the global RNGs, the trainer state, the
+        sampling generators of the expert and hook buffers, and the replay buffer when one was saved at
+        the same step (else refills it by acting before updating again); metrics rows after the
+        checkpoint are dropped. Returns the agent step resumed from, or None."""
         if not self.ckpt_path.exists():
             torch.manual_seed(self.cfg.seed)
             np.random.seed(self.cfg.seed)
@@ -293,6 +297,7 @@ class OnlineTrainer:
             raise CdredError(f"{self.ckpt_path} is an agent checkpoint without trainer state; use another out_dir")
         st = self.state = self.state.updated(loaded["trainer"])
         st.last_checkpoint_step = self.resumed_from = st.agent_step
+        self._load_samplers(loaded.get("samplers") or {})
         if not self._load_buffer() and st.agent_step < self.cfg.agent_steps:
             st.updates_from = st.agent_step + min(self.seed_steps, self.cfg.agent_steps - st.agent_step)
             st.utd_updates = 0
@@ -301,15 +306,25 @@ class OnlineTrainer:
         _rollback_metrics(self.metrics_path, st.agent_step)
         return st.agent_step
 
+    def _load_samplers(self, saved: dict[str, Any]) -> None:
+        """Give the expert and hook buffers (rebuilt by the caller from the same data) the sampling
+        generator states of the checkpoint, so they draw what they would have drawn without the stop."""
+        for name, buf in self.samplers.items():
+            if name in saved:
+                buf.load_sampler_state(saved[name], what=f"{name.removeprefix('hook:')} buffer")
+
     def _load_buffer(self) -> bool:
-        """Load ``buffer.pt`` if it was saved at the checkpoint's step; whether it was."""
-        if not (self.cfg.save_buffer and self.buf_path.exists()):
+        """Load the replay buffer saved at the checkpoint's step (``buffer.pt``, or ``buffer-next.pt``
+        when the run stopped between writing ``agent.pt`` and renaming the buffer); whether there was one."""
+        if not self.cfg.save_buffer:
             return False
-        saved = safe_torch_load(self.buf_path, what="replay buffer")
-        if saved.get("agent_step") != self.state.agent_step:
-            return False
-        self.buffer.load_state_dict(saved["state"])
-        return True
+        for path in (self.buf_path, self.next_buf_path):
+            if path.exists():
+                saved = safe_torch_load(path, what="replay buffer")
+                if saved.get("agent_step") == self.state.agent_step:
+                    self.buffer.load_state_dict(saved["state"])
+                    return True
+        return False
 
     # -------------------------------------------------------------------------------- collect and update
     def collect_episode(self, bar: Any = None) -> dict[str, Any]:
@@ -401,14 +416,20 @@ class OnlineTrainer:
 
     # -------------------------------------------------------------------------------- checkpoint
     def checkpoint(self) -> None:
-        """Write ``buffer.pt`` (when ``save_buffer``) and then ``agent.pt`` with the trainer state, atomically."""
+        """Write the replay buffer (when ``save_buffer``) to ``buffer-next.pt``, then ``agent.pt`` with the
+        trainer state and the expert and hook buffers' sampling generators, then rename the buffer to
+        ``buffer.pt``. Each write is atomic and a stop between two of them leaves the buffer of
+        ``agent.pt``'s step in one of the two files, so a resume is always exact."""
         st = self.state
         st.elapsed_s, st.last_checkpoint_step = self.wall_s(), st.agent_step
         if self.cfg.save_buffer:
-            atomic_torch_save({"agent_step": st.agent_step, "state": self.buffer.state_dict()}, self.buf_path)
+            atomic_torch_save({"agent_step": st.agent_step, "state": self.buffer.state_dict()}, self.next_buf_path)
         self.agent.save(self.ckpt_path, extra={**self.extra, "trainer": st.to_dict(),
+                                               "samplers": {k: b.sampler_state() for k, b in self.samplers.items()},
                                                "trainer_config": dataclasses.asdict(self.cfg),
                                                "action_repeat": self.action_repeat})
+        if self.cfg.save_buffer:
+            os.replace(self.next_buf_path, self.buf_path)
 
     # -------------------------------------------------------------------------------- schedule
     def _finished(self) -> bool:
@@ -500,9 +521,10 @@ def train_online(env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConf
     summary. ``env_fn``/``eval_env_fn`` build gymnasium envs (``make_env``; their ``spec_info`` gives the
     episode length and action repeat). Keywords: ``eval_env_fn``, ``progress``, ``expert_buffer`` (see
     the module docstring), ``extra`` (plain data stored in every checkpoint), ``eval_hook(agent,
-    behavioural_buffer) -> dict`` (figures merged into every eval row), ``reference_lines`` ({label:
-    return} drawn on ``curve.png``). Files in ``out_dir``: ``agent.pt``, ``buffer.pt``, ``metrics.jsonl``,
-    ``curve.png``; ``timings``: see :class:`OnlineTrainer`."""
+    behavioural_buffer) -> dict`` (figures merged into every eval row), ``hook_buffers`` ({name: buffer}
+    the eval hook samples: their sampling generators are checkpointed, their contents rebuilt by the
+    caller), ``reference_lines`` ({label: return} drawn on ``curve.png``). Files in ``out_dir``:
+    ``agent.pt``, ``buffer.pt``, ``metrics.jsonl``, ``curve.png``; ``timings``: see :class:`OnlineTrainer`."""
     return OnlineTrainer(env_fn, agent, cfg, out_dir, **kw).run()
 
 
