@@ -1,6 +1,21 @@
-"""User-facing errors: one line that says what is wrong and what to do; the CLI prints it and exits."""
+"""User-facing errors: one line that says what is wrong and what to do; the CLI prints it and exits.
+
+Every command exits with one of :data:`EXIT_CODES` (the table in docs/cli.md): the code says what kind of
+fault it was, whichever command met it.
+"""
 
 from __future__ import annotations
+
+EXIT_CODES: dict[int, str] = {
+    0: "success (the result may come from the cache)",
+    1: "the work failed (a work unit after its retries, failed sweep runs, an unclassified error)",
+    2: "bad option or argument value (wrong number, empty or repeated list item, unknown choice, bad --workdir)",
+    3: "a dependency or system capability is missing (OpenGL backend, Ray, ManiSkill2)",
+    4: "an input file is missing, unreadable or does not fit (dataset, checkpoint)",
+    5: "training diverged (NaN/inf); the last good checkpoint is kept",
+    130: "interrupted (Ctrl-C); finished work units are kept",
+}
+"""Exit code -> what it means: the one table every command uses."""
 
 
 class CdredError(Exception):
@@ -26,10 +41,18 @@ class MissingDependencyError(CdredError):
     exit_code = 3
 
 
-class DatasetError(CdredError):
-    """A dataset is missing, corrupt, of another layout version, or does not fit the task."""
+class InputFileError(CdredError):
+    """An input file is missing, unreadable, or does not fit the task or the agent: exit code 4."""
 
     exit_code = 4
+
+
+class DatasetError(InputFileError):
+    """A dataset is missing, corrupt, of another layout version, or does not fit the task."""
+
+
+class CheckpointError(InputFileError):
+    """An agent checkpoint is missing, not a cdred torch file, or does not fit the task."""
 
 
 class TrainingDivergedError(CdredError):

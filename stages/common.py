@@ -3,12 +3,15 @@ and loading an agent checkpoint for acting."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cdred_pipeline.artifacts import ArtifactStore
-from cdred_pipeline.errors import CdredError, DatasetError
+from cdred_pipeline.errors import CdredError, CheckpointError, DatasetError, UsageError
 
 DATASET_NAME = "demos.zarr"
 AGENT_NAME = "agent.pt"
@@ -96,22 +99,63 @@ def dataset_scores(arg: str, store: ArtifactStore) -> dict[str, Any]:
 
 
 def resolve_checkpoint(arg: str, store: ArtifactStore) -> tuple[Path, str]:
-    """AGENT as a checkpoint file, an artifact folder holding ``agent.pt``, or an artifact key."""
+    """AGENT as a checkpoint file, an artifact folder holding ``agent.pt``, or an artifact key; a missing one
+    is the same CheckpointError (exit 4) as a missing dataset's DatasetError."""
     p = Path(arg)
     if p.is_dir():
         p = p / AGENT_NAME
     if p.is_file():
+        check_checkpoint_file(p)
         parent = p.parent
         if (parent / "manifest.json").is_file() and not parent.name.startswith("."):
             return p, parent.name
         return p, "sha256:" + file_sha256(p)[:16]
-    if p.suffix == ".pt" or "/" in arg:
-        raise CdredError(f"{arg}: no such checkpoint file", exit_code=2)
-    art = store.find(arg)
+    art = None
+    if p.suffix != ".pt" and "/" not in arg:
+        try:
+            art = store.find(arg)
+        except CdredError:
+            art = None
+    if art is None:
+        raise CheckpointError(f"{arg}: no such checkpoint file, and no artifact with that key under {store.root} "
+                              "(`cdred status` lists them)")
     if not art.complete or not (art.path / AGENT_NAME).is_file():
-        raise CdredError(f"artifact {art.stage}/{art.key} has no finished {AGENT_NAME} "
-                         f"(status {art.manifest.get('status')}); pass an experts or imitate artifact", exit_code=2)
+        raise UsageError(f"artifact {art.stage}/{art.key} has no finished {AGENT_NAME} "
+                         f"(status {art.manifest.get('status')}); pass an experts or imitate artifact")
     return art.path / AGENT_NAME, art.key
+
+
+def check_checkpoint_file(path: str | Path) -> Path:
+    """``path`` when it is a file torch wrote (a zip archive, as ``torch.save`` writes), else one clear
+    CheckpointError line, before torch reads it (torch's own message on foreign bytes is many lines)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such checkpoint file; pass an agent.pt written by collect-experts or imitate")
+    if not zipfile.is_zipfile(p):
+        raise CheckpointError(f"{p} is not a cdred agent checkpoint (not a file torch wrote); pass an agent.pt "
+                              "written by collect-experts or imitate")
+    return p
+
+
+def read_agent_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict of an agent file; every unreadable or foreign file is a CheckpointError (exit 4)."""
+    from cdred_pipeline.agent import TDMPC2Agent
+
+    check_checkpoint_file(path)
+    with as_checkpoint_error():
+        return TDMPC2Agent.read_checkpoint(path)
+
+
+@contextlib.contextmanager
+def as_checkpoint_error() -> Iterator[None]:
+    """Re-raise a generic CdredError (exit 1) met while reading a checkpoint as a CheckpointError (exit 4):
+    the file is the fault, whichever layer found it."""
+    try:
+        yield
+    except CdredError as exc:
+        if type(exc) is not CdredError or exc.exit_code != CdredError.exit_code:
+            raise
+        raise CheckpointError(str(exc)) from None
 
 
 def load_agent(path: str | Path, *, device: str = "auto", plan: bool | None = None) -> tuple[Any, dict[str, Any]]:
@@ -123,7 +167,7 @@ def load_agent(path: str | Path, *, device: str = "auto", plan: bool | None = No
     """
     from cdred_pipeline.agent import TDMPC2Agent
 
-    ckpt = TDMPC2Agent.read_checkpoint(path)
+    ckpt = read_agent_checkpoint(path)
     extra = dict(ckpt.get("extra", {}))
     head = None
     if "reward_config" in extra:
@@ -133,5 +177,6 @@ def load_agent(path: str | Path, *, device: str = "auto", plan: bool | None = No
         rc["hidden"] = tuple(rc.get("hidden", ()))
         head = CDREDRewardHead(int(ckpt["reward_head"]["x_dim"]), int(ckpt["action_dim"]), CDREDConfig(**rc))
     overrides = {} if plan is None else {"plan": bool(plan)}
-    agent = TDMPC2Agent.load(path, device=device, reward_head=head, **overrides)
+    with as_checkpoint_error():
+        agent = TDMPC2Agent.load(path, device=device, reward_head=head, **overrides)
     return agent, extra
