@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
-from cdred_pipeline.errors import CdredError, UsageError
+from cdred_pipeline.errors import CdredError, CheckpointError, UsageError
 from cdred_pipeline.stages.common import DATASET_NAME, file_sha256
 from cdred_pipeline.seeding import derive
 from cdred_pipeline.vector import BatchAct, agent_act, random_act, run_trajectories, single_thread
@@ -77,6 +77,10 @@ class CollectConfig:
             scripted_policy(self.task)  # one-line UsageError for tasks without a scripted expert
         if self.episodes < 1 or self.random_episodes < 0 or self.train_env_steps < 1:
             raise UsageError("--episodes must be >= 1, --random-episodes >= 0, --train-steps >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        if self.episode_length is not None and self.episode_length < 1:
+            raise UsageError(f"--episode-length must be >= 1 (or unset: the task's), got {self.episode_length}")
         if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
             raise UsageError(f"--num-envs must be a positive integer, got {self.num_envs!r}")
 
@@ -192,12 +196,12 @@ def check_expert_checkpoint(path: str | Path, cfg: CollectConfig) -> tuple[Any, 
 
     agent, extra = load_agent(path, device=cfg.device, plan=cfg.plan)
     if extra.get("task") not in (None, cfg.task):
-        raise CdredError(f"{path}: checkpoint is for task {extra.get('task')!r}, not {cfg.task!r}; "
-                         "pass a checkpoint trained on this task", exit_code=2)
+        raise CheckpointError(f"{path}: checkpoint is for task {extra.get('task')!r}, not {cfg.task!r}; "
+                              "pass a checkpoint trained on this task")
     want = make_env(cfg.task, episode_length=cfg.episode_length).spec_info.obs_shape
     if tuple(agent.obs_shape) != tuple(want):
-        raise CdredError(f"{path}: checkpoint observes {tuple(agent.obs_shape)} but {cfg.task} state observations "
-                         f"are {tuple(want)}; pass a state-observation checkpoint of this task", exit_code=2)
+        raise CheckpointError(f"{path}: checkpoint observes {tuple(agent.obs_shape)} but {cfg.task} state "
+                              f"observations are {tuple(want)}; pass a state-observation checkpoint of this task")
     return agent, extra
 
 
@@ -400,8 +404,19 @@ def _probe(cfg: CollectConfig, env: Any, writer: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ stage
+def check_rendering(cfg: CollectConfig) -> None:
+    """Render one frame now when the dataset gets probe frames (one-line MissingDependencyError otherwise)."""
+    if cfg.probe:
+        from cdred_pipeline.envs.gl import check_rendering_works
+
+        check_rendering_works()
+
+
 def run(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> Artifact:
-    """collect-experts: expert artifact (cached) then demos artifact (cached); returns the demos."""
+    """collect-experts: expert artifact (cached) then demos artifact (cached); returns the demos. Rendering
+    (the probe frames written with the dataset) is checked first, so a missing GL backend fails before
+    any expert is trained or episode collected."""
+    check_rendering(cfg)
     expert = train_expert(cfg, store, force=force, progress=progress)
     return collect_demos(cfg, expert, store, force=force, progress=progress)
 
@@ -455,6 +470,7 @@ def run_units(cfg: CollectConfig, tasks: list[str] | tuple[str, ...], seeds: lis
         raise UsageError(f"--checkpoint is the expert of one task, got {len(tasks)} tasks; "
                          "pass one TASK with --checkpoint (or train experts for several tasks)")
     cfgs = [dataclasses.replace(cfg, task=t, seed=s) for t in tasks for s in seeds]  # checks every unit's config now
+    check_rendering(cfg)
     ex = executor if executor is not None else make_executor("local")
     inline = progress and ex.kind == "local"
     root = str(Path(store.root).resolve())

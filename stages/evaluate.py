@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore, save_figure_atomic
-from cdred_pipeline.errors import CdredError, UsageError
+from cdred_pipeline.errors import CheckpointError, UsageError
 from cdred_pipeline.seeding import derive
 from cdred_pipeline.vector import run_eval_episodes, single_thread
 
@@ -67,15 +67,38 @@ class EvalConfig:
         object.__setattr__(self, "tremble", tuple(check_tremble(p) for p in self.tremble))
         if not self.tremble or self.episodes < 1 or not self.seeds or self.videos < 0:
             raise UsageError("evaluate needs at least one p, --episodes >= 1, one seed and --videos >= 0")
+        _check_distinct("tremble p", self.tremble)
+        _check_distinct("seed", self.seeds)
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise UsageError(f"--seeds are integers >= 0, got {list(self.seeds)}")
+        if self.episode_length is not None and (isinstance(self.episode_length, bool) or self.episode_length < 1):
+            raise UsageError(f"--episode-length must be >= 1 (or unset: the checkpoint's), got {self.episode_length}")
         if isinstance(self.num_envs, bool) or not isinstance(self.num_envs, int) or self.num_envs < 1:
             raise UsageError(f"--num-envs must be a positive integer, got {self.num_envs!r}")
 
 
+def _check_distinct(what: str, values: tuple) -> None:
+    """A one-line UsageError when a value repeats: it would run twice and be reported as one setting with
+    twice the episodes."""
+    seen: set = set()
+    for v in values:
+        if v in seen:
+            raise UsageError(f"{what} {v:g} is listed twice: name each value once")
+        seen.add(v)
+
+
 def parse_tremble_list(text: str) -> tuple[float, ...]:
-    """``"0,0.1,0.2"`` -> (0.0, 0.1, 0.2), each checked to lie in [0, 1]."""
+    """``"0,0.1,0.2"`` -> (0.0, 0.1, 0.2), each checked to lie in [0, 1]; an empty item or a repeated p is
+    a one-line UsageError (never skipped or merged)."""
     from cdred_pipeline.envs import check_tremble
 
-    return tuple(check_tremble(p.strip()) for p in str(text).split(",") if p.strip())
+    items = [p.strip() for p in str(text).split(",")]
+    if any(not p for p in items):
+        raise UsageError(f"tremble list {text!r} has an empty item: write the probabilities separated by single "
+                         "commas")
+    out = tuple(check_tremble(p) for p in items)
+    _check_distinct("tremble p", out)
+    return out
 
 
 def bootstrap_ci(values: np.ndarray, *, level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES,
@@ -135,22 +158,55 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
     os.replace(tmp, path)
 
 
-def _plot(path: Path, aggs: list[dict[str, Any]], title: str) -> None:
+def _score_levels(scores: dict[str, Any]) -> dict[str, float]:
+    """The expert and random mean returns stored with the agent's demos (those known)."""
+    out = {}
+    for name in ("expert", "random"):
+        try:
+            out[name] = float(scores[name]["return_mean"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def return_axis_limits(aggs: list[dict[str, Any]], levels: dict[str, float]) -> tuple[float, float]:
+    """The return axis from 0 (or lower: the random level, the lowest mean - std) to above the highest
+    value drawn, so a drop is drawn at its true size relative to the returns, never zoomed in on."""
+    lows = [0.0, *levels.values(), *(a["return_mean"] - a["return_std"] for a in aggs)]
+    highs = [*levels.values(), *(a["return_mean"] + a["return_std"] for a in aggs)]
+    lo, hi = min(lows), max(highs + [0.0])
+    pad = 0.05 * (hi - lo) or 1.0
+    return lo if lo == 0.0 else lo - pad, hi + pad
+
+
+def _plot(path: Path, aggs: list[dict[str, Any]], scores: dict[str, Any], title: str) -> None:
+    """Return (mean, error bars: one std over the episodes of each p) and success against p, with the
+    expert and random returns as reference lines and the episode count in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ps = [a["p"] for a in aggs]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.errorbar(ps, [a["return_mean"] for a in aggs], yerr=[a["return_std"] for a in aggs], marker="o", capsize=3)
+    counts = sorted({a["episodes"] for a in aggs})
+    n = "/".join(str(c) for c in counts)
+    levels = _score_levels(scores)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.errorbar(ps, [a["return_mean"] for a in aggs], yerr=[a["return_std"] for a in aggs], marker="o", capsize=3,
+                 label=f"agent: mean ± 1 std over {n} episodes")
+    for name, style in (("expert", "--"), ("random", ":")):
+        if name in levels:
+            ax1.axhline(levels[name], color="grey", linestyle=style, label=f"{name} ({levels[name]:.1f})")
+    ax1.set_ylim(*return_axis_limits(aggs, levels))
     ax1.set_xlabel("tremble probability p")
     ax1.set_ylabel("episode return")
-    ax2.plot(ps, [a["success_rate"] for a in aggs], marker="o")
+    ax1.legend(fontsize=7, loc="best")
+    ax2.plot(ps, [a["success_rate"] for a in aggs], marker="o", label=f"fraction of {n} episodes")
     ax2.set_xlabel("tremble probability p")
     ax2.set_ylabel("success rate (any step)")
     ax2.set_ylim(-0.05, 1.05)
-    fig.suptitle(title)
+    ax2.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{title} ({n} episodes per p)")
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
@@ -284,7 +340,8 @@ def _target(cfg: EvalConfig, agent: str, store: ArtifactStore, scores: dict[str,
     policy, extra = load_agent(ckpt, device=cfg.device, plan=cfg.plan)
     task, obs_kind = extra.get("task"), extra.get("obs", "state")
     if not task:
-        raise CdredError(f"{ckpt}: the checkpoint does not say which task it was trained on", exit_code=2)
+        raise CheckpointError(f"{ckpt}: the checkpoint does not say which task it was trained on; pass a checkpoint "
+                              "written by collect-experts or imitate")
     keys = ("camera", "image_size", "render_profile", "action_repeat") if obs_kind == "rgb" else ("action_repeat",)
     # episodes as long as the agent was trained on (and the demos were), unless asked otherwise
     return _Target(ckpt=Path(ckpt), input_key=input_key, policy=policy, task=task, obs=obs_kind,
@@ -350,7 +407,7 @@ def _write_report(folder: Path, t: _Target, config: dict[str, Any], rows: list[d
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    _plot(folder / "tremble.png", aggs, f"{t.task}: return and success under tremble")
+    _plot(folder / "tremble.png", aggs, t.scores, f"{t.task}: return and success under tremble")
 
 
 def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = False, progress: bool = True,
@@ -366,6 +423,10 @@ def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = Fals
     from cdred_pipeline.executor import make_executor
 
     t = _target(cfg, agent, store, scores)
+    if cfg.videos > 0:
+        from cdred_pipeline.envs.gl import check_rendering_works
+
+        check_rendering_works()  # a missing GL backend fails now, not at the first filmed episode
     config = _key_config(cfg, t)
     art = store.begin(STAGE, VERSION, config, {"agent": t.input_key}, force=force,
                       description=f"evaluate {t.task} under tremble {list(cfg.tremble)}")
@@ -396,9 +457,8 @@ def _check_obs_shape(ckpt: Path, agent: Any, env: Any) -> None:
     want = tuple(agent.obs_shape)
     have = tuple(env.observation_space.shape)
     if want != have:
-        raise CdredError(f"{ckpt}: the agent observes {want} but the env gives {have} "
-                         "(a pixel agent on a state env or the reverse); evaluate with the agent's own obs kind",
-                         exit_code=2)
+        raise CheckpointError(f"{ckpt}: the agent observes {want} but the env gives {have} "
+                              "(a pixel agent on a state env or the reverse); evaluate with the agent's own obs kind")
 
 
 def format_table(aggs: list[dict[str, Any]]) -> str:
