@@ -391,10 +391,34 @@ def describe_verification(v: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------- contact sheet
+def _label_font(width: int) -> Any:
+    """Pillow's bundled font at a size that fits a label in a tile ``width`` pixels wide."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=max(8, min(14, width // 6)))
+    except (TypeError, OSError, ImportError):  # a Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def label_tile(tile: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``tile`` (H, W, 3) uint8 with ``text`` in white on a black box at its top-left corner."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(tile))
+    draw = ImageDraw.Draw(img)
+    font = _label_font(img.width)
+    _, _, right, bottom = draw.textbbox((2, 1), text, font=font)
+    draw.rectangle((0, 0, min(right + 2, img.width - 1), min(bottom + 2, img.height - 1)), fill=(0, 0, 0))
+    draw.text((2, 1), text, fill=(255, 255, 255), font=font)
+    return np.asarray(img)
+
+
 def contact_sheet(frames_of: Callable[[int], np.ndarray], num_episodes: int, path: str | os.PathLike, *,
                   episodes: int = 4, columns: int = 8, gap: int = 2) -> Path:
     """Write a PNG grid: one row per episode (up to ``episodes``, evenly spread), ``columns`` frames
-    evenly spread over the episode's T+1 frames, ``gap`` white pixels between tiles.
+    evenly spread over the episode's T+1 frames, ``gap`` white pixels between tiles; each tile is
+    labelled with its episode index and step (frame t shows the state after t steps).
 
     ``frames_of(i)`` returns episode i's frames (T+1, H, W, 3) uint8.
     """
@@ -407,7 +431,7 @@ def contact_sheet(frames_of: Callable[[int], np.ndarray], num_episodes: int, pat
     for i in rows:
         f = np.asarray(frames_of(i))
         cols = sorted({int(round(x)) for x in np.linspace(0, len(f) - 1, min(columns, len(f)))})
-        tiles.append([f[c] for c in cols])
+        tiles.append([label_tile(f[c], f"ep{i} t={c}") for c in cols])
     h, w = tiles[0][0].shape[:2]
     ncol = max(len(r) for r in tiles)
     sheet = np.full((len(tiles) * (h + gap) + gap, ncol * (w + gap) + gap, 3), 255, dtype=np.uint8)

@@ -199,6 +199,7 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
     ds = open_dataset(path)
     task = _check_input(path, ds)
     camera = camera_of(config, task)
+    _check_not_rendered(path, ds, camera)
     _check_image_size(path, ds, camera, config.size)
     ok, why = task_available(task.task)
     if not ok:
@@ -248,6 +249,15 @@ def _check_input(path: Path, ds: Any) -> ParsedTask:
     if ds.num_episodes == 0:
         raise DatasetError(f"{path}: has no episodes to render")
     return task
+
+
+def _check_not_rendered(path: Path, ds: Any, camera: str) -> None:
+    """Refuse a dataset that already holds ``camera``'s frames: rendering it again would copy the same
+    pixels into a new artifact under a new key."""
+    if camera in ds.cameras:
+        h, w = ds.image_shape(camera)[:2]
+        raise UsageError(f"{path}: already holds camera {camera} at {h}x{w} (rendered by render-visual); use it as "
+                         "it is (cdred imitate DATASET --obs rgb), or render another camera with --camera")
 
 
 def _check_image_size(path: Path, ds: Any, camera: str, size: int) -> None:
@@ -611,5 +621,6 @@ def summary_line(art: Artifact, *, cached: bool = False) -> str:
         rate += f" ({steady:.1f} steady)"
     v = R.describe_verification(m.get("verification") or {"status": "skipped", "reason": "not recorded"})
     where = f" ({last['executor']})" if last.get("executor") not in (None, "local") else ""
+    sheet = m.get("contact_sheet")
     return (f"{art.path / DATASET_NAME}\nframes: {head.get('frames')} ({done}); {rate}; workers "
-            f"{last.get('workers')}{where}\nverify: {v}")
+            f"{last.get('workers')}{where}\nverify: {v}" + (f"\ncontact sheet: {art.path / sheet}" if sheet else ""))
