@@ -11,7 +11,9 @@ import dataclasses
 import importlib
 import inspect
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +21,7 @@ import click
 
 from cdred_pipeline import __version__
 from cdred_pipeline.envs import OBS_KINDS, RENDER_PROFILES, SUITES
-from cdred_pipeline.errors import CdredError
+from cdred_pipeline.errors import EXIT_CODES, CdredError, UsageError
 from cdred_pipeline.executor import apply_threads
 from cdred_pipeline.presets import AGENT_PRESETS, PIPELINE_PRESETS
 from cdred_pipeline.stages import envs as envs_stage
@@ -47,15 +49,49 @@ def default_of(owner: Any, name: str) -> Any:
     return default
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    """``"0,1,2"`` -> (0, 1, 2); at least one integer."""
+def comma_items(text: str) -> list[str]:
+    """The stripped items of a comma list; an empty item (``"0.1,,0.2"``, a trailing comma) is an error, not
+    skipped, so what runs is exactly what was typed."""
+    items = [s.strip() for s in str(text).split(",")]
+    if any(not s for s in items):
+        raise click.BadParameter(f"{text!r} has an empty item: write the values separated by single commas")
+    return items
+
+
+def distinct(values: tuple, text: str) -> tuple:
+    """``values`` when no value repeats, else an error naming the repeated one (a repeated setting would run
+    twice and be reported as one)."""
+    seen: set = set()
+    for v in values:
+        if v in seen:
+            raise click.BadParameter(f"{text!r} lists {v!r} twice: name each value once")
+        seen.add(v)
+    return values
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2): at least one seed, each a distinct integer >= 0."""
     try:
-        out = tuple(int(s) for s in text.split(",") if s.strip())
+        out = tuple(int(s) for s in comma_items(text))
     except ValueError:
         raise click.BadParameter(f"must be a comma list of integers, got {text!r}") from None
-    if not out:
-        raise click.BadParameter(f"must name at least one integer, got {text!r}")
-    return out
+    negative = [s for s in out if s < 0]
+    if negative:
+        raise click.BadParameter(f"seeds are integers >= 0, got {negative[0]} in {text!r}")
+    return distinct(out, text)
+
+
+def tremble_list(text: str) -> tuple[float, ...]:
+    """``"0,0.1"`` -> (0.0, 0.1): distinct tremble probabilities in [0, 1] (:func:`parse_tremble_list`)."""
+    try:
+        return parse_tremble_list(text)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ("a", "b"): distinct non-empty names."""
+    return distinct(tuple(comma_items(text)), text)
 
 
 class CommaList(click.ParamType):
@@ -87,12 +123,39 @@ class LazyChoice(click.Choice):
 REWARD_MODES = LazyChoice("cdred_pipeline.reward.config", "MODES")
 G_CHOICES = LazyChoice("cdred_pipeline.reward.config", "G_NAMES")
 REWARD_SPACE_CHOICES = LazyChoice("cdred_pipeline.agent.config", "REWARD_SPACES")
-TREMBLE_LIST = CommaList(parse_tremble_list)
-INT_LIST = CommaList(int_list)
+TREMBLE_LIST = CommaList(tremble_list)
+SEED_LIST = CommaList(seed_list)
+NAME_LIST = CommaList(name_list)
+SEED = click.IntRange(min=0)
+POSITIVE = click.IntRange(min=1)
+COUNT = click.IntRange(min=0)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (an error is always one line on stderr)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 class _Group(click.Group):
-    """A click group that turns CdredError into a one-line message and an exit code."""
+    """A click group that turns CdredError and click's own usage errors into a one-line message and an exit
+    code of :data:`~cdred_pipeline.errors.EXIT_CODES`."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # noqa: D102
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rc = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = f" (`{exc.ctx.command_path} --help` lists the options)" if exc.ctx is not None else ""
+            click.echo(f"error: {one_line(exc.format_message())}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        sys.exit(rc if isinstance(rc, int) else 0)
 
     def invoke(self, ctx: click.Context):  # noqa: D102
         try:
@@ -100,7 +163,7 @@ class _Group(click.Group):
         except CdredError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: finished work units are kept; rerun the same command to resume", err=True)
@@ -113,7 +176,10 @@ _THREADS_HELP = ("CPU threads (torch, at most the cores) of this run and of each
                  "2-core machine). GPU work is unaffected.")
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+_EXIT_EPILOG = "\b\nExit codes (docs/cli.md):\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_EPILOG)
 @click.version_option(__version__, prog_name="cdred")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("cdred-runs"),
               show_default=True, envvar="CDRED_WORKDIR", help="Where cached stage artifacts live.")
@@ -128,14 +194,56 @@ def main(ctx: click.Context, workdir: Path, quiet: bool, debug: bool, threads: i
     Stages:  collect-experts -> render-visual -> package -> imitate -> evaluate
     Whole chain: cdred pipeline TASK
     """
+    from cdred_pipeline.envs.gl import choose_headless_backend
+
     ctx.ensure_object(dict)
-    ctx.obj.update(workdir=workdir, quiet=quiet, debug=debug, threads=apply_threads(threads))
+    # before anything imports mujoco, which fixes the backend at import
+    ctx.obj.update(workdir=workdir, quiet=quiet, debug=debug, threads=apply_threads(threads),
+                   gl_default=choose_headless_backend())
 
 
-def _store(ctx: click.Context) -> Any:
+def _announce_gl(ctx: click.Context) -> None:
+    """Say once, on stderr, which rendering backend was chosen when MUJOCO_GL was unset."""
+    chosen = ctx.obj.pop("gl_default", None)
+    if chosen:
+        click.echo(f"note: MUJOCO_GL is unset and there is no display: rendering with MUJOCO_GL={chosen} "
+                   "(set MUJOCO_GL to choose another backend)", err=True)
+
+
+def check_workdir(workdir: Path) -> Path:
+    """``--workdir`` as a folder this process can write in, created when missing; a one-line UsageError
+    otherwise, before any work starts."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--workdir {workdir}: cannot create it ({exc.strerror or exc}); pass a folder you can "
+                         "write in (or set CDRED_WORKDIR)") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UsageError(f"--workdir {workdir}: not writable; pass a folder you can write in (or set CDRED_WORKDIR)")
+    return workdir
+
+
+def _store(ctx: click.Context, *, write: bool = True) -> Any:
+    """The artifact store of ``--workdir`` (checked writable first when the command writes into it)."""
     from cdred_pipeline.artifacts import ArtifactStore
 
+    if write and not ctx.obj.get("workdir_ok"):
+        check_workdir(ctx.obj["workdir"])
+        ctx.obj["workdir_ok"] = True
     return ArtifactStore(ctx.obj["workdir"])
+
+
+def _cached_line(art: Any, started: float) -> str | None:
+    """``cached: ...`` when ``art`` was complete before ``started`` (taken from the cache, nothing run now)."""
+    if float(art.manifest.get("finished", 0) or 0) >= started:
+        return None
+    return f"cached: {art.stage}/{art.key} was complete already, nothing run now (--force redoes it)"
+
+
+def _echo_cached(art: Any, started: float) -> None:
+    line = _cached_line(art, started)
+    if line:
+        click.echo(line)
 
 
 def _progress(ctx: click.Context) -> bool:
@@ -190,7 +298,7 @@ def status(ctx: click.Context) -> None:
     """List cached artifacts: stage, key, status, age, headline figure."""
     import time
 
-    arts = _store(ctx).list()
+    arts = _store(ctx, write=False).list()
     if not arts:
         click.echo(f"no artifacts under {ctx.obj['workdir']}")
         return
@@ -207,7 +315,7 @@ def status(ctx: click.Context) -> None:
 @click.pass_context
 def show(ctx: click.Context, key: str) -> None:
     """Print one artifact's manifest (KEY may be a unique prefix)."""
-    art = _store(ctx).find(key)
+    art = _store(ctx, write=False).find(key)
     if art.manifest.get("status") == "corrupt":
         raise CdredError(art.manifest["error"])
     click.echo(f"# {art.path}")
@@ -307,21 +415,21 @@ _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and ra
 @click.argument("task")
 @click.option("--policy", type=click.Choice(POLICIES), default=None,
               help="Expert source: train TD-MPC2 (default), Meta-World scripted policy, or --checkpoint.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Collect with this cdred agent checkpoint instead of training one.")
 @click.option("--preset", type=click.Choice(list(AGENT_PRESETS)), default=default_of(CollectConfig, "preset"),
               show_default=True, help="Agent size preset.")
 @click.option("--train-steps", "train_env_steps", type=click.IntRange(min=1),
               default=default_of(CollectConfig, "train_env_steps"), show_default=True,
               help="Env steps of expert training.")
-@click.option("--episodes", type=int, default=default_of(CollectConfig, "episodes"), show_default=True,
+@click.option("--episodes", type=POSITIVE, default=default_of(CollectConfig, "episodes"), show_default=True,
               help="Expert episodes to collect.")
-@click.option("--random-episodes", type=int, default=default_of(CollectConfig, "random_episodes"),
+@click.option("--random-episodes", type=COUNT, default=default_of(CollectConfig, "random_episodes"),
               show_default=True, help="Random-policy episodes for the score baseline.")
-@click.option("--episode-length", type=int, default=default_of(CollectConfig, "episode_length"),
+@click.option("--episode-length", type=POSITIVE, default=default_of(CollectConfig, "episode_length"),
               help="Agent steps per episode (task default if unset).")
-@click.option("--seed", type=int, default=default_of(CollectConfig, "seed"), show_default=True)
-@click.option("--seeds", type=INT_LIST, default=None,
+@click.option("--seed", type=SEED, default=default_of(CollectConfig, "seed"), show_default=True)
+@click.option("--seeds", type=SEED_LIST, default=None,
               help="Comma list of seeds (e.g. 0,1,2): one expert and dataset per (task, seed), through the "
                    "executor (--workers / --ray-address); replaces --seed.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help=_WORKERS_HELP)
@@ -347,11 +455,15 @@ def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoin
     tasks = stage.parse_tasks(task)  # every id checked before anything runs
     policy = policy or ("checkpoint" if checkpoint else default_of(CollectConfig, "policy"))
     cfg = stage.CollectConfig(task=tasks[0], policy=policy, checkpoint=checkpoint, **opts)
+    store = _store(ctx)
+    _announce_gl(ctx)  # the dataset's probe frames are rendered
     if len(tasks) > 1 or seeds is not None or workers is not None or ray_address is not None:
         _collect_units(ctx, cfg, tasks, seeds or (cfg.seed,), workers, ray_address, force)
         return
-    art = stage.run(cfg, _store(ctx), force=force, progress=_progress(ctx))
+    started = time.time()
+    art = stage.run(cfg, store, force=force, progress=_progress(ctx))
     _echo_demos(ctx, cfg, art)
+    _echo_cached(art, started)
 
 
 def _echo_demos(ctx: click.Context, cfg: Any, art: Any) -> None:
@@ -379,6 +491,7 @@ def _collect_units(ctx: click.Context, cfg: Any, tasks: list[str], seeds: tuple[
     from cdred_pipeline.executor import executor_for
     from cdred_pipeline.stages import collect_experts as stage
 
+    started = time.time()
     with executor_for(workers, ray_address) as ex:
         arts = stage.run_units(cfg, tasks, seeds, _store(ctx), executor=ex, force=force, progress=_progress(ctx))
     units = [(t, s) for t in tasks for s in seeds]
@@ -387,13 +500,14 @@ def _collect_units(ctx: click.Context, cfg: Any, tasks: list[str], seeds: tuple[
         ret = f"expert return {s['return_mean']:9.2f} ± {s['return_std']:.2f}" if s else ""
         who = f"seed {seed}" if len(tasks) == 1 else f"{task} seed {seed}"
         click.echo(f"{who}: {art.path / stage.DATASET_NAME}  ({art.manifest.get('episodes')} episodes, "
-                   f"{art.manifest.get('steps')} steps)  {ret}  key: {art.key}")
+                   f"{art.manifest.get('steps')} steps)  {ret}  key: {art.key}"
+                   + ("  (cached)" if _cached_line(art, started) else ""))
 
 
 # ------------------------------------------------------------------------------- render-visual
 @main.command("render-visual")
 @click.argument("dataset")
-@click.option("--size", type=int, default=default_of(RenderConfig, "size"), show_default=True,
+@click.option("--size", type=click.IntRange(16, 512), default=default_of(RenderConfig, "size"), show_default=True,
               help="Image side in pixels (16-512).")
 @click.option("--camera", default=default_of(RenderConfig, "camera"),
               help="Camera name or id (default: the task's camera, as make_env uses online).")
@@ -406,7 +520,7 @@ def _collect_units(ctx: click.Context, cfg: Any, tasks: list[str], seeds: tuple[
                    "every node sees.")
 @click.option("--render-profile", type=click.Choice(RENDER_PROFILES), default=default_of(RenderConfig, "render_profile"),
               help="Render profile (default: the dataset's own, which the online env must use too).")
-@click.option("--chunk-episodes", type=int, default=default_of(RenderConfig, "chunk_episodes"), show_default=True,
+@click.option("--chunk-episodes", type=COUNT, default=default_of(RenderConfig, "chunk_episodes"), show_default=True,
               help="Episodes per work unit (0 = auto).")
 @click.option("--verify/--no-verify", default=default_of(RenderConfig, "verify"), show_default=True,
               help="Re-render the collection-time probe frames and compare their hashes.")
@@ -416,7 +530,6 @@ def render_visual(ctx: click.Context, dataset: str, workers: int | None, ray_add
                   **opts: Any) -> None:
     """Render every stored physics state of DATASET (a demos.zarr path or an artifact key) into a new
     pixel dataset: data/rgb/<camera>, exactly the frames the online pixel env shows."""
-    import time
     import warnings
 
     from cdred_pipeline.executor import executor_for
@@ -424,6 +537,7 @@ def render_visual(ctx: click.Context, dataset: str, workers: int | None, ray_add
 
     cfg = stage.RenderConfig(workers=workers or default_of(RenderConfig, "workers"), **opts)
     store = _store(ctx)
+    _announce_gl(ctx)
     path = stage.resolve_dataset(dataset, store)
     started = time.time()
     with executor_for(workers, ray_address) as ex, warnings.catch_warnings(record=True) as caught:
@@ -470,19 +584,19 @@ def _imitate_default(name: str) -> Any:
 @click.option("--detach-reward-input", is_flag=True, default=_imitate_default("detach_reward_input"),
               help="Stop the predictor loss's gradient into the latent (encoder and dynamics); the paper's "
                    "code lets it flow.")
-@click.option("--num-demos", type=int, default=_imitate_default("num_demos"),
+@click.option("--num-demos", type=POSITIVE, default=_imitate_default("num_demos"),
               help="Use only the first N expert episodes.")
 @click.option("--tremble", type=float, default=_imitate_default("tremble"), show_default=True,
               help="Train under tremble noise p.")
-@click.option("--seed", type=int, default=_imitate_default("seed"), show_default=True)
+@click.option("--seed", type=SEED, default=_imitate_default("seed"), show_default=True)
 @click.option("--plan/--no-plan", default=_imitate_default("plan"), show_default=True,
               help="Act with MPPI planning on the CDRED reward (Eq. 17) or the policy prior alone.")
 @click.option("--camera", default=_imitate_default("camera"),
               help="Pixel runs: which rendered camera (default: the dataset's).")
-@click.option("--eval-every", "eval_every", type=int, default=_imitate_default("eval_every"), show_default=True,
+@click.option("--eval-every", "eval_every", type=POSITIVE, default=_imitate_default("eval_every"), show_default=True,
               help="Env steps between evaluations.")
-@click.option("--eval-episodes", type=int, default=_imitate_default("eval_episodes"), show_default=True)
-@click.option("--seed-steps", "seed_agent_steps", type=int, default=_imitate_default("seed_agent_steps"),
+@click.option("--eval-episodes", type=COUNT, default=_imitate_default("eval_episodes"), show_default=True)
+@click.option("--seed-steps", "seed_agent_steps", type=COUNT, default=_imitate_default("seed_agent_steps"),
               help="Agent steps of random actions before updates start (default max(1000, 5 x episode length)).")
 @click.option("--diagnose/--no-diagnose", default=_imitate_default("diagnose"), show_default=True,
               help="Log reward on expert vs random vs current-policy data at each evaluation.")
@@ -495,7 +609,11 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
     from cdred_pipeline.stages import imitate as stage
 
     cfg = stage.ImitateConfig(**opts)
-    art = stage.run(cfg, dataset, _store(ctx), force=force, progress=_progress(ctx))
+    store = _store(ctx)
+    if cfg.obs == "rgb":
+        _announce_gl(ctx)
+    started = time.time()
+    art = stage.run(cfg, dataset, store, force=force, progress=_progress(ctx))
     head = art.manifest.get("headline", {})
     score = head.get("normalized_score")
     method = cfg.method
@@ -506,6 +624,7 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
                f"{'-' if score is None else f'{score:.1f}'}")
     click.echo(f"  curve {art.path / 'curve.png'}, metrics {art.path / 'metrics.jsonl'}")
     click.echo(f"key: {art.key}  (evaluate with `cdred evaluate {art.key} --tremble 0.1`)")
+    _echo_cached(art, started)
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -513,15 +632,15 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
 @click.argument("agent")
 @click.option("--tremble", type=TREMBLE_LIST, default=default_of(EvalConfig, "tremble"), show_default=True,
               help="Tremble probability p in [0, 1], or a comma list to sweep (e.g. 0,0.1,0.2).")
-@click.option("--episodes", type=int, default=default_of(EvalConfig, "episodes"), show_default=True,
+@click.option("--episodes", type=POSITIVE, default=default_of(EvalConfig, "episodes"), show_default=True,
               help="Episodes per seed and p.")
-@click.option("--seeds", type=INT_LIST, default=default_of(EvalConfig, "seeds"), show_default=True,
+@click.option("--seeds", type=SEED_LIST, default=default_of(EvalConfig, "seeds"), show_default=True,
               help="Comma list of evaluation seeds.")
-@click.option("--videos", type=int, default=default_of(EvalConfig, "videos"), show_default=True,
+@click.option("--videos", type=COUNT, default=default_of(EvalConfig, "videos"), show_default=True,
               help="Rollout videos (mp4) to write.")
 @click.option("--plan/--no-plan", default=default_of(EvalConfig, "plan"),
               help="Act with MPPI or the policy prior (checkpoint default).")
-@click.option("--episode-length", type=int, default=default_of(EvalConfig, "episode_length"),
+@click.option("--episode-length", type=POSITIVE, default=default_of(EvalConfig, "episode_length"),
               help="Agent steps per episode (task default if unset).")
 @click.option("--device", default=default_of(EvalConfig, "device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--scores-from", "scores_from", default=None,
@@ -543,11 +662,20 @@ def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | Non
     from cdred_pipeline.stages.common import dataset_scores
 
     cfg = stage.EvalConfig(**opts)
-    scores = dataset_scores(scores_from, _store(ctx)) if scores_from else None
+    store = _store(ctx)
+    if cfg.videos:
+        _announce_gl(ctx)
+    scores = dataset_scores(scores_from, store) if scores_from else None
+    started = time.time()
     with executor_for(workers, ray_address) as ex:
-        art = stage.run(cfg, agent, _store(ctx), force=force, progress=_progress(ctx), scores=scores, executor=ex)
+        art = stage.run(cfg, agent, store, force=force, progress=_progress(ctx), scores=scores, executor=ex)
     click.echo(stage.format_table(art.manifest["aggregates"]))
-    click.echo(f"report: {art.path / 'report.json'}\nplot:   {art.path / 'tremble.png'}\nkey:    {art.key}")
+    click.echo(f"report: {art.path / 'report.json'}\nplot:   {art.path / 'tremble.png'}")
+    videos = sorted((art.path / "videos").glob("*.mp4"))
+    if videos:
+        click.echo(f"videos: {art.path / 'videos'}  ({len(videos)} mp4)")
+    click.echo(f"key:    {art.key}")
+    _echo_cached(art, started)
 
 
 # ------------------------------------------------------------------------------------ pipeline
@@ -560,7 +688,7 @@ def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | Non
 @click.option("--reward", type=REWARD_MODES, default=default_of(PipelineConfig, "reward"), show_default=True)
 @click.option("--tremble", type=TREMBLE_LIST, default=default_of(PipelineConfig, "tremble"), show_default=True,
               help="Evaluation tremble probabilities.")
-@click.option("--seed", type=int, default=default_of(PipelineConfig, "seed"), show_default=True)
+@click.option("--seed", type=SEED, default=default_of(PipelineConfig, "seed"), show_default=True)
 @click.option("--expert-policy", type=click.Choice(EXPERT_POLICIES), default=default_of(PipelineConfig, "expert_policy"),
               help="Expert source (default: scripted for Meta-World, TD-MPC2 otherwise).")
 @click.option("--device", default=default_of(PipelineConfig, "device"), show_default=True, help="auto | cpu | cuda")
@@ -570,22 +698,22 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
     """The whole chain for TASK: collect-experts -> (render-visual) -> imitate -> evaluate, all cached."""
     from cdred_pipeline.stages import pipeline as stage
 
-    result = stage.run(stage.PipelineConfig(task=task, **opts), _store(ctx), force=force, progress=_progress(ctx))
+    cfg = stage.PipelineConfig(task=task, **opts)
+    store = _store(ctx)
+    _announce_gl(ctx)
+    result = stage.run(cfg, store, force=force, progress=_progress(ctx))
     click.echo(stage.format_summary(result))
 
 
 # --------------------------------------------------------------------------------------- sweep
-NAME_LIST = CommaList(lambda text: tuple(s.strip() for s in text.split(",") if s.strip()))
-
-
 @main.command()
-@click.option("--tasks", required=True, help="Comma list of task ids (dmc:cartpole-balance,mw:reach-wall).")
-@click.option("--seeds", type=INT_LIST, default=default_of(SweepConfig, "seeds"), show_default=True,
+@click.option("--tasks", required=True, type=NAME_LIST, help="Comma list of task ids (dmc:cartpole-balance,mw:reach-wall).")
+@click.option("--seeds", type=SEED_LIST, default=default_of(SweepConfig, "seeds"), show_default=True,
               help="Comma list of run seeds: one imitate + evaluate run per (task, method, seed).")
 @click.option("--methods", type=NAME_LIST, default=default_of(SweepConfig, "methods"), show_default=True,
               help="Comma list of methods (stages/sweep.py METHODS: cdred, red).")
-@click.option("--preset", default=default_of(SweepConfig, "preset"), show_default=True,
-              help=f"Pipeline preset ({', '.join(PIPELINE_PRESETS)}); its settings make every stage.")
+@click.option("--preset", type=click.Choice(list(PIPELINE_PRESETS)), default=default_of(SweepConfig, "preset"),
+              show_default=True, help="Pipeline preset; its settings make every stage.")
 @click.option("--num-demos", type=click.IntRange(min=1), default=default_of(SweepConfig, "num_demos"),
               help="Demo episodes collected per task and used by every run (default: the preset's).")
 @click.option("--env-steps", type=click.IntRange(min=1), default=default_of(SweepConfig, "env_steps"),
@@ -593,7 +721,7 @@ NAME_LIST = CommaList(lambda text: tuple(s.strip() for s in text.split(",") if s
 @click.option("--eval-episodes", type=click.IntRange(min=1), default=default_of(SweepConfig, "eval_episodes"),
               help="Episodes of each run's final evaluation, tremble 0 (default: 100 for cpu and paper, else the "
                    "preset's).")
-@click.option("--expert-seed", type=int, default=default_of(SweepConfig, "expert_seed"), show_default=True,
+@click.option("--expert-seed", type=SEED, default=default_of(SweepConfig, "expert_seed"), show_default=True,
               help="Seed of each task's expert and demos (shared by every method and seed).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Runs in this many local processes (or Ray CPUs with --ray-address local).")
@@ -615,8 +743,10 @@ def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, **op
     from cdred_pipeline.stages import sweep as stage
 
     cfg = stage.SweepConfig(**opts)
+    store = _store(ctx)
+    _announce_gl(ctx)
     with executor_for(workers, ray_address) as ex:
-        result = stage.run(cfg, _store(ctx), executor=ex, progress=_progress(ctx))
+        result = stage.run(cfg, store, executor=ex, progress=_progress(ctx))
     click.echo(f"results: {result.csv}\nsummary: {result.summary}\nfigures: {result.folder / 'figures'} "
                f"({len(result.figures)})\n")
     click.echo(stage.format_table(result))
