@@ -14,8 +14,9 @@ for evaluate, episode ranges for render-visual) runs through :func:`make_executo
 ``Executor.map(fn, units)`` calls ``fn(unit)`` for every unit and returns the results in unit order.
 ``fn`` must be a module-level function and the units picklable (they travel to other processes).
 A unit that raises is retried ``retries`` times (a lost worker process counts as a failure of the
-units it held); :class:`~cdred_pipeline.errors.CdredError` (bad input: deterministic) is never
-retried. Each finished unit's result is handed to ``on_result(index, result)`` on the driver as soon
+units it held), except for the errors of :data:`NOT_RETRIED`: a
+:class:`~cdred_pipeline.errors.CdredError` (bad input) or an error that the same arguments raise
+again (a ValueError, TypeError, ...: a unit is a pure function of its arguments), which fail at once. Each finished unit's result is handed to ``on_result(index, result)`` on the driver as soon
 as it arrives, so a driver that records finished units there loses none of them when another unit
 or a worker fails later. If a unit still fails after its retries, ``map`` waits for the other units,
 then raises :class:`ExecutorError` (a CdredError naming the unit) or re-raises the unit's CdredError.
@@ -51,6 +52,16 @@ DEFAULT_THREADS = 1
 THREAD_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 OnResult = Callable[[int, Any], None]
+
+NOT_RETRIED: tuple[type[BaseException], ...] = (CdredError, ValueError, TypeError, LookupError, AttributeError,
+                                                ArithmeticError, AssertionError, NotImplementedError)
+"""Errors a retry cannot cure: bad input (CdredError) and errors of the unit's arguments or code. The others
+(a lost worker, OSError, MemoryError, RuntimeError such as an out-of-memory device) may pass on a retry."""
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a unit that raised ``exc`` may succeed when run again (see :data:`NOT_RETRIED`)."""
+    return not isinstance(exc, NOT_RETRIED)
 
 
 class ExecutorError(CdredError):
@@ -141,7 +152,7 @@ class _Tracker:
     def failure(self, i: int, exc: BaseException) -> bool:
         """Record a failed attempt; True when the unit should run again."""
         self.attempts[i] += 1
-        if isinstance(exc, CdredError) or self.attempts[i] > self.retries:
+        if not retryable(exc) or self.attempts[i] > self.retries:
             self.errors[i] = exc
             return False
         return True
@@ -154,6 +165,9 @@ class _Tracker:
             if isinstance(exc, CdredError):
                 raise exc
             more = f" ({len(self.errors) - 1} more units failed too)" if len(self.errors) > 1 else ""
+            if not retryable(exc):
+                raise ExecutorError(f"work unit {i} failed: {_describe(exc)}{more}; not retried: the same inputs fail "
+                                    "the same way (a bad input or a bug; --debug shows the traceback)") from exc
             raise ExecutorError(f"work unit {i} failed after {self.attempts[i]} attempts: {_describe(exc)}{more}; "
                                 f"finished units are kept, rerun the same command to resume") from exc
         return self.results
