@@ -72,6 +72,21 @@ def environment_versions() -> dict[str, str]:
     return versions
 
 
+def machine_facts() -> dict[str, Any]:
+    """What besides the seed changes a run's floating-point results, recorded in every manifest: the
+    CPU model (its vector kernels), the core count and torch's thread count (the order of reductions)."""
+    facts: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        facts["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                            if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    torch = sys.modules.get("torch")  # only when the stage loaded it: `status` and `package` stay torch-free
+    if torch is not None:
+        facts["torch_threads"] = torch.get_num_threads()
+    return facts
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as fh:
@@ -392,11 +407,14 @@ class ArtifactStore:
                 manifest = {
                     "format": MANIFEST_FORMAT, "stage": stage, "stage_version": int(version), "key": key,
                     "config": _plain(config), "inputs": _plain(inputs or {}), "versions": environment_versions(),
+                    "machine": machine_facts(),
                     "status": "partial", "created": time.time(), "units": [], "timings": {}, "headline": {},
                     "description": description, "resumed": 0,
                 }
             else:
                 manifest["resumed"] = int(manifest.get("resumed", 0)) + 1
+                if machine_facts() != manifest.get("machine"):  # floating-point results may differ after this
+                    manifest.setdefault("resumed_on", []).append(machine_facts())
             art = Artifact(self, stage, key, partial, manifest, _lock_fh=fh)
             art._save()
             return art

@@ -161,6 +161,7 @@ def test_manifest_lists_every_file_with_size_and_sha256(tmp_path):
     assert sorted(files) == ["agent.pt", "sub/chunk.0"]
     assert files["sub/chunk.0"]["bytes"] == 100 and len(files["agent.pt"]["sha256"]) == 64
     assert store.get("demo", key).key == key and store.problems(art) == []
+    assert art.manifest["machine"]["cores"] == os.cpu_count() and art.manifest["machine"]["cpu"]
 
 
 def test_damaged_cached_artifact_is_refused_on_reuse(tmp_path):
