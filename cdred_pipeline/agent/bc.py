@@ -26,8 +26,9 @@ from torch import Tensor
 
 from cdred_pipeline.agent.agent import TDMPC2Agent
 from cdred_pipeline.agent.buffer import ReplayBuffer
-from cdred_pipeline.agent.trainer import TrainerConfig, append_jsonl, evaluation_figures, plot_learning_curve
-from cdred_pipeline.errors import TrainingDivergedError
+from cdred_pipeline.agent.trainer import (TrainerConfig, append_jsonl, evaluation_figures, plot_learning_curve, read_jsonl,
+                                          rollback_metrics)
+from cdred_pipeline.errors import CdredError, TrainingDivergedError
 
 
 def bc_loss(agent: TDMPC2Agent, obs: Tensor, action: Tensor) -> Tensor:
@@ -98,41 +99,74 @@ def train_bc(eval_env_fn: Callable[[], Any], agent: TDMPC2Agent, expert_buffer: 
              reference_lines: Optional[dict[str, float]] = None, progress: bool = True) -> dict[str, Any]:
     """Clone the expert buffer's actions on the online schedule of ``cfg`` (:func:`bc_schedule`); writes
     ``agent.pt`` (at every mark), ``metrics.jsonl`` (an ``eval`` row per mark with ``agent_step``,
-    ``env_step``, ``update_step`` and the mean BC loss since the last mark) and ``curve.png``. A rerun
-    starts over. Returns a summary with the online trainer's keys."""
+    ``env_step``, ``update_step`` and the mean BC loss since the last mark) and ``curve.png``. A rerun on
+    the same folder resumes from the last mark's ``agent.pt`` (weights, optimisers, every RNG and the
+    expert buffer's sampling generator), exactly. Returns a summary with the online trainer's keys."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"checkpoint": out / "agent.pt", "metrics": out / "metrics.jsonl", "curve": out / "curve.png"}
-    paths["metrics"].unlink(missing_ok=True)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
     marks, due = bc_schedule(cfg, episode_length)
+    done, elapsed = _bc_resume(agent, expert_buffer, cfg, paths)
     title, extra = str((extra or {}).get("task", "")), {**(extra or {}), "trainer_config": dataclasses.asdict(cfg),
                                                          "action_repeat": action_repeat}
-    env, started, rows = eval_env_fn(), time.time(), []
-    bar = tqdm(total=due[-1], desc="bc", disable=not progress)
-    for step, n in zip(marks, due):
+    env, clock = eval_env_fn(), (time.time(), elapsed)
+
+    def wall_s() -> float:
+        return clock[1] + time.time() - clock[0]
+
+    def plot() -> None:
+        plot_learning_curve(paths["metrics"], paths["curve"], title=title, reference_lines=reference_lines,
+                            env_reward_seen=False)
+
+    bar = tqdm(total=due[-1], initial=agent.update_step, desc="bc", disable=not progress)
+    for step, n in ((m, d) for m, d in zip(marks, due) if done is None or m > done):
         losses = [bc_update(agent, expert_buffer.sample(agent.cfg.batch_size, 1)) for _ in range(n - agent.update_step)]
         bar.update(len(losses))
         if cfg.eval_episodes > 0:
-            rows.append({"kind": "eval", "agent_step": step, "env_step": step * action_repeat,
-                         "update_step": agent.update_step, "episode": -(-step // episode_length),
-                         "bc_loss": float(np.mean(losses)) if losses else None, **evaluation_figures(env, agent, cfg),
-                         "wall_s": time.time() - started})
-            append_jsonl(paths["metrics"], rows[-1])
-            plot_learning_curve(paths["metrics"], paths["curve"], title=title, reference_lines=reference_lines)
-        agent.save(paths["checkpoint"], extra={**extra, "bc_agent_step": step})
+            append_jsonl(paths["metrics"], {
+                "kind": "eval", "agent_step": step, "env_step": step * action_repeat, "update_step": agent.update_step,
+                "episode": -(-step // episode_length), "bc_loss": float(np.mean(losses)) if losses else None,
+                **evaluation_figures(env, agent, cfg), "wall_s": wall_s()})
+            plot()
+        agent.save(paths["checkpoint"], extra={**extra, "bc_agent_step": step, "bc_elapsed_s": wall_s(),
+                                               "samplers": {"expert": expert_buffer.sampler_state()}})
     bar.close()
     env.close()
-    plot_learning_curve(paths["metrics"], paths["curve"], title=title, reference_lines=reference_lines)
+    plot()
+    return _bc_summary(agent, cfg, action_repeat, paths, wall_s(), done)
+
+
+def _bc_resume(agent: TDMPC2Agent, expert_buffer: ReplayBuffer, cfg: TrainerConfig,
+               paths: dict[str, Path]) -> tuple[Optional[int], float]:
+    """Continue from ``agent.pt`` when it is a BC checkpoint of this run (restoring the agent, the global
+    RNGs and the expert buffer's sampler, and dropping metrics rows after it), else start fresh (seeding
+    the global RNGs, clearing old metrics). Returns (agent step resumed from or None, wall seconds so far)."""
+    if paths["checkpoint"].exists():
+        extra = agent.load_state(paths["checkpoint"], restore_rng=True)
+        if "bc_agent_step" not in extra or "samplers" not in extra:
+            raise CdredError(f"{paths['checkpoint']} is not a checkpoint of a BC run; use another out_dir")
+        expert_buffer.load_sampler_state(extra["samplers"]["expert"], what="expert buffer")
+        step = int(extra["bc_agent_step"])
+        rollback_metrics(paths["metrics"], step)
+        return step, float(extra.get("bc_elapsed_s", 0.0))
+    paths["metrics"].unlink(missing_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    return None, 0.0
+
+
+def _bc_summary(agent: TDMPC2Agent, cfg: TrainerConfig, action_repeat: int, paths: dict[str, Path], wall_s: float,
+                resumed_from: Optional[int]) -> dict[str, Any]:
+    """The online trainer's summary keys for a BC run, from its ``eval`` rows."""
+    rows = [r for r in read_jsonl(paths["metrics"]) if r.get("kind") == "eval"]
     last = rows[-1] if rows else {}
     return {"agent_step": cfg.agent_steps, "env_step": cfg.agent_steps * action_repeat,
             "update_step": agent.update_step, "episodes": 0, "final_eval_return": last.get("eval_return_mean"),
             "final_eval_success_rate": last.get("eval_success_rate"),
             "best_eval_return": max((r["eval_return_mean"] for r in rows), default=None),
-            "wall_s": time.time() - started, "resumed_from": None, "action_repeat": action_repeat,
+            "wall_s": wall_s, "resumed_from": resumed_from, "action_repeat": action_repeat,
             "torch_threads": torch.get_num_threads(), **{k: str(v) for k, v in paths.items()}}
 
 

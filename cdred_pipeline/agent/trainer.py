@@ -140,7 +140,7 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         fh.flush()
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The rows of a JSON-lines file; a line cut by a kill is skipped."""
     rows = []
     if path.exists():
@@ -152,25 +152,28 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _rollback_metrics(path: Path, agent_step: int) -> None:
+def rollback_metrics(path: Path, agent_step: int) -> None:
     """Keep only rows up to ``agent_step`` (rows written after the checkpoint are redone)."""
     if not path.exists():
         return
-    rows = [r for r in _read_jsonl(path) if r.get("agent_step", 0) <= agent_step]
+    rows = [r for r in read_jsonl(path) if r.get("agent_step", 0) <= agent_step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, path)
 
 
 def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", title: str = "",
-                        reference_lines: Optional[dict[str, float]] = None) -> None:
+                        reference_lines: Optional[dict[str, float]] = None, env_reward_seen: bool = True) -> None:
     """Episode returns (train) and evaluation returns against env steps, written atomically (Agg).
 
-    ``reference_lines`` ({label: return}) are drawn as horizontal lines (e.g. the expert's return)."""
+    The evaluation band is mean +- std over each evaluation's episodes (the legend says how many).
+    ``reference_lines`` ({label: return}) are drawn as horizontal lines (e.g. the expert's return).
+    ``env_reward_seen`` False (imitation: the learner trains on its own reward model, or on the demos'
+    actions) labels the returns as the environment's, which the learner never saw."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = _read_jsonl(Path(metrics_path))
+    rows = read_jsonl(Path(metrics_path))
     train = [r for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
     fig = Figure(figsize=(7, 4), dpi=100)
@@ -179,20 +182,27 @@ def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", titl
     if train:
         ax.plot([r["env_step"] for r in train], [r["episode_return"] for r in train], ".", alpha=0.4, label="train episode")
     if evals:
-        x = [r["env_step"] for r in evals]
-        m = np.array([r["eval_return_mean"] for r in evals])
-        s = np.array([r["eval_return_std"] for r in evals])
-        ax.plot(x, m, "-o", label="eval (mean)")
-        ax.fill_between(x, m - s, m + s, alpha=0.2)
+        _plot_evals(ax, evals)
     for i, (label, value) in enumerate((reference_lines or {}).items()):
         ax.axhline(value, linestyle="--", color=f"C{i + 2}", label=label)
     ax.set_xlabel("env steps (simulator control steps)")
-    ax.set_ylabel("episode return")
-    ax.set_title(title)
+    ax.set_ylabel("episode return" if env_reward_seen else "env return (not seen by the learner)")
+    ax.set_title(title if env_reward_seen else f"{title}\n(the learner never saw the env reward)".strip())
     ax.grid(alpha=0.3)
     if train or evals or reference_lines:
         ax.legend(loc="lower right")
     save_figure_atomic(fig, png_path)
+
+
+def _plot_evals(ax: Any, evals: list[dict[str, Any]]) -> None:
+    """The evaluation means and their +-std band, labelled with the number of episodes per evaluation."""
+    x = [r["env_step"] for r in evals]
+    m = np.array([r["eval_return_mean"] for r in evals])
+    s = np.array([r["eval_return_std"] for r in evals])
+    counts = sorted({int(r.get("eval_episodes", 0)) for r in evals})
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    ax.plot(x, m, "-o", label="eval mean")
+    ax.fill_between(x, m - s, m + s, alpha=0.2, label=f"eval \u00b1 std over {n} episodes")
 
 
 # ------------------------------------------------------------------------------------------ loop
@@ -303,7 +313,7 @@ class OnlineTrainer:
             st.utd_updates = 0
             warnings.warn(f"resuming at agent step {st.agent_step} without a saved replay buffer; "
                           f"refilling {self.seed_steps} steps before updates resume", stacklevel=3)
-        _rollback_metrics(self.metrics_path, st.agent_step)
+        rollback_metrics(self.metrics_path, st.agent_step)
         return st.agent_step
 
     def _load_samplers(self, saved: dict[str, Any]) -> None:
@@ -412,7 +422,8 @@ class OnlineTrainer:
     def plot(self) -> None:
         """Redraw ``curve.png`` from ``metrics.jsonl``."""
         plot_learning_curve(self.metrics_path, self.png_path, title=str(self.task or ""),
-                            reference_lines=self.reference_lines)
+                            reference_lines=self.reference_lines,
+                            env_reward_seen=bool(self.agent.reward_head.uses_env_reward))
 
     # -------------------------------------------------------------------------------- checkpoint
     def checkpoint(self) -> None:
@@ -529,4 +540,4 @@ def train_online(env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConf
 
 
 __all__ = ["Laps", "OnlineTrainer", "TrainerConfig", "TrainerState", "append_jsonl", "evaluation_figures", "train_online",
-           "sample_batch", "plot_learning_curve"]
+           "sample_batch", "plot_learning_curve", "read_jsonl", "rollback_metrics"]
