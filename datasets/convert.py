@@ -21,12 +21,13 @@ Every output is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,12 @@ from cdred_pipeline.errors import DatasetError, UsageError
 
 from . import layout as L
 from .reader import Dataset, open_dataset
-from .writer import EpisodeWriter, publish
+from .validate import task_mismatch
+from .writer import EpisodeWriter, output_lock, publish
 
 __all__ = ["export_hdf5", "export_parquet", "import_hdf5", "import_parquet", "import_pickle",
-           "import_file", "merge_datasets", "detect_format", "canonical_task", "TASK_RE"]
+           "import_file", "merge_datasets", "detect_format", "canonical_task", "check_disjoint", "write_output",
+           "pickle_notice", "TASK_RE"]
 
 #: What a task id looks like (suite:name), e.g. ``dmc:cheetah-run``, ``mw:box-close``.
 TASK_RE = re.compile(r"^[a-z0-9_]+:[A-Za-z0-9_.\-]+$")
@@ -51,16 +54,52 @@ def _tmp_for(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _prepare_out(out: Path, overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise DatasetError(f"{out}: already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_for(out)
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    elif tmp.exists():
-        tmp.unlink()
+    _remove(tmp)
     return tmp
+
+
+def write_output(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Write a user-named output (file or folder) as stage artifacts are: under the output's lock
+    (``.<name>.lock`` next to it; a second writer of the same output waits for the first), into a
+    temporary name in the same folder (``write(tmp)``), then one atomic rename onto ``out``. Once it
+    holds the lock, a writer finds the output of the one before it: replaced only with ``overwrite``,
+    else a one-line DatasetError. ``out`` is never partial and nothing temporary is left on failure."""
+    with output_lock(out):
+        tmp = _prepare_out(out, overwrite)
+        try:
+            write(tmp)
+            publish(tmp, out, overwrite)
+        except BaseException:
+            _remove(tmp)
+            raise
+    return out
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_disjoint(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs (``--force`` would replace
+    or write into an input): a one-line UsageError. Paths are compared resolved (links followed)."""
+    target = Path(out).resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if _overlap(src, target):
+            how = "is" if src == target else ("contains" if src in target.parents else "lies inside")
+            raise UsageError(f"{out}: the output {how} the input {given}; write the output somewhere else")
 
 
 def _episode_blocks(ds: Dataset, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, int]]:
@@ -80,12 +119,11 @@ def _episode_blocks(ds: Dataset, block_bytes: int = _BLOCK_BYTES) -> Iterator[tu
 def _read_block(ds: Dataset, lo: int, hi: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Step arrays (keys ``data/...``) and episode arrays (``meta/...``) of episodes [lo, hi)."""
     s, e = int(ds.episode_starts[lo]), int(ds.episode_ends[hi - 1])
-    g = ds.group
-    data = {f"data/{k}": np.asarray(g[f"data/{k}"][s:e]) for k in L.DATA_KEYS}
-    meta = {f"meta/{k}": np.asarray(g[f"meta/{k}"][lo:hi]) for k in L.META_KEYS if k != "episode_ends"}
+    data = {f"data/{k}": ds.read(f"data/{k}", slice(s, e)) for k in L.DATA_KEYS}
+    meta = {f"meta/{k}": ds.read(f"meta/{k}", slice(lo, hi)) for k in L.META_KEYS if k != "episode_ends"}
     for cam in ds.cameras:
-        data[f"{L.RGB_GROUP}/{cam}"] = np.asarray(g[f"{L.RGB_GROUP}/{cam}"][s:e])
-        meta[f"{L.FINAL_RGB_GROUP}/{cam}"] = np.asarray(g[f"{L.FINAL_RGB_GROUP}/{cam}"][lo:hi])
+        data[f"{L.RGB_GROUP}/{cam}"] = ds.read(f"{L.RGB_GROUP}/{cam}", slice(s, e))
+        meta[f"{L.FINAL_RGB_GROUP}/{cam}"] = ds.read(f"{L.FINAL_RGB_GROUP}/{cam}", slice(lo, hi))
     return data, meta
 
 
@@ -94,6 +132,7 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     """Concatenate stores of the same task and dims (and cameras) into ``out``, in the given order."""
     if len(inputs) < 1:
         raise UsageError("merge: give at least one input dataset")
+    check_disjoint(inputs, out)
     dss = [open_dataset(p) for p in inputs]
     first = dss[0]
     ref = {"task": first.task, "obs_dim": first.obs_dim, "action_dim": first.action_dim,
@@ -119,7 +158,7 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     out = Path(out)
     if out.exists() and not overwrite:
         raise DatasetError(f"{out}: already exists; pass --force to replace it")
-    w = EpisodeWriter(out, attrs, overwrite=overwrite)
+    w = EpisodeWriter(out, attrs, overwrite=overwrite, wait=True)
     try:
         for ds in dss:
             for lo, hi in _episode_blocks(ds):
@@ -134,55 +173,62 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
 
 
 # ------------------------------------------------------------------------------------------ HDF5
+def _hdf5_demo(grp: Any, ds: Dataset, i: int, j: int, rows: tuple[int, int], data: Mapping[str, np.ndarray],
+               meta: Mapping[str, np.ndarray], image_compression: str | None) -> None:
+    """Write episode ``i`` (row ``j`` of the block's ``meta``, rows ``rows`` of its ``data``) as ``demo_<i>``."""
+    s, e = rows
+    d = grp.create_group(f"demo_{i}")
+    d.attrs["num_samples"] = e - s
+    d.attrs["seed"] = int(meta["meta/seed"][j])
+    d.attrs["success"] = bool(meta["meta/success"][j])
+    d.attrs["return"] = float(meta["meta/return"][j])
+    obs = data["data/obs"][s:e]
+    d.create_dataset("obs/state", data=obs)
+    d.create_dataset("next_obs/state", data=np.concatenate([obs[1:], meta["meta/final_obs"][j:j + 1]]))
+    for cam in ds.cameras:
+        fr = data[f"{L.RGB_GROUP}/{cam}"][s:e]
+        nxt = np.concatenate([fr[1:], meta[f"{L.FINAL_RGB_GROUP}/{cam}"][j:j + 1]])
+        kw = {"compression": image_compression} if image_compression else {}
+        d.create_dataset(f"obs/{cam}_image", data=fr, **kw)
+        d.create_dataset(f"next_obs/{cam}_image", data=nxt, **kw)
+    d.create_dataset("actions", data=data["data/action"][s:e])
+    d.create_dataset("rewards", data=data["data/reward"][s:e])
+    d.create_dataset("dones", data=data["data/terminated"][s:e].astype(np.uint8))
+    d.create_dataset("states", data=data["data/physics_state"][s:e])
+    d.create_dataset("final_state", data=meta["meta/final_physics_state"][j])
+
+
+def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None) -> None:
+    """Write the whole store ``ds`` as a robomimic-style HDF5 file at ``tmp``, a block of episodes at a time."""
+    import h5py
+
+    with h5py.File(tmp, "w") as f:
+        grp = f.create_group("data")
+        grp.attrs["total"] = ds.num_steps
+        grp.attrs["env_args"] = json.dumps({"env_name": ds.task, "type": "cdred",
+                                            "env_kwargs": {k: v for k, v in ds.env.items() if k != "task"}})
+        grp.attrs["cdred_attrs"] = json.dumps(ds.attrs)
+        arr_attrs = {k: dict(ds.array(k).attrs) for k in ds.keys() if dict(ds.array(k).attrs)}
+        if arr_attrs:
+            grp.attrs["cdred_array_attrs"] = json.dumps(arr_attrs)
+        grp.attrs["cdred_dataset_version"] = ds.version
+        for lo, hi in _episode_blocks(ds):
+            data, meta = _read_block(ds, lo, hi)
+            base = int(ds.episode_starts[lo])
+            for i in range(lo, hi):
+                rows = (int(ds.episode_starts[i]) - base, int(ds.episode_ends[i]) - base)
+                _hdf5_demo(grp, ds, i, i - lo, rows, data, meta, image_compression)
+        f.flush()
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
 def export_hdf5(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
                 image_compression: str | None = "gzip") -> Path:
     """Write a store as a robomimic-style HDF5 file (see the module docstring); returns ``out``."""
-    import h5py
-
+    check_disjoint([path], out)
     ds = open_dataset(path)
-    out = Path(out)
-    tmp = _prepare_out(out, overwrite)
-    try:
-        with h5py.File(tmp, "w") as f:
-            grp = f.create_group("data")
-            grp.attrs["total"] = ds.num_steps
-            grp.attrs["env_args"] = json.dumps({"env_name": ds.task, "type": "cdred",
-                                                "env_kwargs": {k: v for k, v in ds.env.items() if k != "task"}})
-            grp.attrs["cdred_attrs"] = json.dumps(ds.attrs)
-            arr_attrs = {k: dict(ds.array(k).attrs) for k in ds.keys() if dict(ds.array(k).attrs)}
-            if arr_attrs:
-                grp.attrs["cdred_array_attrs"] = json.dumps(arr_attrs)
-            grp.attrs["cdred_dataset_version"] = ds.version
-            for lo, hi in _episode_blocks(ds):
-                data, meta = _read_block(ds, lo, hi)
-                base = int(ds.episode_starts[lo])
-                for i in range(lo, hi):
-                    s, e = int(ds.episode_starts[i]) - base, int(ds.episode_ends[i]) - base
-                    j = i - lo
-                    d = grp.create_group(f"demo_{i}")
-                    d.attrs["num_samples"] = e - s
-                    d.attrs["seed"] = int(meta["meta/seed"][j])
-                    d.attrs["success"] = bool(meta["meta/success"][j])
-                    d.attrs["return"] = float(meta["meta/return"][j])
-                    obs = data["data/obs"][s:e]
-                    d.create_dataset("obs/state", data=obs)
-                    d.create_dataset("next_obs/state", data=np.concatenate([obs[1:], meta["meta/final_obs"][j:j + 1]]))
-                    for cam in ds.cameras:
-                        fr = data[f"{L.RGB_GROUP}/{cam}"][s:e]
-                        nxt = np.concatenate([fr[1:], meta[f"{L.FINAL_RGB_GROUP}/{cam}"][j:j + 1]])
-                        kw = {"compression": image_compression} if image_compression else {}
-                        d.create_dataset(f"obs/{cam}_image", data=fr, **kw)
-                        d.create_dataset(f"next_obs/{cam}_image", data=nxt, **kw)
-                    d.create_dataset("actions", data=data["data/action"][s:e])
-                    d.create_dataset("rewards", data=data["data/reward"][s:e])
-                    d.create_dataset("dones", data=data["data/terminated"][s:e].astype(np.uint8))
-                    d.create_dataset("states", data=data["data/physics_state"][s:e])
-                    d.create_dataset("final_state", data=meta["meta/final_physics_state"][j])
-        publish(tmp, out, overwrite)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_output(Path(out), overwrite, lambda tmp: _write_hdf5(ds, tmp, image_compression))
 
 
 def _demo_index(name: str) -> int | None:
@@ -305,8 +351,9 @@ def _h5_write(file: Path, out: Path, grp: Any, demos: list[tuple[int, str]], att
             if w is None:
                 if not ours:
                     _h5_env_dims(attrs, ep)
+                _check_fits_task(file, attrs["env"], None if ours else attrs["env"]["task"])
                 try:
-                    w = EpisodeWriter(out, attrs, overwrite=overwrite)
+                    w = EpisodeWriter(out, attrs, overwrite=overwrite, wait=True)
                 except DatasetError as exc:
                     raise DatasetError(f"{file}: {exc}") from None
             del ep["obs_keys"]
@@ -458,25 +505,23 @@ def _write_parquet_files(ds: Any, tmp: Path, columns: Mapping[str, Any], ep_colu
         wr.close()
 
 
-def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a store as a parquet folder (``steps.parquet``, ``episodes.parquet``, ``meta.json``)."""
-    ds = open_dataset(path)
-    out = Path(out)
-    tmp = _prepare_out(out, overwrite)
+def _write_parquet(ds: Dataset, tmp: Path) -> None:
+    """Write the whole store ``ds`` as a parquet export folder at ``tmp``."""
     tmp.mkdir(parents=True)
     columns, ep_columns = _parquet_columns(ds)
-    try:
-        _write_parquet_files(ds, tmp, columns, ep_columns)
-        meta_json = {"format": PARQUET_FORMAT, "cdred_dataset_version": ds.version, "attrs": ds.attrs,
-                     "num_episodes": ds.num_episodes, "num_steps": ds.num_steps, "cameras": ds.cameras,
-                     "files": {"steps": "steps.parquet", "episodes": "episodes.parquet"},
-                     "columns": columns, "episode_columns": ep_columns}
-        (tmp / "meta.json").write_text(json.dumps(meta_json, indent=2, sort_keys=True))
-        publish(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    _write_parquet_files(ds, tmp, columns, ep_columns)
+    meta_json = {"format": PARQUET_FORMAT, "cdred_dataset_version": ds.version, "attrs": ds.attrs,
+                 "num_episodes": ds.num_episodes, "num_steps": ds.num_steps, "cameras": ds.cameras,
+                 "files": {"steps": "steps.parquet", "episodes": "episodes.parquet"},
+                 "columns": columns, "episode_columns": ep_columns}
+    (tmp / "meta.json").write_text(json.dumps(meta_json, indent=2, sort_keys=True))
+
+
+def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a store as a parquet folder (``steps.parquet``, ``episodes.parquet``, ``meta.json``)."""
+    check_disjoint([path], out)
+    ds = open_dataset(path)
+    return write_output(Path(out), overwrite, lambda tmp: _write_parquet(ds, tmp))
 
 
 def _col_numpy(table: Any, name: str, spec: Mapping[str, Any], file: Path) -> np.ndarray:
@@ -577,8 +622,9 @@ def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: s
     data, emeta = _parquet_arrays(folder, meta)
     attrs = dict(meta["attrs"])
     attrs["import"] = {"format": "parquet", "file": folder.name}
+    _check_fits_task(folder, attrs.get("env", {}), task)
     _check_finite_range(folder, data, emeta)
-    w = EpisodeWriter(out, attrs, overwrite=overwrite)
+    w = EpisodeWriter(out, attrs, overwrite=overwrite, wait=True)
     try:
         w.append_block(data, emeta)
         for name, spec in meta["columns"].items():
@@ -629,6 +675,46 @@ def _stack(x: Any, what: str, i: int, file: Path) -> np.ndarray:
         raise DatasetError(f"{file}: episode {i}: {what}: cannot stack into an array ({exc})") from None
 
 
+def pickle_notice(file: str | os.PathLike, sha256: str) -> str:
+    """The line an import prints after unpickling ``file``: the file's code ran, and which file it was."""
+    return (f"{file}: unpickling ran code from this file (sha256 {sha256}); --trust-pickle is only for files "
+            "you trust")
+
+
+def _unpickle(file: Path) -> tuple[Any, str]:
+    """(the unpickled object, the sha256 of exactly the bytes unpickled). Runs code from the file."""
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{file}: no such file") from None
+    try:
+        return pickle.loads(raw), hashlib.sha256(raw).hexdigest()  # noqa: S301 - guarded by trust_pickle, documented
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{file}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+
+
+def _pickle_episode(ep: Any, i: int, file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(obs, action, reward, next_obs) of pickled episode ``i`` as arrays of shapes (T, D), (T, A), (T,), (T, D)."""
+    o, a, r, no = (_stack(x, n, i, file) for x, n in
+                   zip(_episode_parts(ep, i, file), ("obs", "action", "reward", "next_obs")))
+    t = len(a)
+    if o.ndim != 2 or no.shape != o.shape or len(o) != t or a.ndim != 2 or r.reshape(-1).shape != (t,) or t < 1:
+        raise DatasetError(f"{file}: episode {i}: shapes obs {o.shape}, action {a.shape}, reward {r.shape}, "
+                           f"next_obs {no.shape} do not fit (T, D), (T, A), (T,), (T, D) with T >= 1")
+    return o, a, r.reshape(-1), no
+
+
+def _pickle_writer(file: Path, out: str | os.PathLike, task: str, sha256: str, o: np.ndarray, a: np.ndarray,
+                   overwrite: bool) -> EpisodeWriter:
+    """The writer of a pickle import, its dims from episode 0 (checked against ``task`` first)."""
+    attrs = {"env": {"task": task, "obs_dim": int(o.shape[1]), "action_dim": int(a.shape[1]), "physics_state_dim": 0},
+             "source": {"kind": "import", "format": "pickle", "file": file.name, "sha256": sha256,
+                        "notes": ["no simulator states: cannot re-render",
+                                  "obs = [obs[0], next_obs[:-1]], final_obs = next_obs[-1] (reference loader)"]}}
+    _check_fits_task(file, attrs["env"], task)
+    return EpisodeWriter(out, attrs, overwrite=overwrite, wait=True)
+
+
 def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str, trust_pickle: bool = False,
                   overwrite: bool = False) -> Path:
     """Import a pickled list of episodes ``(obs, action, reward, next_obs)`` (CDRED / IQ-MPC demos).
@@ -636,6 +722,7 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
     As the reference loader does, episode i's observation sequence is ``obs[0]`` followed by
     ``next_obs[0..T-1]``: ``data/obs`` = [obs[0], next_obs[:-1]] and ``final_obs`` = next_obs[-1].
     No simulator states are stored (physics_state width 0): such a dataset cannot be re-rendered.
+    The sha256 of the file is recorded in ``attrs.source.sha256`` (:func:`pickle_notice` says so).
 
     ``trust_pickle`` must be True: unpickling executes code chosen by whoever wrote the file.
     """
@@ -645,13 +732,7 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
                          "pass --trust-pickle only for files you trust")
     if task is None:
         raise UsageError(f"{file}: give --task TASK (e.g. dmc:cheetah-run) for a pickle import")
-    try:
-        with open(file, "rb") as fh:
-            episodes = pickle.load(fh)  # noqa: S301 - guarded by trust_pickle, documented
-    except FileNotFoundError:
-        raise DatasetError(f"{file}: no such file") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
-        raise DatasetError(f"{file}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+    episodes, sha256 = _unpickle(file)
     if isinstance(episodes, Mapping) and "observations" in episodes:
         episodes = [episodes]
     if not isinstance(episodes, (list, tuple)) or not episodes:
@@ -660,26 +741,15 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
     w: EpisodeWriter | None = None
     try:
         for i, ep in enumerate(episodes):
-            o, a, r, no = (_stack(x, n, i, file) for x, n in
-                           zip(_episode_parts(ep, i, file), ("obs", "action", "reward", "next_obs")))
-            t = len(a)
-            if o.ndim != 2 or no.shape != o.shape or len(o) != t or a.ndim != 2 or r.reshape(-1).shape != (t,) or t < 1:
-                raise DatasetError(f"{file}: episode {i}: shapes obs {o.shape}, action {a.shape}, reward {r.shape}, "
-                                   f"next_obs {no.shape} do not fit (T, D), (T, A), (T,), (T, D) with T >= 1")
-            obs = np.concatenate([o[:1], no[:-1]])
+            o, a, r, no = _pickle_episode(ep, i, file)
             if w is None:
-                attrs = {"env": {"task": task, "obs_dim": int(o.shape[1]), "action_dim": int(a.shape[1]),
-                                 "physics_state_dim": 0},
-                         "source": {"kind": "import", "format": "pickle", "file": file.name,
-                                    "notes": ["no simulator states: cannot re-render",
-                                              "obs = [obs[0], next_obs[:-1]], final_obs = next_obs[-1] (reference loader)"]}}
-                w = EpisodeWriter(out, attrs, overwrite=overwrite)
+                w = _pickle_writer(file, out, task, sha256, o, a, overwrite)
             if o.shape[1] != w.attrs["env"]["obs_dim"] or a.shape[1] != w.attrs["env"]["action_dim"]:
                 raise DatasetError(f"{file}: episode {i}: dims obs {o.shape[1]}, action {a.shape[1]} differ from "
                                    f"episode 0's {w.attrs['env']['obs_dim']}, {w.attrs['env']['action_dim']}")
             try:
-                w.append_episode(obs, a, r.reshape(-1), np.zeros(t, bool), None, no[-1], None, seed=i,
-                                 success=False)
+                w.append_episode(np.concatenate([o[:1], no[:-1]]), a, r, np.zeros(len(a), bool), None, no[-1], None,
+                                 seed=i, success=False)
             except DatasetError as exc:
                 raise DatasetError(f"{file}: episode {i}: {str(exc).removeprefix('append_episode: ')}") from None
         return w.close()
@@ -687,6 +757,17 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
         if w is not None:
             w.abort(discard=True)
         raise
+
+
+def _check_fits_task(file: Path, env: Mapping[str, Any], given: str | None) -> None:
+    """Refuse an import whose dims do not fit its task (``--task`` or the file's own) before anything is
+    written: one line (UsageError for ``--task``, DatasetError for the file's own label)."""
+    why = task_mismatch(str(env.get("task")), env.get("obs_dim"), env.get("action_dim"), env.get("physics_state_dim"))
+    if why is None:
+        return
+    if given is not None:
+        raise UsageError(f"{file}: --task {given}: the file holds {why}; give the task the file was recorded on")
+    raise DatasetError(f"{file}: attrs.env: {why}; the file is labelled with another task")
 
 
 # ---------------------------------------------------------------------------------------- dispatch
@@ -727,6 +808,7 @@ def detect_format(file: str | os.PathLike) -> str:
 def import_file(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
                 fmt: str = "auto", trust_pickle: bool = False, overwrite: bool = False) -> Path:
     """Import HDF5 (robomimic or our export), our parquet export, or a trusted pickle into ``out``."""
+    check_disjoint([file], out)
     if task is not None:
         task = canonical_task(task)
     fmt = detect_format(file) if fmt == "auto" else fmt

@@ -15,10 +15,82 @@ from cdred_pipeline.errors import DatasetError
 
 from . import layout as L
 
-__all__ = ["Dataset", "open_dataset", "load_episodes", "stack_frames", "dir_size", "FRAME_STACK"]
+__all__ = ["Dataset", "DatasetReadError", "CheckedArray", "open_dataset", "load_episodes", "stack_frames", "dir_size",
+           "FRAME_STACK"]
 
 #: Frames per pixel observation, as TD-MPC2's pixel wrapper (and ``make_env(obs="rgb")``).
 FRAME_STACK = 3
+
+
+class DatasetReadError(DatasetError):
+    """A chunk of a dataset's array does not decode (a truncated or corrupt store): one line naming the
+    array and the chunk that says to run ``cdred package validate``."""
+
+
+def _first_bad_chunk(arr: Any, lo: int, hi: int) -> tuple[str, int, int, Exception | None]:
+    """(chunk key, first row, last row, its error) of the first chunk of rows [lo, hi) that fails to decode."""
+    rows = int(arr.chunks[0])
+    for c in range(lo // rows, max(lo // rows, (hi - 1) // rows) + 1):
+        a, b = c * rows, min((c + 1) * rows, int(arr.shape[0]))
+        try:
+            arr[a:b]
+        except Exception as exc:  # noqa: BLE001 - codecs raise their own types for damaged bytes
+            return arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1)), a, b - 1, exc
+    return "?", lo, hi - 1, None
+
+
+def read_error(path: Path, key: str, arr: Any, rows: tuple[int, int], exc: Exception) -> DatasetReadError:
+    """The one-line error for a failed read of rows ``rows`` of array ``key``, naming the chunk that fails."""
+    chunk, a, b, err = _first_bad_chunk(arr, *rows)
+    err = err or exc
+    why = " ".join(f"{type(err).__name__}: {err}".split())[:160]
+    return DatasetReadError(f"{path}: {key}: chunk {chunk} (rows {a}-{b}) cannot be read ({why}): the store is "
+                            f"truncated or corrupt; `cdred package validate {path}` lists every problem")
+
+
+def _row_span(sel: Any, n: int) -> tuple[int, int]:
+    """Rows [lo, hi) that a selection along axis 0 touches (the whole array when it cannot tell)."""
+    first = sel[0] if isinstance(sel, tuple) and sel else sel
+    if isinstance(first, slice):
+        lo, hi, _ = first.indices(n)
+        return lo, max(lo + 1, hi)
+    if isinstance(first, (int, np.integer)):
+        i = int(first) + (n if int(first) < 0 else 0)
+        return i, i + 1
+    idx = np.asarray(first).reshape(-1) if first is not None else np.zeros(0)
+    if idx.size and idx.dtype.kind in "iu":
+        return int(idx.min()), int(idx.max()) + 1
+    return 0, n
+
+
+class CheckedArray:
+    """A read-only zarr array of a dataset whose reads raise :class:`DatasetReadError` (one line naming
+    the array and the chunk) instead of a codec's own error; every other attribute is the array's."""
+
+    def __init__(self, path: Path, key: str, array: Any) -> None:
+        self.path, self.key, self.zarr_array = path, key, array
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.zarr_array, name)
+
+    def _read(self, sel: Any, how: Any) -> Any:
+        try:
+            return how(sel)
+        except (IndexError, TypeError, DatasetError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs raise their own types for damaged bytes
+            raise read_error(self.path, self.key, self.zarr_array,
+                             _row_span(sel, int(self.zarr_array.shape[0])), exc) from None
+
+    def __getitem__(self, sel: Any) -> Any:
+        return self._read(sel, self.zarr_array.__getitem__)
+
+    def get_orthogonal_selection(self, sel: Any) -> Any:
+        """``zarr.Array.get_orthogonal_selection`` with one-line read errors."""
+        return self._read(sel, self.zarr_array.get_orthogonal_selection)
+
+    def __len__(self) -> int:
+        return int(self.zarr_array.shape[0])
 
 
 class Dataset:
@@ -34,12 +106,12 @@ class Dataset:
         self.attrs: dict[str, Any] = dict(group.attrs.asdict())
         self.env: dict[str, Any] = dict(self.attrs.get("env", {}))
         self.version: int = int(self.attrs["cdred_dataset_version"])
-        self.episode_ends = np.asarray(group["meta/episode_ends"][:], dtype=np.int64)
+        self.episode_ends = self.read("meta/episode_ends").astype(np.int64)
         self.episode_starts = np.concatenate([[0], self.episode_ends[:-1]]).astype(np.int64)
-        self.lengths = np.asarray(group["meta/length"][:], dtype=np.int64)
-        self.seeds = np.asarray(group["meta/seed"][:], dtype=np.int64)
-        self.returns = np.asarray(group["meta/return"][:], dtype=np.float64)
-        self.successes = np.asarray(group["meta/success"][:], dtype=bool)
+        self.lengths = self.read("meta/length").astype(np.int64)
+        self.seeds = self.read("meta/seed").astype(np.int64)
+        self.returns = self.read("meta/return").astype(np.float64)
+        self.successes = self.read("meta/success").astype(bool)
         self.cameras: list[str] = sorted(group[L.RGB_GROUP].array_keys()) if L.RGB_GROUP in group else []
 
     # ----------------------------------------------------------------------------- shape facts
@@ -71,11 +143,16 @@ class Dataset:
         """(H, W, 3) of a camera's frames."""
         return tuple(self.group[f"{L.RGB_GROUP}/{self._camera(camera)}"].shape[1:])  # type: ignore[return-value]
 
-    def array(self, key: str) -> Any:
-        """The zarr array at ``key`` (e.g. ``"data/obs"``, ``"data/rgb/corner"``)."""
+    def array(self, key: str) -> CheckedArray:
+        """The array at ``key`` (e.g. ``"data/obs"``, ``"data/rgb/corner"``) as a :class:`CheckedArray`:
+        a damaged chunk is a one-line :class:`DatasetReadError`, never a codec traceback."""
         if key not in self.group:
             raise DatasetError(f"{self.path}: {key}: no such array")
-        return self.group[key]
+        return CheckedArray(self.path, key, self.group[key])
+
+    def read(self, key: str, sel: Any = slice(None)) -> np.ndarray:
+        """``array(key)[sel]`` as a numpy array (one-line :class:`DatasetReadError` on a damaged chunk)."""
+        return np.asarray(self.array(key)[sel])
 
     def keys(self) -> list[str]:
         """Every array key in the store, sorted."""
@@ -128,10 +205,9 @@ class Dataset:
         """
         i = self._check_episode(i)
         s, e = int(self.episode_starts[i]), int(self.episode_ends[i])
-        g = self.group
-        out: dict[str, Any] = {k: np.asarray(g[f"data/{k}"][s:e]) for k in L.DATA_KEYS}
-        out["final_obs"] = np.asarray(g["meta/final_obs"][i])
-        out["final_physics_state"] = np.asarray(g["meta/final_physics_state"][i])
+        out: dict[str, Any] = {k: self.read(f"data/{k}", slice(s, e)) for k in L.DATA_KEYS}
+        out["final_obs"] = self.read("meta/final_obs", i)
+        out["final_physics_state"] = self.read("meta/final_physics_state", i)
         out.update(seed=int(self.seeds[i]), length=int(self.lengths[i]), success=bool(self.successes[i]))
         out["return"] = float(self.returns[i])
         if rgb:
@@ -139,8 +215,8 @@ class Dataset:
             out["rgb"], out["final_rgb"] = {}, {}
             for cam in cams:
                 cam = self._camera(cam)
-                out["rgb"][cam] = np.asarray(g[f"{L.RGB_GROUP}/{cam}"][s:e])
-                out["final_rgb"][cam] = np.asarray(g[f"{L.FINAL_RGB_GROUP}/{cam}"][i])
+                out["rgb"][cam] = self.read(f"{L.RGB_GROUP}/{cam}", slice(s, e))
+                out["final_rgb"][cam] = self.read(f"{L.FINAL_RGB_GROUP}/{cam}", i)
         return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -203,16 +279,20 @@ def dir_size(path: Path) -> int:
 
 def open_dataset(path: str | os.PathLike) -> Dataset:
     """Open a finished store read-only after its structural checks (version, keys, dtypes, dims,
-    episode_ends against data lengths, chunk files present).
+    episode_ends against data lengths, chunk files present and as long as their Blosc headers say)
+    and the checks of a finished store (``attrs.env.task`` is the task of the probe frames, its dims
+    are the task's in the static task table).
 
     Raises DatasetError with one line naming the file, the key and the problem when the store is
-    not a dataset, from a newer layout, truncated or inconsistent. Content checks (NaN rows,
-    action range, unreadable chunks) are :func:`~cdred_pipeline.datasets.validate`'s ``deep`` pass.
+    not a dataset, from a newer layout, truncated, inconsistent or labelled with another task. A
+    store of 0 episodes opens. Content checks (NaN rows, action range, chunks that do not decode) are
+    :func:`~cdred_pipeline.datasets.validate`'s ``deep`` pass; a read that meets a chunk that does not
+    decode raises :class:`DatasetReadError`.
     """
     from .validate import validate
 
     path = Path(path)
-    problems = validate(path, deep=False)
+    problems = validate(path, deep=False, empty_ok=True)
     if problems:
         more = f" (+{len(problems) - 1} more; run `cdred package validate {path}`)" if len(problems) > 1 else ""
         raise DatasetError(problems[0] + more)
@@ -254,16 +334,15 @@ def load_episodes(path: str | os.PathLike, num_demos: int | None = None, obs: st
     if n == 0:
         return []
     steps = int(ds.episode_ends[n - 1])
-    g = ds.group
-    action = np.asarray(g["data/action"][:steps])
-    reward = np.asarray(g["data/reward"][:steps])
+    action = ds.read("data/action", slice(0, steps))
+    reward = ds.read("data/reward", slice(0, steps))
     if obs == "state":
-        data = np.asarray(g["data/obs"][:steps])
-        final = np.asarray(g["meta/final_obs"][:n])
+        data = ds.read("data/obs", slice(0, steps))
+        final = ds.read("meta/final_obs", slice(0, n))
     else:
         cam = ds._camera(camera)
-        data = np.asarray(g[f"{L.RGB_GROUP}/{cam}"][:steps])
-        final = np.asarray(g[f"{L.FINAL_RGB_GROUP}/{cam}"][:n])
+        data = ds.read(f"{L.RGB_GROUP}/{cam}", slice(0, steps))
+        final = ds.read(f"{L.FINAL_RGB_GROUP}/{cam}", slice(0, n))
     for key, a in (("data/action", action), ("data/reward", reward),
                    ("data/obs" if obs == "state" else "", data), ("meta/final_obs" if obs == "state" else "", final)):
         if key and not np.isfinite(a).all():

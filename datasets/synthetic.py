@@ -10,10 +10,15 @@ import numpy as np
 
 from .writer import EpisodeWriter
 
-__all__ = ["random_episode", "write_random_dataset", "default_attrs"]
+__all__ = ["random_episode", "write_random_dataset", "default_attrs", "SYNTHETIC_TASK"]
+
+#: The task id synthetic stores carry by default: no suite knows it, so the task checks of
+#: :func:`~cdred_pipeline.datasets.validate` (dims against the static task table) leave their
+#: arbitrary dims alone. Pass a real task id with its own dims to get a store that fits that task.
+SYNTHETIC_TASK = "synthetic:random-walk"
 
 
-def default_attrs(obs_dim: int = 5, action_dim: int = 2, task: str = "dmc:cheetah-run", **env: Any) -> dict[str, Any]:
+def default_attrs(obs_dim: int = 5, action_dim: int = 2, task: str = SYNTHETIC_TASK, **env: Any) -> dict[str, Any]:
     """Minimal valid root attrs for a synthetic store."""
     return {"env": {"task": task, "obs_dim": obs_dim, "action_dim": action_dim, "action_repeat": 2,
                     "episode_length": 500, **env},
@@ -49,7 +54,7 @@ def random_episode(rng: np.random.Generator, length: int, obs_dim: int = 5, acti
 
 def write_random_dataset(path: str | os.PathLike, lengths: list[int], *, obs_dim: int = 5, action_dim: int = 2,
                          state_dim: int = 4, cameras: dict[str, int] | None = None, seed: int = 0,
-                         task: str = "dmc:cheetah-run", **writer_kw: Any) -> tuple[Path, list[dict[str, Any]]]:
+                         task: str = SYNTHETIC_TASK, **writer_kw: Any) -> tuple[Path, list[dict[str, Any]]]:
     """Write a store of random episodes with the given lengths; returns (path, the episodes written)."""
     rng = np.random.default_rng(seed)
     eps = [random_episode(rng, n, obs_dim, action_dim, state_dim, cameras, seed=i) for i, n in enumerate(lengths)]

@@ -1,13 +1,15 @@
 """Checking an episode store against the layout (docs/design.md §6): :func:`validate` lists every problem.
 
 Each problem is one line ``<store path>: <key>: <what is wrong>``. The structural pass (cheap: only
-metadata, ``meta/*`` and chunk file names are read) is what :func:`open_dataset` runs and refuses on;
-the deep pass also decodes every chunk: NaN/inf rows, actions outside [-1, 1], unreadable chunks,
-per-episode returns that do not match the rewards.
+metadata, ``meta/*``, chunk file names and each chunk file's 16-byte Blosc header are read) and the
+checks of a finished store (consolidated; ``attrs.env.task`` is the task of the probe frames and its
+dims are the task's in the static task table) are what :func:`open_dataset` runs and refuses on;
+:func:`validate` also refuses a store of 0 episodes. The deep pass decodes every chunk: NaN/inf rows,
+actions outside [-1, 1], unreadable chunks, per-episode returns that do not match the rewards.
 
 :func:`validate` composes small checkers, one per invariant: each takes the opened store
-(:class:`_Store`) and returns its problems (:data:`STRUCTURE`, then :data:`CONTENT` for the deep
-pass). A path that is not a zarr 3 group of a layout version this cdred reads stops at that check.
+(:class:`_Store`) and returns its problems (:data:`STRUCTURE`, :data:`FINISHED`, then :data:`CONTENT`
+for the deep pass). A path that is not a zarr 3 group of a layout version this cdred reads stops at that check.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import functools
 import json
 import math
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cdred_pipeline.errors import CdredError
+
 from . import layout as L
 
-__all__ = ["validate"]
+__all__ = ["validate", "task_dims", "task_mismatch"]
 
 _NDIM = {"obs": 2, "action": 2, "reward": 1, "terminated": 1, "physics_state": 2,
          "episode_ends": 1, "seed": 1, "length": 1, "return": 1, "success": 1,
@@ -281,34 +286,73 @@ def _check_cameras(s: _Store) -> list[str]:
                        for cam in sorted(set(s.final_cams) - set(s.cams))]
 
 
-def _missing_chunks(store: Path, key: str, arr: Any) -> list[str]:
-    """Chunk files an array's shape requires that are not on disk (chunked along axis 0 only)."""
+#: Bytes of the Blosc header that starts every chunk file of a Blosc-compressed array (it records
+#: the chunk's uncompressed size at offset 4 and its whole compressed size at offset 12).
+_BLOSC_HEADER = 16
+
+
+def _blosc_only(arr: Any) -> bool:
+    """The array's chunk files are plain Blosc frames (codecs: bytes then blosc), so their size is
+    checkable against the Blosc header."""
+    from zarr.codecs import BloscCodec, BytesCodec
+
+    codecs = tuple(getattr(arr.metadata, "codecs", ()))
+    return len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
+
+
+def _truncation(file: Path, chunk_bytes: int) -> str | None:
+    """Why a Blosc chunk file is cut short or its header is foreign (None: sizes agree): the header's
+    compressed size must be the file's size and its uncompressed size the chunk's."""
+    size = file.stat().st_size
+    if size < _BLOSC_HEADER:
+        return f"{size} bytes, shorter than a Blosc header"
+    with open(file, "rb") as fh:
+        head = fh.read(_BLOSC_HEADER)
+    nbytes, cbytes = struct.unpack_from("<I", head, 4)[0], struct.unpack_from("<I", head, 12)[0]
+    if cbytes != size:
+        return f"{size} bytes, its header says {cbytes}"
+    if nbytes != chunk_bytes:
+        return f"header says {nbytes} bytes uncompressed, a chunk holds {chunk_bytes}"
+    return None
+
+
+def _chunk_files(store: Path, key: str, arr: Any) -> tuple[list[str], list[str]]:
+    """(missing, truncated) chunk files of an array chunked along axis 0 only: the files its shape
+    requires that are not on disk, and those whose size disagrees with their Blosc header."""
     shape, chunks = arr.shape, arr.chunks
     if any(n == 0 for n in shape):
-        return []
+        return [], []
     grid = [math.ceil(n / c) for n, c in zip(shape, chunks)]
-    missing = []
+    check = _blosc_only(arr)
+    chunk_bytes = math.prod(chunks) * np.dtype(arr.dtype).itemsize
+    missing, truncated = [], []
     folder = store / key
     for i in range(grid[0]):
         for rest in np.ndindex(*grid[1:]) if len(grid) > 1 else [()]:
             name = arr.metadata.encode_chunk_key((i, *rest))
             if not (folder / name).is_file():
                 missing.append(name)
-    return missing
+            elif check and (why := _truncation(folder / name, chunk_bytes)):
+                truncated.append(f"{name}: {why}")
+    return missing, truncated
 
 
 def _check_chunk_files(s: _Store) -> list[str]:
-    """Every chunk file an array's shape requires is on disk (a missing one means a truncated store)."""
+    """Every chunk file an array's shape requires is on disk and as long as its Blosc header says
+    (a missing or short one means a truncated store); reads only each file's 16-byte header."""
     problems = []
     for key, arr in sorted(s.all_arrays.items()):
         try:
-            missing = _missing_chunks(s.path, key, arr)
+            missing, truncated = _chunk_files(s.path, key, arr)
         except Exception as exc:  # noqa: BLE001
             problems.append(s.bad(key, f"cannot list chunks ({_error(exc)})"))
             continue
         if missing:
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
             problems.append(s.bad(key, f"{len(missing)} chunk file(s) missing ({shown}): the store is truncated"))
+        if truncated:
+            more = f" (+{len(truncated) - 1} more)" if len(truncated) > 1 else ""
+            problems.append(s.bad(key, f"chunk {truncated[0]}{more}: the chunk file is truncated or corrupt"))
     return problems
 
 
@@ -327,6 +371,86 @@ def _check_consolidated(s: _Store) -> list[str]:
             problems.append(s.bad(key, f"consolidated metadata says shape {tuple(m.get('shape', []))}, "
                                        f"the array is {arr.shape}"))
     return problems
+
+
+# ------------------------------------------------------------------------------ task checkers
+def _canonical(task: str) -> str:
+    """The canonical id of ``task`` (aliases resolved), or ``task`` itself when no suite knows it."""
+    from cdred_pipeline.envs.spec import parse_task
+
+    try:
+        return parse_task(task).task
+    except CdredError:
+        return task
+
+
+def task_dims(task: str) -> dict[str, int] | None:
+    """``obs_dim``, ``action_dim`` and ``physics_state_dim`` of ``task`` from the static task table
+    (``envs/task_dims.json``; ManiSkill2's from ``envs.spec.MS2_TASKS``) without building an env;
+    only the dims the table knows, None when it knows none (gym ids, unknown ids, other versions)."""
+    from cdred_pipeline.envs import spec
+
+    suite, _, name = task.partition(":")
+    if suite in ("dmc", "mw"):
+        table = spec.recorded_dims() or {}
+        dims = table.get(task) or table.get(_canonical(task))
+    elif suite == "ms2":
+        dims = spec.MS2_TASKS.get(name) or spec.MS2_TASKS.get(_canonical(task).partition(":")[2])
+    else:
+        dims = None
+    known = {k: int(v) for k, v in (dims or {}).items()
+             if k in ("obs_dim", "action_dim", "physics_state_dim") and isinstance(v, int)}
+    return known or None
+
+
+def task_mismatch(task: str, obs_dim: Any, action_dim: Any, physics_state_dim: Any = None) -> str | None:
+    """``"obs_dim 10, action_dim 7 but mw:reach has obs_dim 39, action_dim 4"`` when the dims do not
+    fit ``task`` in the static task table, else None (also when the table does not know the task).
+    A ``physics_state_dim`` of 0 (an import without simulator states) fits every task."""
+    dims = task_dims(task) or {}
+    have = {"obs_dim": obs_dim, "action_dim": action_dim, "physics_state_dim": physics_state_dim or None}
+    off = [k for k, v in have.items() if isinstance(v, int) and k in dims and v != dims[k]]
+    if not off:
+        return None
+    return (", ".join(f"{k} {have[k]}" for k in off) + f" but {task} has "
+            + ", ".join(f"{k} {dims[k]}" for k in off))
+
+
+def _probe_tasks(attrs: dict[str, Any]) -> list[str]:
+    """The tasks named by the probe records (``attrs.sim.probe``: one dict or a list of them)."""
+    sim = attrs.get("sim")
+    probe = sim.get("probe") if isinstance(sim, dict) else None
+    records = probe if isinstance(probe, list) else [probe]
+    return [str(p["task"]) for p in records if isinstance(p, dict) and p.get("task")]
+
+
+def _check_task_probe(s: _Store) -> list[str]:
+    """``attrs.env.task`` is the task the probe frames were rendered from (a relabelled dataset is not)."""
+    task = str(s.env.get("task"))
+    others = sorted({t for t in _probe_tasks(s.root.get("attributes") or {})
+                     if t != task and _canonical(t) != _canonical(task)})
+    if not others:
+        return []
+    return [s.bad("attrs.env.task", f"{task!r} but the probe frames (attrs.sim.probe) were rendered from "
+                                    f"{', '.join(map(repr, others))} states: the data belongs to another task; "
+                                    "set attrs.env.task back or collect the task's own demos")]
+
+
+def _check_task_dims(s: _Store) -> list[str]:
+    """``attrs.env``'s dims are the task's in the static task table."""
+    task = s.env.get("task")
+    if not isinstance(task, str):
+        return []
+    why = task_mismatch(task, s.env.get("obs_dim"), s.env.get("action_dim"), s.env.get("physics_state_dim"))
+    return [s.bad("attrs.env", f"{why}: the data does not fit its task (labelled or imported with the wrong "
+                               "task)")] if why else []
+
+
+def _check_not_empty(s: _Store) -> list[str]:
+    """A dataset holds at least one episode."""
+    if s.ends is None or len(s.ends):
+        return []
+    return [s.bad("meta/episode_ends", "0 episodes: the dataset is empty; collect or import episodes into it")]
 
 
 # ----------------------------------------------------------------------------- deep checkers
@@ -443,15 +567,19 @@ def _array_by_array(*checkers: Checker) -> Checker:
 #: The structural invariants, in the order their problems are listed.
 STRUCTURE: tuple[Checker, ...] = (_check_step_lengths, _check_episode_lengths, _check_episode_ends,
                                   _check_length_column, _check_widths, _check_cameras, _check_chunk_files)
+#: The invariants of a finished store: consolidated, and its data fits its task (probe and task table).
+FINISHED: tuple[Checker, ...] = (_check_consolidated, _check_task_probe, _check_task_dims)
 #: The content invariants of the deep pass (every chunk decoded once).
 CONTENT: tuple[Checker, ...] = (_array_by_array(_check_decodable, _check_finite, _check_action_range), _check_returns)
 
 
-def validate(path: str | os.PathLike, *, deep: bool = True, finished: bool = True) -> list[str]:
+def validate(path: str | os.PathLike, *, deep: bool = True, finished: bool = True, empty_ok: bool = False) -> list[str]:
     """Every problem found in the store at ``path`` (an empty list means valid).
 
-    ``deep`` decodes every chunk (content checks); ``finished=False`` skips the consolidation check
-    (used by writers on their temporary store before they consolidate it).
+    ``deep`` decodes every chunk (content checks); ``finished=False`` skips the checks of a finished
+    store (consolidation, task against probe and task table, not empty; used by writers on their
+    temporary store before they consolidate it); ``empty_ok`` accepts a store of 0 episodes (what
+    :func:`~cdred_pipeline.datasets.open_dataset` opens, e.g. to inspect it).
     """
     path = Path(path)
     root, problems = _read_root(path)
@@ -466,7 +594,8 @@ def validate(path: str | os.PathLike, *, deep: bool = True, finished: bool = Tru
     problems += found
     if store is None:
         return problems
-    checkers = STRUCTURE + ((_check_consolidated,) if finished else ()) + (CONTENT if deep else ())
+    checkers = STRUCTURE + (FINISHED if finished else ()) + ((_check_not_empty,) if finished and not empty_ok else ()) \
+        + (CONTENT if deep else ())
     for check in checkers:
         problems += check(store)
     return problems

@@ -34,13 +34,16 @@ Design (docs/design.md §6), on zarr's public API only:
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import math
 import os
 import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +53,20 @@ from cdred_pipeline.errors import DatasetError
 
 from . import layout as L
 
-__all__ = ["EpisodeWriter", "RgbWriter", "copy_dataset", "write_array"]
+__all__ = ["EpisodeWriter", "RgbWriter", "copy_dataset", "write_array", "output_lock", "publish"]
 
 
 # --------------------------------------------------------------------------------------- locking
 class _Lock:
-    """An exclusive, non-blocking ``flock`` on the lock file of a store path."""
+    """An exclusive ``flock`` on the lock file of a store path: non-blocking (a second writer gets a
+    one-line DatasetError at once) or, with ``wait``, blocking until the other writer is done."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait: bool = False) -> None:
         self.file = L.lock_path(path)
         self.file.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.file, "a+")
         try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             self._fh.close()
             self._fh = None
@@ -75,6 +79,18 @@ class _Lock:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
+    """Hold the writer lock of the output ``path`` (``.<name>.lock`` next to it, the lock
+    :class:`EpisodeWriter` takes): a second writer of the same output waits for the first (or, without
+    ``wait``, fails with one line), then sees its finished output."""
+    lock = _Lock(Path(path), wait=wait)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # ------------------------------------------------------------------------------------ fsync
@@ -152,21 +168,50 @@ def _fsync_tree(path: Path, skip: Iterable[str] = (), files: Iterable[str] = (),
     _fsync_all(files, dirs)
 
 
+_RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux 3.15+, local file systems)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one atomic rename (renameat2 RENAME_EXCHANGE); False where the system
+    or the file system does not offer it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def publish(tmp: Path, final: Path, overwrite: bool) -> None:
     """Atomically move a finished store (or file) from its temporary name to ``final``, replacing an
-    existing ``final`` only with ``overwrite``; then fsync the parent folder."""
-    if final.exists():
-        if not overwrite:
-            raise DatasetError(f"{final}: already exists; pass overwrite=True (--force) to replace it")
+    existing ``final`` only with ``overwrite``; then fsync the parent folder. A file replaces a file in
+    one rename and a folder is swapped in with one atomic exchange, so ``final`` is always whole and
+    never missing (where the file system cannot exchange, the old folder is moved aside first)."""
+    if not final.exists():
+        os.replace(tmp, final)
+    elif not overwrite:
+        raise DatasetError(f"{final}: already exists; pass overwrite=True (--force) to replace it")
+    elif not tmp.is_dir() and not final.is_dir():
+        os.replace(tmp, final)
+    elif _exchange(tmp, final):
+        _remove(tmp)  # now the old output
+    else:
         trash = final.with_name(f".{final.name}.old{os.getpid()}")
         os.replace(final, trash)
         os.replace(tmp, final)
-        if trash.is_dir():
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            trash.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, final)
+        _remove(trash)
     _fsync_dir(final.parent)
 
 
@@ -544,14 +589,16 @@ class EpisodeWriter:
     ``attrs`` needs ``env.task``, ``env.obs_dim`` and ``env.action_dim`` (plain Python types only);
     ``sim``, ``source`` and ``scores`` sections are added empty when missing, and
     ``cdred_dataset_version`` is set. With ``check=True`` (default) an episode with NaN/inf values or
-    actions outside [-1, 1] is refused with a DatasetError before anything is written.
+    actions outside [-1, 1] is refused with a DatasetError before anything is written. A second writer
+    of the same path fails with one line at once, or with ``wait`` waits for the first to finish (and
+    then finds its store: replaced only with ``overwrite``).
     """
 
     def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any], *, overwrite: bool = False,
                  chunk_bytes: int = L.DEFAULT_CHUNK_BYTES, compression: str = L.DEFAULT_COMPRESSION,
-                 clevel: int | None = None, check: bool = True) -> None:
+                 clevel: int | None = None, check: bool = True, wait: bool = False) -> None:
         self._setup(Path(path), attrs, resume=False, overwrite=overwrite, chunk_bytes=chunk_bytes,
-                    compression=compression, clevel=clevel, check=check)
+                    compression=compression, clevel=clevel, check=check, wait=wait)
 
     @classmethod
     def resume(cls, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None, *,
@@ -570,7 +617,7 @@ class EpisodeWriter:
 
     # ------------------------------------------------------------------------------- setup
     def _setup(self, path: Path, attrs: Mapping[str, Any] | None, *, resume: bool, overwrite: bool,
-               chunk_bytes: int, compression: str, clevel: int | None, check: bool) -> None:
+               chunk_bytes: int, compression: str, clevel: int | None, check: bool, wait: bool = False) -> None:
         self.path = path
         self.tmp = L.partial_path(path)
         if compression not in L.COMPRESSIONS:
@@ -583,7 +630,7 @@ class EpisodeWriter:
         self.num_episodes = 0
         self.num_steps = 0
         self._closed = False
-        self._lock = _Lock(path)
+        self._lock = _Lock(path, wait=wait)
         try:
             if resume and (self.tmp.is_dir() or path.is_dir()):
                 if not self.tmp.is_dir():

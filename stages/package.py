@@ -1,15 +1,17 @@
 """`cdred package`: inspect, validate, merge, export and import episode stores (docs/design.md §6).
 
-Each function takes paths, does the work through :mod:`cdred_pipeline.datasets` and returns plain
-data the CLI prints. Outputs are written under a temporary name and renamed when complete, so an
-interrupted command never leaves an output that looks finished.
+Each function takes paths (:func:`inspect` also an artifact key), does the work through
+:mod:`cdred_pipeline.datasets` and returns plain data the CLI prints. Every output is written under
+its lock, to a temporary name, and renamed when complete, so an interrupted or concurrent command
+never leaves an output that looks finished; an output that is, contains or lies inside an input is
+refused.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +20,10 @@ from cdred_pipeline.datasets import convert
 from cdred_pipeline.datasets.reader import dir_size
 from cdred_pipeline.errors import UsageError
 
-__all__ = ["inspect", "format_summary", "validate_dataset", "merge", "export", "import_",
+if TYPE_CHECKING:
+    from cdred_pipeline.artifacts import ArtifactStore
+
+__all__ = ["inspect", "dataset_of", "format_summary", "validate_dataset", "merge", "export", "import_",
            "EXPORT_FORMATS", "IMPORT_FORMATS"]
 
 EXPORT_FORMATS = ("hdf5", "parquet")
@@ -32,9 +37,25 @@ def _mean_std(x: np.ndarray) -> dict[str, float | None]:
     return {"mean": float(x.mean()), "std": float(x.std())}
 
 
-def inspect(path: str | os.PathLike) -> dict[str, Any]:
-    """Summary of a store: counts, dims, return and success mean ± std, arrays, size and compression."""
-    ds = open_dataset(path)
+def dataset_of(dataset: str | os.PathLike, store: "ArtifactStore | None" = None) -> Path:
+    """DATASET as a store path: a path (a ``.zarr`` store, or an artifact folder holding
+    ``demos.zarr``), or, with ``store``, the key (prefix) of a demos or render-visual artifact in it.
+    A path that does not exist stays a path when it looks like one (``/`` or ``.zarr``) or no store is
+    given, so that opening it says "no such file or directory"."""
+    from cdred_pipeline.stages.common import dataset_path
+
+    p = Path(dataset)
+    if p.exists():
+        return dataset_path(p)
+    if store is None or p.suffix == ".zarr" or "/" in str(dataset):
+        return p
+    return dataset_path(str(dataset), store)
+
+
+def inspect(dataset: str | os.PathLike, store: "ArtifactStore | None" = None) -> dict[str, Any]:
+    """Summary of a store (a path, or a demos/render-visual artifact key in ``store``, see
+    :func:`dataset_of`): counts, dims, return and success mean ± std, arrays, size and compression."""
+    ds = open_dataset(dataset_of(dataset, store))
     storage = ds.storage()
     nbytes = sum(v["nbytes"] for v in storage.values())
     stored = sum(v["stored"] for v in storage.values())
@@ -130,7 +151,13 @@ def export(path: str | os.PathLike, fmt: str, out: str | os.PathLike, *, force: 
 
 def import_(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None, fmt: str = "auto",
             trust_pickle: bool = False, force: bool = False) -> dict[str, Any]:
-    """Import an HDF5 / parquet / pickle file into a zarr store; returns the new store's summary."""
-    convert.import_file(file, out, task=task, fmt=fmt, trust_pickle=trust_pickle, overwrite=force)
-    return inspect(out)
+    """Import an HDF5 / parquet / pickle file into a zarr store; returns the new store's summary. After a
+    pickle import the summary's ``notice`` is the line to print: code from the file ran, and its sha256."""
+    kind = convert.detect_format(file) if fmt == "auto" else fmt
+    convert.import_file(file, out, task=task, fmt=kind, trust_pickle=trust_pickle, overwrite=force)
+    summary = inspect(out)
+    sha256 = summary["source"].get("sha256")
+    if kind == "pickle" and sha256:
+        summary["notice"] = convert.pickle_notice(file, sha256)
+    return summary
 

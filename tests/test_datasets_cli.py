@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from cli_helpers import CDRED, cli_env
 
-from cdred_pipeline.datasets.synthetic import write_random_dataset
+from cdred_pipeline.datasets.synthetic import SYNTHETIC_TASK, write_random_dataset
 
 
 def cdred(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def test_inspect_text_and_json(ds, tmp_path):
     p = cdred("package", "inspect", str(ds), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     out = p.stdout
-    for text in ("dmc:cheetah-run", "episodes        3   steps 60", "obs 4   action 2   physics_state 3",
+    for text in (SYNTHETIC_TASK, "episodes        3   steps 60", "obs 4   action 2   physics_state 3",
                  "return", "±", "success", "size on disk", "ratio", "data/obs", "meta/episode_ends"):
         assert text in out, text
     j = json.loads(cdred("package", "inspect", str(ds), "--json", cwd=tmp_path).stdout)
@@ -84,7 +84,7 @@ def test_export_import_merge_round_trip(ds, tmp_path):
     p = cdred("package", "merge", str(ds), "hdf5.zarr", "-o", "m.zarr", cwd=tmp_path)
     assert p.returncode == 0 and "6 episodes, 120 steps from 2 datasets" in p.stdout, p.stderr
     other, _ = write_random_dataset(tmp_path / "other.zarr", [5], obs_dim=4, action_dim=2, state_dim=3,
-                                    task="mw:box-close")
+                                    task="synthetic:other-walk")
     one_line_error(cdred("package", "merge", str(ds), str(other), "-o", "m2.zarr", cwd=tmp_path), 4,
                    "attrs.env.task", "differs")
     assert not (tmp_path / "m2.zarr").exists()
@@ -93,12 +93,12 @@ def test_export_import_merge_round_trip(ds, tmp_path):
 def test_import_error_paths(tmp_path):
     eps = [(np.zeros((3, 4)), np.zeros((3, 2)), np.zeros(3), np.zeros((3, 4)))]
     (tmp_path / "d.pkl").write_bytes(pickle.dumps(eps))
-    one_line_error(cdred("package", "import", "d.pkl", "-o", "o.zarr", "--task", "dmc:cheetah-run", cwd=tmp_path), 2,
+    one_line_error(cdred("package", "import", "d.pkl", "-o", "o.zarr", "--task", "dmc:point_mass-easy", cwd=tmp_path), 2,
                    "d.pkl", "arbitrary code", "--trust-pickle")
-    p = cdred("package", "import", "d.pkl", "-o", "o.zarr", "--task", "dmc:cheetah-run", "--trust-pickle", cwd=tmp_path)
+    p = cdred("package", "import", "d.pkl", "-o", "o.zarr", "--task", "dmc:point_mass-easy", "--trust-pickle", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps([(np.zeros((3, 4)), np.zeros((2, 2)), np.zeros(3), np.zeros((3, 4)))]))
-    one_line_error(cdred("package", "import", "bad.pkl", "-o", "b.zarr", "--task", "dmc:cheetah-run", "--trust-pickle",
+    one_line_error(cdred("package", "import", "bad.pkl", "-o", "b.zarr", "--task", "dmc:point_mass-easy", "--trust-pickle",
                          cwd=tmp_path), 4, "bad.pkl: episode 0: shapes")
     one_line_error(cdred("package", "import", "d.pkl", "-o", "x.zarr", "--task", "dmc:chetah-run", "--trust-pickle",
                          cwd=tmp_path), 2, "closest", "dmc:cheetah-run")

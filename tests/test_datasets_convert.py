@@ -17,8 +17,12 @@ from cdred_pipeline.datasets import load_episodes, open_dataset, validate
 from cdred_pipeline.datasets.convert import (
     detect_format, export_hdf5, export_parquet, import_file, import_hdf5, import_pickle, merge_datasets,
 )
-from cdred_pipeline.datasets.synthetic import write_random_dataset
+from cdred_pipeline.datasets.synthetic import SYNTHETIC_TASK, write_random_dataset
 from cdred_pipeline.errors import DatasetError, UsageError
+
+#: Tasks whose dims in the static task table fit the files below: a robomimic-like file with 7-d actions
+#: (the table knows only ManiSkill2 pick-ycb's action dim) and pickled episodes of obs 4 / action 2.
+LIFT_TASK, PICKLE_TASK = "ms2:pick-ycb", "dmc:point_mass-easy"
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -46,7 +50,7 @@ def test_hdf5_round_trip_lossless_and_robomimic_layout(src, tmp_path):
     h5 = export_hdf5(src, tmp_path / "d.hdf5")
     with h5py.File(h5, "r") as f:
         assert f["data"].attrs["total"] == 61
-        assert json.loads(f["data"].attrs["env_args"])["env_name"] == "dmc:cheetah-run"
+        assert json.loads(f["data"].attrs["env_args"])["env_name"] == SYNTHETIC_TASK
         d = f["data/demo_2"]
         assert set(d) >= {"obs", "next_obs", "actions", "rewards", "dones", "states"}
         assert d["obs/state"].shape == (40, 6) and d["obs/front_image"].shape == (40, 8, 8, 3)
@@ -127,7 +131,7 @@ def test_import_foreign_robomimic_file(tmp_path):
     demos = _robomimic_file(tmp_path / "lift.hdf5")
     with pytest.raises(UsageError, match="give --task"):
         import_file(tmp_path / "lift.hdf5", tmp_path / "x.zarr")
-    out = import_file(tmp_path / "lift.hdf5", tmp_path / "lift.zarr", task="mw:box-close")
+    out = import_file(tmp_path / "lift.hdf5", tmp_path / "lift.zarr", task=LIFT_TASK)
     ds = open_dataset(out)
     assert (ds.num_episodes, ds.obs_dim, ds.action_dim, ds.physics_state_dim) == (3, 13, 7, 32)
     assert ds.attrs["source"]["kind"] == "import" and ds.attrs["source"]["obs_keys"] == ["obs/object", "obs/robot0_eef_pos"]
@@ -145,13 +149,13 @@ def test_import_foreign_robomimic_file(tmp_path):
 def test_hdf5_missing_key_is_one_line_and_leaves_no_output(tmp_path):
     _robomimic_file(tmp_path / "bad.hdf5", drop="rewards")
     with pytest.raises(DatasetError) as err:
-        import_file(tmp_path / "bad.hdf5", tmp_path / "o.zarr", task="mw:box-close")
+        import_file(tmp_path / "bad.hdf5", tmp_path / "o.zarr", task=LIFT_TASK)
     assert str(err.value) == f"{tmp_path / 'bad.hdf5'}: data/demo_0/rewards: missing key"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["bad.hdf5"]
     with h5py.File(tmp_path / "empty.hdf5", "w") as f:
         f.create_group("other")
     with pytest.raises(DatasetError, match=r"empty.hdf5: data: missing key"):
-        import_hdf5(tmp_path / "empty.hdf5", tmp_path / "o.zarr", task="mw:box-close")
+        import_hdf5(tmp_path / "empty.hdf5", tmp_path / "o.zarr", task=LIFT_TASK)
 
 
 def test_hdf5_bad_content_leaves_no_output(tmp_path):
@@ -160,7 +164,7 @@ def test_hdf5_bad_content_leaves_no_output(tmp_path):
         a = f["data/demo_5/actions"]
         a[0, 0] = 3.0
     with pytest.raises(DatasetError, match=r"big.hdf5: data/demo_5: action: values outside \[-1, 1\]"):
-        import_file(tmp_path / "big.hdf5", tmp_path / "o.zarr", task="mw:box-close")
+        import_file(tmp_path / "big.hdf5", tmp_path / "o.zarr", task=LIFT_TASK)
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / ".o.zarr.partial").exists()
 
 
@@ -180,8 +184,8 @@ def test_import_pickle_like_the_reference_loader(tmp_path):
     f = tmp_path / "demos.pkl"
     f.write_bytes(pickle.dumps(eps))
     with pytest.raises(UsageError, match="runs arbitrary code"):
-        import_file(f, tmp_path / "o.zarr", task="dmc:cheetah-run")
-    out = import_file(f, tmp_path / "o.zarr", task="dmc:cheetah-run", trust_pickle=True)
+        import_file(f, tmp_path / "o.zarr", task=PICKLE_TASK)
+    out = import_file(f, tmp_path / "o.zarr", task=PICKLE_TASK, trust_pickle=True)
     ds = open_dataset(out)
     assert (ds.num_episodes, ds.obs_dim, ds.action_dim, ds.physics_state_dim) == (3, 4, 2, 0)
     loaded = load_episodes(out)
@@ -195,7 +199,7 @@ def test_import_pickle_like_the_reference_loader(tmp_path):
                 for o, act, r, no in eps]
     f2 = tmp_path / "dict.pkl"
     f2.write_bytes(pickle.dumps(dict_eps))
-    out2 = import_pickle(f2, tmp_path / "o2.zarr", task="dmc:cheetah-run", trust_pickle=True)
+    out2 = import_pickle(f2, tmp_path / "o2.zarr", task=PICKLE_TASK, trust_pickle=True)
     assert_same_store_arrays = open_dataset(out2)
     np.testing.assert_array_equal(assert_same_store_arrays.array("data/obs")[:], ds.array("data/obs")[:])
 
@@ -212,7 +216,7 @@ def test_pickle_of_the_wrong_shape(tmp_path, payload, msg):
     f = tmp_path / "bad.pkl"
     f.write_bytes(pickle.dumps(payload))
     with pytest.raises(DatasetError, match=msg):
-        import_file(f, tmp_path / "o.zarr", task="dmc:cheetah-run", trust_pickle=True)
+        import_file(f, tmp_path / "o.zarr", task=PICKLE_TASK, trust_pickle=True)
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / ".o.zarr.partial").exists()
 
 
@@ -223,7 +227,7 @@ def test_unknown_task_and_format(tmp_path):
         import_file(f, tmp_path / "o.zarr", task="dmc:cheetah-rnu", trust_pickle=True)
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(DatasetError, match="unknown format"):
-        import_file(tmp_path / "x.txt", tmp_path / "o.zarr", task="dmc:cheetah-run")
+        import_file(tmp_path / "x.txt", tmp_path / "o.zarr", task=PICKLE_TASK)
 
 
 def test_merge_concatenates_and_refuses_mismatches(src, tmp_path):
@@ -238,8 +242,8 @@ def test_merge_concatenates_and_refuses_mismatches(src, tmp_path):
     assert m.attrs["source"]["kind"] == "merge" and len(m.attrs["source"]["parts"]) == 2
     assert validate(out) == []
     task, _ = write_random_dataset(tmp_path / "t.zarr", [3], obs_dim=6, action_dim=3, state_dim=9,
-                                   cameras={"front": 8, "side": 8}, task="mw:box-close")
-    with pytest.raises(DatasetError, match="attrs.env.task: 'mw:box-close' differs"):
+                                   cameras={"front": 8, "side": 8}, task="synthetic:other-walk")
+    with pytest.raises(DatasetError, match="attrs.env.task: 'synthetic:other-walk' differs"):
         merge_datasets([src, task], tmp_path / "m2.zarr")
     dims, _ = write_random_dataset(tmp_path / "dims.zarr", [3], obs_dim=7, action_dim=3, state_dim=9)
     with pytest.raises(DatasetError, match="attrs.env.obs_dim: 7 differs"):
