@@ -294,8 +294,9 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
     path = Path(path)
     problems = validate(path, deep=False, empty_ok=True)
     if problems:
-        more = f" (+{len(problems) - 1} more; run `cdred package validate {path}`)" if len(problems) > 1 else ""
-        raise DatasetError(problems[0] + more)
+        more = f"+{len(problems) - 1} more; " if len(problems) > 1 else ""
+        hint = f" ({more}run `cdred package validate {path}`)" if more or (path / "zarr.json").is_file() else ""
+        raise DatasetError(problems[0] + hint)
     return Dataset(path, L.open_group(path, mode="r"))
 
 
