@@ -202,9 +202,13 @@ def main(ctx: click.Context, workdir: Path, quiet: bool, debug: bool, threads: i
                    gl_default=choose_headless_backend())
 
 
-def _announce_gl(ctx: click.Context) -> None:
-    """Say once, on stderr, which rendering backend was chosen when MUJOCO_GL was unset."""
-    chosen = ctx.obj.pop("gl_default", None)
+def _check_gl(ctx: click.Context, *, rendering: bool = True) -> None:
+    """Before a command that runs MuJoCo: a MUJOCO_GL that breaks ``import mujoco`` is a one-line error; when
+    the command renders, say once on stderr which backend was chosen for an unset MUJOCO_GL."""
+    from cdred_pipeline.envs.gl import check_gl_env
+
+    check_gl_env()
+    chosen = ctx.obj.pop("gl_default", None) if rendering else None
     if chosen:
         click.echo(f"note: MUJOCO_GL is unset and there is no display: rendering with MUJOCO_GL={chosen} "
                    "(set MUJOCO_GL to choose another backend)", err=True)
@@ -264,6 +268,7 @@ def envs(ctx: click.Context, task: str | None, suite: str | None, steps: int, se
     """List tasks (obs/action dims, action repeat, episode length, usable here?), or, given TASK,
     build it and step it with random actions."""
     if task is not None:
+        _check_gl(ctx, rendering=False)
         click.echo(envs_stage.format_try(envs_stage.try_task(task, steps, seed)))
         return
     rows, notes = envs_stage.task_rows(suite)
@@ -452,11 +457,11 @@ def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoin
     """
     from cdred_pipeline.stages import collect_experts as stage
 
+    _check_gl(ctx)  # the datasets carry rendered probe frames
     tasks = stage.parse_tasks(task)  # every id checked before anything runs
     policy = policy or ("checkpoint" if checkpoint else default_of(CollectConfig, "policy"))
     cfg = stage.CollectConfig(task=tasks[0], policy=policy, checkpoint=checkpoint, **opts)
     store = _store(ctx)
-    _announce_gl(ctx)  # the dataset's probe frames are rendered
     if len(tasks) > 1 or seeds is not None or workers is not None or ray_address is not None:
         _collect_units(ctx, cfg, tasks, seeds or (cfg.seed,), workers, ray_address, force)
         return
@@ -535,9 +540,9 @@ def render_visual(ctx: click.Context, dataset: str, workers: int | None, ray_add
     from cdred_pipeline.executor import executor_for
     from cdred_pipeline.stages import render_visual as stage
 
+    _check_gl(ctx)
     cfg = stage.RenderConfig(workers=workers or default_of(RenderConfig, "workers"), **opts)
     store = _store(ctx)
-    _announce_gl(ctx)
     path = stage.resolve_dataset(dataset, store)
     started = time.time()
     with executor_for(workers, ray_address) as ex, warnings.catch_warnings(record=True) as caught:
@@ -608,10 +613,9 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
     """Learn from DATASET (a demos.zarr or a demos/render-visual artifact key) online with CDRED."""
     from cdred_pipeline.stages import imitate as stage
 
+    _check_gl(ctx, rendering=opts["obs"] == "rgb")
     cfg = stage.ImitateConfig(**opts)
     store = _store(ctx)
-    if cfg.obs == "rgb":
-        _announce_gl(ctx)
     started = time.time()
     art = stage.run(cfg, dataset, store, force=force, progress=_progress(ctx))
     head = art.manifest.get("headline", {})
@@ -661,10 +665,9 @@ def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | Non
     from cdred_pipeline.stages import evaluate as stage
     from cdred_pipeline.stages.common import dataset_scores
 
+    _check_gl(ctx, rendering=bool(opts["videos"]))
     cfg = stage.EvalConfig(**opts)
     store = _store(ctx)
-    if cfg.videos:
-        _announce_gl(ctx)
     scores = dataset_scores(scores_from, store) if scores_from else None
     started = time.time()
     with executor_for(workers, ray_address) as ex:
@@ -698,9 +701,9 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
     """The whole chain for TASK: collect-experts -> (render-visual) -> imitate -> evaluate, all cached."""
     from cdred_pipeline.stages import pipeline as stage
 
+    _check_gl(ctx)
     cfg = stage.PipelineConfig(task=task, **opts)
     store = _store(ctx)
-    _announce_gl(ctx)
     result = stage.run(cfg, store, force=force, progress=_progress(ctx))
     click.echo(stage.format_summary(result))
 
@@ -742,9 +745,9 @@ def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, **op
     from cdred_pipeline.executor import executor_for
     from cdred_pipeline.stages import sweep as stage
 
+    _check_gl(ctx)
     cfg = stage.SweepConfig(**opts)
     store = _store(ctx)
-    _announce_gl(ctx)
     with executor_for(workers, ray_address) as ex:
         result = stage.run(cfg, store, executor=ex, progress=_progress(ctx))
     click.echo(f"results: {result.csv}\nsummary: {result.summary}\nfigures: {result.folder / 'figures'} "

@@ -180,8 +180,17 @@ def return_axis_limits(aggs: list[dict[str, Any]], levels: dict[str, float]) -> 
 
 
 def _plot(path: Path, aggs: list[dict[str, Any]], scores: dict[str, Any], title: str) -> None:
+    """tremble.png: :func:`tremble_figure` saved atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = tremble_figure(aggs, scores, title)
+    save_figure_atomic(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def tremble_figure(aggs: list[dict[str, Any]], scores: dict[str, Any], title: str) -> Any:
     """Return (mean, error bars: one std over the episodes of each p) and success against p, with the
-    expert and random returns as reference lines and the episode count in the title."""
+    expert and random returns as reference lines and the episode count in the title and legends."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,8 +217,7 @@ def _plot(path: Path, aggs: list[dict[str, Any]], scores: dict[str, Any], title:
     ax2.legend(fontsize=7, loc="best")
     fig.suptitle(f"{title} ({n} episodes per p)")
     fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,16 @@ def gl_env_valid() -> bool:
 def check_gl_env() -> None:
     """Fail early, in one line, when ``MUJOCO_GL`` holds a value that breaks ``import mujoco``.
 
-    Call before the first import of mujoco/dm_control. An unset variable is fine for stepping; rendering
-    then checks again (:func:`check_gl_for_rendering`).
+    Call before the first import of mujoco/dm_control: a backend whose library does not load breaks the
+    import too. An unset variable is fine for stepping; rendering then checks again
+    (:func:`check_gl_for_rendering`).
     """
     if not gl_env_valid():
         raise MissingDependencyError(f"MUJOCO_GL={os.environ['MUJOCO_GL']!r} is not a rendering backend: {GL_HINT}")
+    gl = os.environ.get("MUJOCO_GL", "").strip().lower()
+    libs = dict(HEADLESS_BACKENDS).get(gl)
+    if libs and not _loadable(libs):  # import mujoco would fail deep inside PyOpenGL
+        raise MissingDependencyError(f"MUJOCO_GL={gl} but its library {libs[0]} is not installed here: {GL_HINT}")
 
 
 def _has_display() -> bool:
