@@ -16,7 +16,10 @@
   ``rewards``/``next_observations`` also work). Unpickling runs arbitrary code from the file, so
   it needs ``trust_pickle=True``.
 
-Every output is written under a temporary name and renamed when complete.
+Every output is written under its lock (``.<name>.lock`` next to it: a second writer of the same output
+waits, then replaces the finished output only with ``overwrite``), to a temporary name in the same
+folder, and renamed when complete; an output that is, contains or lies inside an input is refused.
+Imports check the file's dims against the task (the static task table) before writing anything.
 """
 
 from __future__ import annotations
@@ -762,7 +765,7 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
 def _check_fits_task(file: Path, env: Mapping[str, Any], given: str | None) -> None:
     """Refuse an import whose dims do not fit its task (``--task`` or the file's own) before anything is
     written: one line (UsageError for ``--task``, DatasetError for the file's own label)."""
-    why = task_mismatch(str(env.get("task")), env.get("obs_dim"), env.get("action_dim"), env.get("physics_state_dim"))
+    why = task_mismatch(str(env.get("task")), env.get("obs_dim"), env.get("action_dim"))
     if why is None:
         return
     if given is not None:

@@ -385,9 +385,9 @@ def _canonical(task: str) -> str:
 
 
 def task_dims(task: str) -> dict[str, int] | None:
-    """``obs_dim``, ``action_dim`` and ``physics_state_dim`` of ``task`` from the static task table
-    (``envs/task_dims.json``; ManiSkill2's from ``envs.spec.MS2_TASKS``) without building an env;
-    only the dims the table knows, None when it knows none (gym ids, unknown ids, other versions)."""
+    """``obs_dim`` and ``action_dim`` of ``task`` from the static task table (``envs/task_dims.json``;
+    ManiSkill2's from ``envs.spec.MS2_TASKS``) without building an env: only the dims the table knows,
+    None when it knows none (gym ids, unknown ids, simulator versions other than the recorded ones)."""
     from cdred_pipeline.envs import spec
 
     suite, _, name = task.partition(":")
@@ -398,17 +398,16 @@ def task_dims(task: str) -> dict[str, int] | None:
         dims = spec.MS2_TASKS.get(name) or spec.MS2_TASKS.get(_canonical(task).partition(":")[2])
     else:
         dims = None
-    known = {k: int(v) for k, v in (dims or {}).items()
-             if k in ("obs_dim", "action_dim", "physics_state_dim") and isinstance(v, int)}
+    known = {k: int(v) for k, v in (dims or {}).items() if k in ("obs_dim", "action_dim") and isinstance(v, int)}
     return known or None
 
 
-def task_mismatch(task: str, obs_dim: Any, action_dim: Any, physics_state_dim: Any = None) -> str | None:
+def task_mismatch(task: str, obs_dim: Any, action_dim: Any) -> str | None:
     """``"obs_dim 10, action_dim 7 but mw:reach has obs_dim 39, action_dim 4"`` when the dims do not
-    fit ``task`` in the static task table, else None (also when the table does not know the task).
-    A ``physics_state_dim`` of 0 (an import without simulator states) fits every task."""
+    fit ``task`` in the static task table, else None (also when the table does not know the task). The
+    simulator state's width is render-visual's to check (imports may store none)."""
     dims = task_dims(task) or {}
-    have = {"obs_dim": obs_dim, "action_dim": action_dim, "physics_state_dim": physics_state_dim or None}
+    have = {"obs_dim": obs_dim, "action_dim": action_dim}
     off = [k for k, v in have.items() if isinstance(v, int) and k in dims and v != dims[k]]
     if not off:
         return None
@@ -441,7 +440,7 @@ def _check_task_dims(s: _Store) -> list[str]:
     task = s.env.get("task")
     if not isinstance(task, str):
         return []
-    why = task_mismatch(task, s.env.get("obs_dim"), s.env.get("action_dim"), s.env.get("physics_state_dim"))
+    why = task_mismatch(task, s.env.get("obs_dim"), s.env.get("action_dim"))
     return [s.bad("attrs.env", f"{why}: the data does not fit its task (labelled or imported with the wrong "
                                "task)")] if why else []
 
