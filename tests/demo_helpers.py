@@ -23,22 +23,28 @@ def checkpoint_demos(root: Path, task: str, length: int, episodes: int = 2) -> d
     return {"store": store, "demos": demos, "path": demos.path / ce.DATASET_NAME}
 
 
-def run_imitate_twice(cli: Any, tmp_path: Path, args: list[str]) -> list[tuple[dict, list[dict]]]:
-    """Run the same ``cdred imitate`` command in two fresh processes (work dirs ``a`` and ``b``); returns
-    each run's saved model weights and its metrics rows without their wall times."""
+def imitate_outputs(workdir: Path) -> tuple[dict, list[dict]]:
+    """The saved model weights of the one imitate artifact (complete) in ``workdir`` and its metrics rows
+    without their wall times."""
     import json
 
     import torch
 
     from cdred_pipeline.stages import imitate as im
 
+    (folder,) = [p for p in (workdir / im.STAGE).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    ck = torch.load(folder / "agent.pt", weights_only=True)
+    rows = [{k: v for k, v in r.items() if k != "wall_s"} for r in
+            (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())]
+    return ck["model"], rows
+
+
+def run_imitate_twice(cli: Any, tmp_path: Path, args: list[str]) -> list[tuple[dict, list[dict]]]:
+    """Run the same ``cdred imitate`` command in two fresh processes (work dirs ``a`` and ``b``); returns
+    each run's saved model weights and its metrics rows without their wall times."""
     runs = []
     for name in ("a", "b"):
         res = cli(tmp_path / name, *args)
         assert res.returncode == 0, res.stderr
-        (folder,) = (tmp_path / name / im.STAGE).iterdir()
-        ck = torch.load(folder / "agent.pt", weights_only=True)
-        rows = [{k: v for k, v in r.items() if k != "wall_s"} for r in
-                (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())]
-        runs.append((ck["model"], rows))
+        runs.append(imitate_outputs(tmp_path / name))
     return runs

@@ -15,12 +15,19 @@ Counters, all logged in ``metrics.jsonl`` under explicit names:
 
 Imitation reuses this loop: pass the CDRED reward head inside ``agent`` and ``expert_buffer``; each
 update then samples B behavioural and B expert sub-trajectories and concatenates them along the batch
-with ``is_expert`` = [False]*B + [True]*B (docs/design.md §4). Checkpoints are written at episode ends
-(``agent.pt``, atomically, plus ``buffer.pt`` when ``save_buffer``); rerunning with the same
-``out_dir`` resumes from ``agent.pt`` and rolls ``metrics.jsonl`` back to that step. Every random draw
-comes from a named stream of ``cfg.seed`` (:mod:`cdred_pipeline.seeding`): ``train-reset`` and
-``seed-actions`` per training episode, ``train-eval-reset`` per evaluation episode (the same episodes
-at every evaluation), ``replay`` for the replay buffer's sampling.
+with ``is_expert`` = [False]*B + [True]*B (docs/design.md §4). Every random draw comes from a named
+stream of ``cfg.seed`` (:mod:`cdred_pipeline.seeding`): ``train-reset`` and ``seed-actions`` per
+training episode, ``train-eval-reset`` per evaluation episode (the same episodes at every
+evaluation), ``replay`` for the replay buffer's sampling.
+
+Resume is exact (on CPU, bit for bit): checkpoints are taken only at episode ends, where the env holds
+nothing the next episode needs (it is reset with the episode's seed, the tremble generator with it), and
+hold everything the rest of the run draws from: the weights, both optimisers, the schedulers, the
+running scale, the acting generators and the last MPPI mean, the global torch, numpy and Python RNGs,
+the trainer's counters, the replay buffer with its sampling generator (``buffer.pt``, when
+``save_buffer``) and the sampling generators of the expert buffer and of the buffers the eval hook
+samples (the caller rebuilds their contents from the same data). Rerunning with the same ``out_dir``
+resumes from ``agent.pt`` and rolls ``metrics.jsonl`` back to its step.
 """
 
 from __future__ import annotations
@@ -164,7 +171,14 @@ def rollback_metrics(path: Path, agent_step: int) -> None:
 
 def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", title: str = "",
                         reference_lines: Optional[dict[str, float]] = None, env_reward_seen: bool = True) -> None:
-    """Episode returns (train) and evaluation returns against env steps, written atomically (Agg).
+    """Write :func:`learning_curve_figure` of ``metrics.jsonl`` to ``png_path``, atomically (Agg)."""
+    fig = learning_curve_figure(read_jsonl(Path(metrics_path)), title, reference_lines, env_reward_seen)
+    save_figure_atomic(fig, png_path)
+
+
+def learning_curve_figure(rows: list[dict[str, Any]], title: str = "",
+                          reference_lines: Optional[dict[str, float]] = None, env_reward_seen: bool = True) -> Any:
+    """Episode returns (train) and evaluation returns against env steps, as a matplotlib Figure.
 
     The evaluation band is mean +- std over each evaluation's episodes (the legend says how many).
     ``reference_lines`` ({label: return}) are drawn as horizontal lines (e.g. the expert's return).
@@ -173,7 +187,6 @@ def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", titl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = read_jsonl(Path(metrics_path))
     train = [r for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
     fig = Figure(figsize=(7, 4), dpi=100)
@@ -191,7 +204,7 @@ def plot_learning_curve(metrics_path: "str | Path", png_path: "str | Path", titl
     ax.grid(alpha=0.3)
     if train or evals or reference_lines:
         ax.legend(loc="lower right")
-    save_figure_atomic(fig, png_path)
+    return fig
 
 
 def _plot_evals(ax: Any, evals: list[dict[str, Any]]) -> None:
@@ -540,4 +553,4 @@ def train_online(env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConf
 
 
 __all__ = ["Laps", "OnlineTrainer", "TrainerConfig", "TrainerState", "append_jsonl", "evaluation_figures", "train_online",
-           "sample_batch", "plot_learning_curve", "read_jsonl", "rollback_metrics"]
+           "sample_batch", "learning_curve_figure", "plot_learning_curve", "read_jsonl", "rollback_metrics"]
