@@ -25,7 +25,6 @@ bounds are mapped linearly onto [-1, 1], and ``attrs.source.notes`` says what ha
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import warnings
