@@ -256,6 +256,20 @@ def test_buffer_state_loads_into_another_capacity():
     assert set(ids[0].unique().tolist()) == {0.0, 1.0, 2.0, 3.0} and times[0][ids[0] == 0].min() == 16
 
 
+def test_buffer_sampler_state_makes_a_rebuilt_buffer_draw_the_same_batches():
+    """A buffer rebuilt from the same episodes (a resumed run's expert buffer) and given the sampler state
+    draws what the original draws next; one holding other data is refused."""
+    buf = fill_buffer(seed=4)
+    buf.sample(8, 3)
+    state = buf.sampler_state()
+    rebuilt = fill_buffer(seed=4)
+    rebuilt.load_sampler_state(state, what="expert buffer")
+    a, b = buf.sample(32, 3), rebuilt.sample(32, 3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CdredError, match=r"checkpoint's expert buffer held \(episodes, slots\) \(4, 124\), this one \(3, 93\)"):
+        fill_buffer(seed=4, episodes=3).load_sampler_state(state, what="expert buffer")
+
+
 def test_sample_batch_with_expert_buffer_marks_halves():
     beh, exp = fill_buffer(seed=0), fill_buffer(seed=1)
     b = sample_batch(beh, 8, 3, exp)
@@ -406,6 +420,29 @@ def test_checkpoint_reload_gives_bitwise_identical_eval_actions(tmp_path, plan):
     assert again.update(batch) == ref
     raw = torch.load(path, weights_only=True)  # no pickled classes
     assert raw["format"] == "cdred-agent" and raw["package_version"] and isinstance(raw["config"], dict)
+
+
+def test_resume_restores_python_random_and_the_heads_last_loss_terms(tmp_path):
+    """restore_rng brings back the global torch, numpy and Python random states and the loss terms the
+    head keeps for the next evaluation's diagnostics."""
+    import random
+
+    from cdred_pipeline.reward import CDREDConfig, CDREDRewardHead
+
+    cfg = tiny()
+    agent = TDMPC2Agent(cfg, (3,), 1, reward_head=CDREDRewardHead(cfg.latent_dim, 1, CDREDConfig.preset("small")),
+                        device="cpu")
+    agent.update({**fill_buffer().sample(8, 3), "is_expert": torch.tensor([False] * 4 + [True] * 4)})
+    random.seed(11)
+    path = tmp_path / "agent.pt"
+    agent.save(path)
+    draws = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    fresh = TDMPC2Agent(cfg, (3,), 1, reward_head=CDREDRewardHead(cfg.latent_dim, 1, CDREDConfig.preset("small")),
+                        device="cpu")
+    fresh.load_state(path, restore_rng=True)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == draws
+    terms = agent.reward_head.last_loss_terms
+    assert terms and all(torch.equal(terms[k], fresh.reward_head.last_loss_terms[k]) for k in terms)
 
 
 def test_checkpoint_errors(tmp_path):

@@ -107,10 +107,13 @@ def test_resume_after_sigkill_continues_from_last_checkpoint(tmp_path):
     assert 400 <= killed_at < 1600
     ck = torch.load(ckpt, weights_only=True)
     updates_at_ckpt = ck["update_step"]
-    assert torch.load(out / "buffer.pt", weights_only=True)["agent_step"] in (killed_at, killed_at + 200)
+    # the buffer of the checkpoint's step is in buffer.pt, or in buffer-next.pt for a kill just before its rename
+    saved = [torch.load(out / f, weights_only=True)["agent_step"] for f in ("buffer.pt", "buffer-next.pt") if (out / f).exists()]
+    assert killed_at in saved
 
     res = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "without a saved replay buffer" not in res.stderr
     summary = json.loads(res.stdout.split("SUMMARY ", 1)[1])
     assert summary["resumed_from"] == killed_at and summary["agent_step"] == 1600
     # updates continue from the checkpoint's counter: 20 pretraining + 0.5 per step after seeding
@@ -118,6 +121,48 @@ def test_resume_after_sigkill_continues_from_last_checkpoint(tmp_path):
     assert updates_at_ckpt == 20 + (killed_at - 200) // 2
     train_steps = [r["agent_step"] for r in rows(out / "metrics.jsonl") if r["kind"] == "train"]
     assert train_steps == list(range(200, 1601, 200)), "rows after the checkpoint must be redone exactly once"
+
+
+def test_a_stop_between_agent_pt_and_the_buffer_rename_resumes_with_the_new_buffer(tmp_path):
+    """A checkpoint writes buffer-next.pt, then agent.pt, then renames the buffer to buffer.pt. The files a
+    stop between the last two leave (agent.pt of step N, buffer.pt of the previous checkpoint, buffer-next.pt
+    of step N) resume with step N's buffer, exactly as the files a completed checkpoint leaves."""
+    import shutil
+    import warnings
+
+    cfg = TrainerConfig(agent_steps=400, seed_agent_steps=200, pretrain_updates=10, utd=0.25,
+                        eval_every_agent_steps=0, eval_episodes=0, checkpoint_every_agent_steps=200, seed=2)
+    complete, torn = tmp_path / "complete", tmp_path / "torn"
+    train_online(env_fn, tiny_agent(), cfg, complete, progress=False)
+    shutil.copytree(complete, torn)
+    (torn / "buffer.pt").rename(torn / "buffer-next.pt")
+    older = torch.load(torn / "buffer-next.pt", weights_only=True)
+    torch.save({**older, "agent_step": 200}, torn / "buffer.pt")  # what the checkpoint at step 200 left
+    longer = TrainerConfig(**{**cfg.__dict__, "agent_steps": 600})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "without a saved replay buffer" refill
+        results = [train_online(env_fn, tiny_agent(), longer, out, progress=False) for out in (complete, torn)]
+    assert results[0]["update_step"] == results[1]["update_step"] == 10 + 100
+    weights = [torch.load(out / "agent.pt", weights_only=True)["model"] for out in (complete, torn)]
+    assert [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])] == []
+    assert not (torn / "buffer-next.pt").exists()
+
+
+def test_learning_curve_names_its_band_and_whose_return_it_plots():
+    """The band is mean +- std over the evaluation's episodes, and an imitation curve says the return is
+    the env's, which the learner never saw."""
+    from cdred_pipeline.agent.trainer import learning_curve_figure
+
+    rows = [{"kind": "train", "env_step": 100, "episode_return": 1.0},
+            {"kind": "eval", "env_step": 100, "eval_return_mean": 2.0, "eval_return_std": 0.5, "eval_episodes": 5},
+            {"kind": "eval", "env_step": 200, "eval_return_mean": 3.0, "eval_return_std": 0.4, "eval_episodes": 5}]
+    ax = learning_curve_figure(rows, "dmc:cartpole-balance", {"expert return": 4.0}, env_reward_seen=False).axes[0]
+    assert ax.get_ylabel() == "env return (not seen by the learner)"
+    assert ax.get_title() == "dmc:cartpole-balance\n(the learner never saw the env reward)"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["train episode", "eval mean", "eval \u00b1 std over 5 episodes", "expert return"]
+    rl = learning_curve_figure(rows, "gym:Pendulum-v1").axes[0]  # RL on the env reward
+    assert rl.get_ylabel() == "episode return" and rl.get_title() == "gym:Pendulum-v1"
 
 
 class NaNAfter(TwoHotRewardHead):
