@@ -510,9 +510,28 @@ def _collect_units(ctx: click.Context, cfg: Any, tasks: list[str], seeds: tuple[
 
 
 # ------------------------------------------------------------------------------- render-visual
+def _one_line_warnings(prefixes: dict[type[Warning], str]) -> None:
+    """Inside ``warnings.catch_warnings()``: print each warning of a category in ``prefixes`` at once, as one
+    line on stderr with its prefix (``note:``, ``warning:``); other warnings as Python shows them."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        prefix = next((v for k, v in prefixes.items() if issubclass(category, k)), None)
+        if prefix is None:
+            shown(message, category, *args, **kwargs)
+        else:
+            click.echo(f"{prefix}: {one_line(str(message))}", err=True)
+
+    for category in prefixes:
+        warnings.simplefilter("always", category)
+    warnings.showwarning = show
+
+
 @main.command("render-visual")
 @click.argument("dataset")
-@click.option("--size", type=click.IntRange(16, 512), default=default_of(RenderConfig, "size"), show_default=True,
+@click.option("--size", type=int, default=default_of(RenderConfig, "size"), show_default=True,
               help="Image side in pixels (16-512).")
 @click.option("--camera", default=default_of(RenderConfig, "camera"),
               help="Camera name or id (default: the task's camera, as make_env uses online).")
@@ -545,14 +564,9 @@ def render_visual(ctx: click.Context, dataset: str, workers: int | None, ray_add
     store = _store(ctx)
     path = stage.resolve_dataset(dataset, store)
     started = time.time()
-    with executor_for(workers, ray_address) as ex, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", stage.RenderMismatchWarning)
+    with executor_for(workers, ray_address) as ex, warnings.catch_warnings():
+        _one_line_warnings({stage.RenderMismatchWarning: "warning", stage.AlreadyRenderedWarning: "note"})
         art = stage.run(cfg, path, store, force=force, progress=_progress(ctx), executor=ex)
-    for w in caught:
-        if issubclass(w.category, stage.RenderMismatchWarning):
-            click.echo(f"warning: {w.message}", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     click.echo(stage.summary_line(art, cached=float(art.manifest.get("finished", 0)) < started))
 
 

@@ -73,6 +73,10 @@ class RenderMismatchWarning(UserWarning):
     """Re-rendered probe frames differ from the collection-time hashes (other GL backend or versions)."""
 
 
+class AlreadyRenderedWarning(UserWarning):
+    """The input already holds the camera's frames: they are rendered again into a new dataset."""
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """Settings of render-visual. Only ``size``, ``camera`` and ``render_profile`` change the pixels
@@ -199,7 +203,6 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
     ds = open_dataset(path)
     task = _check_input(path, ds)
     camera = camera_of(config, task)
-    _check_not_rendered(path, ds, camera)
     _check_image_size(path, ds, camera, config.size)
     ok, why = task_available(task.task)
     if not ok:
@@ -213,6 +216,7 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
                       description=f"{pixels.task} pixels {pixels.size}x{pixels.size} camera {camera} ({pixels.profile})")
     if art.complete:
         return _verify_cached(art, config, ds)
+    _warn_already_rendered(path, ds, camera, art)
     try:
         if executor is not None:
             return _RenderRun(art, config, ds, pixels, executor, progress).execute()
@@ -251,13 +255,14 @@ def _check_input(path: Path, ds: Any) -> ParsedTask:
     return task
 
 
-def _check_not_rendered(path: Path, ds: Any, camera: str) -> None:
-    """Refuse a dataset that already holds ``camera``'s frames: rendering it again would copy the same
-    pixels into a new artifact under a new key."""
+def _warn_already_rendered(path: Path, ds: Any, camera: str, art: Artifact) -> None:
+    """Say (AlreadyRenderedWarning) that the input already holds ``camera``'s frames, which are rendered
+    again from its states into a new dataset under another key (a check that they reproduce, or a waste)."""
     if camera in ds.cameras:
         h, w = ds.image_shape(camera)[:2]
-        raise UsageError(f"{path}: already holds camera {camera} at {h}x{w} (rendered by render-visual); use it as "
-                         "it is (cdred imitate DATASET --obs rgb), or render another camera with --camera")
+        warnings.warn(f"{path} already holds camera {camera} at {h}x{w}: rendering it again from its states into a "
+                      f"new dataset ({STAGE}/{art.key}); to learn from its frames, pass it as it is to "
+                      "`cdred imitate --obs rgb`", AlreadyRenderedWarning, stacklevel=3)
 
 
 def _check_image_size(path: Path, ds: Any, camera: str, size: int) -> None:
