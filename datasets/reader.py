@@ -15,8 +15,8 @@ from cdred_pipeline.errors import DatasetError
 
 from . import layout as L
 
-__all__ = ["Dataset", "DatasetReadError", "CheckedArray", "open_dataset", "load_episodes", "stack_frames", "dir_size",
-           "FRAME_STACK"]
+__all__ = ["Dataset", "DatasetReadError", "CheckedArray", "open_dataset", "load_episodes", "check_readable",
+           "stack_frames", "dir_size", "FRAME_STACK"]
 
 #: Frames per pixel observation, as TD-MPC2's pixel wrapper (and ``make_env(obs="rgb")``).
 FRAME_STACK = 3
@@ -316,6 +316,29 @@ def stack_frames(frames: np.ndarray, k: int = FRAME_STACK) -> np.ndarray:
     idx = np.arange(n)[:, None] + np.arange(-k + 1, 1)[None, :]  # (n, k), oldest first
     np.clip(idx, 0, None, out=idx)
     return chw[idx].reshape(n, 3 * k, *chw.shape[2:])
+
+
+def _episode_keys(ds: Dataset, obs: str, camera: str | None) -> list[str]:
+    """The arrays :func:`load_episodes` reads for ``obs`` (per-step first, then per-episode)."""
+    if obs == "state":
+        return ["data/action", "data/reward", "data/obs", "meta/final_obs"]
+    cam = ds._camera(camera)
+    return ["data/action", "data/reward", f"{L.RGB_GROUP}/{cam}", f"{L.FINAL_RGB_GROUP}/{cam}"]
+
+
+def check_readable(path: str | os.PathLike, num_demos: int | None = None, obs: str = "state",
+                   camera: str | None = None) -> None:
+    """Decode every chunk that :func:`load_episodes` with the same arguments reads, one chunk at a time
+    (memory: one chunk), and raise its one-line :class:`DatasetReadError` on the first that does not
+    decode: a stage calls this before it opens its artifact, so a damaged store leaves nothing behind."""
+    ds = open_dataset(path)
+    n = ds.num_episodes if num_demos is None else min(max(int(num_demos), 0), ds.num_episodes)
+    rows = {"data": int(ds.episode_ends[n - 1]) if n else 0, "meta": n}
+    for key in _episode_keys(ds, obs, camera):
+        arr, stop = ds.array(key), rows[key.split("/", 1)[0]]
+        step = int(arr.chunks[0])
+        for start in range(0, stop, step):
+            arr[start:min(start + step, stop)]
 
 
 def load_episodes(path: str | os.PathLike, num_demos: int | None = None, obs: str = "state",

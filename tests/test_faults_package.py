@@ -27,7 +27,7 @@ import pytest
 from cli_helpers import cdred_command, cli_env, one_line_error, run_cli
 
 from cdred_pipeline.artifacts import ArtifactStore
-from cdred_pipeline.datasets import EpisodeWriter, load_episodes, open_dataset, validate
+from cdred_pipeline.datasets import EpisodeWriter, check_readable, load_episodes, open_dataset, validate
 from cdred_pipeline.datasets import layout as L
 from cdred_pipeline.datasets.reader import DatasetReadError
 from cdred_pipeline.datasets.synthetic import default_attrs, write_random_dataset
@@ -311,6 +311,28 @@ def test_corrupt_chunk_is_a_one_line_read_error(small, tmp_path):
     line = one_line_error(res)
     assert "data/obs: chunk c/1/0" in line and "cdred package validate" in line
     assert not (tmp_path / "o.hdf5").exists() and _leftovers(tmp_path) == []
+
+
+def test_check_readable_decodes_what_load_episodes_reads(small, tmp_path):
+    bad = _copy(small, tmp_path / "bad.zarr")
+    _corrupt(bad, "data/obs", 1)  # rows 64-89: episode 2 only
+    check_readable(bad, num_demos=2)
+    with pytest.raises(DatasetReadError, match=r"data/obs: chunk c/1/0 \(rows 64-89\)"):
+        check_readable(bad)
+    check_readable(small)
+
+
+def test_corrupt_chunk_stops_imitate_before_its_artifact(cartpole, tmp_path):
+    """A chunk that keeps its size but does not decode: imitate reads the demos before it opens its
+    artifact (stages/imitate.py calls check_readable in resolve_inputs), so no partial is left."""
+    bad = _copy(cartpole, tmp_path / "bad.zarr")
+    _corrupt(bad, "data/obs")
+    wd = tmp_path / "wd"
+    res = run_cli(wd, "imitate", str(bad), "--preset", "tiny", "--steps", "10", "--device", "cpu")
+    assert res.returncode == 4, res.stderr
+    line = one_line_error(res)
+    assert "data/obs: chunk c/0/0" in line and "cdred package validate" in line
+    assert ArtifactStore(wd).list() == []
 
 
 def test_truncated_chunk_stops_imitate_and_render_visual_before_their_artifact(cartpole, tmp_path):
