@@ -89,6 +89,9 @@ class CheckedArray:
         """``zarr.Array.get_orthogonal_selection`` with one-line read errors."""
         return self._read(sel, self.zarr_array.get_orthogonal_selection)
 
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
     def __len__(self) -> int:
         return int(self.zarr_array.shape[0])
 
@@ -327,15 +330,18 @@ def _episode_keys(ds: Dataset, obs: str, camera: str | None) -> list[str]:
 
 
 def check_readable(path: str | os.PathLike, num_demos: int | None = None, obs: str = "state",
-                   camera: str | None = None) -> None:
-    """Decode every chunk that :func:`load_episodes` with the same arguments reads, one chunk at a time
-    (memory: one chunk), and raise its one-line :class:`DatasetReadError` on the first that does not
-    decode: a stage calls this before it opens its artifact, so a damaged store leaves nothing behind."""
+                   camera: str | None = None, *, keys: Sequence[str] | None = None) -> None:
+    """Decode every chunk that :func:`load_episodes` with the same arguments reads (or, with ``keys``,
+    every chunk of those arrays, e.g. ``("data/physics_state", "meta/final_physics_state")`` for
+    render-visual), one chunk at a time (memory: one chunk), and raise the one-line
+    :class:`DatasetReadError` of the first that does not decode: a stage calls this before it opens
+    its artifact, so a damaged store leaves nothing behind."""
     ds = open_dataset(path)
     n = ds.num_episodes if num_demos is None else min(max(int(num_demos), 0), ds.num_episodes)
     rows = {"data": int(ds.episode_ends[n - 1]) if n else 0, "meta": n}
-    for key in _episode_keys(ds, obs, camera):
-        arr, stop = ds.array(key), rows[key.split("/", 1)[0]]
+    for key in keys if keys is not None else _episode_keys(ds, obs, camera):
+        arr = ds.array(key)
+        stop = int(arr.shape[0]) if keys is not None else rows[key.split("/", 1)[0]]
         step = int(arr.chunks[0])
         for start in range(0, stop, step):
             arr[start:min(start + step, stop)]

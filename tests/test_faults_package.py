@@ -316,10 +316,15 @@ def test_corrupt_chunk_is_a_one_line_read_error(small, tmp_path):
 def test_check_readable_decodes_what_load_episodes_reads(small, tmp_path):
     bad = _copy(small, tmp_path / "bad.zarr")
     _corrupt(bad, "data/obs", 1)  # rows 64-89: episode 2 only
+    _corrupt(bad, "data/physics_state", 1)  # load_episodes does not read the states
     check_readable(bad, num_demos=2)
     with pytest.raises(DatasetReadError, match=r"data/obs: chunk c/1/0 \(rows 64-89\)"):
         check_readable(bad)
-    check_readable(small)
+    with pytest.raises(DatasetReadError, match=r"data/physics_state: chunk c/1/0 \(rows 42-83\)"):
+        check_readable(bad, keys=("data/physics_state", "meta/final_physics_state"))
+    check_readable(small, keys=("data/physics_state", "meta/final_physics_state"))
+    ds = open_dataset(small)
+    np.testing.assert_array_equal(np.asarray(ds.array("data/obs")), ds.group["data/obs"][:])
 
 
 def test_corrupt_chunk_stops_imitate_before_its_artifact(cartpole, tmp_path):
