@@ -340,6 +340,19 @@ def test_corrupt_chunk_stops_imitate_before_its_artifact(cartpole, tmp_path):
     assert ArtifactStore(wd).list() == []
 
 
+def test_corrupt_states_stop_render_visual_before_its_artifact(cartpole, tmp_path):
+    """Render-visual decodes the stored states before it opens its artifact (stages/render_visual.py calls
+    check_readable on them), so a corrupt chunk is one line and leaves no folder."""
+    bad = _copy(cartpole, tmp_path / "bad.zarr")
+    _corrupt(bad, "meta/final_physics_state")
+    wd = tmp_path / "wd"
+    res = run_cli(wd, "render-visual", str(bad), "--no-verify")
+    assert res.returncode == 4, res.stderr
+    line = one_line_error(res)
+    assert "meta/final_physics_state: chunk c/0/0" in line and "cdred package validate" in line
+    assert ArtifactStore(wd).list() == []
+
+
 def test_truncated_chunk_stops_imitate_and_render_visual_before_their_artifact(cartpole, tmp_path):
     bad = _copy(cartpole, tmp_path / "bad.zarr")
     _truncate(bad, "data/obs")
