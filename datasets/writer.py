@@ -16,7 +16,10 @@ Design (docs/design.md §6), on zarr's public API only:
   to its final name by :meth:`EpisodeWriter.close` after it is consolidated and structurally valid;
   a directory with the final name is therefore always complete.
 * One writer per store: an exclusive ``flock`` on ``.<name>.lock``; a second writer gets a
-  :class:`~cdred_pipeline.errors.DatasetError` at once.
+  :class:`~cdred_pipeline.errors.DatasetError` at once, or with ``wait=True`` (the ``package``
+  commands, through :func:`output_lock` for non-zarr outputs too) waits for the first and then
+  finds its finished output. :func:`publish` replaces an existing output in one atomic rename (a
+  file) or exchange (a folder), so the final name never holds a partial output.
 * Resume: :meth:`EpisodeWriter.resume` reopens the partial store of a killed run; ``num_episodes``
   says how many episodes are durably stored (everything up to the last :meth:`flush`), and a stage
   skips those. Episodes are committed by ``meta/episode_ends``, written last in every flush; rows
