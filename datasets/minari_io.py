@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping
@@ -42,7 +43,7 @@ from .reader import Dataset, open_dataset
 from .validate import task_mismatch
 from .writer import EpisodeWriter
 
-__all__ = ["export_minari", "import_minari", "MINARI_FORMAT"]
+__all__ = ["export_minari", "import_minari", "default_dataset_id", "is_minari_dataset", "MINARI_FORMAT"]
 
 MINARI_FORMAT = "cdred-minari"
 _INSTALL = "pip install 'minari>=0.5' h5py (or pip install 'cdred[formats]')"
@@ -78,6 +79,18 @@ def _check_id(dataset_id: str) -> None:
     except ValueError:
         raise UsageError(f"dataset id {dataset_id!r}: expected (namespace/)name-v<version>, "
                          "e.g. cdred/mw-reach-expert-v0") from None
+
+
+def default_dataset_id(task: str) -> str:
+    """The dataset id an export of ``task`` gets when none is given: ``cdred/<suite>-<name>-v0``."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", task.replace(":", "-")).strip("-") or "dataset"
+    return f"cdred/{name}-v0"
+
+
+def is_minari_dataset(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a Minari dataset folder (``data/metadata.json``) or its ``data`` folder."""
+    p = Path(path)
+    return (p / "data" / "metadata.json").is_file() or ((p / "metadata.json").is_file() and p.name == "data")
 
 
 # ------------------------------------------------------------------------------------------ export

@@ -14,7 +14,9 @@ import zarr
 minari = pytest.importorskip("minari", reason="minari is not installed (pip install 'cdred[formats]')")
 
 from cdred_pipeline.datasets import open_dataset  # noqa: E402
-from cdred_pipeline.datasets.minari_io import export_minari, import_minari  # noqa: E402
+from cdred_pipeline.datasets.minari_io import (  # noqa: E402
+    default_dataset_id, export_minari, import_minari, is_minari_dataset,
+)
 from cdred_pipeline.datasets.synthetic import write_random_dataset  # noqa: E402
 from cdred_pipeline.errors import DatasetError, UsageError  # noqa: E402
 from store_helpers import zarr_arrays  # noqa: E402
@@ -102,9 +104,11 @@ def test_gym_task_records_env_spec(tmp_path, root):
 
 def test_suite_task_is_in_metadata(tmp_path, root):
     path, _ = write_random_dataset(tmp_path / "r.zarr", [4, 6], obs_dim=39, action_dim=4, state_dim=5, task="mw:reach")
-    export_minari(path, "cdred/mw-reach-v0", root)
+    assert default_dataset_id("mw:reach") == "cdred/mw-reach-v0"
+    export_minari(path, default_dataset_id("mw:reach"), root)
     mds = minari.load_dataset("cdred/mw-reach-v0")
     assert mds.spec.env_spec is None and mds.storage.metadata["cdred_task"] == "mw:reach"
+    assert is_minari_dataset(root / "cdred/mw-reach-v0") and not is_minari_dataset(path)
     assert mds.storage.metadata["cdred_attrs"]["env"]["task"] == "mw:reach"
     with pytest.raises(UsageError, match="not --task"):
         import_minari("cdred/mw-reach-v0", tmp_path / "no.zarr", task="dmc:cheetah-run")
