@@ -13,7 +13,8 @@ Step columns: ``observation.state`` (data/obs), ``action``, ``physics_state`` (w
 simulator states), ``timestamp`` (frame_index / fps), ``frame_index``, ``episode_index``, ``index``,
 ``task_index``, ``next.reward`` (data/reward), ``next.done`` (True on the last step of every episode,
 LeRobot's convention) and ``next.terminated`` (data/terminated). Vectors are fixed-size lists, so
-Hugging Face ``datasets`` reads them as the ``Sequence(length=n)`` features LeRobot declares. The
+Hugging Face ``datasets`` reads them as the ``Sequence(length=n)`` features LeRobot declares (a vector
+of width 1 is a plain column: LeRobot reads shape [1] as a scalar). The
 episode table also carries ``seed``, ``success``, ``return`` and the final observation
 (``final_observation.state``), which LeRobot's per-step layout has no row for. The task string is the
 cdred task id. Frames are H.264 (yuv420p; yuv444p for odd sizes) at ``fps``, one frame per step,
@@ -116,11 +117,12 @@ def _fps(ds: Dataset, fps: int | None) -> int:
 
 # ---------------------------------------------------------------------------------------- arrow
 def _fixed_list(a: np.ndarray) -> Any:
-    """(n, w) array -> Arrow fixed_size_list<w> (Hugging Face ``Sequence(length=w)``)."""
+    """(n, w) array -> Arrow fixed_size_list<w> (Hugging Face ``Sequence(length=w)``); a width of 1 is a
+    plain column, as LeRobot reads a feature of shape [1] (a 1-d action, e.g.) as a scalar ``Value``."""
     import pyarrow as pa
 
     flat = pa.array(np.ascontiguousarray(a).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, int(a.shape[1]))
+    return flat if a.shape[1] == 1 else pa.FixedSizeListArray.from_arrays(flat, int(a.shape[1]))
 
 
 def _block_table(ds: Dataset, block: dict[str, np.ndarray], lo: int, hi: int, fps: int) -> Any:

@@ -17,7 +17,7 @@ import zarr
 
 from cdred_pipeline.datasets import EpisodeWriter
 from cdred_pipeline.datasets.lerobot import CODEBASE_VERSION, DEFAULT_FPS, export_lerobot
-from cdred_pipeline.datasets.synthetic import default_attrs, random_episode
+from cdred_pipeline.datasets.synthetic import default_attrs, random_episode, write_random_dataset
 from cdred_pipeline.errors import DatasetError, UsageError
 from store_helpers import zarr_arrays
 
@@ -136,8 +136,9 @@ def test_episode_and_task_tables(exported, arrays):
     assert tasks["task_index"].tolist() == [0]
 
 
-def test_hf_datasets_reads_lerobot_features(exported, arrays, tmp_path):
-    """Hugging Face ``datasets`` loads the step file with the feature types LeRobot derives from info.json."""
+def read_as_lerobot_does(exported: Path, cache: Path, arrays: dict[str, np.ndarray]) -> object:
+    """The step file through Hugging Face ``datasets`` with the feature types LeRobot derives from
+    info.json (shape [1]: a scalar Value, [n]: Sequence(length=n)); every array checked against the store."""
     datasets = pytest.importorskip("datasets", reason="Hugging Face datasets not installed (pip install datasets)")
     info = json.loads((exported / "meta/info.json").read_text())
     feats = {}
@@ -147,7 +148,7 @@ def test_hf_datasets_reads_lerobot_features(exported, arrays, tmp_path):
         value = datasets.Value(ft["dtype"])
         feats[key] = value if ft["shape"] == [1] else datasets.Sequence(value, length=ft["shape"][0])
     hf = datasets.Dataset.from_parquet(str(exported / "data/chunk-000/file-000.parquet"),
-                                       features=datasets.Features(feats), cache_dir=str(tmp_path / "hf"))
+                                       features=datasets.Features(feats), cache_dir=str(cache))
     assert hf.num_rows == len(arrays["data/obs"])
     assert hf.features == datasets.Features(feats)
     as_arrow = hf.with_format("arrow")
@@ -157,10 +158,27 @@ def test_hf_datasets_reads_lerobot_features(exported, arrays, tmp_path):
         a = c.flatten().to_numpy() if pa.types.is_fixed_size_list(c.type) else c.to_numpy()
         a = a.reshape(arrays[key].shape)
         assert a.dtype == arrays[key].dtype and np.array_equal(a, arrays[key]), name
+    return hf
+
+
+def test_hf_datasets_reads_lerobot_features(exported, arrays, tmp_path):
+    hf = read_as_lerobot_does(exported, tmp_path / "hf", arrays)
     # the numpy formatter hands float32 columns over unchanged (it would downcast float64 ones)
     assert np.array_equal(np.asarray(hf.with_format("numpy")["observation.state"]), arrays["data/obs"])
     row = hf[15]  # episode 2, step 1
     assert row["episode_index"] == 2 and row["frame_index"] == 1 and row["index"] == 15
+
+
+def test_width_one_vectors_are_scalar_features(tmp_path):
+    """A 1-d action (Pendulum's) is a feature of shape [1], which LeRobot reads as a scalar column."""
+    src, _ = write_random_dataset(tmp_path / "p.zarr", [5, 8], obs_dim=3, action_dim=1, state_dim=1,
+                                  task="gym:Pendulum-v1")
+    out = export_lerobot(src, tmp_path / "lr", fps=20)
+    info = json.loads((out / "meta/info.json").read_text())
+    assert info["features"]["action"]["shape"] == [1] and info["features"]["physics_state"]["shape"] == [1]
+    assert info["fps"] == 20 and info["video_path"] is None and not (out / "videos").exists()
+    arrays = zarr_arrays(zarr.open_group(str(src), mode="r"))
+    read_as_lerobot_does(out, tmp_path / "hf", arrays)
 
 
 def test_videos_decode_frame_for_frame(exported, arrays):
