@@ -214,6 +214,29 @@ class _Moments:
                 "count": [count]}
 
 
+class _PixelHistogram:
+    """Per-channel counts of the 256 pixel values: exact frame statistics without a float copy of the frames."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros((3, 256), dtype=np.int64)
+
+    def add(self, frames: np.ndarray) -> None:
+        for c in range(3):
+            self.counts[c] += np.bincount(frames[..., c].reshape(-1), minlength=256)
+
+    def result(self, count: int) -> dict[str, Any]:
+        """Mean, std, min and max per channel of pixels scaled to [0, 1] (LeRobot's input), shape (3, 1, 1)."""
+        v = np.arange(256) / 255.0
+        n = self.counts.sum(axis=1)
+        mean = (self.counts * v).sum(axis=1) / n
+        std = np.sqrt(np.maximum((self.counts * v * v).sum(axis=1) / n - mean * mean, 0.0))
+        seen = self.counts > 0
+        lo = np.array([v[row].min() for row in seen])
+        hi = np.array([v[row].max() for row in seen])
+        return {k: x.reshape(3, 1, 1).tolist() for k, x in (("mean", mean), ("std", std), ("min", lo), ("max", hi))} \
+            | {"count": [count]}
+
+
 class _Stats:
     """``meta/stats.json``: LeRobot's normalisation statistics, accumulated block by block."""
 
@@ -221,23 +244,23 @@ class _Stats:
         self.keys = {"observation.state": "obs", "action": "action", "next.reward": "reward"}
         if ds.physics_state_dim:
             self.keys["physics_state"] = "physics_state"
-        self.moments = {k: _Moments() for k in [*self.keys, *ds.cameras]}
-        self.cameras = list(ds.cameras)
+        self.moments = {k: _Moments() for k in self.keys}
+        self.pixels = {c: _PixelHistogram() for c in ds.cameras}
         self.steps = 0
 
     def add(self, block: dict[str, np.ndarray]) -> None:
         for name, key in self.keys.items():
             a = block[key]
             self.moments[name].add(a.reshape(len(a), -1))
-        for cam in self.cameras:  # per channel, pixels scaled to [0, 1] as LeRobot feeds them
-            self.moments[cam].add(block[f"rgb/{cam}"].reshape(-1, 3) / 255.0)
+        for cam, hist in self.pixels.items():
+            hist.add(block[f"rgb/{cam}"])
         self.steps += len(block["obs"])
 
     def result(self) -> dict[str, Any]:
         if not self.steps:
             return {}
         out = {name: self.moments[name].result((-1,), self.steps) for name in self.keys}
-        out.update({video_key(c): self.moments[c].result((3, 1, 1), self.steps) for c in self.cameras})
+        out.update({video_key(c): h.result(self.steps) for c, h in self.pixels.items()})
         return out
 
 

@@ -130,15 +130,18 @@ def _buffer(ds: Dataset, i: int) -> Any:
 
 
 def _env_of(task: str) -> Any:
-    """The gymnasium EnvSpec of a ``gym:<id>`` task (None for other suites or an unregistered id)."""
+    """The gymnasium EnvSpec of a ``gym:<id>`` task; None for other suites and for an id that is not
+    registered or cannot be made here (Minari makes the env it records; the task id stays in the metadata)."""
     if not task.startswith("gym:"):
         return None
     import gymnasium as gym
 
     try:
-        return gym.spec(task.split(":", 1)[1])
-    except gym.error.Error:
+        spec = gym.spec(task.split(":", 1)[1])
+        gym.make(spec, disable_env_checker=True).close()
+    except (gym.error.Error, ImportError, OSError):
         return None
+    return spec
 
 
 def _cdred_metadata(ds: Dataset) -> dict[str, Any]:

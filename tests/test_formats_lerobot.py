@@ -82,7 +82,11 @@ def test_layout_and_info(exported, arrays):
     stats = json.loads((exported / "meta/stats.json").read_text())
     np.testing.assert_allclose(stats["observation.state"]["mean"], arrays["data/obs"].astype(np.float64).mean(0),
                                rtol=1e-9, atol=1e-12)
-    assert np.asarray(stats["observation.images.front"]["mean"]).shape == (3, 1, 1)
+    front = arrays["data/rgb/front"].reshape(-1, 3) / 255.0
+    for key, want in (("mean", front.mean(0)), ("std", front.std(0)), ("min", front.min(0)), ("max", front.max(0))):
+        got = np.asarray(stats["observation.images.front"][key])
+        assert got.shape == (3, 1, 1)
+        np.testing.assert_allclose(got.reshape(3), want, rtol=1e-9, atol=1e-12)
     assert not list(exported.parent.glob(".*partial*"))
 
 
