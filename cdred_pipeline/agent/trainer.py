@@ -332,6 +332,10 @@ class OnlineTrainer:
     def _load_samplers(self, saved: dict[str, Any]) -> None:
         """Give the expert and hook buffers (rebuilt by the caller from the same data) the sampling
         generator states of the checkpoint, so they draw what they would have drawn without the stop."""
+        missing = sorted(set(self.samplers) - set(saved))
+        if missing:
+            warnings.warn(f"{self.ckpt_path} holds no sampling state for the {', '.join(missing)} buffer(s); the "
+                          "resumed run draws other batches from them than an uninterrupted run", stacklevel=4)
         for name, buf in self.samplers.items():
             if name in saved:
                 buf.load_sampler_state(saved[name], what=f"{name.removeprefix('hook:')} buffer")
