@@ -51,6 +51,14 @@ def artifact_of(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def find_artifact(store: ArtifactStore, key_prefix: str) -> Any:
+    """The artifact whose key starts with ``key_prefix``, or None when there is none; an ambiguous prefix
+    stays the store's one-line error (it names the candidates)."""
+    if not any(a.key.startswith(key_prefix) for a in store.list()):
+        return None
+    return store.find(key_prefix)
+
+
 def dataset_path(arg: str | Path, store: ArtifactStore | None = None) -> Path:
     """DATASET as given on the command line: a path to a ``.zarr`` store, an artifact folder holding
     ``demos.zarr``, or an artifact key (prefix) in ``store`` -> the store's path."""
@@ -60,10 +68,7 @@ def dataset_path(arg: str | Path, store: ArtifactStore | None = None) -> Path:
             return p / DATASET_NAME
         return p
     if store is not None and str(arg) and "/" not in str(arg):
-        try:
-            art = store.find(str(arg))
-        except CdredError:
-            art = None
+        art = find_artifact(store, str(arg))
         if art is not None:
             if not art.complete:
                 raise DatasetError(f"artifact {art.stage}/{art.key} is not complete (status "
@@ -110,12 +115,7 @@ def resolve_checkpoint(arg: str, store: ArtifactStore) -> tuple[Path, str]:
         if (parent / "manifest.json").is_file() and not parent.name.startswith("."):
             return p, parent.name
         return p, "sha256:" + file_sha256(p)[:16]
-    art = None
-    if p.suffix != ".pt" and "/" not in arg:
-        try:
-            art = store.find(arg)
-        except CdredError:
-            art = None
+    art = find_artifact(store, arg) if arg and p.suffix != ".pt" and "/" not in arg else None
     if art is None:
         raise CheckpointError(f"{arg}: no such checkpoint file, and no artifact with that key under {store.root} "
                               "(`cdred status` lists them)")
