@@ -310,8 +310,8 @@ def _write_steps(ds: Dataset, root: Path, fps: int) -> dict[str, Any]:
     path = root / DATA_PATH.format(chunk_index=0, file_index=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     writers = _video_writers(ds, root, fps)
+    sink = None
     try:
-        sink = None
         for lo, hi in _blocks(ds):
             block = _read(ds, lo, hi)
             table = _block_table(ds, block, lo, hi, fps)
@@ -321,9 +321,9 @@ def _write_steps(ds: Dataset, root: Path, fps: int) -> dict[str, Any]:
                 for frame in block[f"rgb/{cam}"]:
                     w.append_data(frame)
             stats.add(block)
+    finally:
         if sink is not None:
             sink.close()
-    finally:
         for w in writers.values():
             w.close()
     return stats.result()
