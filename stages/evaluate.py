@@ -431,7 +431,7 @@ def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = Fals
     from cdred_pipeline.executor import make_executor
 
     t = _target(cfg, agent, store, scores)
-    if cfg.videos > 0:
+    if cfg.videos > 0 or t.obs == "rgb":
         from cdred_pipeline.envs.gl import check_rendering_works
 
         check_rendering_works()  # a missing GL backend fails now, not at the first filmed episode
