@@ -17,8 +17,9 @@ Hugging Face ``datasets`` reads them as the ``Sequence(length=n)`` features LeRo
 of width 1 is a plain column: LeRobot reads shape [1] as a scalar). The
 episode table also carries ``seed``, ``success``, ``return`` and the final observation
 (``final_observation.state``), which LeRobot's per-step layout has no row for. The task string is the
-cdred task id. Frames are H.264 (yuv420p; yuv444p for odd sizes) at ``fps``, one frame per step,
-episode i spanning ``[dataset_from_index / fps, dataset_to_index / fps)`` of its camera's file.
+cdred task id. Frames are H.264 at ``fps`` (yuv444p at crf 0: decoded frames within a few levels of
+the stored ones; ``compact_video``: yuv420p at crf 18), one frame per step, episode i spanning
+``[dataset_from_index / fps, dataset_to_index / fps)`` of its camera's file.
 
 All episodes go to one data file and one video file per camera, written a block of episodes at a time.
 The export is written into a temporary folder next to ``out_dir`` and renamed when complete.
@@ -67,19 +68,26 @@ def _scalar(dtype: str) -> dict[str, Any]:
     return {"dtype": dtype, "shape": [1], "names": None}
 
 
-def _pix_fmt(h: int, w: int) -> str:
-    """yuv420p (what every player decodes) needs even sizes; odd ones keep full chroma."""
-    return "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
+def _pix_fmt(h: int, w: int, compact: bool) -> str:
+    """yuv444p (full chroma) by default; compact: yuv420p, which every player decodes but which needs even sizes."""
+    return "yuv420p" if compact and h % 2 == 0 and w % 2 == 0 else "yuv444p"
 
 
-def _video_feature(shape: tuple[int, int, int], fps: int) -> dict[str, Any]:
+def _crf(compact: bool) -> str:
+    """x264's constant rate factor: 0 (lossless in YUV: decoded frames within a few levels of the stored
+    RGB ones) by default, 18 (visually lossless, about 3x smaller) for compact videos."""
+    return "18" if compact else "0"
+
+
+def _video_feature(shape: tuple[int, int, int], fps: int, compact: bool) -> dict[str, Any]:
     h, w, c = shape
     return {"dtype": "video", "shape": [h, w, c], "names": ["height", "width", "channels"],
-            "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": _pix_fmt(h, w),
-                     "video.is_depth_map": False, "video.fps": fps, "video.channels": c, "has_audio": False}}
+            "info": {"video.height": h, "video.width": w, "video.codec": "h264",
+                     "video.pix_fmt": _pix_fmt(h, w, compact), "video.is_depth_map": False, "video.fps": fps,
+                     "video.channels": c, "has_audio": False}}
 
 
-def _features(ds: Dataset, fps: int) -> dict[str, dict[str, Any]]:
+def _features(ds: Dataset, fps: int, compact: bool) -> dict[str, dict[str, Any]]:
     """The ``features`` block of info.json, in column order (videos last: they have no column)."""
     feats: dict[str, dict[str, Any]] = {
         "observation.state": _vector("float32", ds.obs_dim, "state"),
@@ -91,7 +99,7 @@ def _features(ds: Dataset, fps: int) -> dict[str, dict[str, Any]]:
     feats.update({k: _scalar("int64") for k in _INDEX_FEATURES})
     feats.update({"next.reward": _scalar("float32"), "next.done": _scalar("bool"), "next.terminated": _scalar("bool")})
     for cam in ds.cameras:
-        feats[video_key(cam)] = _video_feature(ds.image_shape(cam), fps)
+        feats[video_key(cam)] = _video_feature(ds.image_shape(cam), fps, compact)
     return feats
 
 
@@ -285,7 +293,7 @@ def _read(ds: Dataset, lo: int, hi: int) -> dict[str, np.ndarray]:
     return block
 
 
-def _video_writers(ds: Dataset, root: Path, fps: int) -> dict[str, Any]:
+def _video_writers(ds: Dataset, root: Path, fps: int, compact: bool) -> dict[str, Any]:
     """An open H.264 writer (imageio-ffmpeg) per camera at its ``VIDEO_PATH``."""
     try:
         import imageio.v2 as imageio
@@ -297,19 +305,19 @@ def _video_writers(ds: Dataset, root: Path, fps: int) -> dict[str, Any]:
         path.parent.mkdir(parents=True, exist_ok=True)
         h, w, _ = ds.image_shape(cam)
         writers[cam] = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=None,
-                                          pixelformat=_pix_fmt(h, w), macro_block_size=1, ffmpeg_log_level="error",
-                                          ffmpeg_params=["-crf", "18", "-g", "2"])
+                                          pixelformat=_pix_fmt(h, w, compact), macro_block_size=1,
+                                          ffmpeg_log_level="error", ffmpeg_params=["-crf", _crf(compact), "-g", "2"])
     return writers
 
 
-def _write_steps(ds: Dataset, root: Path, fps: int) -> dict[str, Any]:
+def _write_steps(ds: Dataset, root: Path, fps: int, compact: bool) -> dict[str, Any]:
     """Write the data parquet and the videos a block at a time; returns the statistics."""
     import pyarrow.parquet as pq
 
     stats = _Stats(ds)
     path = root / DATA_PATH.format(chunk_index=0, file_index=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writers = _video_writers(ds, root, fps)
+    writers = _video_writers(ds, root, fps, compact)
     sink = None
     try:
         for lo, hi in _blocks(ds):
@@ -339,13 +347,13 @@ def _fsync_tree(root: Path) -> None:
                 os.close(fd)
 
 
-def _write(ds: Dataset, root: Path, fps: int) -> None:
+def _write(ds: Dataset, root: Path, fps: int, compact: bool) -> None:
     """The whole LeRobot folder at ``root`` (a temporary name)."""
     import pyarrow.parquet as pq
 
     root.mkdir(parents=True)
-    features = _features(ds, fps)
-    stats = _write_steps(ds, root, fps)
+    features = _features(ds, fps, compact)
+    stats = _write_steps(ds, root, fps, compact)
     (root / EPISODES_FILE).parent.mkdir(parents=True)
     pq.write_table(_episode_table(ds, fps), root / EPISODES_FILE)
     pq.write_table(_tasks_table(ds.task), root / "meta" / "tasks.parquet")
@@ -355,10 +363,11 @@ def _write(ds: Dataset, root: Path, fps: int) -> None:
 
 
 def export_lerobot(src_path: str | os.PathLike, out_dir: str | os.PathLike, *, fps: int | None = None,
-                   overwrite: bool = False) -> Path:
+                   compact_video: bool = False, overwrite: bool = False) -> Path:
     """Write the store at ``src_path`` as a LeRobot v3.0 dataset folder ``out_dir`` (module docstring);
     returns ``out_dir``. ``fps``: frames per second of timestamps and videos (default ``attrs.env.fps``,
-    else :data:`DEFAULT_FPS`)."""
+    else :data:`DEFAULT_FPS`). Videos are H.264 yuv444p at crf 0, near-lossless because the frames are
+    training inputs; ``compact_video``: yuv420p at crf 18 (what browsers play, about 3x smaller)."""
     try:
         import pyarrow  # noqa: F401
     except ImportError:
@@ -368,4 +377,4 @@ def export_lerobot(src_path: str | os.PathLike, out_dir: str | os.PathLike, *, f
     if ds.num_episodes == 0:
         raise DatasetError(f"{ds.path}: no episodes to export")
     rate = _fps(ds, fps)
-    return write_output(Path(out_dir), overwrite, lambda tmp: _write(ds, tmp, rate))
+    return write_output(Path(out_dir), overwrite, lambda tmp: _write(ds, tmp, rate, compact_video))
