@@ -276,3 +276,19 @@ def test_lerobot_loads_the_export(exported, arrays, monkeypatch, tmp_path):
     np.testing.assert_array_equal(item["observation.state"].numpy(), arrays["data/obs"][15])
     np.testing.assert_array_equal(item["action"].numpy(), arrays["data/action"][15])
     assert tuple(item["observation.images.front"].shape) == (3, *CAMERAS["front"])
+
+
+def test_cli_export(src, arrays, tmp_path):
+    """``cdred package export --format lerobot --fps N`` through the real console script."""
+    from cli_helpers import one_line_error, run_cli
+    from cdred_pipeline.stages.package import EXPORT_FORMATS
+
+    if "lerobot" not in EXPORT_FORMATS:
+        pytest.skip("cdred package export --format lerobot is not wired into the CLI")
+    res = run_cli(tmp_path, "package", "export", str(src), "--format", "lerobot", "-o", str(tmp_path / "lr"),
+                  "--fps", "20")
+    assert res.returncode == 0, res.stderr
+    info = json.loads((tmp_path / "lr/meta/info.json").read_text())
+    assert info["fps"] == 20 and info["total_frames"] == len(arrays["data/obs"])
+    res = run_cli(tmp_path, "package", "export", str(src), "--format", "lerobot", "-o", str(tmp_path / "lr"))
+    assert res.returncode == 4 and "already exists" in one_line_error(res)

@@ -169,3 +169,31 @@ def test_bad_input_is_one_error(src, tmp_path, root):
     with pytest.raises(DatasetError, match="not a Minari dataset"):
         import_minari(src, tmp_path / "b.zarr")
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_cli_export_and_import(src, tmp_path):
+    """``cdred package export --format minari`` and ``cdred package import`` (folder: --format auto; id:
+    --format minari --minari-root) through the real console script."""
+    from cli_helpers import one_line_error, run_cli
+    from cdred_pipeline.stages.package import EXPORT_FORMATS, IMPORT_FORMATS
+
+    if "minari" not in EXPORT_FORMATS or "minari" not in IMPORT_FORMATS:
+        pytest.skip("cdred package export/import --format minari is not wired into the CLI")
+    mroot = tmp_path / "minari"
+    res = run_cli(tmp_path, "package", "export", str(src), "--format", "minari", "-o", str(mroot))
+    assert res.returncode == 0, res.stderr
+    folder = mroot / default_dataset_id("synthetic:random-walk")
+    assert (folder / "data/metadata.json").is_file()
+    res = run_cli(tmp_path, "package", "import", str(folder), "-o", str(tmp_path / "a.zarr"))
+    assert res.returncode == 0, res.stderr
+    assert_same_store(src, tmp_path / "a.zarr")
+    res = run_cli(tmp_path, "package", "import", default_dataset_id("synthetic:random-walk"), "--format", "minari",
+                  "--minari-root", str(mroot), "-o", str(tmp_path / "b.zarr"))
+    assert res.returncode == 0, res.stderr
+    assert_same_store(src, tmp_path / "b.zarr")
+    res = run_cli(tmp_path, "package", "import", "cdred/absent-v0", "--format", "minari", "--minari-root", str(mroot),
+                  "-o", str(tmp_path / "c.zarr"))
+    assert res.returncode == 4 and "no such Minari dataset" in one_line_error(res)
+    res = run_cli(tmp_path, "package", "export", str(src), "--format", "minari", "-o", str(mroot),
+                  "--dataset-id", "no version")
+    assert res.returncode == 2 and "dataset id" in one_line_error(res)
