@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["inspect", "dataset_of", "format_summary", "validate_dataset", "merge", "export", "import_",
            "EXPORT_FORMATS", "IMPORT_FORMATS"]
 
-EXPORT_FORMATS = ("hdf5", "parquet")
-IMPORT_FORMATS = ("auto", "hdf5", "parquet", "pickle")
+EXPORT_FORMATS = ("hdf5", "parquet", "lerobot", "minari")
+IMPORT_FORMATS = ("auto", "hdf5", "parquet", "pickle", "minari")
 
 
 def _mean_std(x: np.ndarray) -> dict[str, float | None]:
@@ -140,19 +140,46 @@ def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, *, force: boo
     return inspect(out)
 
 
-def export(path: str | os.PathLike, fmt: str, out: str | os.PathLike, *, force: bool = False) -> Path:
-    """Export a store to robomimic-style HDF5 or a parquet folder."""
+def export(path: str | os.PathLike, fmt: str, out: str | os.PathLike, *, force: bool = False,
+           dataset_id: str | None = None, fps: int | None = None) -> Path:
+    """Export a store to robomimic-style HDF5, a parquet folder, a LeRobot v3.0 folder (``fps``: its frame
+    rate) or a Minari dataset ``dataset_id`` (default ``cdred/<task>-v0``) under the data root ``out``."""
     if fmt == "hdf5":
         return convert.export_hdf5(path, out, overwrite=force)
     if fmt == "parquet":
         return convert.export_parquet(path, out, overwrite=force)
+    if fmt == "lerobot":
+        from cdred_pipeline.datasets.lerobot import export_lerobot
+
+        return export_lerobot(path, out, fps=fps, overwrite=force)
+    if fmt == "minari":
+        from cdred_pipeline.datasets import minari_io
+
+        ds_id = dataset_id or minari_io.default_dataset_id(open_dataset(path).task)
+        return minari_io.export_minari(path, ds_id, out, overwrite=force)
     raise UsageError(f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
 
 
+def _import_minari(source: str | os.PathLike, out: str | os.PathLike, task: str | None,
+                   minari_root: str | os.PathLike | None, force: bool) -> dict[str, Any]:
+    """Import a Minari dataset (a folder, or an id under ``minari_root``) and return the store's summary."""
+    from cdred_pipeline.datasets import minari_io
+
+    task = convert.canonical_task(task) if task is not None else None
+    minari_io.import_minari(source, out, task, root=minari_root, overwrite=force)
+    return inspect(out)
+
+
 def import_(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None, fmt: str = "auto",
-            trust_pickle: bool = False, force: bool = False) -> dict[str, Any]:
-    """Import an HDF5 / parquet / pickle file into a zarr store; returns the new store's summary. After a
-    pickle import the summary's ``notice`` is the line to print: code from the file ran, and its sha256."""
+            trust_pickle: bool = False, force: bool = False,
+            minari_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Import an HDF5 / parquet / pickle file or a Minari dataset (folder, or id under ``minari_root``) into
+    a zarr store; returns the new store's summary. After a pickle import the summary's ``notice`` is the
+    line to print: code from the file ran, and its sha256."""
+    from cdred_pipeline.datasets.minari_io import is_minari_dataset
+
+    if fmt == "minari" or (fmt == "auto" and is_minari_dataset(file)):
+        return _import_minari(file, out, task, minari_root, force)
     kind = convert.detect_format(file) if fmt == "auto" else fmt
     convert.import_file(file, out, task=task, fmt=kind, trust_pickle=trust_pickle, overwrite=force)
     summary = inspect(out)
