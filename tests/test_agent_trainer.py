@@ -138,6 +138,11 @@ def test_a_stop_between_agent_pt_and_the_buffer_rename_resumes_with_the_new_buff
     (torn / "buffer.pt").rename(torn / "buffer-next.pt")
     older = torch.load(torn / "buffer-next.pt", weights_only=True)
     torch.save({**older, "agent_step": 200}, torn / "buffer.pt")  # what the checkpoint at step 200 left
+    finished = train_online(env_fn, tiny_agent(), cfg, torn, progress=False)  # a finished run completes the rename
+    assert finished["resumed_from"] == 400 and not (torn / "buffer-next.pt").exists()
+    assert torch.load(torn / "buffer.pt", weights_only=True)["agent_step"] == 400
+    (torn / "buffer.pt").rename(torn / "buffer-next.pt")
+    torch.save({**older, "agent_step": 200}, torn / "buffer.pt")
     longer = TrainerConfig(**{**cfg.__dict__, "agent_steps": 600})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "without a saved replay buffer" refill

@@ -342,7 +342,8 @@ class OnlineTrainer:
 
     def _load_buffer(self) -> bool:
         """Load the replay buffer saved at the checkpoint's step (``buffer.pt``, or ``buffer-next.pt``
-        when the run stopped between writing ``agent.pt`` and renaming the buffer); whether there was one."""
+        when the run stopped between writing ``agent.pt`` and renaming the buffer: the rename is then
+        done here); whether there was one."""
         if not self.cfg.save_buffer:
             return False
         for path in (self.buf_path, self.next_buf_path):
@@ -350,6 +351,8 @@ class OnlineTrainer:
                 saved = safe_torch_load(path, what="replay buffer")
                 if saved.get("agent_step") == self.state.agent_step:
                     self.buffer.load_state_dict(saved["state"])
+                    if path == self.next_buf_path:
+                        os.replace(self.next_buf_path, self.buf_path)
                     return True
         return False
 
