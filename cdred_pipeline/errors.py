@@ -13,6 +13,7 @@ EXIT_CODES: dict[int, str] = {
     3: "a dependency or system capability is missing (OpenGL backend, Ray, ManiSkill2)",
     4: "an input file is missing, unreadable or does not fit (dataset, checkpoint)",
     5: "training diverged (NaN/inf); the last good checkpoint is kept",
+    6: "no space left on the disk, or a place that cannot be written; finished work is kept",
     130: "interrupted (Ctrl-C); finished work units are kept",
 }
 """Exit code -> what it means: the one table every command uses."""
@@ -59,3 +60,9 @@ class TrainingDivergedError(CdredError):
     """NaN/inf in a loss or reward: training stopped, the last good checkpoint is kept."""
 
     exit_code = 5
+
+
+class StorageError(CdredError):
+    """The disk is full (or over quota), or a path cannot be written: exit code 6; work is kept for a resume."""
+
+    exit_code = 6

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from cdred_pipeline.errors import CdredError, MissingDependencyError, UsageError
+from cdred_pipeline.os_errors import os_error_in
 
 KINDS = ("local", "process", "ray")
 RAY_INSTALL = "pip install 'cdred[ray]'"
@@ -60,8 +61,9 @@ NOT_RETRIED: tuple[type[BaseException], ...] = (CdredError, ValueError, TypeErro
 
 
 def retryable(exc: BaseException) -> bool:
-    """Whether a unit that raised ``exc`` may succeed when run again (see :data:`NOT_RETRIED`)."""
-    return not isinstance(exc, NOT_RETRIED)
+    """Whether a unit that raised ``exc`` may succeed when run again (see :data:`NOT_RETRIED`); a full disk
+    or an unwritable path (:func:`~cdred_pipeline.os_errors.os_error_in`) stays so on a retry."""
+    return not isinstance(exc, NOT_RETRIED) and os_error_in(exc) is None
 
 
 class ExecutorError(CdredError):

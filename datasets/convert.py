@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline.errors import DatasetError, UsageError
+from cdred_pipeline.os_errors import as_user_error, ensure_free
 
 from . import layout as L
 from .reader import Dataset, open_dataset
@@ -84,8 +85,11 @@ def write_output(out: Path, overwrite: bool, write: Callable[[Path], None]) -> P
         try:
             write(tmp)
             publish(tmp, out, overwrite)
-        except BaseException:
+        except BaseException as exc:
             _remove(tmp)
+            full = as_user_error(exc, Path(out).absolute().parent, "free some space or write the output elsewhere")
+            if full is not None:
+                raise full from exc
             raise
     return out
 
@@ -226,11 +230,26 @@ def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None) -> None:
         os.fsync(fh.fileno())
 
 
+def hdf5_bytes(ds: Dataset) -> int:
+    """About the size of :func:`export_hdf5`'s file: the step arrays uncompressed (observations twice, as
+    obs and next_obs), camera frames at their compressed size in the store (twice), plus 5%."""
+    need = 0
+    for key in ds.keys():
+        arr = ds.array(key)
+        if key.startswith((L.RGB_GROUP, L.FINAL_RGB_GROUP)):
+            need += 2 * int(arr.nbytes_stored())
+        elif key.startswith("data/"):
+            need += int(arr.nbytes) * (2 if key == "data/obs" else 1)
+    return int(need * 1.05) + (1 << 16)
+
+
 def export_hdf5(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
                 image_compression: str | None = "gzip") -> Path:
-    """Write a store as a robomimic-style HDF5 file (see the module docstring); returns ``out``."""
+    """Write a store as a robomimic-style HDF5 file (see the module docstring); returns ``out``. The free
+    space is checked first: HDF5's C library crashes the process on a full disk."""
     check_disjoint([path], out)
     ds = open_dataset(path)
+    ensure_free(Path(out).absolute().parent, hdf5_bytes(ds), f"the HDF5 export of {path}")
     return write_output(Path(out), overwrite, lambda tmp: _write_hdf5(ds, tmp, image_compression))
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline.errors import DatasetError, MissingDependencyError, UsageError
+from cdred_pipeline.os_errors import ensure_free
 
 from . import layout as L
 from .convert import check_disjoint, write_output
@@ -194,6 +195,9 @@ def export_minari(src_path: str | os.PathLike, dataset_id: str, out_root: str | 
     ds = open_dataset(src_path)
     if ds.num_episodes == 0:
         raise DatasetError(f"{ds.path}: no episodes to export")
+    # Minari writes HDF5 without compression, and HDF5's C library crashes on a full disk: check first
+    need = sum(int(ds.array(k).nbytes) for k in ds.keys())
+    ensure_free(final.absolute().parent, int(need * 1.2) + (1 << 16), f"the Minari export of {src_path}")
     return write_output(final, overwrite, lambda tmp: _write_export(ds, dataset_id, tmp))
 
 
