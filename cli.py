@@ -23,6 +23,7 @@ from cdred_pipeline import __version__
 from cdred_pipeline.envs import OBS_KINDS, RENDER_PROFILES, SUITES
 from cdred_pipeline.errors import EXIT_CODES, CdredError, UsageError
 from cdred_pipeline.executor import apply_threads
+from cdred_pipeline.os_errors import as_user_error
 from cdred_pipeline.presets import AGENT_PRESETS, PIPELINE_PRESETS
 from cdred_pipeline.stages import envs as envs_stage
 from cdred_pipeline.stages.collect_experts import POLICIES, CollectConfig
@@ -160,11 +161,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # noqa: D102
         try:
             return super().invoke(ctx)
-        except CdredError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+        except Exception as exc:  # noqa: BLE001 - only CdredErrors and write failures become one line
+            err = as_user_error(exc, (ctx.obj or {}).get("workdir", ".")) or exc
+            if not isinstance(err, CdredError) or (ctx.obj and ctx.obj.get("debug")):
                 raise
-            click.echo(f"error: {one_line(str(exc))}", err=True)
-            ctx.exit(exc.exit_code)
+            click.echo(f"error: {one_line(str(err))}", err=True)
+            ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: finished work units are kept; rerun the same command to resume", err=True)
             ctx.exit(130)
@@ -297,22 +299,43 @@ def _headline(manifest: dict) -> str:
     return " ".join(parts)
 
 
+def _verdict(store: Any, art: Any) -> str:
+    """``ok``, ``damaged: ...`` or ``unlisted`` (a manifest without a file list) for ``status --verify``."""
+    if not art.complete:
+        return "-"
+    if art.manifest.get("files") is None:
+        return "unlisted"
+    problems = store.problems(art)
+    return "ok" if not problems else f"damaged: {problems[0]}" + (f" (+{len(problems) - 1})" if len(problems) > 1 else "")
+
+
 @main.command()
+@click.option("--verify", is_flag=True, help="Also hash every file of every complete artifact against its manifest; "
+              "exit 4 when one is damaged.")
 @click.pass_context
-def status(ctx: click.Context) -> None:
-    """List cached artifacts: stage, key, status, age, headline figure."""
+def status(ctx: click.Context, verify: bool) -> None:
+    """List cached artifacts: stage, key, status, age, headline figure (and with --verify, whether each is whole)."""
     import time
 
-    arts = _store(ctx, write=False).list()
+    from cdred_pipeline.errors import InputFileError
+
+    store = _store(ctx, write=False)
+    arts = store.list()
     if not arts:
         click.echo(f"no artifacts under {ctx.obj['workdir']}")
         return
     now = time.time()
-    click.echo(f"{'stage':<16} {'key':<17} {'status':<9} {'age':>5}  headline")
+    click.echo(f"{'stage':<16} {'key':<17} {'status':<9} {'age':>5}  " + ("check  " if verify else "") + "headline")
+    damaged = []
     for a in arts:
         m = a.manifest
         age = _age(now - float(m.get("updated", m.get("created", now))))
-        click.echo(f"{a.stage:<16} {a.key:<17} {m.get('status', '?'):<9} {age:>5}  {_headline(m)}")
+        check = _verdict(store, a) if verify else ""
+        damaged += [f"{a.stage}/{a.key}"] if check.startswith("damaged") else []
+        click.echo(f"{a.stage:<16} {a.key:<17} {m.get('status', '?'):<9} {age:>5}  " + (f"{check}  " if verify else "")
+                   + _headline(m))
+    if damaged:
+        raise InputFileError(f"{len(damaged)} damaged: {', '.join(damaged)}; rerun their stages with --force")
 
 
 @main.command()
@@ -334,13 +357,15 @@ def package() -> None:
 
 
 @package.command("inspect")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("dataset")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def package_inspect(path: Path, as_json: bool) -> None:
-    """Episodes, steps, dims, return/success mean ± std, keys, size on disk, compression ratio."""
+@click.pass_context
+def package_inspect(ctx: click.Context, dataset: str, as_json: bool) -> None:
+    """Episodes, steps, dims, return/success mean ± std, keys, size on disk, compression ratio of DATASET
+    (a .zarr path or a demos/render-visual artifact key)."""
     from cdred_pipeline.stages import package as stage
 
-    summary = stage.inspect(path)
+    summary = stage.inspect(dataset, _store(ctx, write=False))
     click.echo(json.dumps(summary, indent=2, sort_keys=True) if as_json else stage.format_summary(summary))
 
 
@@ -375,13 +400,17 @@ def package_merge(inputs: tuple[Path, ...], out: Path, force: bool) -> None:
 @package.command("export")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS), help="Output format.")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output file (hdf5) or folder (parquet).")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def package_export(path: Path, fmt: str, out: Path, force: bool) -> None:
-    """Export to robomimic-style HDF5 or a parquet folder (LeRobot/pandas style)."""
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Output file (hdf5), folder (parquet, lerobot) or Minari data root (minari).")
+@click.option("--dataset-id", default=None, help="minari: dataset id (namespace/name-vN); default cdred/<task>-v0.")
+@click.option("--fps", type=click.IntRange(min=1), default=None,
+              help="lerobot: frames per second of timestamps and videos (default attrs.env.fps, else 30).")
+@click.option("--force", is_flag=True, help="Replace OUT (minari: the dataset under OUT) if it exists.")
+def package_export(path: Path, fmt: str, out: Path, dataset_id: str | None, fps: int | None, force: bool) -> None:
+    """Export to robomimic-style HDF5, a parquet folder, a LeRobot v3.0 dataset or a Minari dataset."""
     from cdred_pipeline.stages import package as stage
 
-    click.echo(f"wrote {stage.export(path, fmt, out, force=force)}")
+    click.echo(f"wrote {stage.export(path, fmt, out, force=force, dataset_id=dataset_id, fps=fps)}")
 
 
 @package.command("import")
@@ -392,12 +421,18 @@ def package_export(path: Path, fmt: str, out: Path, force: bool) -> None:
               type=click.Choice(IMPORT_FORMATS), help="Input format (auto: by content).")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow loading a pickle: unpickling runs arbitrary code from the file; only for files you trust.")
+@click.option("--minari-root", type=click.Path(path_type=Path), default=None,
+              help="minari: data root holding the dataset id FILE (default MINARI_DATASETS_PATH).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def package_import(file: Path, out: Path, task: str | None, fmt: str, trust_pickle: bool, force: bool) -> None:
-    """Import robomimic HDF5, a cdred HDF5/parquet export, or a pickled episode list into a zarr store."""
+def package_import(file: Path, out: Path, task: str | None, fmt: str, trust_pickle: bool, minari_root: Path | None,
+                   force: bool) -> None:
+    """Import robomimic HDF5, a cdred HDF5/parquet export, a pickled episode list or a Minari dataset (folder,
+    or id with --format minari) into a zarr store."""
     from cdred_pipeline.stages import package as stage
 
-    s = stage.import_(file, out, task=task, fmt=fmt, trust_pickle=trust_pickle, force=force)
+    s = stage.import_(file, out, task=task, fmt=fmt, trust_pickle=trust_pickle, force=force, minari_root=minari_root)
+    if s.get("notice"):
+        click.echo(f"warning: {s['notice']}", err=True)
     click.echo(f"{out}: {s['episodes']} episodes, {s['steps']} steps, obs {s['obs_dim']}, action {s['action_dim']}")
 
 

@@ -10,20 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cdred_pipeline.artifacts import ArtifactStore
+from cdred_pipeline.artifacts import ArtifactStore, file_sha256, verify_file
 from cdred_pipeline.errors import CdredError, CheckpointError, DatasetError, UsageError
 
 DATASET_NAME = "demos.zarr"
 AGENT_NAME = "agent.pt"
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (checkpoint identity in cache keys and dataset attrs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_files(h: Any, folder: Path) -> None:
@@ -142,6 +133,7 @@ def read_agent_checkpoint(path: str | Path) -> dict[str, Any]:
     from cdred_pipeline.agent import TDMPC2Agent
 
     check_checkpoint_file(path)
+    verify_file(path)  # a checkpoint inside an artifact must match the sha256 its manifest recorded
     with as_checkpoint_error():
         return TDMPC2Agent.read_checkpoint(path)
 

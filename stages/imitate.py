@@ -216,7 +216,7 @@ class RunInputs:
 def resolve_inputs(cfg: ImitateConfig, dataset: str, store: ArtifactStore) -> RunInputs:
     """Open DATASET and check it against the task, the agent preset and the number of demos. Every input
     check happens here, before the artifact folder exists: bad input leaves nothing behind."""
-    from cdred_pipeline.datasets import open_dataset
+    from cdred_pipeline.datasets import check_readable, open_dataset
     from cdred_pipeline.envs import make_env
     from cdred_pipeline.stages.common import resolve_dataset
 
@@ -231,8 +231,10 @@ def resolve_inputs(cfg: ImitateConfig, dataset: str, store: ArtifactStore) -> Ru
     render = check_dataset_fits(ds, state_spec, cfg.obs, cfg.camera)
     rgb_key = render.pop("rgb_key", None)
     acfg = agent_config(cfg, state_spec)
+    num_demos = check_demos(ds, path, cfg.num_demos, acfg)
+    check_readable(path, num_demos, obs=cfg.obs, camera=rgb_key)  # a damaged chunk stops the run before its artifact
     return RunInputs(path=path, input_key=input_key, task=task, timing=timing, render=render, rgb_key=rgb_key,
-                     scores=dict(ds.attrs.get("scores", {})), num_demos=check_demos(ds, path, cfg.num_demos, acfg),
+                     scores=dict(ds.attrs.get("scores", {})), num_demos=num_demos,
                      agent=acfg, reward_model=reward_model_config(cfg))
 
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from cdred_pipeline import render as R
 from cdred_pipeline.artifacts import Artifact, ArtifactStore, artifact_key
-from cdred_pipeline.datasets import RgbWriter, open_dataset
+from cdred_pipeline.datasets import RgbWriter, check_readable, open_dataset
 from cdred_pipeline.envs import RENDER_PROFILES, ParsedTask, default_camera, parse_task, task_available
 from cdred_pipeline.errors import CdredError, DatasetError, MissingDependencyError, UsageError
 from cdred_pipeline.executor import Executor, executor_for
@@ -212,6 +212,7 @@ def run(config: RenderConfig, dataset_path: str | os.PathLike, store: ArtifactSt
     inputs = dataset_identity(path, ds.attrs)
     if force or store.get(STAGE, artifact_key(STAGE, STAGE_VERSION, key_config, inputs)) is None:
         _check_renderer(ds, pixels)  # before any folder is made
+        check_readable(path, keys=("data/physics_state", "meta/final_physics_state"))  # damaged states: one line
     art = store.begin(STAGE, STAGE_VERSION, key_config, inputs, force=force,
                       description=f"{pixels.task} pixels {pixels.size}x{pixels.size} camera {camera} ({pixels.profile})")
     if art.complete:

@@ -405,7 +405,7 @@ def test_rendering_without_gl_backend_names_mujoco_gl_egl(monkeypatch):
 
 def test_cli_invalid_mujoco_gl_is_one_line_naming_egl():
     out = _run_cli("envs", "dmc:cheetah-run", "--steps", "1", env_extra={"MUJOCO_GL": "bogus"})
-    assert out.returncode == 1
+    assert out.returncode == MissingDependencyError.exit_code
     assert "MUJOCO_GL=egl" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
