@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cdred_pipeline import __version__
-from cdred_pipeline.errors import CdredError
+from cdred_pipeline.errors import CdredError, InputFileError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -165,8 +165,8 @@ def verify_file(path: "str | os.PathLike") -> None:
         return
     rec = files.get(path.resolve().relative_to(folder).as_posix())
     if rec is not None and file_sha256(path) != rec["sha256"]:
-        raise CdredError(f"{path}: contents differ from the sha256 its artifact recorded; the file is damaged or "
-                         f"was edited: redo it with --force (or restore it)", exit_code=4)
+        raise InputFileError(f"{path}: contents differ from the sha256 its artifact recorded; the file is damaged "
+                             "or was edited: redo it with --force (or restore it)")
 
 
 def read_manifest(folder: Path) -> dict:
@@ -308,8 +308,7 @@ class ArtifactStore:
         problems = self.problems(art, hashes=hashes)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise CdredError(f"{art.stage}/{art.key} is damaged: {problems[0]}{more}; rerun with --force to redo it",
-                             exit_code=4)
+            raise InputFileError(f"{art.stage}/{art.key} is damaged: {problems[0]}{more}; rerun with --force to redo it")
 
     def problems(self, art: Artifact, *, hashes: bool = True) -> list[str]:
         """The differences between a complete artifact's folder and its manifest's file list (none for
