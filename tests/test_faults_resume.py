@@ -75,3 +75,31 @@ def test_killed_bc_resumes_bit_for_bit(demos, tmp_path):
             "--seed-steps", "10", "--eval-every", "400", "--eval-episodes", "1", "--seed", "3", "--device", "cpu")
     at_kill = _kill_resume_compare(tmp_path, args)
     assert 200 <= at_kill["extra"]["bc_agent_step"] < 2000
+
+
+def _eval_outputs(workdir: Path) -> tuple[list, dict[str, bytes]]:
+    """The report's episode rows and aggregates and the video bytes of the one complete evaluate artifact."""
+    (folder,) = [p for p in (workdir / "eval").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    report = json.loads((folder / "report.json").read_text())
+    return [report["rows"], report["aggregates"]], {p.name: p.read_bytes() for p in sorted((folder / "videos").glob("*.mp4"))}
+
+
+def test_killed_evaluate_reruns_to_the_uninterrupted_report(tmp_path):
+    """Evaluate's episodes are pure functions of (p, seed, episode): killed after its first video, a rerun
+    writes the report and videos of an uninterrupted run, byte for byte."""
+    from cdred_pipeline.agent import AgentConfig, TDMPC2Agent
+
+    ckpt = tmp_path / "agent.pt"
+    TDMPC2Agent(AgentConfig.preset("tiny", plan=False, episode_length=LENGTH), (5,), 1, device="cpu").save(
+        ckpt, extra={"task": TASK, "obs": "state", "episode_length": LENGTH})
+    args = ("--threads", "1", "evaluate", str(ckpt), "--tremble", "0,0.5", "--episodes", "6", "--videos", "2",
+            "--device", "cpu")
+    res = run_cli(tmp_path / "a", *args)
+    assert res.returncode == 0, res.stderr
+    killed = tmp_path / "b"
+    code = kill_cli_when(killed, args, lambda: any(killed.glob("eval/.*.partial/videos/*.mp4")), timeout=120,
+                         what="evaluate wrote no video")
+    assert code == -signal.SIGKILL
+    res = run_cli(killed, *args)
+    assert res.returncode == 0, res.stderr
+    assert _eval_outputs(tmp_path / "a") == _eval_outputs(killed)
