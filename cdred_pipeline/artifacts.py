@@ -8,6 +8,9 @@ so a folder without ``.partial`` is always complete. Finished work units (episod
 recorded in the partial manifest so a killed run resumes where it stopped. A complete manifest lists
 every file with its size and sha256: reuse checks that each is there with its size, a checkpoint load
 checks its hash (:func:`verify_file`), and :meth:`ArtifactStore.verify` hashes everything.
+
+A manifest begun inside :func:`replaying` also records how to make it again (``replay``: the command and
+its full settings, which ``cdred rerun`` replays); the record is not part of the key.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -29,7 +33,12 @@ from typing import Any
 from cdred_pipeline import __version__
 from cdred_pipeline.errors import CdredError, InputFileError
 
+logger = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+REPLAY_ENV = "CDRED_REPLAY"
+"""The environment variable holding the replay record (JSON) of the command running: executor workers
+(local processes, a local Ray) inherit it, so the artifacts they make record it too."""
 MANIFEST_FORMAT = 1
 KEY_LENGTH = 16
 
@@ -169,13 +178,44 @@ def verify_file(path: "str | os.PathLike") -> None:
                              "or was edited: redo it with --force (or restore it)")
 
 
+def replay_record() -> dict | None:
+    """The replay record that :func:`replaying` set for this process (or its parent), or None."""
+    text = os.environ.get(REPLAY_ENV)
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+@contextmanager
+def replaying(record: Mapping[str, Any]) -> Iterator[None]:
+    """Inside: every manifest begun records ``record`` (how to make the artifact again) as its ``replay``."""
+    before = os.environ.get(REPLAY_ENV)
+    os.environ[REPLAY_ENV] = json.dumps(_plain(record), sort_keys=True)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(REPLAY_ENV, None)
+        else:
+            os.environ[REPLAY_ENV] = before
+
+
 def read_manifest(folder: Path) -> dict:
     """Read and check a manifest; a corrupt or foreign one raises CdredError (never overwritten)."""
-    path = Path(folder) / MANIFEST
+    return read_manifest_file(Path(folder) / MANIFEST)
+
+
+def read_manifest_file(path: Path) -> dict:
+    """Read and check the manifest file ``path`` (also a copy under another name)."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CdredError(f"{path}: no manifest.json; this folder is not a cdred artifact") from None
+        raise CdredError(f"{path}: no such manifest; {path.parent} is not a cdred artifact") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CdredError(f"{path}: corrupt manifest ({exc}); move the folder away or rerun with --force") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "key" not in data or "stage" not in data:
@@ -254,6 +294,8 @@ class Artifact:
             os.replace(self.path, final)
         self.path = final
         self.release()
+        logger.info("%s/%s: complete in %.1f s (%d files)", self.stage, self.key, self.manifest["timings"]["wall_s"],
+                    len(self.manifest["files"]))
         return self
 
     def release(self) -> None:
@@ -378,9 +420,11 @@ class ArtifactStore:
         returns a partial artifact to write into, resuming the recorded units of an earlier run.
         """
         key = artifact_key(stage, version, config, inputs)
+        logger.debug("%s/%s: key of version %s, config %s, inputs %s", stage, key, version, _plain(config), _plain(inputs))
         if not force:
             done = self.get(stage, key)
             if done is not None:
+                logger.info("%s/%s: complete already, taken from the cache", stage, key)
                 return done
         ctx = self._lock(stage, key, wait)
         fh = ctx.__enter__()
@@ -410,8 +454,13 @@ class ArtifactStore:
                     "status": "partial", "created": time.time(), "units": [], "timings": {}, "headline": {},
                     "description": description, "resumed": 0,
                 }
+                replay = replay_record()
+                if replay is not None:
+                    manifest["replay"] = replay
+                logger.info("%s/%s: new artifact (%s)", stage, key, description or "no description")
             else:
                 manifest["resumed"] = int(manifest.get("resumed", 0)) + 1
+                logger.info("%s/%s: resuming after %d finished unit(s)", stage, key, len(manifest.get("units", [])))
                 if machine_facts() != manifest.get("machine"):  # floating-point results may differ after this
                     manifest.setdefault("resumed_on", []).append(machine_facts())
             art = Artifact(self, stage, key, partial, manifest, _lock_fh=fh)
