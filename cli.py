@@ -405,12 +405,17 @@ def package_merge(inputs: tuple[Path, ...], out: Path, force: bool) -> None:
 @click.option("--dataset-id", default=None, help="minari: dataset id (namespace/name-vN); default cdred/<task>-v0.")
 @click.option("--fps", type=click.IntRange(min=1), default=None,
               help="lerobot: frames per second of timestamps and videos (default attrs.env.fps, else 30).")
+@click.option("--valid-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="hdf5: share of demos (the last ones) in robomimic's mask/valid; the rest are mask/train "
+                   "(default 0.1).")
 @click.option("--force", is_flag=True, help="Replace OUT (minari: the dataset under OUT) if it exists.")
-def package_export(path: Path, fmt: str, out: Path, dataset_id: str | None, fps: int | None, force: bool) -> None:
-    """Export to robomimic-style HDF5, a parquet folder, a LeRobot v3.0 dataset or a Minari dataset."""
+def package_export(path: Path, fmt: str, out: Path, dataset_id: str | None, fps: int | None,
+                   valid_fraction: float | None, force: bool) -> None:
+    """Export to robomimic HDF5, plain parquet tables (pyarrow/pandas), a LeRobot v3.0 dataset or a Minari
+    dataset."""
     from cdred_pipeline.stages import package as stage
 
-    click.echo(f"wrote {stage.export(path, fmt, out, force=force, dataset_id=dataset_id, fps=fps)}")
+    click.echo(f"wrote {stage.export(path, fmt, out, force=force, dataset_id=dataset_id, fps=fps, valid_fraction=valid_fraction)}")
 
 
 @package.command("import")
