@@ -1,16 +1,23 @@
 """Converters between the zarr episode store and other formats, plus merging stores.
 
-* HDF5, robomimic layout: ``data/demo_<i>/{obs, next_obs, actions, rewards, dones, states}``.
+* HDF5, robomimic layout (robomimic's ``SequenceDataset`` reads it):
+  ``data/demo_<i>/{obs, next_obs, actions, rewards, dones, states}`` and ``mask/{train, valid}``.
   Export writes ``obs/state`` (T, D), ``obs/<camera>_image`` (T, H, W, 3), the same under
   ``next_obs`` (its last row is the episode's final observation), ``states`` = physics_state,
-  ``final_state`` (the final physics state; not in robomimic), ``dones`` = terminated (uint8), and
-  the rest as attrs (``data`` attrs: ``total``, ``env_args`` and ``cdred_attrs`` as JSON strings;
-  demo attrs: ``num_samples``, ``seed``, ``success``, ``return``).
-* Parquet, a folder: ``steps.parquet`` (one row per step: ``index``, ``episode_index``,
-  ``frame_index``, ``observation.state``, ``action``, ``next.reward``, ``next.done``,
-  ``observation.physics_state`` as list columns and ``observation.images.<camera>`` as raw
-  H*W*3 bytes), ``episodes.parquet`` (one row per episode with the final observation) and
-  ``meta.json`` (attrs, shapes, dtypes).
+  ``dones`` as robomimic sets them (1 on the last step of every demo), ``terminated`` (=
+  data/terminated, uint8; not in robomimic), ``final_state`` (the final physics state; not in
+  robomimic); ``data`` attrs ``total``, ``env_args`` (JSON: ``type`` 2 = robomimic's
+  ``EnvType.GYM_TYPE``, ``env_name`` = ``cdred_task`` = the task id, ``env_kwargs`` {}) and
+  ``cdred_attrs`` (the root attributes, JSON); demo attrs ``num_samples``, ``seed``, ``success``,
+  ``return``. The filter keys ``mask/train`` and ``mask/valid`` (demo names as byte strings, as
+  robomimic's ``split_train_val`` writes them) hold the last ``ceil(valid_fraction * E)`` demos
+  as ``valid`` (at most E - 1) and the rest as ``train``.
+* Parquet, a folder of plain parquet tables for pyarrow / pandas / Hugging Face ``datasets`` (not
+  LeRobot's format: that is :mod:`.lerobot`): ``steps.parquet`` (one row per step: ``index``,
+  ``episode_index``, ``frame_index``, ``observation.state``, ``action``, ``next.reward``,
+  ``next.done``, ``observation.physics_state`` as list columns and ``observation.images.<camera>``
+  as Hugging Face ``datasets`` Image structs ``{bytes: PNG, path: null}``), ``episodes.parquet`` (one
+  row per episode with the final observation) and ``meta.json`` (attrs, shapes, dtypes).
 * Pickle: a list of episodes ``(obs, action, reward, next_obs)`` as the CDRED / IQ-MPC reference
   code loads (``pickle.load`` then ``dataset[i][0..3]``; dicts with ``observations``/``actions``/
   ``rewards``/``next_observations`` also work). Unpickling runs arbitrary code from the file, so
@@ -25,7 +32,9 @@ Imports check the file's dims against the task (the static task table) before wr
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import pickle
 import re
@@ -44,13 +53,23 @@ from .reader import Dataset, open_dataset
 from .validate import task_mismatch
 from .writer import EpisodeWriter, output_lock, publish
 
-__all__ = ["export_hdf5", "export_parquet", "import_hdf5", "import_parquet", "import_pickle",
+__all__ = ["export_hdf5", "export_parquet", "train_valid_split", "check_valid_fraction", "robomimic_env_args",
+           "DEFAULT_VALID_FRACTION", "ROBOMIMIC_GYM_TYPE", "import_hdf5", "import_parquet", "import_pickle",
            "import_file", "merge_datasets", "detect_format", "canonical_task", "check_disjoint", "write_output",
            "pickle_notice", "TASK_RE"]
 
 #: What a task id looks like (suite:name), e.g. ``dmc:cheetah-run``, ``mw:box-close``.
 TASK_RE = re.compile(r"^[a-z0-9_]+:[A-Za-z0-9_.\-]+$")
 PARQUET_FORMAT = "cdred-parquet"
+#: robomimic's ``EnvType.GYM_TYPE`` (robomimic/envs/env_base.py: ROBOSUITE_TYPE 1, GYM_TYPE 2, IG_MOMART_TYPE 3).
+ROBOMIMIC_GYM_TYPE = 2
+#: Share of the demos an HDF5 export puts under ``mask/valid`` (robomimic's ``split_train_val`` default).
+DEFAULT_VALID_FRACTION = 0.1
+#: meta.json ``encoding`` of frame columns: PNG in Hugging Face ``datasets`` Image structs; earlier
+#: exports wrote ``RAW_ENCODING`` (fixed-size binary, row-major HWC), which the import still reads.
+PNG_ENCODING, RAW_ENCODING = "png image struct", "raw HWC bytes"
+#: zlib level of those PNGs (lossless at every level; 1 keeps the export fast).
+PNG_LEVEL = 1
 _BLOCK_BYTES = 64 * 1024 * 1024
 
 
@@ -200,20 +219,50 @@ def _hdf5_demo(grp: Any, ds: Dataset, i: int, j: int, rows: tuple[int, int], dat
         d.create_dataset(f"next_obs/{cam}_image", data=nxt, **kw)
     d.create_dataset("actions", data=data["data/action"][s:e])
     d.create_dataset("rewards", data=data["data/reward"][s:e])
-    d.create_dataset("dones", data=data["data/terminated"][s:e].astype(np.uint8))
+    dones = np.zeros(e - s, np.uint8)
+    dones[-1] = 1  # robomimic: done on the last step of every demo
+    d.create_dataset("dones", data=dones)
+    d.create_dataset("terminated", data=data["data/terminated"][s:e].astype(np.uint8))
     d.create_dataset("states", data=data["data/physics_state"][s:e])
     d.create_dataset("final_state", data=meta["meta/final_physics_state"][j])
 
 
-def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None) -> None:
+def train_valid_split(num_episodes: int, valid_fraction: float = DEFAULT_VALID_FRACTION) -> tuple[list[int], list[int]]:
+    """(train, valid) episode indices: the last ``ceil(valid_fraction * E)`` episodes are valid, at most
+    E - 1 of them (train is never empty), so the split is deterministic and needs no seed."""
+    check_valid_fraction(valid_fraction)
+    n_valid = math.ceil(round(valid_fraction * num_episodes, 9))
+    n_valid = min(n_valid, max(num_episodes - 1, 0))
+    cut = num_episodes - n_valid
+    return list(range(cut)), list(range(cut, num_episodes))
+
+
+def check_valid_fraction(valid_fraction: float) -> None:
+    """Refuse a validation share outside [0, 1): a one-line UsageError."""
+    if not isinstance(valid_fraction, (int, float)) or not 0.0 <= float(valid_fraction) < 1.0:
+        raise UsageError(f"--valid-fraction {valid_fraction!r}: give a share in [0, 1), e.g. 0.1")
+
+
+def robomimic_env_args(task: str) -> dict[str, Any]:
+    """The ``data`` attr ``env_args`` robomimic reads (``type`` is its integer ``EnvType``): a gym-type env
+    named by the cdred task id, no constructor kwargs (the env is made by cdred, not ``gym.make``)."""
+    return {"env_name": task, "type": ROBOMIMIC_GYM_TYPE, "env_kwargs": {}, "cdred_task": task}
+
+
+def _write_mask(f: Any, num_episodes: int, valid_fraction: float) -> None:
+    """robomimic's filter keys ``mask/train`` and ``mask/valid``: demo names as byte strings."""
+    for key, idx in zip(("train", "valid"), train_valid_split(num_episodes, valid_fraction)):
+        f.create_dataset(f"mask/{key}", data=np.array([f"demo_{i}" for i in idx], dtype="S"))
+
+
+def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None, valid_fraction: float) -> None:
     """Write the whole store ``ds`` as a robomimic-style HDF5 file at ``tmp``, a block of episodes at a time."""
     import h5py
 
     with h5py.File(tmp, "w") as f:
         grp = f.create_group("data")
         grp.attrs["total"] = ds.num_steps
-        grp.attrs["env_args"] = json.dumps({"env_name": ds.task, "type": "cdred",
-                                            "env_kwargs": {k: v for k, v in ds.env.items() if k != "task"}})
+        grp.attrs["env_args"] = json.dumps(robomimic_env_args(ds.task))
         grp.attrs["cdred_attrs"] = json.dumps(ds.attrs)
         arr_attrs = {k: dict(ds.array(k).attrs) for k in ds.keys() if dict(ds.array(k).attrs)}
         if arr_attrs:
@@ -225,6 +274,7 @@ def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None) -> None:
             for i in range(lo, hi):
                 rows = (int(ds.episode_starts[i]) - base, int(ds.episode_ends[i]) - base)
                 _hdf5_demo(grp, ds, i, i - lo, rows, data, meta, image_compression)
+        _write_mask(f, ds.num_episodes, valid_fraction)
         f.flush()
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
@@ -244,13 +294,15 @@ def hdf5_bytes(ds: Dataset) -> int:
 
 
 def export_hdf5(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                image_compression: str | None = "gzip") -> Path:
-    """Write a store as a robomimic-style HDF5 file (see the module docstring); returns ``out``. The free
-    space is checked first: HDF5's C library crashes the process on a full disk."""
+                image_compression: str | None = "gzip", valid_fraction: float = DEFAULT_VALID_FRACTION) -> Path:
+    """Write a store as a robomimic HDF5 file (see the module docstring; ``valid_fraction``: the share of
+    demos, the last ones, under ``mask/valid``); returns ``out``. The free space is checked first: HDF5's
+    C library crashes the process on a full disk."""
+    check_valid_fraction(valid_fraction)
     check_disjoint([path], out)
     ds = open_dataset(path)
     ensure_free(Path(out).absolute().parent, hdf5_bytes(ds), f"the HDF5 export of {path}")
-    return write_output(Path(out), overwrite, lambda tmp: _write_hdf5(ds, tmp, image_compression))
+    return write_output(Path(out), overwrite, lambda tmp: _write_hdf5(ds, tmp, image_compression, valid_fraction))
 
 
 def _demo_index(name: str) -> int | None:
@@ -281,6 +333,35 @@ def _h5_obs(file: Path, demo: str, node: Any, what: str) -> tuple[np.ndarray, di
     return np.concatenate(parts, axis=1), cams, [f"{what}/{k}" for k in keys]
 
 
+def _env_args_task(grp: Any) -> str | None:
+    """The cdred task id a file's ``env_args`` records: ``cdred_task``, or ``env_name`` when ``type`` is
+    ``"cdred"`` (the string type of earlier cdred exports); None for other files."""
+    try:
+        args = json.loads(grp.attrs.get("env_args", "{}"))
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(args, dict):
+        return None
+    task = args.get("cdred_task") or (args.get("env_name") if args.get("type") == "cdred" else None)
+    return task if isinstance(task, str) and TASK_RE.match(task) else None
+
+
+def _h5_mask(file: Path, f: Any, demos: Sequence[tuple[int, str]]) -> dict[str, list[int]]:
+    """The file's robomimic filter keys (``mask/<key>``: demo names) as episode indices of the new store
+    (demos in numeric order); a name that is no demo of the file is a one-line DatasetError."""
+    if "mask" not in f:
+        return {}
+    index = {name: i for i, (_, name) in enumerate(demos)}
+    out: dict[str, list[int]] = {}
+    for key in sorted(k for k in f["mask"].keys() if hasattr(f[f"mask/{k}"], "shape")):
+        names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in np.asarray(f[f"mask/{key}"][()]).reshape(-1)]
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise DatasetError(f"{file}: mask/{key}: {missing[0]!r} is not a demo in data/")
+        out[key] = sorted(index[n] for n in names)
+    return out
+
+
 def _h5_attrs(file: Path, grp: Any, task: str | None) -> tuple[dict[str, Any], bool]:
     """(root attrs for the new store, whether the file is a cdred export) from the file's ``data`` group."""
     if "cdred_attrs" in grp.attrs:
@@ -293,6 +374,7 @@ def _h5_attrs(file: Path, grp: Any, task: str | None) -> tuple[dict[str, Any], b
             raise UsageError(f"{file}: data.attrs.cdred_attrs: the file holds task {attrs['env'].get('task')!r}, "
                              f"not --task {task!r}")
         return attrs, True
+    task = task or _env_args_task(grp)
     if task is None:
         raise UsageError(f"{file}: not a cdred export: give --task TASK (e.g. mw:box-close)")
     env_args = grp.attrs.get("env_args")
@@ -344,7 +426,8 @@ def _h5_episode(file: Path, name: str, d: Any, notes: list[str]) -> dict[str, An
     if action.ndim != 2 or len(action) != t or len(reward) != t:
         raise DatasetError(f"{file}: data/{name}/actions: shape {action.shape} and rewards {reward.shape} "
                            f"do not match obs ({t} steps)")
-    dones = np.asarray(d["dones"][()]).reshape(-1).astype(bool) if "dones" in d else np.zeros(t, bool)
+    term = "terminated" if "terminated" in d else "dones"  # dones: earlier cdred exports, foreign files
+    dones = np.asarray(d[term][()]).reshape(-1).astype(bool) if term in d else np.zeros(t, bool)
     states, final_state = _h5_states(d, t, notes)
     return {"obs": obs, "action": action, "reward": reward, "terminated": dones, "physics_state": states,
             "final_obs": final_obs, "final_physics_state": final_state, "rgb": cams or None,
@@ -362,7 +445,7 @@ def _h5_env_dims(attrs: dict[str, Any], ep: Mapping[str, Any]) -> None:
 
 
 def _h5_write(file: Path, out: Path, grp: Any, demos: list[tuple[int, str]], attrs: dict[str, Any], ours: bool,
-              overwrite: bool) -> Path:
+              overwrite: bool, mask: Mapping[str, list[int]]) -> Path:
     """Append every demo to a new store at ``out`` and publish it."""
     notes: list[str] = []
     w: EpisodeWriter | None = None
@@ -383,8 +466,8 @@ def _h5_write(file: Path, out: Path, grp: Any, demos: list[tuple[int, str]], att
                 w.append_episode(**ep, seed=int(d.attrs.get("seed", idx)), success=bool(d.attrs.get("success", False)))
             except DatasetError as exc:
                 raise DatasetError(f"{file}: data/{name}: {str(exc).removeprefix('append_episode: ')}") from None
+        w.attrs["import"] = {"format": "hdf5", "file": file.name, **({"mask": dict(mask)} if mask else {})}
         if ours:
-            w.attrs["import"] = {"format": "hdf5", "file": file.name}
             for key, a in json.loads(grp.attrs.get("cdred_array_attrs", "{}")).items():
                 w.set_array_attrs(key, a)
         if notes:
@@ -406,7 +489,9 @@ def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | 
     Low-dim observation keys are concatenated in sorted key order (``obs/state`` alone when present);
     ``uint8`` (T, H, W, 3) keys named ``<camera>_image`` become ``data/rgb/<camera>``. The final
     observation is the last row of ``next_obs``; without ``next_obs`` the last ``obs`` row is
-    repeated and ``attrs.source.notes`` says so.
+    repeated and ``attrs.source.notes`` says so. ``data/terminated`` is the demo's ``terminated``
+    (cdred exports), else its ``dones``. The filter keys under ``mask/`` are kept as episode indices
+    in ``attrs.import.mask`` (e.g. ``{"train": [0, 1, ...], "valid": [...]}``).
     """
     import h5py
 
@@ -423,7 +508,8 @@ def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | 
         if not demos:
             raise DatasetError(f"{file}: data: no demo_<i> groups")
         attrs, ours = _h5_attrs(file, grp, task)
-        return _h5_write(file, Path(out), grp, demos, attrs, ours, overwrite)
+        mask = _h5_mask(file, f, demos)
+        return _h5_write(file, Path(out), grp, demos, attrs, ours, overwrite, mask)
 
 
 # --------------------------------------------------------------------------------------- parquet
@@ -436,13 +522,28 @@ def _list_array(a: np.ndarray) -> Any:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(a).reshape(-1)))
 
 
-def _bytes_array(a: np.ndarray) -> Any:
+def _png(frame: np.ndarray) -> bytes:
+    """One (H, W, 3) uint8 frame as PNG bytes (lossless)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame)).save(buf, format="PNG", compress_level=PNG_LEVEL)
+    return buf.getvalue()
+
+
+def _image_array(a: np.ndarray) -> Any:
+    """Frames (n, H, W, 3) as Hugging Face ``datasets`` Image structs ``{bytes: PNG, path: null}``."""
     import pyarrow as pa
 
-    n = len(a)
-    size = int(np.prod(a.shape[1:]))
-    buf = pa.py_buffer(np.ascontiguousarray(a).tobytes())
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), n, [None, buf])
+    pngs = pa.array([_png(f) for f in a], type=pa.binary())
+    return pa.StructArray.from_arrays([pngs, pa.nulls(len(a), pa.string())], names=["bytes", "path"])
+
+
+def _hf_metadata(columns: Mapping[str, Mapping[str, Any]]) -> dict[bytes, bytes]:
+    """Parquet schema metadata that makes Hugging Face ``datasets`` decode the PNG columns as images
+    (features it does not name it infers from the arrow types)."""
+    feats = {name: {"_type": "Image"} for name, spec in columns.items() if spec.get("encoding") == PNG_ENCODING}
+    return {b"huggingface": json.dumps({"info": {"features": feats}}).encode()}
 
 
 def _arrow_columns(columns: Mapping[str, Mapping[str, Any]], arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -455,7 +556,7 @@ def _arrow_columns(columns: Mapping[str, Mapping[str, Any]], arrays: Mapping[str
             continue
         a = arrays[spec["zarr"]]
         if spec["dtype"] == "uint8":
-            out[name] = _bytes_array(a)
+            out[name] = _image_array(a)
         elif spec["shape"]:
             out[name] = _list_array(a)
         else:
@@ -487,10 +588,10 @@ def _parquet_columns(ds: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict
     }
     for cam in ds.cameras:
         shape = list(ds.image_shape(cam))
-        columns[f"observation.images.{cam}"] = {"dtype": "uint8", "shape": shape, "encoding": "raw HWC bytes",
+        columns[f"observation.images.{cam}"] = {"dtype": "uint8", "shape": shape, "encoding": PNG_ENCODING,
                                                 "zarr": f"{L.RGB_GROUP}/{cam}",
                                                 "attrs": dict(ds.array(f"{L.RGB_GROUP}/{cam}").attrs)}
-        ep_columns[f"final_observation.images.{cam}"] = {"dtype": "uint8", "shape": shape, "encoding": "raw HWC bytes",
+        ep_columns[f"final_observation.images.{cam}"] = {"dtype": "uint8", "shape": shape, "encoding": PNG_ENCODING,
                                                          "zarr": f"{L.FINAL_RGB_GROUP}/{cam}"}
     return columns, ep_columns
 
@@ -510,7 +611,8 @@ def _parquet_tables(ds: Any, lo: int, hi: int, columns: Mapping[str, Any], ep_co
     cols.update(_arrow_columns(columns, data))
     ecols: dict[str, Any] = {"episode_index": pa.array(np.arange(lo, hi, dtype=np.int64))}
     ecols.update(_arrow_columns(ep_columns, meta))
-    return pa.table(cols), pa.table(ecols)
+    return (pa.table(cols).replace_schema_metadata(_hf_metadata(columns)),
+            pa.table(ecols).replace_schema_metadata(_hf_metadata(ep_columns)))
 
 
 def _write_parquet_files(ds: Any, tmp: Path, columns: Mapping[str, Any], ep_columns: Mapping[str, Any]) -> None:
@@ -540,10 +642,30 @@ def _write_parquet(ds: Dataset, tmp: Path) -> None:
 
 
 def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a store as a parquet folder (``steps.parquet``, ``episodes.parquet``, ``meta.json``)."""
+    """Write a store as a folder of plain parquet tables for pyarrow / pandas / Hugging Face ``datasets``
+    (``steps.parquet``, ``episodes.parquet``, ``meta.json``; frames as PNG Image structs)."""
     check_disjoint([path], out)
     ds = open_dataset(path)
     return write_output(Path(out), overwrite, lambda tmp: _write_parquet(ds, tmp))
+
+
+def _col_images(col: Any, name: str, shape: tuple[int, ...], file: Path) -> np.ndarray:
+    """Decode an Image-struct column of PNGs to frames (n, *shape) uint8, each checked against ``shape``."""
+    import pyarrow as pa
+    from PIL import Image, UnidentifiedImageError
+
+    if not pa.types.is_struct(col.type) or col.type.get_field_index("bytes") < 0:
+        raise DatasetError(f"{file}: {name}: expected an image struct {{bytes, path}}, got {col.type}")
+    out = np.empty((len(col), *shape), np.uint8)
+    for row, png in enumerate(col.field("bytes").to_pylist()):
+        try:
+            frame = np.asarray(Image.open(io.BytesIO(png or b"")).convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DatasetError(f"{file}: {name}: row {row}: not a readable PNG ({exc})") from None
+        if frame.shape != shape:
+            raise DatasetError(f"{file}: {name}: row {row}: image of shape {frame.shape}, meta.json says {shape}")
+        out[row] = frame
+    return out
 
 
 def _col_numpy(table: Any, name: str, spec: Mapping[str, Any], file: Path) -> np.ndarray:
@@ -555,6 +677,8 @@ def _col_numpy(table: Any, name: str, spec: Mapping[str, Any], file: Path) -> np
     n = len(col)
     shape = tuple(spec["shape"])
     if spec["dtype"] == "uint8":
+        if spec.get("encoding") == PNG_ENCODING:
+            return _col_images(col, name, shape, file)
         if not pa.types.is_fixed_size_binary(col.type) and not pa.types.is_binary(col.type):
             raise DatasetError(f"{file}: {name}: expected binary image bytes, got {col.type}")
         raw = b"".join(col.to_pylist()) if not pa.types.is_fixed_size_binary(col.type) else col.buffers()[1].to_pybytes()

@@ -141,11 +141,17 @@ def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, *, force: boo
 
 
 def export(path: str | os.PathLike, fmt: str, out: str | os.PathLike, *, force: bool = False,
-           dataset_id: str | None = None, fps: int | None = None) -> Path:
-    """Export a store to robomimic-style HDF5, a parquet folder, a LeRobot v3.0 folder (``fps``: its frame
-    rate) or a Minari dataset ``dataset_id`` (default ``cdred/<task>-v0``) under the data root ``out``."""
+           dataset_id: str | None = None, fps: int | None = None,
+           valid_fraction: float | None = None) -> Path:
+    """Export a store to robomimic HDF5 (``valid_fraction``: share of demos, the last ones, in
+    ``mask/valid``; default 0.1), plain parquet tables (pyarrow / pandas), a LeRobot v3.0 folder (``fps``:
+    its frame rate) or a Minari dataset ``dataset_id`` (default ``cdred/<task>-v0``) under the data root
+    ``out``."""
+    if valid_fraction is not None and fmt != "hdf5":
+        raise UsageError(f"--valid-fraction: only --format hdf5 has a train/valid mask, not {fmt}")
     if fmt == "hdf5":
-        return convert.export_hdf5(path, out, overwrite=force)
+        vf = convert.DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction
+        return convert.export_hdf5(path, out, overwrite=force, valid_fraction=vf)
     if fmt == "parquet":
         return convert.export_parquet(path, out, overwrite=force)
     if fmt == "lerobot":
