@@ -294,8 +294,8 @@ class Artifact:
             os.replace(self.path, final)
         self.path = final
         self.release()
-        logger.info("%s/%s: complete in %.1f s (%d files)", self.stage, self.key, self.manifest["timings"]["wall_s"],
-                    len(self.manifest["files"]))
+        logger.info("%s/%s: complete in %.1f s (%d files)", self.stage, self.key,
+                    self.manifest["finished"] - self.manifest["created"], len(self.manifest["files"]))
         return self
 
     def release(self) -> None:
