@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import logging
 import os
 import sys
 import time
@@ -33,6 +34,8 @@ from cdred_pipeline.stages.package import EXPORT_FORMATS, IMPORT_FORMATS, import
 from cdred_pipeline.stages.pipeline import EXPERT_POLICIES, PipelineConfig
 from cdred_pipeline.stages.render_visual import RenderConfig
 from cdred_pipeline.stages.sweep import SweepConfig
+
+logger = logging.getLogger(__name__)
 
 
 def default_of(owner: Any, name: str) -> Any:
@@ -186,10 +189,11 @@ _EXIT_EPILOG = "\b\nExit codes (docs/cli.md):\n" + "\n".join(f"  {code:>3}  {wha
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("cdred-runs"),
               show_default=True, envvar="CDRED_WORKDIR", help="Where cached stage artifacts live.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and final results; no progress bars.")
+@click.option("-v", "--verbose", count=True, help="Progress messages on stderr: -v INFO, -vv DEBUG (-q wins).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help=_THREADS_HELP)
 @click.pass_context
-def main(ctx: click.Context, workdir: Path, quiet: bool, debug: bool, threads: int) -> None:
+def main(ctx: click.Context, workdir: Path, quiet: bool, verbose: int, debug: bool, threads: int) -> None:
     """cdred: world-model online imitation learning (CDRED) as cached pipeline stages.
 
     \b
@@ -199,6 +203,7 @@ def main(ctx: click.Context, workdir: Path, quiet: bool, debug: bool, threads: i
     from cdred_pipeline.envs.gl import choose_headless_backend
 
     ctx.ensure_object(dict)
+    setup_logging(verbose, quiet)
     # before anything imports mujoco, which fixes the backend at import
     ctx.obj.update(workdir=workdir, quiet=quiet, debug=debug, threads=apply_threads(threads),
                    gl_default=choose_headless_backend())
@@ -256,9 +261,136 @@ def _progress(ctx: click.Context) -> bool:
     return not ctx.obj["quiet"]
 
 
+# --------------------------------------------------------------------------- config files and replays
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """Progress messages of the ``cdred_pipeline`` loggers (and this module's) as one line each on stderr:
+    WARNING by default and with -q, INFO with -v, DEBUG with -vv."""
+    level = logging.WARNING if quiet or not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("cdred-cli")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("cdred_pipeline", __name__):
+        log = logging.getLogger(name)
+        for old in [h for h in log.handlers if h.get_name() == "cdred-cli"]:
+            log.removeHandler(old)
+        log.addHandler(handler)
+        log.setLevel(level)
+
+
+def config_keys(command: click.Command) -> dict[str, str]:
+    """Every key a config file of ``command`` may use (option spellings and parameter names, dashes as
+    underscores) -> the parameter it sets."""
+    keys: dict[str, str] = {}
+    for param in command.params:
+        if not param.expose_value or param.name is None:
+            continue
+        for spelling in (param.name, *(o.lstrip("-") for o in param.opts)):
+            keys[spelling.replace("-", "_")] = param.name
+    return keys
+
+
+def config_values(data: dict, command: click.Command, where: str) -> dict[str, Any]:
+    """A config mapping (a YAML file, a replay record) as ``command``'s default map: keys checked (one-line
+    UsageError listing the valid ones), lists written as the comma lists the options parse."""
+    keys = config_keys(command)
+    unknown = [str(k) for k in data if str(k).replace("-", "_") not in keys]
+    if unknown:
+        valid = sorted({p.opts[0].lstrip("-") if p.opts else p.name for p in command.params
+                        if p.expose_value and p.name})
+        raise UsageError(f"{where}: unknown key {unknown[0]!r} for `cdred {command.name}`; valid keys: "
+                         f"{', '.join(valid)}")
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            raise UsageError(f"{where}: {k} is a mapping; give a value, a list or a comma string")
+        out[keys[str(k).replace("-", "_")]] = ",".join(str(x) for x in v) if isinstance(v, list) else v
+    return out
+
+
+def read_config(path: Path, command: click.Command) -> dict[str, Any]:
+    """The default map of ``command`` from the YAML file ``path`` (``option: value`` lines)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--config {path}: not valid YAML ({one_line(str(exc))})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: must be a mapping of option: value lines, got a {type(data).__name__}")
+    return config_values(data, command, f"--config {path}")
+
+
+def _apply_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """``--config FILE``: its values become the command's defaults, so flags on the command line win."""
+    if value is None or ctx.resilient_parsing:
+        return
+    values = read_config(value, ctx.command)
+    logger.info("config %s sets %s", value, ", ".join(sorted(values)) or "nothing")
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+
+
+_NOT_REPLAYED = ("force", "workers", "ray_address", "log")
+"""Parameters a replay leaves at their defaults: they change where, whether and with which side logs work
+runs, never its result."""
+
+
+def _portable(value: Any) -> Any:
+    """A parameter value for a replay record: a path that exists here made absolute (a replay may start in
+    another folder), tuples as lists."""
+    if isinstance(value, (tuple, list)):
+        return [_portable(v) for v in value]
+    if isinstance(value, Path) or (isinstance(value, str) and ("/" in value or value.endswith((".pt", ".zarr")))):
+        return str(Path(value).resolve()) if Path(value).exists() else str(value)
+    return value
+
+
+def replay_of(ctx: click.Context) -> dict[str, Any]:
+    """How to make this command's artifacts again: its name and every setting (``cdred rerun`` replays it)."""
+    return {"command": ctx.command.name,
+            "params": {k: _portable(v) for k, v in ctx.params.items() if k not in _NOT_REPLAYED}}
+
+
+class StageCommand(click.Command):
+    """A stage command: takes ``--config FILE.yaml`` (its options; flags win) and records its settings in the
+    manifests it begins, for ``cdred rerun``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: D107
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(
+            ["--config"], type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
+            expose_value=False, callback=_apply_config,
+            help="YAML file of option: value lines (dashes or underscores; lists as YAML lists or comma "
+                 "strings); options given on the command line win."))
+
+    def invoke(self, ctx: click.Context) -> Any:  # noqa: D102
+        from cdred_pipeline.artifacts import replaying
+
+        with replaying(replay_of(ctx)):
+            return super().invoke(ctx)
+
+
+def complete_tasks(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of a task id (or the last item of a comma list of them) from the static task table:
+    no env is built."""
+    from click.shell_completion import CompletionItem
+
+    from cdred_pipeline.envs.spec import all_task_ids
+
+    head, comma, last = incomplete.rpartition(",")
+    try:
+        ids = all_task_ids()
+    except CdredError:
+        return []
+    return [CompletionItem(head + comma + t) for t in ids if t.startswith(last)]
+
+
 # ----------------------------------------------------------------------------------------- envs
 @main.command()
-@click.argument("task", required=False)
+@click.argument("task", required=False, shell_complete=complete_tasks)
 @click.option("--suite", type=click.Choice(SUITES), default=None,
               help="Only this suite (gym: classic-control and MuJoCo Box-action ids).")
 @click.option("--steps", type=click.IntRange(min=1), default=default_of(envs_stage.try_task, "steps"),
@@ -348,6 +480,61 @@ def show(ctx: click.Context, key: str) -> None:
         raise CdredError(art.manifest["error"])
     click.echo(f"# {art.path}")
     click.echo(json.dumps(art.manifest, indent=2, sort_keys=True, default=str))
+
+
+def _manifest_of(ctx: click.Context, artifact: str) -> dict:
+    """The manifest ARTIFACT names: a manifest file (a copy too), an artifact folder, or a key (prefix) in
+    the work dir."""
+    from cdred_pipeline.artifacts import MANIFEST, read_manifest_file
+
+    p = Path(artifact)
+    if p.is_file() or (p / MANIFEST).is_file():
+        return read_manifest_file(p if p.is_file() else p / MANIFEST)
+    if "/" in artifact or artifact.endswith(".json"):
+        raise UsageError(f"{artifact}: no such manifest file; pass a manifest.json or an artifact key")
+    art = _store(ctx, write=False).find(artifact)
+    if art.manifest.get("status") == "corrupt":
+        raise CdredError(art.manifest["error"])
+    return art.manifest
+
+
+def _replay_params(command: click.Command, manifest: dict) -> dict[str, Any]:
+    """The replay record's settings as ``command``'s default map; an input argument recorded as a path that
+    is gone here becomes the input's artifact key (the same input, found in this work dir)."""
+    params = config_values(manifest["replay"].get("params") or {}, command, f"replay record of {manifest['key']}")
+    keys = [k for k in (manifest.get("inputs") or {}).values() if not str(k).startswith("sha256:")]
+    for arg in (p for p in command.params if isinstance(p, click.Argument)):
+        value = params.get(arg.name)
+        if isinstance(value, str) and "/" in value and not Path(value).exists() and len(keys) == 1:
+            logger.info("%s is not here: using the input's artifact key %s", value, keys[0])
+            params[arg.name] = keys[0]
+    return params
+
+
+@main.command()
+@click.argument("artifact")
+@click.option("--force", is_flag=True, help="Recompute even when the artifact is complete.")
+@click.pass_context
+def rerun(ctx: click.Context, artifact: str, force: bool) -> None:
+    """Replay the command that made ARTIFACT (an artifact key, or a manifest.json, also a copy) with the same
+    settings and inputs: nothing runs when it is complete; a missing or partial one is made (resumed) again
+    under the same key."""
+    manifest = _manifest_of(ctx, artifact)
+    record = manifest.get("replay") or {}
+    command = main.get_command(ctx, str(record.get("command")))
+    if not isinstance(command, StageCommand):
+        raise UsageError(f"{manifest['stage']}/{manifest['key']}: its manifest holds no replay record (made by a "
+                         "library call, not a cdred command); rerun the command that made it")
+    params = _replay_params(command, manifest)
+    if force and "force" in config_keys(command):
+        params["force"] = True
+    logger.info("replaying %s/%s: cdred %s %s", manifest["stage"], manifest["key"], command.name, params)
+    with command.make_context(command.name, [], parent=ctx, default_map=params) as sub:
+        command.invoke(sub)
+    if _store(ctx, write=False).get(manifest["stage"], manifest["key"]) is None:
+        raise CdredError(f"replaying `cdred {command.name}` made no {manifest['stage']}/{manifest['key']}: this cdred "
+                         "computes another key for the same settings (a stage version or preset changed); its "
+                         "results are under the key printed above")
 
 
 # ------------------------------------------------------------------------------------- package
@@ -456,8 +643,8 @@ _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and ra
                   "policy prior acts on batches padded to 8 rows), so N is not part of the cache key.")
 
 
-@main.command("collect-experts")
-@click.argument("task")
+@main.command("collect-experts", cls=StageCommand)
+@click.argument("task", shell_complete=complete_tasks)
 @click.option("--policy", type=click.Choice(POLICIES), default=None,
               help="Expert source: train TD-MPC2 (default), Meta-World scripted policy, or --checkpoint.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
@@ -569,7 +756,7 @@ def _one_line_warnings(prefixes: dict[type[Warning], str]) -> None:
     warnings.showwarning = show
 
 
-@main.command("render-visual")
+@main.command("render-visual", cls=StageCommand)
 @click.argument("dataset")
 @click.option("--size", type=int, default=default_of(RenderConfig, "size"), show_default=True,
               help="Image side in pixels (16-512).")
@@ -615,7 +802,7 @@ def _imitate_default(name: str) -> Any:
     return default_of(ImitateConfig, name)
 
 
-@main.command()
+@main.command(cls=StageCommand)
 @click.argument("dataset")
 @click.option("--steps", "env_steps", type=click.IntRange(min=1), default=_imitate_default("env_steps"), show_default=True,
               help="Env steps of online imitation.")
@@ -686,7 +873,7 @@ def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ evaluate
-@main.command()
+@main.command(cls=StageCommand)
 @click.argument("agent")
 @click.option("--tremble", type=TREMBLE_LIST, default=default_of(EvalConfig, "tremble"), show_default=True,
               help="Tremble probability p in [0, 1], or a comma list to sweep (e.g. 0,0.1,0.2).")
@@ -736,8 +923,8 @@ def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | Non
 
 
 # ------------------------------------------------------------------------------------ pipeline
-@main.command()
-@click.argument("task")
+@main.command(cls=StageCommand)
+@click.argument("task", shell_complete=complete_tasks)
 @click.option("--preset", type=click.Choice(list(PIPELINE_PRESETS)), default=default_of(PipelineConfig, "preset"),
               show_default=True, help="smoke: seconds (checks an install); quickstart: minutes on 2 CPU cores; "
                                       "cpu: the 100k-step CPU setting; paper: App. A-B (GPU).")
@@ -763,8 +950,8 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------- sweep
-@main.command()
-@click.option("--tasks", required=True, type=NAME_LIST, help="Comma list of task ids (dmc:cartpole-balance,mw:reach-wall).")
+@main.command(cls=StageCommand)
+@click.option("--tasks", required=True, type=NAME_LIST, shell_complete=complete_tasks, help="Comma list of task ids (dmc:cartpole-balance,mw:reach-wall).")
 @click.option("--seeds", type=SEED_LIST, default=default_of(SweepConfig, "seeds"), show_default=True,
               help="Comma list of run seeds: one imitate + evaluate run per (task, method, seed).")
 @click.option("--methods", type=NAME_LIST, default=default_of(SweepConfig, "methods"), show_default=True,
