@@ -111,3 +111,29 @@ def test_import_error_paths(tmp_path):
     one_line_error(cdred("package", "import", "missing.hdf5", "-o", "r.zarr", cwd=tmp_path), 4, "no such file")
     left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
     assert left == ["bad.pkl", "d.pkl", "o.zarr", "r.hdf5"]  # no partial outputs
+
+
+def test_export_valid_fraction_and_task_dims(ds, tmp_path):
+    import h5py
+
+    p = cdred("package", "export", str(ds), "--format", "hdf5", "-o", "d.hdf5", "--valid-fraction", "0.5", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(tmp_path / "d.hdf5", "r") as f:
+        assert json.loads(f["data"].attrs["env_args"])["type"] == 2
+        assert [n.decode() for n in f["mask/train"][:]] == ["demo_0"]
+        assert [n.decode() for n in f["mask/valid"][:]] == ["demo_1", "demo_2"]  # the last ceil(0.5 * 3) demos
+    one_line_error(cdred("package", "export", str(ds), "--format", "hdf5", "-o", "e.hdf5", "--valid-fraction", "1",
+                         cwd=tmp_path), 2, "--valid-fraction", "0<=x<1")
+    one_line_error(cdred("package", "export", str(ds), "--format", "parquet", "-o", "e_pq", "--valid-fraction", "0.2",
+                         cwd=tmp_path), 2, "--valid-fraction", "only --format hdf5")
+    p = cdred("package", "import", "d.hdf5", "-o", "back.zarr", cwd=tmp_path)
+    assert p.returncode == 0 and "3 episodes, 60 steps" in p.stdout, p.stderr
+    one_line_error(cdred("package", "import", "d.hdf5", "-o", "x.zarr", "--task", "mw:reach", cwd=tmp_path), 2,
+                   "d.hdf5", "synthetic:random-walk", "mw:reach")
+    with h5py.File(tmp_path / "d.hdf5", "r+") as f:  # a foreign file: no cdred attrs, dims checked against --task
+        del f["data"].attrs["cdred_attrs"]
+        f["data"].attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1, "env_kwargs": {}})
+    one_line_error(cdred("package", "import", "d.hdf5", "-o", "y.zarr", "--task", "mw:reach", cwd=tmp_path), 2,
+                   "--task mw:reach", "obs_dim 4, action_dim 2 but mw:reach has obs_dim 39, action_dim 4")
+    assert not (tmp_path / "e.hdf5").exists() and not (tmp_path / "e_pq").exists()
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()

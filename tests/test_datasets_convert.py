@@ -1,17 +1,21 @@
-"""Converters and merge on real files: zarr -> HDF5 -> zarr and zarr -> parquet -> zarr are lossless
+"""Converters and merge on real files: zarr -> HDF5 -> zarr and zarr -> parquet (frames as PNG) -> zarr are lossless
 for every array; a foreign robomimic file imports; pickled (obs, action, reward, next_obs) episode
 lists import as the reference loader reads them; bad inputs give one-line errors and no output."""
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from cdred_pipeline.datasets import load_episodes, open_dataset, validate
 from cdred_pipeline.datasets.convert import (
@@ -52,7 +56,7 @@ def test_hdf5_round_trip_lossless_and_robomimic_layout(src, tmp_path):
         assert f["data"].attrs["total"] == 61
         assert json.loads(f["data"].attrs["env_args"])["env_name"] == SYNTHETIC_TASK
         d = f["data/demo_2"]
-        assert set(d) >= {"obs", "next_obs", "actions", "rewards", "dones", "states"}
+        assert set(d) >= {"obs", "next_obs", "actions", "rewards", "dones", "terminated", "states"}
         assert d["obs/state"].shape == (40, 6) and d["obs/front_image"].shape == (40, 8, 8, 3)
         assert d["states"].shape == (40, 9) and d["actions"].shape == (40, 3)
         assert d.attrs["num_samples"] == 40
@@ -81,6 +85,71 @@ def test_parquet_round_trip_lossless_and_table_shape(src, tmp_path):
     assert e.num_rows == 4 and e.column("length").to_pylist() == [13, 1, 40, 7]
     back = import_file(out, tmp_path / "p.zarr")
     assert_same_store(src, back)
+
+
+def test_parquet_frames_are_png_image_structs(src, tmp_path):
+    out = export_parquet(src, tmp_path / "d.parquet")
+    t = pq.read_table(out / "steps.parquet")
+    col = t.schema.field("observation.images.front").type
+    assert [col.field(i).name for i in range(col.num_fields)] == ["bytes", "path"]
+    assert json.loads(t.schema.metadata[b"huggingface"])["info"]["features"]["observation.images.side"] == {"_type": "Image"}
+    frames = open_dataset(src).array("data/rgb/front")[:]
+    cell = t.column("observation.images.front")[20].as_py()
+    assert cell["path"] is None and cell["bytes"].startswith(b"\x89PNG")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(cell["bytes"]))), frames[20])
+    df = pd.read_parquet(out / "steps.parquet")  # pandas: one dict {bytes, path} per cell
+    assert len(df) == 61 and df["observation.images.front"].iloc[20]["bytes"] == cell["bytes"]
+
+
+def test_parquet_frames_load_as_images_in_hugging_face_datasets(src, tmp_path):
+    hf = pytest.importorskip("datasets", reason="Hugging Face datasets not installed (pip install datasets)")
+    out = export_parquet(src, tmp_path / "d.parquet")
+    steps = hf.load_dataset("parquet", data_files=str(out / "steps.parquet"), split="train",
+                            cache_dir=str(tmp_path / "cache"))
+    assert isinstance(steps.features["observation.images.front"], hf.Image)
+    img = steps[20]["observation.images.side"]
+    assert isinstance(img, Image.Image) and img.size == (8, 8)
+    np.testing.assert_array_equal(np.asarray(img), open_dataset(src).array("data/rgb/side")[20])
+    eps = hf.load_dataset("parquet", data_files=str(out / "episodes.parquet"), split="train",
+                          cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(np.asarray(eps[3]["final_observation.images.front"]),
+                                  open_dataset(src).array("meta/final_rgb/front")[3])
+
+
+def _to_raw_frames(out: Path) -> None:
+    """Rewrite a parquet export's frame columns as raw HWC fixed-size binary, as earlier exports wrote them."""
+    meta = json.loads((out / "meta.json").read_text())
+    for file, key in (("steps.parquet", "columns"), ("episodes.parquet", "episode_columns")):
+        t = pq.read_table(out / file)
+        for name, spec in meta[key].items():
+            if spec.get("dtype") == "uint8":
+                frames = np.stack([np.asarray(Image.open(io.BytesIO(c["bytes"]))) for c in t.column(name).to_pylist()])
+                size = int(np.prod(spec["shape"]))
+                raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), len(frames), [None, pa.py_buffer(frames.tobytes())])
+                t = t.set_column(t.schema.get_field_index(name), name, raw)
+                spec["encoding"] = "raw HWC bytes"
+        pq.write_table(t.replace_schema_metadata(None), out / file)
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+def test_parquet_import_reads_raw_frame_exports(src, tmp_path):
+    out = export_parquet(src, tmp_path / "d.parquet")
+    _to_raw_frames(out)
+    assert pa.types.is_fixed_size_binary(pq.read_schema(out / "steps.parquet").field("observation.images.front").type)
+    assert_same_store(src, import_file(out, tmp_path / "p.zarr"))
+
+
+def test_parquet_damaged_png_is_one_line(src, tmp_path):
+    out = export_parquet(src, tmp_path / "d.parquet")
+    t = pq.read_table(out / "episodes.parquet")
+    name = "final_observation.images.front"
+    cells = t.column(name).to_pylist()
+    cells[2] = {"bytes": b"not a png", "path": None}
+    t = t.set_column(t.schema.get_field_index(name), name, pa.array(cells, type=t.schema.field(name).type))
+    pq.write_table(t, out / "episodes.parquet")
+    with pytest.raises(DatasetError, match=r"episodes.parquet: final_observation.images.front: row 2: not a readable PNG"):
+        import_file(out, tmp_path / "p.zarr")
+    assert not (tmp_path / "p.zarr").exists()
 
 
 def test_round_trips_keep_render_attrs_of_rendered_stores(tmp_path):
