@@ -65,8 +65,8 @@ PARQUET_FORMAT = "cdred-parquet"
 ROBOMIMIC_GYM_TYPE = 2
 #: Share of the demos an HDF5 export puts under ``mask/valid`` (robomimic's ``split_train_val`` default).
 DEFAULT_VALID_FRACTION = 0.1
-#: meta.json ``encoding`` of frame columns: PNG in Hugging Face ``datasets`` Image structs; earlier
-#: exports wrote ``RAW_ENCODING`` (fixed-size binary, row-major HWC), which the import still reads.
+#: meta.json ``encoding`` of frame columns: PNG in Hugging Face ``datasets`` Image structs; the import
+#: also reads ``RAW_ENCODING`` columns (fixed-size binary, row-major HWC).
 PNG_ENCODING, RAW_ENCODING = "png image struct", "raw HWC bytes"
 #: zlib level of those PNGs (lossless at every level; 1 keeps the export fast).
 PNG_LEVEL = 1
@@ -335,7 +335,7 @@ def _h5_obs(file: Path, demo: str, node: Any, what: str) -> tuple[np.ndarray, di
 
 def _env_args_task(grp: Any) -> str | None:
     """The cdred task id a file's ``env_args`` records: ``cdred_task``, or ``env_name`` when ``type`` is
-    ``"cdred"`` (the string type of earlier cdred exports); None for other files."""
+    ``"cdred"`` (cdred HDF5 files of the string type, which keep terminated in ``dones``); None otherwise."""
     try:
         args = json.loads(grp.attrs.get("env_args", "{}"))
     except (json.JSONDecodeError, TypeError):
@@ -426,7 +426,7 @@ def _h5_episode(file: Path, name: str, d: Any, notes: list[str]) -> dict[str, An
     if action.ndim != 2 or len(action) != t or len(reward) != t:
         raise DatasetError(f"{file}: data/{name}/actions: shape {action.shape} and rewards {reward.shape} "
                            f"do not match obs ({t} steps)")
-    term = "terminated" if "terminated" in d else "dones"  # dones: earlier cdred exports, foreign files
+    term = "terminated" if "terminated" in d else "dones"  # dones: foreign files, string-type cdred files
     dones = np.asarray(d[term][()]).reshape(-1).astype(bool) if term in d else np.zeros(t, bool)
     states, final_state = _h5_states(d, t, notes)
     return {"obs": obs, "action": action, "reward": reward, "terminated": dones, "physics_state": states,

@@ -117,7 +117,7 @@ def test_parquet_frames_load_as_images_in_hugging_face_datasets(src, tmp_path):
 
 
 def _to_raw_frames(out: Path) -> None:
-    """Rewrite a parquet export's frame columns as raw HWC fixed-size binary, as earlier exports wrote them."""
+    """Rewrite a parquet export's frame columns as raw HWC fixed-size binary."""
     meta = json.loads((out / "meta.json").read_text())
     for file, key in (("steps.parquet", "columns"), ("episodes.parquet", "episode_columns")):
         t = pq.read_table(out / file)

@@ -2,7 +2,7 @@
 (``data`` attrs ``env_args`` with an integer env type, ``mask/train`` and ``mask/valid`` as demo-name
 byte strings, demo groups with ``obs/``, ``actions``, ``rewards``, ``dones`` and ``num_samples``),
 ``dones`` as robomimic sets them with ``terminated`` kept apart, the import keeping the mask and
-reading files of the earlier layout (``type`` "cdred", dones = terminated), and dims checked
+reading cdred files of the string env type (``type`` "cdred", dones = terminated), and dims checked
 against the task. The ``SequenceDataset`` test runs where robomimic is importable."""
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def test_import_keeps_the_mask_and_is_lossless(src, tmp_path):
     assert validate(back) == []
 
 
-def _to_earlier_layout(h5: Path) -> None:
-    """Rewrite an export as cdred wrote it before robomimic's conventions: env_args type "cdred" with the
-    env attrs as kwargs, dones = terminated, no terminated datasets, no mask."""
+def _to_string_type_layout(h5: Path) -> None:
+    """Rewrite an export in cdred's string-type HDF5 layout: env_args type "cdred" with the env attrs as
+    kwargs, dones = terminated, no terminated datasets, no mask."""
     with h5py.File(h5, "r+") as f:
         env = json.loads(f["data"].attrs["cdred_attrs"])["env"]
         f["data"].attrs["env_args"] = json.dumps({"env_name": env["task"], "type": "cdred",
@@ -97,11 +97,11 @@ def _to_earlier_layout(h5: Path) -> None:
         del f["mask"]
 
 
-def test_import_reads_the_earlier_layout(tmp_path):
+def test_import_reads_string_type_files(tmp_path):
     path, eps = write_random_dataset(tmp_path / "t.zarr", [5, 7, 4], obs_dim=3, action_dim=2, state_dim=2, seed=0)
     assert [bool(e["terminated"][-1]) for e in eps] == [True, True, False]  # dones = terminated, not episode ends
     h5 = export_hdf5(path, tmp_path / "old.hdf5")
-    _to_earlier_layout(h5)
+    _to_string_type_layout(h5)
     back = import_file(h5, tmp_path / "b.zarr")
     assert_same_store(path, back)
     assert "mask" not in open_dataset(back).attrs["import"]
