@@ -26,7 +26,8 @@ from torch import Tensor
 
 from cdred_pipeline.agent.agent import TDMPC2Agent
 from cdred_pipeline.agent.buffer import ReplayBuffer
-from cdred_pipeline.agent.trainer import (TrainerConfig, append_jsonl, evaluation_figures, plot_learning_curve, read_jsonl,
+from cdred_pipeline.logging_sinks import LogTargets, close_sinks
+from cdred_pipeline.agent.trainer import (TrainerConfig, evaluation_figures, log_row, plot_learning_curve, read_jsonl,
                                           rollback_metrics)
 from cdred_pipeline.errors import CdredError, TrainingDivergedError
 
@@ -96,12 +97,14 @@ def bc_schedule(cfg: TrainerConfig, episode_length: int) -> tuple[list[int], lis
 
 def train_bc(eval_env_fn: Callable[[], Any], agent: TDMPC2Agent, expert_buffer: ReplayBuffer, cfg: TrainerConfig,
              out_dir: "str | Path", *, episode_length: int, action_repeat: int, extra: Optional[dict[str, Any]] = None,
-             reference_lines: Optional[dict[str, float]] = None, progress: bool = True) -> dict[str, Any]:
+             reference_lines: Optional[dict[str, float]] = None, progress: bool = True,
+             log: Optional[LogTargets] = None) -> dict[str, Any]:
     """Clone the expert buffer's actions on the online schedule of ``cfg`` (:func:`bc_schedule`); writes
     ``agent.pt`` (at every mark), ``metrics.jsonl`` (an ``eval`` row per mark with ``agent_step``,
-    ``env_step``, ``update_step`` and the mean BC loss since the last mark) and ``curve.png``. A rerun on
-    the same folder resumes from the last mark's ``agent.pt`` (weights, optimisers, every RNG and the
-    expert buffer's sampling generator), exactly. Returns a summary with the online trainer's keys."""
+    ``env_step``, ``update_step`` and the mean BC loss since the last mark), ``curve.png`` and, with ``log``,
+    the TensorBoard / W&B views of the rows (:mod:`cdred_pipeline.logging_sinks`). A rerun on the same
+    folder resumes from the last mark's ``agent.pt`` (weights, optimisers, every RNG and the expert buffer's
+    sampling generator), exactly. Returns a summary with the online trainer's keys."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -111,7 +114,7 @@ def train_bc(eval_env_fn: Callable[[], Any], agent: TDMPC2Agent, expert_buffer: 
     done, elapsed = _bc_resume(agent, expert_buffer, cfg, paths)
     title, extra = str((extra or {}).get("task", "")), {**(extra or {}), "trainer_config": dataclasses.asdict(cfg),
                                                          "action_repeat": action_repeat}
-    env, clock = eval_env_fn(), (time.time(), elapsed)
+    env, clock, sinks = eval_env_fn(), (time.time(), elapsed), []
 
     def wall_s() -> float:
         return clock[1] + time.time() - clock[0]
@@ -121,19 +124,25 @@ def train_bc(eval_env_fn: Callable[[], Any], agent: TDMPC2Agent, expert_buffer: 
                             env_reward_seen=False)
 
     bar = tqdm(total=due[-1], initial=agent.update_step, desc="bc", disable=not progress)
-    for step, n in ((m, d) for m, d in zip(marks, due) if done is None or m > done):
-        losses = [bc_update(agent, expert_buffer.sample(agent.cfg.batch_size, 1)) for _ in range(n - agent.update_step)]
-        bar.update(len(losses))
-        if cfg.eval_episodes > 0:
-            append_jsonl(paths["metrics"], {
-                "kind": "eval", "agent_step": step, "env_step": step * action_repeat, "update_step": agent.update_step,
-                "episode": -(-step // episode_length), "bc_loss": float(np.mean(losses)) if losses else None,
-                **evaluation_figures(env, agent, cfg), "wall_s": wall_s()})
-            plot()
-        agent.save(paths["checkpoint"], extra={**extra, "bc_agent_step": step, "bc_elapsed_s": wall_s(),
-                                               "samplers": {"expert": expert_buffer.sampler_state()}})
-    bar.close()
-    env.close()
+    try:
+        sinks = log.open(out, read_jsonl(paths["metrics"])) if log else []
+        for step, n in ((m, d) for m, d in zip(marks, due) if done is None or m > done):
+            losses = [bc_update(agent, expert_buffer.sample(agent.cfg.batch_size, 1))
+                      for _ in range(n - agent.update_step)]
+            bar.update(len(losses))
+            if cfg.eval_episodes > 0:
+                log_row(paths["metrics"], {
+                    "kind": "eval", "agent_step": step, "env_step": step * action_repeat,
+                    "update_step": agent.update_step, "episode": -(-step // episode_length),
+                    "bc_loss": float(np.mean(losses)) if losses else None,
+                    **evaluation_figures(env, agent, cfg), "wall_s": wall_s()}, sinks)
+                plot()
+            agent.save(paths["checkpoint"], extra={**extra, "bc_agent_step": step, "bc_elapsed_s": wall_s(),
+                                                   "samplers": {"expert": expert_buffer.sampler_state()}})
+    finally:
+        bar.close()
+        env.close()
+        close_sinks(sinks)
     plot()
     return _bc_summary(agent, cfg, action_repeat, paths, wall_s(), done)
 

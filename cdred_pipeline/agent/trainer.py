@@ -28,6 +28,10 @@ the trainer's counters, the replay buffer with its sampling generator (``buffer.
 ``save_buffer``) and the sampling generators of the expert buffer and of the buffers the eval hook
 samples (the caller rebuilds their contents from the same data). Rerunning with the same ``out_dir``
 resumes from ``agent.pt`` and rolls ``metrics.jsonl`` back to its step.
+
+``log`` (:class:`~cdred_pipeline.logging_sinks.LogTargets`) adds TensorBoard / W&B views of
+``metrics.jsonl``: opened after the resume with the rows kept, then fed every row the file gets
+(:func:`log_row`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import torch
 from cdred_pipeline.agent.agent import TDMPC2Agent
 from cdred_pipeline.agent.buffer import ReplayBuffer
 from cdred_pipeline.agent.checkpoint import atomic_torch_save, safe_torch_load
+from cdred_pipeline.logging_sinks import LogTargets, MetricSink, close_sinks
 from cdred_pipeline.artifacts import save_figure_atomic
 from cdred_pipeline.errors import CdredError, TrainingDivergedError, UsageError
 from cdred_pipeline.seeding import derive, numpy_rng
@@ -145,6 +150,13 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
+
+
+def log_row(path: Path, row: dict[str, Any], sinks: "list[MetricSink] | tuple[()]" = ()) -> None:
+    """Append a metrics row to ``metrics.jsonl`` (the source of truth), then give it to every sink."""
+    append_jsonl(path, row)
+    for sink in sinks:
+        sink.write(row)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -250,11 +262,12 @@ class OnlineTrainer:
                  expert_buffer: Optional[ReplayBuffer] = None, extra: Optional[dict[str, Any]] = None,
                  eval_hook: Optional[EvalHook] = None, reference_lines: Optional[dict[str, float]] = None,
                  timings: Optional[dict[str, float]] = None,
-                 hook_buffers: Optional[dict[str, ReplayBuffer]] = None) -> None:
+                 hook_buffers: Optional[dict[str, ReplayBuffer]] = None, log: Optional[LogTargets] = None) -> None:
         self.laps = Laps(timings)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.agent, self.cfg, self.progress = agent, cfg, progress
+        self.log, self.sinks = log, []
         self.expert_buffer, self.eval_hook, self.reference_lines = expert_buffer, eval_hook, reference_lines
         self.samplers = {**{f"hook:{k}": b for k, b in (hook_buffers or {}).items() if b is not expert_buffer},
                          **({"expert": expert_buffer} if expert_buffer is not None else {})}
@@ -429,7 +442,7 @@ class OnlineTrainer:
         if self.eval_hook is not None:
             row.update(self.eval_hook(self.agent, self.buffer))
             self.laps.lap("diagnostics")
-        append_jsonl(self.metrics_path, row)
+        log_row(self.metrics_path, row, self.sinks)
         st = self.state
         st.last_eval = {k: row[k] for k in ("agent_step", "eval_return_mean", "eval_return_std", "eval_success_rate")}
         best = row["eval_return_mean"]
@@ -491,7 +504,7 @@ class OnlineTrainer:
     def _episode_end(self, row: dict[str, Any], bar: Any) -> None:
         """Log the episode, then evaluate and checkpoint when due."""
         self.laps.start()
-        append_jsonl(self.metrics_path, row)
+        log_row(self.metrics_path, row, self.sinks)
         self.laps.lap("writes")
         post = {"ret": f"{row['episode_return']:.1f}"}
         if self._take_eval():
@@ -511,6 +524,7 @@ class OnlineTrainer:
 
         self.resume()
         self._clock = (time.time(), float(self.state.elapsed_s))
+        self.sinks = self.log.open(self.metrics_path.parent, read_jsonl(self.metrics_path)) if self.log else []
         bar = tqdm(total=self.cfg.agent_steps, initial=self.state.agent_step, desc=f"train {self.task or ''}".strip(),
                    disable=not self.progress, unit="step", dynamic_ncols=True)
         try:
@@ -520,6 +534,7 @@ class OnlineTrainer:
             raise TrainingDivergedError(self._diverged(exc)) from None
         finally:
             bar.close()
+            close_sinks(self.sinks)
         self.laps.start()
         self.plot()
         self.laps.lap("writes")
@@ -554,10 +569,11 @@ def train_online(env_fn: Callable[[], Any], agent: TDMPC2Agent, cfg: TrainerConf
     the module docstring), ``extra`` (plain data stored in every checkpoint), ``eval_hook(agent,
     behavioural_buffer) -> dict`` (figures merged into every eval row), ``hook_buffers`` ({name: buffer}
     the eval hook samples: their sampling generators are checkpointed, their contents rebuilt by the
-    caller), ``reference_lines`` ({label: return} drawn on ``curve.png``). Files in ``out_dir``:
-    ``agent.pt``, ``buffer.pt``, ``metrics.jsonl``, ``curve.png``; ``timings``: see :class:`OnlineTrainer`."""
+    caller), ``reference_lines`` ({label: return} drawn on ``curve.png``), ``log`` (TensorBoard / W&B
+    views of the metrics, :mod:`cdred_pipeline.logging_sinks`). Files in ``out_dir``: ``agent.pt``,
+    ``buffer.pt``, ``metrics.jsonl``, ``curve.png`` (and ``tb/``); ``timings``: see :class:`OnlineTrainer`."""
     return OnlineTrainer(env_fn, agent, cfg, out_dir, **kw).run()
 
 
-__all__ = ["Laps", "OnlineTrainer", "TrainerConfig", "TrainerState", "append_jsonl", "evaluation_figures", "train_online",
-           "sample_batch", "learning_curve_figure", "plot_learning_curve", "read_jsonl", "rollback_metrics"]
+__all__ = ["Laps", "OnlineTrainer", "TrainerConfig", "TrainerState", "append_jsonl", "evaluation_figures", "log_row",
+           "train_online", "sample_batch", "learning_curve_figure", "plot_learning_curve", "read_jsonl", "rollback_metrics"]
