@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from cdred_pipeline.logging_sinks import check_log_names, log_cached, stage_log
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import CdredError, CheckpointError, UsageError
 from cdred_pipeline.stages.common import DATASET_NAME, file_sha256
@@ -65,8 +66,10 @@ class CollectConfig:
     probe: bool = True
     num_envs: int = 1  # envs stepped together while collecting; does not change the data, not in the key
     compile: bool | None = None  # None: the agent preset's; a runtime choice like device, not in the key
+    log: tuple[str, ...] = ()  # TensorBoard / W&B views of a trained expert's metrics.jsonl; not in the key
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "log", check_log_names(self.log))
         if self.policy not in POLICIES:
             raise UsageError(f"--policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.policy == "checkpoint" and not self.checkpoint:
@@ -154,7 +157,7 @@ def _train(cfg: CollectConfig, art: Artifact, progress: bool) -> Artifact:
     env_fn = lambda: make_env(cfg.task, seed=cfg.seed, episode_length=cfg.episode_length)  # noqa: E731
     result = train_online(env_fn, agent, _trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
                           extra={"task": cfg.task, "preset": cfg.preset, "obs": "state",
-                                 "episode_length": spec.episode_length})
+                                 "episode_length": spec.episode_length}, log=stage_log(cfg.log, art))
     final = art.final_path  # the trainer wrote its paths in .partial
     result = {k: str(final / Path(v).name) if k in ("checkpoint", "metrics", "curve") else v for k, v in result.items()}
     return art.complete_with({"eval_return": result.get("final_eval_return"), "env_steps": result.get("env_step")},
@@ -169,6 +172,7 @@ def train_expert(cfg: CollectConfig, store: ArtifactStore, *, force: bool = Fals
     art = store.begin(EXPERT_STAGE, EXPERT_VERSION, _expert_config(cfg), {}, force=force,
                       description=f"{cfg.policy} expert for {cfg.task}")
     if art.complete:
+        log_cached(cfg.log, art)
         return art
     try:
         if cfg.policy == "scripted":

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from cdred_pipeline.logging_sinks import check_log_names, log_cached, stage_log
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import DatasetError, UsageError
 from cdred_pipeline.presets import LR_STEP_BY_SUITE, REWARD_PRESET_FOR
@@ -71,6 +72,7 @@ class ImitateConfig:
     diagnose: bool = True
     device: str = "auto"
     compile: bool | None = None          # None: the agent preset's (fused torch.compile losses where a compiler exists)
+    log: tuple[str, ...] = ()            # TensorBoard / W&B views of metrics.jsonl; not a result, not in the key
 
     def __post_init__(self) -> None:
         from cdred_pipeline.agent.config import REWARD_SPACES
@@ -78,6 +80,7 @@ class ImitateConfig:
         from cdred_pipeline.reward.config import G_NAMES, MODES
 
         check_tremble(self.tremble)
+        object.__setattr__(self, "log", check_log_names(self.log))
         self._resolve_method()
         for name, value, choices in (("--obs", self.obs, OBS_KINDS), ("--reward", self.reward, MODES),
                                      ("--reward-space", self.reward_space, REWARD_SPACES), ("--g", self.g, G_NAMES)):
@@ -117,12 +120,12 @@ class ImitateConfig:
             raise UsageError("--plan with --method bc: BC learns no reward or value to plan with; use --no-plan")
 
     def key_config(self) -> dict[str, Any]:
-        """The config keys the artifact depends on: not the device or compile (they do not change the
+        """The config keys the artifact depends on: not the device, compile or log (they do not change the
         results' meaning), and not an unset zeta/alpha or detach_reward_input off, which are the preset's and
         already in the key through the resolved reward-model config; the method only for the baselines
         (cdred and red are in the key as ``reward``)."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("device", "compile") and not (k in ("zeta", "alpha") and v is None)
+                if k not in ("device", "compile", "log") and not (k in ("zeta", "alpha") and v is None)
                 and not (k == "detach_reward_input" and not v) and not (k == "method" and v not in BASELINES)}
 
 
@@ -294,6 +297,7 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
                       description=f"{cfg.method} imitation on {inp.task} ({cfg.obs})" if cfg.method in BASELINES
                       else f"CDRED imitation on {inp.task} ({cfg.reward}, {cfg.obs})")
     if art.complete:
+        log_cached(cfg.log, art)
         return art
     try:
         result = train(cfg, inp, art, progress=progress, timings=timings)
@@ -357,7 +361,8 @@ def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool =
     return train_online(env_fn, agent, trainer_config(cfg, spec.action_repeat), art.path, progress=progress,
                         expert_buffer=buffers["expert"], extra=checkpoint_extra(cfg, inp, **method_extra),
                         eval_env_fn=lambda: env_fn(0.0), eval_hook=eval_hook if cfg.diagnose else None,
-                        hook_buffers=buffers, reference_lines=_reference_lines(inp.scores), timings=timings)
+                        hook_buffers=buffers, reference_lines=_reference_lines(inp.scores), timings=timings,
+                        log=stage_log(cfg.log, art))
 
 
 def checkpoint_extra(cfg: ImitateConfig, inp: RunInputs, **method_extra: Any) -> dict[str, Any]:
@@ -380,7 +385,7 @@ def train_bc_run(cfg: ImitateConfig, inp: RunInputs, art: Artifact, spec: Any, e
     extra = checkpoint_extra(cfg, inp, method=cfg.method)
     return train_bc(lambda: env_fn(0.0), agent, expert, trainer_config(cfg, spec.action_repeat), art.path,
                     episode_length=spec.episode_length, action_repeat=spec.action_repeat, extra=extra,
-                    reference_lines=_reference_lines(inp.scores), progress=progress)
+                    reference_lines=_reference_lines(inp.scores), progress=progress, log=stage_log(cfg.log, art))
 
 
 def diagnostic_buffers(cfg: ImitateConfig, inp: RunInputs, spec: Any, device: Any, env_fn: Any,

@@ -12,6 +12,7 @@ from typing import Any
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import UsageError
+from cdred_pipeline.logging_sinks import check_log_names
 from cdred_pipeline.presets import PIPELINE_PRESETS
 
 EXPERT_POLICIES = ("tdmpc2", "scripted")  # the pipeline trains or scripts its expert; never a given checkpoint
@@ -29,9 +30,11 @@ class PipelineConfig:
     tremble: tuple[float, ...] = (0.0, 0.1)
     device: str = "auto"
     expert_policy: str | None = None   # None: scripted for Meta-World, else TD-MPC2
+    log: tuple[str, ...] = ()          # TensorBoard / W&B views of the expert's and the imitation's training
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "log", check_log_names(self.log))
         if self.preset not in PIPELINE_PRESETS:
             raise UsageError(f"--preset {self.preset!r}: choose one of {', '.join(PIPELINE_PRESETS)}")
         if self.expert_policy is not None and self.expert_policy not in EXPERT_POLICIES:
@@ -77,7 +80,8 @@ def collect_config(cfg: PipelineConfig) -> Any:
     return collect_experts.CollectConfig(
         task=task.task, policy=policy, preset=s["agent_preset"], train_env_steps=s["expert_env_steps"], seed=cfg.seed,
         episodes=s["episodes"], random_episodes=s["random_episodes"], device=cfg.device, plan=s["plan"],
-        eval_every=s["eval_every"], eval_episodes=s["train_eval_episodes"], episode_length=s["episode_length"])
+        eval_every=s["eval_every"], eval_episodes=s["train_eval_episodes"], episode_length=s["episode_length"],
+        log=cfg.log)
 
 
 def imitate_config(cfg: PipelineConfig) -> Any:
@@ -88,7 +92,8 @@ def imitate_config(cfg: PipelineConfig) -> Any:
     return imitate.ImitateConfig(
         env_steps=s["imitate_env_steps"], preset=s["agent_preset"], obs=cfg.obs, reward=cfg.reward,
         num_demos=min(s["num_demos"], s["episodes"]), seed=cfg.seed, plan=s["plan"], eval_every=s["eval_every"],
-        eval_episodes=s["train_eval_episodes"], seed_agent_steps=s["seed_agent_steps"], device=cfg.device)
+        eval_episodes=s["train_eval_episodes"], seed_agent_steps=s["seed_agent_steps"], device=cfg.device,
+        log=cfg.log)
 
 
 def eval_config(cfg: PipelineConfig) -> Any:
