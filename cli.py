@@ -672,6 +672,10 @@ _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and ra
 @click.option("--num-envs", type=click.IntRange(min=1), default=default_of(CollectConfig, "num_envs"),
               show_default=True, help=_NUM_ENVS_HELP)
 @click.option("--compile/--no-compile", default=default_of(CollectConfig, "compile"), help=_COMPILE_HELP)
+@click.option("--log", type=click.Choice(("tensorboard", "wandb")), multiple=True,
+              help="Also log the expert's training metrics to TensorBoard (<artifact>/tb) or W&B (offline, "
+                   "<workdir>/.wandb); repeatable. metrics.jsonl stays the record; not in the cache key. "
+                   "docs/logging.md.")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
 def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoint: str | None,
@@ -848,6 +852,10 @@ def _imitate_default(name: str) -> Any:
               help="Log reward on expert vs random vs current-policy data at each evaluation.")
 @click.option("--device", default=_imitate_default("device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--compile/--no-compile", default=_imitate_default("compile"), help=_COMPILE_HELP)
+@click.option("--log", type=click.Choice(("tensorboard", "wandb")), multiple=True,
+              help="Also log the training metrics to TensorBoard (<artifact>/tb) or W&B (offline, "
+                   "<workdir>/.wandb); repeatable. metrics.jsonl stays the record; not in the cache key. "
+                   "docs/logging.md.")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
 def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
@@ -936,6 +944,10 @@ def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | Non
 @click.option("--expert-policy", type=click.Choice(EXPERT_POLICIES), default=default_of(PipelineConfig, "expert_policy"),
               help="Expert source (default: scripted for Meta-World, TD-MPC2 otherwise).")
 @click.option("--device", default=default_of(PipelineConfig, "device"), show_default=True, help="auto | cpu | cuda")
+@click.option("--log", type=click.Choice(("tensorboard", "wandb")), multiple=True,
+              help="Also log the expert's and the imitation's training metrics to TensorBoard (<artifact>/tb) or "
+                   "W&B (offline, <workdir>/.wandb); repeatable. metrics.jsonl stays the record; not in the cache key. "
+                   "docs/logging.md.")
 @click.option("--force", is_flag=True, help="Redo every stage.")
 @click.pass_context
 def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
