@@ -68,7 +68,7 @@ DEFAULT_VALID_FRACTION = 0.1
 #: meta.json ``encoding`` of frame columns: PNG in Hugging Face ``datasets`` Image structs; the import
 #: also reads ``RAW_ENCODING`` columns (fixed-size binary, row-major HWC).
 PNG_ENCODING, RAW_ENCODING = "png image struct", "raw HWC bytes"
-#: zlib level of those PNGs (lossless at every level; 1 keeps the export fast).
+#: zlib level of those PNGs (lossless at every level; 1 is the fastest).
 PNG_LEVEL = 1
 _BLOCK_BYTES = 64 * 1024 * 1024
 
@@ -374,11 +374,14 @@ def _h5_attrs(file: Path, grp: Any, task: str | None) -> tuple[dict[str, Any], b
             raise UsageError(f"{file}: data.attrs.cdred_attrs: the file holds task {attrs['env'].get('task')!r}, "
                              f"not --task {task!r}")
         return attrs, True
-    task = task or _env_args_task(grp)
+    recorded = None if task is not None else _env_args_task(grp)
+    task = task or recorded
     if task is None:
         raise UsageError(f"{file}: not a cdred export: give --task TASK (e.g. mw:box-close)")
     env_args = grp.attrs.get("env_args")
     attrs = {"env": {"task": task}, "source": {"kind": "import", "format": "robomimic", "file": file.name}}
+    if recorded is not None:
+        attrs["source"]["task_from"] = "env_args"
     if env_args is not None:
         attrs["source"]["env_args"] = env_args if isinstance(env_args, str) else str(env_args)
     return attrs, False
@@ -456,7 +459,8 @@ def _h5_write(file: Path, out: Path, grp: Any, demos: list[tuple[int, str]], att
             if w is None:
                 if not ours:
                     _h5_env_dims(attrs, ep)
-                _check_fits_task(file, attrs["env"], None if ours else attrs["env"]["task"])
+                given = None if ours or attrs["source"].get("task_from") else attrs["env"]["task"]
+                _check_fits_task(file, attrs["env"], given)
                 try:
                     w = EpisodeWriter(out, attrs, overwrite=overwrite, wait=True)
                 except DatasetError as exc:

@@ -107,6 +107,19 @@ def test_import_reads_string_type_files(tmp_path):
     assert "mask" not in open_dataset(back).attrs["import"]
 
 
+def test_task_from_env_args_without_cdred_attrs(src, tmp_path):
+    for env_args in ({"env_name": SYNTHETIC_TASK, "type": 2, "env_kwargs": {}, "cdred_task": SYNTHETIC_TASK},
+                     {"env_name": SYNTHETIC_TASK, "type": "cdred", "env_kwargs": {}}):
+        h5 = export_hdf5(src, tmp_path / "d.hdf5", overwrite=True)
+        with h5py.File(h5, "r+") as f:
+            del f["data"].attrs["cdred_attrs"]
+            f["data"].attrs["env_args"] = json.dumps(env_args)
+        out = import_file(h5, tmp_path / "t.zarr", overwrite=True)
+        got = open_dataset(out)
+        assert got.task == SYNTHETIC_TASK and got.attrs["source"]["task_from"] == "env_args"
+        np.testing.assert_array_equal(got.array("data/obs")[:], open_dataset(src).array("data/obs")[:])
+
+
 def test_foreign_mask_maps_demo_names_to_episodes(tmp_path):
     _robomimic_file(tmp_path / "lift.hdf5")  # demos demo_0, demo_5, demo_10
     with h5py.File(tmp_path / "lift.hdf5", "r+") as f:
