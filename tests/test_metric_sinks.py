@@ -183,3 +183,18 @@ def test_wandb_logs_offline_into_the_workdir(demos, tmp_path):
     assert runs and any(runs[0].glob("run-*.wandb"))
     assert not any(_artifact(tmp_path).rglob("*.wandb"))
     assert run_cli(tmp_path, "status", "--verify").returncode == 0
+
+
+@needs_tb
+def test_pipeline_passes_log_on_and_no_key_changes():
+    """pipeline --log reaches the collect-experts and imitate configs; their cache keys do not change; an
+    unknown name is a usage error."""
+    from cdred_pipeline.errors import UsageError
+    from cdred_pipeline.stages import pipeline as pl
+
+    with_log, without = pl.PipelineConfig(TASK, log=("tensorboard", "tensorboard")), pl.PipelineConfig(TASK)
+    assert pl.collect_config(with_log).log == pl.imitate_config(with_log).log == ("tensorboard",)
+    assert pl.imitate_config(with_log).key_config() == pl.imitate_config(without).key_config()
+    assert "log" not in pl.imitate_config(with_log).key_config()
+    with pytest.raises(UsageError, match="--log 'mlflow'"):
+        pl.PipelineConfig(TASK, log=("mlflow",))
