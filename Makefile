@@ -34,7 +34,7 @@ lint: $(VENV)/.test-deps
 	cd $(VENV)/lint && ../bin/lint-imports ../../.importlinter --no-cache
 
 test: lint
-	$(BIN)/python -m pytest tests -q -rs
+	$(BIN)/pytest tests -q -rs
 
 # The speed set on CPU with short settings (benchmarks/README.md: what each prints, and the long forms).
 bench: install

@@ -102,7 +102,10 @@ def measure(args: argparse.Namespace, scratch: Path) -> list[str]:
     out += ["## Paper preset size (dmc:cheetah-run, 17 observations, 6 actions)", "",
             f"{plain:,} trainable parameters with the two-hot reward head, {cdred:,} with the CDRED reward model.", ""]
     if args.tests:
-        wall, _, before, after = timed([sys.executable, "-m", "pytest", "tests", "-q"], env, ROOT)
+        # the pytest script, not `python -m pytest`: that puts the repo root on sys.path, where the
+        # project's datasets/ folder would shadow Hugging Face's `datasets`
+        pytest = str(Path(sys.executable).with_name("pytest"))
+        wall, _, before, after = timed([pytest, "tests", "-q"], env, ROOT)
         out += ["## Test suite (`pytest tests -q`)", "", f"Wall time {minutes(wall)} ({before} before, {after} after).", ""]
     return out
 

@@ -23,6 +23,7 @@ import torch
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from cdred_pipeline.agent import AgentConfig, TDMPC2Agent  # noqa: E402
+from cdred_pipeline.envs.gl import loadable  # noqa: E402
 from cdred_pipeline.errors import EXIT_CODES, UsageError  # noqa: E402
 from cdred_pipeline.executor import ExecutorError, make_executor  # noqa: E402
 from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
@@ -78,15 +79,7 @@ def _run(workdir: Path, *args: str, env: dict[str, str], quiet: bool = True) -> 
 
 
 def _loads(*names: str) -> bool:
-    import ctypes
-
-    for name in names:
-        try:
-            ctypes.CDLL(name)
-        except OSError:
-            continue
-        return True
-    return False
+    return loadable(names)
 
 
 # --------------------------------------------------------------- options read strictly (exit 2)

@@ -164,12 +164,13 @@ def _import(small: Path, out: Path, force: bool) -> tuple[str, ...]:
     return ("package", "import", str(h5), "-o", str(out)) + (("--force",) if force else ())
 
 
+@pytest.mark.parametrize("force", [True, False])
 @pytest.mark.parametrize("command, name", [(_export, "out.hdf5"), (_merge, "out.zarr"), (_import, "out.zarr")])
-def test_second_writer_waits_for_the_lock_then_replaces_with_force(small, tmp_path, command, name):
+def test_second_writer_waits_for_the_lock_then_replaces_or_fails(small, tmp_path, command, name, force):
     """A writer that finds the output locked waits; once the other is done it replaces the finished
-    output atomically under --force."""
+    output atomically under --force, and without it fails with one line, leaving the output."""
     out = tmp_path / name
-    args = command(small, out, True)
+    args = command(small, out, force)
     lock = out.with_name(f".{out.name}.lock")
     with open(lock, "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -177,30 +178,16 @@ def test_second_writer_waits_for_the_lock_then_replaces_with_force(small, tmp_pa
         _blocked_on(lock, proc)
         out.write_text("the output of the writer that held the lock")
     res = _finish(proc)
+    if not force:
+        assert res.returncode == 4
+        assert "already exists" in one_line_error(res) and "--force" in res.stderr
+        return
     assert res.returncode == 0 and res.stderr == "", res.stderr
     if name.endswith(".hdf5"):
         with h5py.File(out, "r") as f:
             assert f["data"].attrs["total"] == 90
     else:
         assert validate(out) == [] and open_dataset(out).num_episodes in (3, 6)
-    assert _leftovers(tmp_path) == []
-
-
-@pytest.mark.parametrize("command, name", [(_export, "out.hdf5"), (_merge, "out.zarr"), (_import, "out.zarr")])
-def test_second_writer_without_force_fails_in_one_line_after_the_wait(small, tmp_path, command, name):
-    """Without --force, the waiting writer finds the other's output and fails with one line, leaving it."""
-    out = tmp_path / name
-    args = command(small, out, False)
-    lock = out.with_name(f".{out.name}.lock")
-    with open(lock, "a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        proc = _popen(tmp_path / "wd", *args)
-        _blocked_on(lock, proc)
-        out.write_text("the output of the writer that held the lock")
-    res = _finish(proc)
-    assert res.returncode == 4
-    assert "already exists" in one_line_error(res) and "--force" in res.stderr
-    assert out.read_text() == "the output of the writer that held the lock"
     assert _leftovers(tmp_path) == []
 
 

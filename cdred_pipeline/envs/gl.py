@@ -46,7 +46,7 @@ def check_gl_env() -> None:
         raise MissingDependencyError(f"MUJOCO_GL={os.environ['MUJOCO_GL']!r} is not a rendering backend: {GL_HINT}")
     gl = os.environ.get("MUJOCO_GL", "").strip().lower()
     libs = dict(HEADLESS_BACKENDS).get(gl)
-    if libs and not _loadable(libs):  # import mujoco would fail deep inside PyOpenGL
+    if libs and not loadable(libs):  # import mujoco would fail deep inside PyOpenGL
         raise MissingDependencyError(f"MUJOCO_GL={gl} but its library {libs[0]} is not installed here: {GL_HINT}")
 
 
@@ -54,7 +54,7 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _loadable(names: tuple[str, ...]) -> bool:
+def loadable(names: tuple[str, ...]) -> bool:
     """Whether one of the shared libraries ``names`` loads in this process."""
     import ctypes
 
@@ -74,7 +74,7 @@ def choose_headless_backend() -> str | None:
     if "MUJOCO_GL" in os.environ or _has_display() or "mujoco" in sys.modules or not sys.platform.startswith("linux"):
         return None
     for name, libs in HEADLESS_BACKENDS:
-        if _loadable(libs):
+        if loadable(libs):
             os.environ["MUJOCO_GL"] = name
             os.environ.setdefault("PYOPENGL_PLATFORM", name)
             _STATE["chosen"] = name
