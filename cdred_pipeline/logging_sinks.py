@@ -8,9 +8,9 @@ A sink opens with the rows ``metrics.jsonl`` already holds and replays them, the
 trainer appends it. The TensorBoard sink empties its event folder (``<run>/tb``) first, so after a resume
 (which rolls ``metrics.jsonl`` back to the checkpoint's step) the events hold exactly the file's rows, once
 each and in order, whatever the killed process had written past the checkpoint. W&B logs offline (unless
-``WANDB_MODE`` says otherwise) into a folder outside the artifacts; each process that trains opens a new W&B
-run with the run's name, replaying the rows before the resume point, so the newest W&B run of a name is the
-whole run.
+``WANDB_MODE`` says otherwise); the stages put its files in the work dir's ``.wandb`` folder, outside every
+artifact. Each process that trains opens a new W&B run with the run's name, replaying the rows before the
+resume point, so the newest W&B run of a name is the whole run. docs/logging.md says how to use both.
 
 ```python
 targets = LogTargets(("tensorboard",), run_name="imitate/0123abcd")
