@@ -421,6 +421,9 @@ def _h5_episode(file: Path, name: str, d: Any, notes: list[str]) -> dict[str, An
     for req in ("obs", "actions", "rewards"):
         if req not in d:
             raise DatasetError(f"{file}: data/{name}/{req}: missing key")
+    if len(d["actions"]) == 0:
+        raise DatasetError(f"{file}: data/{name} has no steps (an episode needs at least one); remove that demo "
+                           "from the file and import again")
     obs, cams, obs_keys = _h5_obs(file, name, d["obs"], "obs")
     t = len(obs)
     final_obs, final_rgb = _h5_final(file, name, d, obs, cams, notes)

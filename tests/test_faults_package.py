@@ -400,3 +400,20 @@ def test_inspect_takes_a_demos_artifact_key(small, tmp_path):
     res = run_cli(tmp_path / "wd", "package", "inspect", key[:6], "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["episodes"] == 3
+
+
+def test_a_zero_step_hdf5_demo_is_one_line_and_writes_nothing(tmp_path):
+    """A robomimic file with an empty demo: the import names the demo, exit 4, no output."""
+    src = tmp_path / "zero.hdf5"
+    with h5py.File(src, "w") as f:
+        for i, steps in enumerate((3, 0)):
+            d = f.create_group(f"data/demo_{i}")
+            d.attrs["num_samples"] = steps
+            d.create_dataset("obs/state", data=np.zeros((steps, 39), np.float32))
+            d.create_dataset("actions", data=np.zeros((steps, 4), np.float32))
+            d.create_dataset("rewards", data=np.zeros(steps, np.float32))
+            d.create_dataset("dones", data=np.zeros(steps, np.uint8))
+    out = tmp_path / "out.zarr"
+    res = run_cli(tmp_path / "wd", "package", "import", str(src), "-o", str(out), "--task", "mw:reach")
+    assert res.returncode == 4 and "data/demo_1 has no steps" in one_line_error(res)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] in ([], [".out.zarr.lock"])
