@@ -39,6 +39,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def test_flipped_weights_inside_a_valid_checkpoint_are_refused(workdir):
     [ckpt] = workdir.glob("experts/*/agent.pt")
+    whole = ckpt.read_bytes()
     state = torch.load(ckpt, weights_only=True)
     name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.abs().sum() > 0)
     state["model"][name] = -state["model"][name]
@@ -48,6 +49,7 @@ def test_flipped_weights_inside_a_valid_checkpoint_are_refused(workdir):
     status = _cdred(workdir, "status", "--verify")
     assert status.returncode == 4 and "damaged: agent.pt" in status.stdout, status.stdout + status.stderr
     assert status.stderr.startswith("error: 1 damaged: experts/")
+    ckpt.write_bytes(whole)  # the module's work dir is whole again for the next test
 
 
 def test_a_finished_store_that_lost_a_chunk_is_refused_until_forced(workdir):

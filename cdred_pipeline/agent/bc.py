@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -163,6 +164,7 @@ def _bc_resume(agent: TDMPC2Agent, expert_buffer: ReplayBuffer, cfg: TrainerConf
     paths["metrics"].unlink(missing_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    random.seed(cfg.seed)  # saved in checkpoints: seeded, so two runs' checkpoints are equal
     return None, 0.0
 
 

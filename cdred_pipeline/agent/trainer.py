@@ -40,6 +40,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import time
 import warnings
 from collections import defaultdict
@@ -326,6 +327,7 @@ class OnlineTrainer:
         if not self.ckpt_path.exists():
             torch.manual_seed(self.cfg.seed)
             np.random.seed(self.cfg.seed)
+            random.seed(self.cfg.seed)  # saved in checkpoints: seeded, so two runs' checkpoints are equal
             self.metrics_path.unlink(missing_ok=True)
             return None
         loaded = self.agent.load_state(self.ckpt_path, restore_rng=True)
