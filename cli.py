@@ -585,7 +585,7 @@ def package_merge(inputs: tuple[Path, ...], out: Path, force: bool) -> None:
 
 
 @package.command("export")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("dataset")
 @click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS), help="Output format.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Output file (hdf5), folder (parquet, lerobot) or Minari data root (minari).")
@@ -596,12 +596,14 @@ def package_merge(inputs: tuple[Path, ...], out: Path, force: bool) -> None:
               help="hdf5: share of demos (the last ones) in robomimic's mask/valid; the rest are mask/train "
                    "(default 0.1).")
 @click.option("--force", is_flag=True, help="Replace OUT (minari: the dataset under OUT) if it exists.")
-def package_export(path: Path, fmt: str, out: Path, dataset_id: str | None, fps: int | None,
+@click.pass_context
+def package_export(ctx: click.Context, dataset: str, fmt: str, out: Path, dataset_id: str | None, fps: int | None,
                    valid_fraction: float | None, force: bool) -> None:
-    """Export to robomimic HDF5, plain parquet tables (pyarrow/pandas), a LeRobot v3.0 dataset or a Minari
-    dataset."""
+    """Export DATASET (a .zarr path or a demos/render-visual artifact key) to robomimic HDF5, plain parquet
+    tables (pyarrow/pandas), a LeRobot v3.0 dataset or a Minari dataset."""
     from cdred_pipeline.stages import package as stage
 
+    path = stage.dataset_of(dataset, _store(ctx, write=False))
     click.echo(f"wrote {stage.export(path, fmt, out, force=force, dataset_id=dataset_id, fps=fps, valid_fraction=valid_fraction)}")
 
 

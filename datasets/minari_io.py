@@ -190,7 +190,7 @@ def export_minari(src_path: str | os.PathLike, dataset_id: str, out_root: str | 
     the dataset's folder ``out_root/dataset_id``."""
     _minari()
     _check_id(dataset_id)
-    final = Path(out_root) / dataset_id
+    final = Path(out_root).absolute() / dataset_id  # minari joins a relative root onto itself
     check_disjoint([src_path], final)
     ds = open_dataset(src_path)
     if ds.num_episodes == 0:

@@ -197,3 +197,26 @@ def test_cli_export_and_import(src, tmp_path):
     res = run_cli(tmp_path, "package", "export", str(src), "--format", "minari", "-o", str(mroot),
                   "--dataset-id", "no version")
     assert res.returncode == 2 and "dataset id" in one_line_error(res)
+
+
+def test_cli_export_of_an_artifact_key_to_a_relative_root(tmp_path):
+    """As a user types it: the demos' artifact key as DATASET and a data root relative to the current
+    folder (minari joins a relative root onto itself unless it is made absolute first)."""
+    import subprocess
+
+    from cli_helpers import cdred_command, cli_env
+
+    def cdred(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cdred_command(), "--workdir", "wd", "-q", *args], cwd=tmp_path, env=cli_env(),
+                              capture_output=True, text=True, timeout=240)
+
+    res = cdred("collect-experts", "mw:reach", "--policy", "scripted", "--episodes", "2", "--random-episodes", "1")
+    assert res.returncode == 0, res.stderr
+    [key] = [p.name for p in (tmp_path / "wd" / "demos").iterdir() if not p.name.startswith(".")]
+    res = cdred("package", "export", key[:8], "--format", "minari", "-o", "minari_root")
+    assert res.returncode == 0, res.stderr
+    folder = tmp_path / "minari_root" / default_dataset_id("mw:reach")
+    assert res.stdout.strip() == f"wrote {folder}"
+    import minari
+
+    assert minari.MinariDataset(folder / "data").spec.total_episodes == 2
