@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline.logging_sinks import check_log_names, log_cached, stage_log
-from cdred_pipeline.artifacts import Artifact, ArtifactStore
+from cdred_pipeline.artifacts import Artifact, ArtifactStore, artifact_key
 from cdred_pipeline.errors import DatasetError, UsageError
 from cdred_pipeline.presets import LR_STEP_BY_SUITE, REWARD_PRESET_FOR
 from cdred_pipeline.seeding import derive
@@ -217,9 +217,9 @@ class RunInputs:
 
 
 def resolve_inputs(cfg: ImitateConfig, dataset: str, store: ArtifactStore) -> RunInputs:
-    """Open DATASET and check it against the task, the agent preset and the number of demos. Every input
-    check happens here, before the artifact folder exists: bad input leaves nothing behind."""
-    from cdred_pipeline.datasets import check_readable, open_dataset
+    """Open DATASET and check it against the task, the agent preset and the number of demos, before the
+    artifact folder exists: bad input leaves nothing behind (:func:`run` reads every chunk once, uncached only)."""
+    from cdred_pipeline.datasets import open_dataset
     from cdred_pipeline.envs import make_env
     from cdred_pipeline.stages.common import resolve_dataset
 
@@ -235,7 +235,6 @@ def resolve_inputs(cfg: ImitateConfig, dataset: str, store: ArtifactStore) -> Ru
     rgb_key = render.pop("rgb_key", None)
     acfg = agent_config(cfg, state_spec)
     num_demos = check_demos(ds, path, cfg.num_demos, acfg)
-    check_readable(path, num_demos, obs=cfg.obs, camera=rgb_key)  # a damaged chunk stops the run before its artifact
     return RunInputs(path=path, input_key=input_key, task=task, timing=timing, render=render, rgb_key=rgb_key,
                      scores=dict(ds.attrs.get("scores", {})), num_demos=num_demos,
                      agent=acfg, reward_model=reward_model_config(cfg))
@@ -293,6 +292,11 @@ def run(cfg: ImitateConfig, dataset: str, store: ArtifactStore, *, force: bool =
     inp = resolve_inputs(cfg, dataset, store)
     # the key holds the resolved agent and reward-model configs: a changed preset definition is a new artifact
     key_config = {**cfg.key_config(), "agent": inp.agent.key_dict(), **method_key(cfg, inp)}
+    if force or store.get(STAGE, artifact_key(STAGE, VERSION, key_config, {"dataset": inp.input_key})) is None:
+        from cdred_pipeline.datasets import check_readable
+
+        # a damaged chunk stops the run before its artifact; a cached run reads no chunk
+        check_readable(inp.path, inp.num_demos, obs=cfg.obs, camera=inp.rgb_key)
     art = store.begin(STAGE, VERSION, key_config, {"dataset": inp.input_key}, force=force,
                       description=f"{cfg.method} imitation on {inp.task} ({cfg.obs})" if cfg.method in BASELINES
                       else f"CDRED imitation on {inp.task} ({cfg.reward}, {cfg.obs})")

@@ -316,7 +316,7 @@ def test_check_readable_decodes_what_load_episodes_reads(small, tmp_path):
 
 def test_corrupt_chunk_stops_imitate_before_its_artifact(cartpole, tmp_path):
     """A chunk that keeps its size but does not decode: imitate reads the demos before it opens its
-    artifact (stages/imitate.py calls check_readable in resolve_inputs), so no partial is left."""
+    artifact (stages/imitate.py calls check_readable before store.begin), so no partial is left."""
     bad = _copy(cartpole, tmp_path / "bad.zarr")
     _corrupt(bad, "data/obs")
     wd = tmp_path / "wd"
