@@ -3,10 +3,8 @@ and loading an agent checkpoint for acting."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,20 +132,7 @@ def read_agent_checkpoint(path: str | Path) -> dict[str, Any]:
 
     check_checkpoint_file(path)
     verify_file(path)  # a checkpoint inside an artifact must match the sha256 its manifest recorded
-    with as_checkpoint_error():
-        return TDMPC2Agent.read_checkpoint(path)
-
-
-@contextlib.contextmanager
-def as_checkpoint_error() -> Iterator[None]:
-    """Re-raise a generic CdredError (exit 1) met while reading a checkpoint as a CheckpointError (exit 4):
-    the file is the fault, whichever layer found it."""
-    try:
-        yield
-    except CdredError as exc:
-        if type(exc) is not CdredError or exc.exit_code != CdredError.exit_code:
-            raise
-        raise CheckpointError(str(exc)) from None
+    return TDMPC2Agent.read_checkpoint(path)
 
 
 def load_agent(path: str | Path, *, device: str = "auto", plan: bool | None = None) -> tuple[Any, dict[str, Any]]:
@@ -169,6 +154,5 @@ def load_agent(path: str | Path, *, device: str = "auto", plan: bool | None = No
         rc["hidden"] = tuple(rc.get("hidden", ()))
         head = CDREDRewardHead(int(ckpt["reward_head"]["x_dim"]), int(ckpt["action_dim"]), CDREDConfig(**rc))
     overrides = {} if plan is None else {"plan": bool(plan)}
-    with as_checkpoint_error():
-        agent = TDMPC2Agent.load(path, device=device, reward_head=head, **overrides)
+    agent = TDMPC2Agent.load(path, device=device, reward_head=head, **overrides)
     return agent, extra

@@ -15,7 +15,7 @@ from cdred_pipeline.agent.layers import ConvEncoder, EnsembleMLP, NormedLinear, 
 from cdred_pipeline.agent.ops import soft_ce, symexp, symlog, two_hot, two_hot_decode_probs, two_hot_inv
 from cdred_pipeline.agent.planner import estimate_value, mppi_plan
 from cdred_pipeline.agent.trainer import sample_batch
-from cdred_pipeline.errors import CdredError, TrainingDivergedError, UsageError
+from cdred_pipeline.errors import CdredError, CheckpointError, TrainingDivergedError, UsageError
 
 torch.set_num_threads(1)
 
@@ -449,25 +449,25 @@ def test_checkpoint_errors(tmp_path):
     agent = TDMPC2Agent(tiny(), (3,), 1, device="cpu")
     path = tmp_path / "a.pt"
     agent.save(path, extra={"task": "gym:Pendulum-v1"})
-    with pytest.raises(CdredError, match="for task gym:Pendulum-v1, not dmc:cartpole-balance"):
+    with pytest.raises(CheckpointError, match="for task gym:Pendulum-v1, not dmc:cartpole-balance"):
         TDMPC2Agent.load(path, device="cpu", task="dmc:cartpole-balance")
-    with pytest.raises(CdredError, match=r"observation shape \(3,\), not \(5,\)"):
+    with pytest.raises(CheckpointError, match=r"observation shape \(3,\), not \(5,\)"):
         TDMPC2Agent.load(path, device="cpu", obs_shape=(5,))
-    with pytest.raises(CdredError, match=r"obs_shape \(3,\).*this agent has \(4,\)"):
+    with pytest.raises(CheckpointError, match=r"obs_shape \(3,\).*this agent has \(4,\)"):
         TDMPC2Agent(tiny(), (4,), 1, device="cpu").load_state(path)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CdredError, match="not a readable cdred agent checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable cdred agent checkpoint"):
         TDMPC2Agent.load(junk, device="cpu")
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
-    with pytest.raises(CdredError, match="not a cdred agent checkpoint"):
+    with pytest.raises(CheckpointError, match="not a cdred agent checkpoint"):
         TDMPC2Agent.load(other, device="cpu")
-    with pytest.raises(CdredError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         TDMPC2Agent.load(tmp_path / "missing.pt", device="cpu")
     custom = TDMPC2Agent(tiny(), (3,), 1, reward_head=ActionReward(), device="cpu")
     custom.save(tmp_path / "c.pt")
-    with pytest.raises(CdredError, match="pass reward_head="):
+    with pytest.raises(CheckpointError, match="pass reward_head="):
         TDMPC2Agent.load(tmp_path / "c.pt", device="cpu")
     assert TDMPC2Agent.load(tmp_path / "c.pt", device="cpu", reward_head=ActionReward()).update_step == 0
     with pytest.raises(TypeError, match="plain types"):

@@ -31,7 +31,7 @@ from cdred_pipeline.agent.ops import two_hot
 from cdred_pipeline.agent.planner import mppi_core, mppi_plan
 from cdred_pipeline.agent.reward_head import RewardHead, TwoHotRewardHead
 from cdred_pipeline.agent.world_model import WorldModel, latent_rollout
-from cdred_pipeline.errors import CdredError, TrainingDivergedError, UsageError
+from cdred_pipeline.errors import CheckpointError, TrainingDivergedError, UsageError
 
 CHECKPOINT_FORMAT = "cdred-agent"
 CHECKPOINT_VERSION = 1
@@ -418,12 +418,12 @@ class TDMPC2Agent:
 
     @staticmethod
     def read_checkpoint(path: "str | Path") -> dict[str, Any]:
-        """Load and validate a checkpoint file (weights_only); foreign files are a one-line CdredError."""
+        """Load and validate a checkpoint file (weights_only); foreign files are a one-line CheckpointError."""
         ckpt = safe_torch_load(path, what="agent checkpoint")
         if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CdredError(f"{path} is not a cdred agent checkpoint (format {ckpt.get('format')!r})")
+            raise CheckpointError(f"{path} is not a cdred agent checkpoint (format {ckpt.get('format')!r})")
         if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
-            raise CdredError(f"{path} was written by a newer cdred (checkpoint format {ckpt['format_version']}); upgrade")
+            raise CheckpointError(f"{path} was written by a newer cdred (checkpoint format {ckpt['format_version']}); upgrade")
         return ckpt
 
     def load_state(self, ckpt: "str | Path | dict", *, restore_rng: bool = False) -> dict[str, Any]:
@@ -436,13 +436,13 @@ class TDMPC2Agent:
         self._update_graph = self._plan_graph = None  # graphs point at the old optimiser state: rebuild them
         where = "checkpoint" if isinstance(ckpt, dict) else str(ckpt)
         if tuple(src["obs_shape"]) != self.obs_shape or int(src["action_dim"]) != self.action_dim:
-            raise CdredError(
+            raise CheckpointError(
                 f"{where} is for obs_shape {tuple(src['obs_shape'])} / action_dim {src['action_dim']}, "
                 f"this agent has {self.obs_shape} / {self.action_dim}"
             )
         head_cls = src["reward_head"]["class"]
         if head_cls != _class_path(self.reward_head):
-            raise CdredError(f"{where} was trained with reward head {head_cls}, this agent has {_class_path(self.reward_head)}")
+            raise CheckpointError(f"{where} was trained with reward head {head_cls}, this agent has {_class_path(self.reward_head)}")
         try:
             self.model.load_state_dict(src["model"])
             self.optim.load_state_dict(src["optim"])
@@ -452,7 +452,7 @@ class TDMPC2Agent:
             self.scale.load_state_dict(src["scale"])
         except (RuntimeError, KeyError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
-            raise CdredError(f"{where} does not fit this agent's network layout ({first[:200]})") from None
+            raise CheckpointError(f"{where} does not fit this agent's network layout ({first})") from None
         self.update_step = int(src["update_step"])
         pm = src.get("prev_mean")
         self._state.prev_mean = pm.to(self.device) if pm is not None else None
@@ -510,7 +510,7 @@ class TDMPC2Agent:
         """Build an agent from a checkpoint.
 
         ``task`` / ``obs_shape`` / ``action_dim``: when given, a checkpoint for something else is a
-        one-line CdredError naming both. ``reward_head``: required when the checkpoint's head is not
+        one-line CheckpointError naming both. ``reward_head``: required when the checkpoint's head is not
         the default two-hot head (pass one built the same way; its weights are then loaded).
         ``config_overrides``: acting-time changes (e.g. ``plan=False``) applied by dataclasses.replace.
         """
@@ -522,20 +522,20 @@ class TDMPC2Agent:
                                                 cuda_graphs=cuda_graphs, **config_overrides)
         ck_task = ckpt.get("extra", {}).get("task")
         if task is not None and ck_task is not None and ck_task != task:
-            raise CdredError(f"checkpoint {path} is for task {ck_task}, not {task}")
+            raise CheckpointError(f"checkpoint {path} is for task {ck_task}, not {task}")
         if obs_shape is not None and tuple(obs_shape) != tuple(ckpt["obs_shape"]):
-            raise CdredError(f"checkpoint {path} is for observation shape {tuple(ckpt['obs_shape'])}, not {tuple(obs_shape)}")
+            raise CheckpointError(f"checkpoint {path} is for observation shape {tuple(ckpt['obs_shape'])}, not {tuple(obs_shape)}")
         if action_dim is not None and int(action_dim) != int(ckpt["action_dim"]):
-            raise CdredError(f"checkpoint {path} is for action_dim {ckpt['action_dim']}, not {action_dim}")
+            raise CheckpointError(f"checkpoint {path} is for action_dim {ckpt['action_dim']}, not {action_dim}")
         try:
             cfg = AgentConfig.from_dict(ckpt["config"])
             if config_overrides:
                 cfg = dataclasses.replace(cfg, **config_overrides)
         except TypeError as exc:
-            raise CdredError(f"checkpoint {path} has an unusable config ({exc})") from None
+            raise CheckpointError(f"checkpoint {path} has an unusable config ({exc})") from None
         head_cls = ckpt["reward_head"]["class"]
         if reward_head is None and head_cls != f"{TwoHotRewardHead.__module__}.{TwoHotRewardHead.__qualname__}":
-            raise CdredError(f"checkpoint {path} uses reward head {head_cls}; pass reward_head= built the same way to load it")
+            raise CheckpointError(f"checkpoint {path} uses reward head {head_cls}; pass reward_head= built the same way to load it")
         agent = cls(cfg, ckpt["obs_shape"], ckpt["action_dim"], reward_head=reward_head, device=device,
                     cuda_graphs=cuda_graphs)
         agent.load_state(ckpt, restore_rng=restore_rng)
@@ -543,7 +543,7 @@ class TDMPC2Agent:
 
 
 def _agent_class(name: str, path: "str | Path") -> type:
-    """The TDMPC2Agent subclass a checkpoint names (a module of this package only); else a one-line CdredError."""
+    """The TDMPC2Agent subclass a checkpoint names (a module of this package only); else a one-line CheckpointError."""
     import importlib
 
     module, _, cls_name = name.rpartition(".")
@@ -554,7 +554,7 @@ def _agent_class(name: str, path: "str | Path") -> type:
         except ImportError:
             target = None
     if not (isinstance(target, type) and issubclass(target, TDMPC2Agent)):
-        raise CdredError(f"checkpoint {path} names agent class {name}, which this cdred does not have")
+        raise CheckpointError(f"checkpoint {path} names agent class {name}, which this cdred does not have")
     return target
 
 

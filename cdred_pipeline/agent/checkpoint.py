@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdred_pipeline.errors import CdredError
+from cdred_pipeline.errors import CheckpointError
 
 
 def atomic_torch_save(obj: Any, path: "str | Path") -> None:
@@ -36,19 +36,19 @@ def atomic_torch_save(obj: Any, path: "str | Path") -> None:
 
 
 def safe_torch_load(path: "str | Path", *, what: str = "checkpoint", map_location: Any = "cpu") -> dict:
-    """``torch.load(weights_only=True)``; a missing, truncated or foreign file is a one-line CdredError."""
+    """``torch.load(weights_only=True)``; a missing, truncated or foreign file is a one-line CheckpointError (exit 4)."""
     path = Path(path)
     if not path.is_file():
-        raise CdredError(f"{what} not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
             IndexError, KeyError, TypeError, UnicodeDecodeError) as exc:  # what torch.load raises on foreign bytes
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
         first = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
-        raise CdredError(f"{path} is not a readable cdred {what} ({first[:160]})") from None
+        raise CheckpointError(f"{path} is not a readable cdred {what} ({first})") from None
     if not isinstance(obj, dict):
-        raise CdredError(f"{path} is not a cdred {what} (holds a {type(obj).__name__})")
+        raise CheckpointError(f"{path} is not a cdred {what} (holds a {type(obj).__name__})")
     return obj
 
 
