@@ -56,7 +56,7 @@ from .writer import EpisodeWriter, output_lock, publish
 __all__ = ["export_hdf5", "export_parquet", "train_valid_split", "check_valid_fraction", "robomimic_env_args",
            "DEFAULT_VALID_FRACTION", "ROBOMIMIC_GYM_TYPE", "import_hdf5", "import_parquet", "import_pickle",
            "import_file", "merge_datasets", "detect_format", "canonical_task", "check_disjoint", "write_output",
-           "pickle_notice", "TASK_RE"]
+           "pickle_notice", "TASK_RE", "EpisodeBar"]
 
 #: What a task id looks like (suite:name), e.g. ``dmc:cheetah-run``, ``mw:box-close``.
 TASK_RE = re.compile(r"^[a-z0-9_]+:[A-Za-z0-9_.\-]+$")
@@ -71,6 +71,40 @@ PNG_ENCODING, RAW_ENCODING = "png image struct", "raw HWC bytes"
 #: zlib level of those PNGs (lossless at every level; 1 is the fastest).
 PNG_LEVEL = 1
 _BLOCK_BYTES = 64 * 1024 * 1024
+
+
+class EpisodeBar:
+    """A tqdm bar of episodes done (``unit="ep"``) on stderr, so that a command's stdout stays its result.
+
+    It first draws once the first episode (or block) is done, so that input refused at its first episode
+    stays a one-line error; ``leave=False`` clears it when closed. With ``progress`` False it draws nothing.
+    """
+
+    def __init__(self, total: int, desc: str, progress: bool = True) -> None:
+        self.total, self.desc, self.progress = total, desc, progress
+        self.bar: Any = None
+
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` more episodes done (drawing the bar the first time)."""
+        if not self.progress:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=n, desc=self.desc, unit="ep", leave=False)
+        else:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        """Clear the bar (nothing when it never drew)."""
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> EpisodeBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _tmp_for(out: Path) -> Path:
@@ -128,18 +162,24 @@ def check_disjoint(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) 
             raise UsageError(f"{out}: the output {how} the input {given}; write the output somewhere else")
 
 
-def _episode_blocks(ds: Dataset, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, int]]:
-    """Ranges of whole episodes [lo, hi) whose step data is about ``block_bytes`` (at least one)."""
-    row = 4 * (ds.obs_dim + ds.action_dim + 2) + 8 * ds.physics_state_dim
-    row += sum(int(np.prod(ds.image_shape(c))) for c in ds.cameras)
+def _spans(starts: np.ndarray, ends: np.ndarray, row: int, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, int]]:
+    """Ranges of whole episodes [lo, hi) (episode i: steps ``starts[i]:ends[i]`` of ``row`` bytes each)
+    whose step data is about ``block_bytes`` (at least one episode)."""
     lo = 0
-    while lo < ds.num_episodes:
+    while lo < len(ends):
         hi = lo + 1
-        start = int(ds.episode_starts[lo])
-        while hi < ds.num_episodes and (int(ds.episode_ends[hi]) - start) * row <= block_bytes:
+        start = int(starts[lo])
+        while hi < len(ends) and (int(ends[hi]) - start) * row <= block_bytes:
             hi += 1
         yield lo, hi
         lo = hi
+
+
+def _episode_blocks(ds: Dataset, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, int]]:
+    """Ranges of whole episodes [lo, hi) of ``ds`` whose step data is about ``block_bytes`` (at least one)."""
+    row = 4 * (ds.obs_dim + ds.action_dim + 2) + 8 * ds.physics_state_dim
+    row += sum(int(np.prod(ds.image_shape(c))) for c in ds.cameras)
+    yield from _spans(ds.episode_starts, ds.episode_ends, row, block_bytes)
 
 
 def _read_block(ds: Dataset, lo: int, hi: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -154,8 +194,10 @@ def _read_block(ds: Dataset, lo: int, hi: int) -> tuple[dict[str, np.ndarray], d
 
 
 # ----------------------------------------------------------------------------------------- merge
-def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Concatenate stores of the same task and dims (and cameras) into ``out``, in the given order."""
+def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False,
+                   progress: bool = True) -> Path:
+    """Concatenate stores of the same task and dims (and cameras) into ``out``, in the given order
+    (``progress``: an :class:`EpisodeBar` on stderr)."""
     if len(inputs) < 1:
         raise UsageError("merge: give at least one input dataset")
     check_disjoint(inputs, out)
@@ -186,10 +228,12 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         raise DatasetError(f"{out}: already exists; pass --force to replace it")
     w = EpisodeWriter(out, attrs, overwrite=overwrite, wait=True)
     try:
-        for ds in dss:
-            for lo, hi in _episode_blocks(ds):
-                data, meta = _read_block(ds, lo, hi)
-                w.append_block(data, meta)
+        with EpisodeBar(sum(ds.num_episodes for ds in dss), "merge", progress) as bar:
+            for ds in dss:
+                for lo, hi in _episode_blocks(ds):
+                    data, meta = _read_block(ds, lo, hi)
+                    w.append_block(data, meta)
+                    bar.advance(hi - lo)
         for cam in first.cameras:  # carry the render attrs of each camera
             w.set_array_attrs(f"{L.RGB_GROUP}/{cam}", dict(first.array(f"{L.RGB_GROUP}/{cam}").attrs))
         return w.close()
@@ -255,7 +299,8 @@ def _write_mask(f: Any, num_episodes: int, valid_fraction: float) -> None:
         f.create_dataset(f"mask/{key}", data=np.array([f"demo_{i}" for i in idx], dtype="S"))
 
 
-def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None, valid_fraction: float) -> None:
+def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None, valid_fraction: float,
+                progress: bool) -> None:
     """Write the whole store ``ds`` as a robomimic-style HDF5 file at ``tmp``, a block of episodes at a time."""
     import h5py
 
@@ -268,12 +313,14 @@ def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None, valid_fra
         if arr_attrs:
             grp.attrs["cdred_array_attrs"] = json.dumps(arr_attrs)
         grp.attrs["cdred_dataset_version"] = ds.version
-        for lo, hi in _episode_blocks(ds):
-            data, meta = _read_block(ds, lo, hi)
-            base = int(ds.episode_starts[lo])
-            for i in range(lo, hi):
-                rows = (int(ds.episode_starts[i]) - base, int(ds.episode_ends[i]) - base)
-                _hdf5_demo(grp, ds, i, i - lo, rows, data, meta, image_compression)
+        with EpisodeBar(ds.num_episodes, "export hdf5", progress) as bar:
+            for lo, hi in _episode_blocks(ds):
+                data, meta = _read_block(ds, lo, hi)
+                base = int(ds.episode_starts[lo])
+                for i in range(lo, hi):
+                    rows = (int(ds.episode_starts[i]) - base, int(ds.episode_ends[i]) - base)
+                    _hdf5_demo(grp, ds, i, i - lo, rows, data, meta, image_compression)
+                    bar.advance()
         _write_mask(f, ds.num_episodes, valid_fraction)
         f.flush()
     with open(tmp, "rb") as fh:
@@ -294,15 +341,17 @@ def hdf5_bytes(ds: Dataset) -> int:
 
 
 def export_hdf5(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                image_compression: str | None = "gzip", valid_fraction: float = DEFAULT_VALID_FRACTION) -> Path:
+                image_compression: str | None = "gzip", valid_fraction: float = DEFAULT_VALID_FRACTION,
+                progress: bool = True) -> Path:
     """Write a store as a robomimic HDF5 file (see the module docstring; ``valid_fraction``: the share of
-    demos, the last ones, under ``mask/valid``); returns ``out``. The free space is checked first: HDF5's
-    C library crashes the process on a full disk."""
+    demos, the last ones, under ``mask/valid``; ``progress``: an :class:`EpisodeBar` on stderr); returns
+    ``out``. The free space is checked first: HDF5's C library crashes the process on a full disk."""
     check_valid_fraction(valid_fraction)
     check_disjoint([path], out)
     ds = open_dataset(path)
     ensure_free(Path(out).absolute().parent, hdf5_bytes(ds), f"the HDF5 export of {path}")
-    return write_output(Path(out), overwrite, lambda tmp: _write_hdf5(ds, tmp, image_compression, valid_fraction))
+    return write_output(Path(out), overwrite,
+                        lambda tmp: _write_hdf5(ds, tmp, image_compression, valid_fraction, progress))
 
 
 def _demo_index(name: str) -> int | None:
@@ -451,8 +500,8 @@ def _h5_env_dims(attrs: dict[str, Any], ep: Mapping[str, Any]) -> None:
 
 
 def _h5_write(file: Path, out: Path, grp: Any, demos: list[tuple[int, str]], attrs: dict[str, Any], ours: bool,
-              overwrite: bool, mask: Mapping[str, list[int]]) -> Path:
-    """Append every demo to a new store at ``out`` and publish it."""
+              overwrite: bool, mask: Mapping[str, list[int]], bar: EpisodeBar) -> Path:
+    """Append every demo to a new store at ``out`` (advancing ``bar``) and publish it."""
     notes: list[str] = []
     w: EpisodeWriter | None = None
     try:
@@ -473,6 +522,8 @@ def _h5_write(file: Path, out: Path, grp: Any, demos: list[tuple[int, str]], att
                 w.append_episode(**ep, seed=int(d.attrs.get("seed", idx)), success=bool(d.attrs.get("success", False)))
             except DatasetError as exc:
                 raise DatasetError(f"{file}: data/{name}: {str(exc).removeprefix('append_episode: ')}") from None
+            bar.advance()
+        bar.close()
         w.attrs["import"] = {"format": "hdf5", "file": file.name, **({"mask": dict(mask)} if mask else {})}
         if ours:
             for key, a in json.loads(grp.attrs.get("cdred_array_attrs", "{}")).items():
@@ -490,7 +541,7 @@ def _h5_write(file: Path, out: Path, grp: Any, demos: list[tuple[int, str]], att
 
 
 def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, progress: bool = True) -> Path:
     """Import a robomimic-style HDF5 file (ours or robomimic's) into a zarr store at ``out``.
 
     Low-dim observation keys are concatenated in sorted key order (``obs/state`` alone when present);
@@ -498,7 +549,8 @@ def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | 
     observation is the last row of ``next_obs``; without ``next_obs`` the last ``obs`` row is
     repeated and ``attrs.source.notes`` says so. ``data/terminated`` is the demo's ``terminated``
     (cdred exports), else its ``dones``. The filter keys under ``mask/`` are kept as episode indices
-    in ``attrs.import.mask`` (e.g. ``{"train": [0, 1, ...], "valid": [...]}``).
+    in ``attrs.import.mask`` (e.g. ``{"train": [0, 1, ...], "valid": [...]}``). ``progress``: an
+    :class:`EpisodeBar` on stderr.
     """
     import h5py
 
@@ -516,7 +568,8 @@ def import_hdf5(file: str | os.PathLike, out: str | os.PathLike, *, task: str | 
             raise DatasetError(f"{file}: data: no demo_<i> groups")
         attrs, ours = _h5_attrs(file, grp, task)
         mask = _h5_mask(file, f, demos)
-        return _h5_write(file, Path(out), grp, demos, attrs, ours, overwrite, mask)
+        with EpisodeBar(len(demos), "import hdf5", progress) as bar:
+            return _h5_write(file, Path(out), grp, demos, attrs, ours, overwrite, mask, bar)
 
 
 # --------------------------------------------------------------------------------------- parquet
@@ -622,25 +675,29 @@ def _parquet_tables(ds: Any, lo: int, hi: int, columns: Mapping[str, Any], ep_co
             pa.table(ecols).replace_schema_metadata(_hf_metadata(ep_columns)))
 
 
-def _write_parquet_files(ds: Any, tmp: Path, columns: Mapping[str, Any], ep_columns: Mapping[str, Any]) -> None:
+def _write_parquet_files(ds: Any, tmp: Path, columns: Mapping[str, Any], ep_columns: Mapping[str, Any],
+                         progress: bool) -> None:
     """Write ``steps.parquet`` and ``episodes.parquet`` into ``tmp``, a block of episodes at a time."""
     import pyarrow.parquet as pq
 
     writers: dict[str, Any] = {}
-    for lo, hi in _episode_blocks(ds):
-        for name, table in zip(("steps.parquet", "episodes.parquet"), _parquet_tables(ds, lo, hi, columns, ep_columns)):
-            if name not in writers:
-                writers[name] = pq.ParquetWriter(tmp / name, table.schema, compression="zstd")
-            writers[name].write_table(table)
+    with EpisodeBar(ds.num_episodes, "export parquet", progress) as bar:
+        for lo, hi in _episode_blocks(ds):
+            for name, table in zip(("steps.parquet", "episodes.parquet"),
+                                   _parquet_tables(ds, lo, hi, columns, ep_columns)):
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(tmp / name, table.schema, compression="zstd")
+                writers[name].write_table(table)
+            bar.advance(hi - lo)
     for wr in writers.values():
         wr.close()
 
 
-def _write_parquet(ds: Dataset, tmp: Path) -> None:
+def _write_parquet(ds: Dataset, tmp: Path, progress: bool) -> None:
     """Write the whole store ``ds`` as a parquet export folder at ``tmp``."""
     tmp.mkdir(parents=True)
     columns, ep_columns = _parquet_columns(ds)
-    _write_parquet_files(ds, tmp, columns, ep_columns)
+    _write_parquet_files(ds, tmp, columns, ep_columns, progress)
     meta_json = {"format": PARQUET_FORMAT, "cdred_dataset_version": ds.version, "attrs": ds.attrs,
                  "num_episodes": ds.num_episodes, "num_steps": ds.num_steps, "cameras": ds.cameras,
                  "files": {"steps": "steps.parquet", "episodes": "episodes.parquet"},
@@ -648,12 +705,14 @@ def _write_parquet(ds: Dataset, tmp: Path) -> None:
     (tmp / "meta.json").write_text(json.dumps(meta_json, indent=2, sort_keys=True))
 
 
-def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def export_parquet(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+                   progress: bool = True) -> Path:
     """Write a store as a folder of plain parquet tables for pyarrow / pandas / Hugging Face ``datasets``
-    (``steps.parquet``, ``episodes.parquet``, ``meta.json``; frames as PNG Image structs)."""
+    (``steps.parquet``, ``episodes.parquet``, ``meta.json``; frames as PNG Image structs; ``progress``: an
+    :class:`EpisodeBar` on stderr)."""
     check_disjoint([path], out)
     ds = open_dataset(path)
-    return write_output(Path(out), overwrite, lambda tmp: _write_parquet(ds, tmp))
+    return write_output(Path(out), overwrite, lambda tmp: _write_parquet(ds, tmp, progress))
 
 
 def _col_images(col: Any, name: str, shape: tuple[int, ...], file: Path) -> np.ndarray:
@@ -765,9 +824,27 @@ def _parquet_arrays(folder: Path, meta: Mapping[str, Any]) -> tuple[dict[str, np
     return data, emeta
 
 
+def _append_blocks(w: EpisodeWriter, data: Mapping[str, np.ndarray], emeta: Mapping[str, np.ndarray],
+                   bar: EpisodeBar) -> None:
+    """Append imported step and episode arrays a block of about ``_BLOCK_BYTES`` of whole episodes at a time
+    (the same store as one append; all at once when there are no episodes), advancing ``bar``."""
+    lengths = np.asarray(emeta["meta/length"], dtype=np.int64)
+    if not len(lengths):
+        w.append_block(data, emeta)
+        return
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    row = sum(a.nbytes // max(len(a), 1) for a in data.values())
+    for lo, hi in _spans(starts, ends, row):
+        s, e = int(starts[lo]), int(ends[hi - 1])
+        w.append_block({k: v[s:e] for k, v in data.items()}, {k: v[lo:hi] for k, v in emeta.items()})
+        bar.advance(hi - lo)
+
+
 def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
-                   overwrite: bool = False) -> Path:
-    """Import a parquet folder written by :func:`export_parquet` (meta.json names every column)."""
+                   overwrite: bool = False, progress: bool = True) -> Path:
+    """Import a parquet folder written by :func:`export_parquet` (meta.json names every column;
+    ``progress``: an :class:`EpisodeBar` on stderr while the store is written)."""
     folder = Path(folder)
     meta, _ = _parquet_meta(folder, task)
     if folder.is_file():
@@ -779,7 +856,8 @@ def import_parquet(folder: str | os.PathLike, out: str | os.PathLike, *, task: s
     _check_finite_range(folder, data, emeta)
     w = EpisodeWriter(out, attrs, overwrite=overwrite, wait=True)
     try:
-        w.append_block(data, emeta)
+        with EpisodeBar(len(emeta["meta/length"]), "import parquet", progress) as bar:
+            _append_blocks(w, data, emeta, bar)
         for name, spec in meta["columns"].items():
             if spec.get("attrs"):
                 w.set_array_attrs(spec["zarr"], spec["attrs"])
@@ -869,7 +947,7 @@ def _pickle_writer(file: Path, out: str | os.PathLike, task: str, sha256: str, o
 
 
 def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str, trust_pickle: bool = False,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, progress: bool = True) -> Path:
     """Import a pickled list of episodes ``(obs, action, reward, next_obs)`` (CDRED / IQ-MPC demos).
 
     As the reference loader does, episode i's observation sequence is ``obs[0]`` followed by
@@ -878,6 +956,7 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
     The sha256 of the file is recorded in ``attrs.source.sha256`` (:func:`pickle_notice` says so).
 
     ``trust_pickle`` must be True: unpickling executes code chosen by whoever wrote the file.
+    ``progress``: an :class:`EpisodeBar` on stderr.
     """
     file = Path(file)
     if not trust_pickle:
@@ -892,6 +971,7 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
         raise DatasetError(f"{file}: expected a non-empty list of episodes (obs, action, reward, next_obs), "
                            f"got {type(episodes).__name__}")
     w: EpisodeWriter | None = None
+    bar = EpisodeBar(len(episodes), "import pickle", progress)
     try:
         for i, ep in enumerate(episodes):
             o, a, r, no = _pickle_episode(ep, i, file)
@@ -905,8 +985,11 @@ def import_pickle(file: str | os.PathLike, out: str | os.PathLike, *, task: str,
                                  seed=i, success=False)
             except DatasetError as exc:
                 raise DatasetError(f"{file}: episode {i}: {str(exc).removeprefix('append_episode: ')}") from None
+            bar.advance()
+        bar.close()
         return w.close()
     except BaseException:
+        bar.close()
         if w is not None:
             w.abort(discard=True)
         raise
@@ -959,16 +1042,17 @@ def detect_format(file: str | os.PathLike) -> str:
 
 
 def import_file(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None,
-                fmt: str = "auto", trust_pickle: bool = False, overwrite: bool = False) -> Path:
-    """Import HDF5 (robomimic or our export), our parquet export, or a trusted pickle into ``out``."""
+                fmt: str = "auto", trust_pickle: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Import HDF5 (robomimic or our export), our parquet export, or a trusted pickle into ``out``
+    (``progress``: an :class:`EpisodeBar` on stderr)."""
     check_disjoint([file], out)
     if task is not None:
         task = canonical_task(task)
     fmt = detect_format(file) if fmt == "auto" else fmt
     if fmt in ("hdf5", "robomimic"):
-        return import_hdf5(file, out, task=task, overwrite=overwrite)
+        return import_hdf5(file, out, task=task, overwrite=overwrite, progress=progress)
     if fmt == "parquet":
-        return import_parquet(file, out, task=task, overwrite=overwrite)
+        return import_parquet(file, out, task=task, overwrite=overwrite, progress=progress)
     if fmt == "pickle":
-        return import_pickle(file, out, task=task, trust_pickle=trust_pickle, overwrite=overwrite)
+        return import_pickle(file, out, task=task, trust_pickle=trust_pickle, overwrite=overwrite, progress=progress)
     raise UsageError(f"--format {fmt!r}: use auto, hdf5, parquet or pickle")

@@ -38,7 +38,7 @@ import numpy as np
 from cdred_pipeline.errors import DatasetError, MissingDependencyError, UsageError
 
 from . import layout as L
-from .convert import check_disjoint, write_output
+from .convert import EpisodeBar, check_disjoint, write_output
 from .reader import Dataset, open_dataset
 
 __all__ = ["export_lerobot", "CODEBASE_VERSION", "DEFAULT_FPS", "video_key"]
@@ -310,8 +310,9 @@ def _video_writers(ds: Dataset, root: Path, fps: int, compact: bool) -> dict[str
     return writers
 
 
-def _write_steps(ds: Dataset, root: Path, fps: int, compact: bool) -> dict[str, Any]:
-    """Write the data parquet and the videos a block at a time; returns the statistics."""
+def _write_steps(ds: Dataset, root: Path, fps: int, compact: bool, progress: bool) -> dict[str, Any]:
+    """Write the data parquet and the videos a block at a time (``progress``: an EpisodeBar on stderr);
+    returns the statistics."""
     import pyarrow.parquet as pq
 
     stats = _Stats(ds)
@@ -319,6 +320,7 @@ def _write_steps(ds: Dataset, root: Path, fps: int, compact: bool) -> dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     writers = _video_writers(ds, root, fps, compact)
     sink = None
+    bar = EpisodeBar(ds.num_episodes, "export lerobot", progress)
     try:
         for lo, hi in _blocks(ds):
             block = _read(ds, lo, hi)
@@ -329,7 +331,9 @@ def _write_steps(ds: Dataset, root: Path, fps: int, compact: bool) -> dict[str, 
                 for frame in block[f"rgb/{cam}"]:
                     w.append_data(frame)
             stats.add(block)
+            bar.advance(hi - lo)
     finally:
+        bar.close()
         if sink is not None:
             sink.close()
         for w in writers.values():
@@ -347,13 +351,13 @@ def _fsync_tree(root: Path) -> None:
                 os.close(fd)
 
 
-def _write(ds: Dataset, root: Path, fps: int, compact: bool) -> None:
+def _write(ds: Dataset, root: Path, fps: int, compact: bool, progress: bool) -> None:
     """The whole LeRobot folder at ``root`` (a temporary name)."""
     import pyarrow.parquet as pq
 
     root.mkdir(parents=True)
     features = _features(ds, fps, compact)
-    stats = _write_steps(ds, root, fps, compact)
+    stats = _write_steps(ds, root, fps, compact, progress)
     (root / EPISODES_FILE).parent.mkdir(parents=True)
     pq.write_table(_episode_table(ds, fps), root / EPISODES_FILE)
     pq.write_table(_tasks_table(ds.task), root / "meta" / "tasks.parquet")
@@ -363,11 +367,12 @@ def _write(ds: Dataset, root: Path, fps: int, compact: bool) -> None:
 
 
 def export_lerobot(src_path: str | os.PathLike, out_dir: str | os.PathLike, *, fps: int | None = None,
-                   compact_video: bool = False, overwrite: bool = False) -> Path:
+                   compact_video: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Write the store at ``src_path`` as a LeRobot v3.0 dataset folder ``out_dir`` (module docstring);
     returns ``out_dir``. ``fps``: frames per second of timestamps and videos (default ``attrs.env.fps``,
     else :data:`DEFAULT_FPS`). Videos are H.264 yuv444p at crf 0, near-lossless because the frames are
-    training inputs; ``compact_video``: yuv420p at crf 18 (what browsers play, about 3x smaller)."""
+    training inputs; ``compact_video``: yuv420p at crf 18 (what browsers play, about 3x smaller).
+    ``progress``: a bar of episodes on stderr."""
     try:
         import pyarrow  # noqa: F401
     except ImportError:
@@ -377,4 +382,4 @@ def export_lerobot(src_path: str | os.PathLike, out_dir: str | os.PathLike, *, f
     if ds.num_episodes == 0:
         raise DatasetError(f"{ds.path}: no episodes to export")
     rate = _fps(ds, fps)
-    return write_output(Path(out_dir), overwrite, lambda tmp: _write(ds, tmp, rate, compact_video))
+    return write_output(Path(out_dir), overwrite, lambda tmp: _write(ds, tmp, rate, compact_video, progress))

@@ -39,7 +39,7 @@ from cdred_pipeline.errors import DatasetError, MissingDependencyError, UsageErr
 from cdred_pipeline.os_errors import ensure_free
 
 from . import layout as L
-from .convert import check_disjoint, write_output
+from .convert import EpisodeBar, check_disjoint, write_output
 from .reader import Dataset, open_dataset
 from .validate import task_mismatch
 from .writer import EpisodeWriter
@@ -130,6 +130,13 @@ def _buffer(ds: Dataset, i: int) -> Any:
                          terminations=terminated, truncations=truncated, infos=infos)
 
 
+def _buffers(ds: Dataset, bar: EpisodeBar) -> Iterator[Any]:
+    """Every episode as an EpisodeBuffer, advancing ``bar`` as Minari takes the next one (the last one written)."""
+    for i in range(ds.num_episodes):
+        yield _buffer(ds, i)
+        bar.advance()
+
+
 def _env_of(task: str) -> Any:
     """The gymnasium EnvSpec of a ``gym:<id>`` task; None for other suites and for an id that is not
     registered or cannot be made here (Minari makes the env it records; the task id stays in the metadata)."""
@@ -151,15 +158,15 @@ def _cdred_metadata(ds: Dataset) -> dict[str, Any]:
             "cdred_array_attrs": arr_attrs, "cdred_cameras": list(ds.cameras)}
 
 
-def _create(ds: Dataset, dataset_id: str, stage: Path) -> None:
+def _create(ds: Dataset, dataset_id: str, stage: Path, progress: bool) -> None:
     """Create the Minari dataset ``dataset_id`` under the data root ``stage``."""
     minari = _minari()
     obs_space, act_space = _spaces(ds)
     env = _env_of(ds.task)
-    with _data_root(stage), warnings.catch_warnings():
+    with _data_root(stage), warnings.catch_warnings(), EpisodeBar(ds.num_episodes, "export minari", progress) as bar:
         warnings.simplefilter("ignore")  # minari warns about every optional field left empty
         mds = minari.create_dataset_from_buffers(
-            dataset_id, (_buffer(ds, i) for i in range(ds.num_episodes)), env=env,
+            dataset_id, _buffers(ds, bar), env=env,
             algorithm_name=str(ds.attrs.get("source", {}).get("kind", "cdred")), author="cdred",
             action_space=act_space, observation_space=obs_space, data_format="hdf5", jpeg_encoding=False,
             description=f"cdred demonstrations of {ds.task} ({ds.num_episodes} episodes)")
@@ -168,12 +175,12 @@ def _create(ds: Dataset, dataset_id: str, stage: Path) -> None:
         mds.storage.update_metadata(_cdred_metadata(ds))
 
 
-def _write_export(ds: Dataset, dataset_id: str, tmp: Path) -> None:
+def _write_export(ds: Dataset, dataset_id: str, tmp: Path, progress: bool) -> None:
     """Create the dataset under a staging data root next to ``tmp``, then move its folder to ``tmp``."""
     stage = tmp.with_name(tmp.name + ".root")
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        _create(ds, dataset_id, stage)
+        _create(ds, dataset_id, stage, progress)
         os.replace(stage / dataset_id, tmp)
         ns = stage / dataset_id.split("/")[0] / "namespace_metadata.json"
         final_ns = tmp.parent / "namespace_metadata.json"
@@ -184,10 +191,10 @@ def _write_export(ds: Dataset, dataset_id: str, tmp: Path) -> None:
 
 
 def export_minari(src_path: str | os.PathLike, dataset_id: str, out_root: str | os.PathLike, *,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, progress: bool = True) -> Path:
     """Write the store at ``src_path`` as the Minari dataset ``dataset_id`` under the data root
     ``out_root`` (``minari.load_dataset(dataset_id)`` with ``MINARI_DATASETS_PATH=out_root``); returns
-    the dataset's folder ``out_root/dataset_id``."""
+    the dataset's folder ``out_root/dataset_id``. ``progress``: a bar of episodes on stderr."""
     _minari()
     _check_id(dataset_id)
     final = Path(out_root).absolute() / dataset_id  # minari joins a relative root onto itself
@@ -198,7 +205,7 @@ def export_minari(src_path: str | os.PathLike, dataset_id: str, out_root: str | 
     # Minari writes HDF5 without compression, and HDF5's C library crashes on a full disk: check first
     need = sum(int(ds.array(k).nbytes) for k in ds.keys())
     ensure_free(final.absolute().parent, int(need * 1.2) + (1 << 16), f"the Minari export of {src_path}")
-    return write_output(final, overwrite, lambda tmp: _write_export(ds, dataset_id, tmp))
+    return write_output(final, overwrite, lambda tmp: _write_export(ds, dataset_id, tmp, progress))
 
 
 # ------------------------------------------------------------------------------------------ import
@@ -325,7 +332,8 @@ def _complete_env(attrs: dict[str, Any], args: Mapping[str, Any], name: str, giv
 
 
 def _write_import(mds: Any, name: str, out: Path, attrs: dict[str, Any], ours: bool, task: str | None,
-                  notes: list[str], overwrite: bool) -> Path:
+                  notes: list[str], overwrite: bool, bar: EpisodeBar) -> Path:
+    """Append every episode of ``mds`` to a new store at ``out`` (advancing ``bar``) and publish it."""
     meta = mds.storage.metadata
     layout = _obs_layout(mds.observation_space, name)
     amap = _action_map(mds.action_space, name, notes)
@@ -341,6 +349,8 @@ def _write_import(mds: Any, name: str, out: Path, attrs: dict[str, Any], ours: b
                 w.append_episode(**args)
             except DatasetError as exc:
                 raise DatasetError(f"{name}: episode {ep.id}: {str(exc).removeprefix('append_episode: ')}") from None
+            bar.advance()
+        bar.close()
         if w is None:
             raise DatasetError(f"{name}: the dataset has no episodes")
         for key, a in (meta.get("cdred_array_attrs") or {}).items():
@@ -353,14 +363,16 @@ def _write_import(mds: Any, name: str, out: Path, attrs: dict[str, Any], ours: b
 
 
 def import_minari(dataset_id_or_path: str | os.PathLike, out_path: str | os.PathLike, task: str | None = None, *,
-                  root: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+                  root: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True) -> Path:
     """Import a Minari dataset (a folder, or an id under the data root ``root``, default
     ``MINARI_DATASETS_PATH``) into a new zarr store ``out_path``; ``task`` is required unless the dataset
-    is a cdred export (then the round trip is exact). Returns ``out_path``."""
+    is a cdred export (then the round trip is exact). ``progress``: a bar of episodes on stderr. Returns
+    ``out_path``."""
     mds, name = _open(dataset_id_or_path, root)
     if Path(dataset_id_or_path).exists():
         check_disjoint([dataset_id_or_path], out_path)
     notes: list[str] = []
     meta = mds.storage.metadata
     attrs, ours = _attrs_for(meta, name, task, notes)
-    return _write_import(mds, name, Path(out_path), attrs, ours, task, notes, overwrite)
+    with EpisodeBar(mds.total_episodes, "import minari", progress) as bar:
+        return _write_import(mds, name, Path(out_path), attrs, ours, task, notes, overwrite, bar)

@@ -4,7 +4,8 @@ Each function takes paths (:func:`inspect` also an artifact key), does the work 
 :mod:`cdred_pipeline.datasets` and returns plain data the CLI prints. Every output is written under
 its lock, to a temporary name, and renamed when complete, so an interrupted or concurrent command
 never leaves an output that looks finished; an output that is, contains or lies inside an input is
-refused.
+refused. ``progress`` (default True) draws a bar of episodes on stderr while merge, export and import
+copy, so that what a command prints on stdout stays its result.
 """
 
 from __future__ import annotations
@@ -134,60 +135,62 @@ def validate_dataset(path: str | os.PathLike, *, deep: bool = True) -> list[str]
     return validate(path, deep=deep)
 
 
-def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
-    """Merge stores of one task and dims into ``out``; returns the output's summary."""
-    convert.merge_datasets(inputs, out, overwrite=force)
+def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, *, force: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Merge stores of one task and dims into ``out`` (``progress``: a bar on stderr); returns the output's summary."""
+    convert.merge_datasets(inputs, out, overwrite=force, progress=progress)
     return inspect(out)
 
 
 def export(path: str | os.PathLike, fmt: str, out: str | os.PathLike, *, force: bool = False,
            dataset_id: str | None = None, fps: int | None = None,
-           valid_fraction: float | None = None) -> Path:
+           valid_fraction: float | None = None, progress: bool = True) -> Path:
     """Export a store to robomimic HDF5 (``valid_fraction``: share of demos, the last ones, in
     ``mask/valid``; default 0.1), plain parquet tables (pyarrow / pandas), a LeRobot v3.0 folder (``fps``:
     its frame rate) or a Minari dataset ``dataset_id`` (default ``cdred/<task>-v0``) under the data root
-    ``out``."""
+    ``out``; ``progress``: a bar of episodes on stderr."""
     if valid_fraction is not None and fmt != "hdf5":
         raise UsageError(f"--valid-fraction: only --format hdf5 has a train/valid mask, not {fmt}")
     if fmt == "hdf5":
         vf = convert.DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction
-        return convert.export_hdf5(path, out, overwrite=force, valid_fraction=vf)
+        return convert.export_hdf5(path, out, overwrite=force, valid_fraction=vf, progress=progress)
     if fmt == "parquet":
-        return convert.export_parquet(path, out, overwrite=force)
+        return convert.export_parquet(path, out, overwrite=force, progress=progress)
     if fmt == "lerobot":
         from cdred_pipeline.datasets.lerobot import export_lerobot
 
-        return export_lerobot(path, out, fps=fps, overwrite=force)
+        return export_lerobot(path, out, fps=fps, overwrite=force, progress=progress)
     if fmt == "minari":
         from cdred_pipeline.datasets import minari_io
 
         ds_id = dataset_id or minari_io.default_dataset_id(open_dataset(path).task)
-        return minari_io.export_minari(path, ds_id, out, overwrite=force)
+        return minari_io.export_minari(path, ds_id, out, overwrite=force, progress=progress)
     raise UsageError(f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
 
 
 def _import_minari(source: str | os.PathLike, out: str | os.PathLike, task: str | None,
-                   minari_root: str | os.PathLike | None, force: bool) -> dict[str, Any]:
+                   minari_root: str | os.PathLike | None, force: bool, progress: bool) -> dict[str, Any]:
     """Import a Minari dataset (a folder, or an id under ``minari_root``) and return the store's summary."""
     from cdred_pipeline.datasets import minari_io
 
     task = convert.canonical_task(task) if task is not None else None
-    minari_io.import_minari(source, out, task, root=minari_root, overwrite=force)
+    minari_io.import_minari(source, out, task, root=minari_root, overwrite=force, progress=progress)
     return inspect(out)
 
 
 def import_(file: str | os.PathLike, out: str | os.PathLike, *, task: str | None = None, fmt: str = "auto",
             trust_pickle: bool = False, force: bool = False,
-            minari_root: str | os.PathLike | None = None) -> dict[str, Any]:
+            minari_root: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
     """Import an HDF5 / parquet / pickle file or a Minari dataset (folder, or id under ``minari_root``) into
-    a zarr store; returns the new store's summary. After a pickle import the summary's ``notice`` is the
-    line to print: code from the file ran, and its sha256."""
+    a zarr store (``progress``: a bar of episodes on stderr); returns the new store's summary. After a
+    pickle import the summary's ``notice`` is the line to print: code from the file ran, and its sha256."""
     from cdred_pipeline.datasets.minari_io import is_minari_dataset
 
     if fmt == "minari" or (fmt == "auto" and is_minari_dataset(file)):
-        return _import_minari(file, out, task, minari_root, force)
+        return _import_minari(file, out, task, minari_root, force, progress)
     kind = convert.detect_format(file) if fmt == "auto" else fmt
-    convert.import_file(file, out, task=task, fmt=kind, trust_pickle=trust_pickle, overwrite=force)
+    convert.import_file(file, out, task=task, fmt=kind, trust_pickle=trust_pickle, overwrite=force,
+                        progress=progress)
     summary = inspect(out)
     sha256 = summary["source"].get("sha256")
     if kind == "pickle" and sha256:
