@@ -241,7 +241,7 @@ def _store(ctx: click.Context, *, write: bool = True) -> Any:
     if write and not ctx.obj.get("workdir_ok"):
         check_workdir(ctx.obj["workdir"])
         ctx.obj["workdir_ok"] = True
-    return ArtifactStore(ctx.obj["workdir"])
+    return ArtifactStore(ctx.obj["workdir"], replay=ctx.obj.get("replay"))
 
 
 def _cached_line(art: Any, started: float) -> str | None:
@@ -367,10 +367,11 @@ class StageCommand(click.Command):
                  "strings); options given on the command line win."))
 
     def invoke(self, ctx: click.Context) -> Any:  # noqa: D102
-        from cdred_pipeline.artifacts import replaying
-
-        with replaying(replay_of(ctx)):
+        ctx.obj["replay"] = replay_of(ctx)  # the store of this command writes it into each manifest it begins
+        try:
             return super().invoke(ctx)
+        finally:
+            ctx.obj.pop("replay", None)
 
 
 def complete_tasks(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:

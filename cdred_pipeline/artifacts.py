@@ -9,8 +9,8 @@ recorded in the partial manifest so a killed run resumes where it stopped. A com
 every file with its size and sha256: reuse checks that each is there with its size, a checkpoint load
 checks its hash (:func:`verify_file`), and :meth:`ArtifactStore.verify` hashes everything.
 
-A manifest begun inside :func:`replaying` also records how to make it again (``replay``: the command and
-its full settings, which ``cdred rerun`` replays); the record is not part of the key.
+A store made with a ``replay`` record writes it into every manifest it begins: how to make the artifact
+again (the command and its full settings, which ``cdred rerun`` replays); the record is not part of the key.
 """
 
 from __future__ import annotations
@@ -36,9 +36,6 @@ from cdred_pipeline.errors import CdredError, InputFileError
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-REPLAY_ENV = "CDRED_REPLAY"
-"""The environment variable holding the replay record (JSON) of the command running: executor workers
-(local processes, a local Ray) inherit it, so the artifacts they make record it too."""
 MANIFEST_FORMAT = 1
 KEY_LENGTH = 16
 
@@ -178,32 +175,6 @@ def verify_file(path: "str | os.PathLike") -> None:
                              "or was edited: redo it with --force (or restore it)")
 
 
-def replay_record() -> dict | None:
-    """The replay record that :func:`replaying` set for this process (or its parent), or None."""
-    text = os.environ.get(REPLAY_ENV)
-    if not text:
-        return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-@contextmanager
-def replaying(record: Mapping[str, Any]) -> Iterator[None]:
-    """Inside: every manifest begun records ``record`` (how to make the artifact again) as its ``replay``."""
-    before = os.environ.get(REPLAY_ENV)
-    os.environ[REPLAY_ENV] = json.dumps(_plain(record), sort_keys=True)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(REPLAY_ENV, None)
-        else:
-            os.environ[REPLAY_ENV] = before
-
-
 def read_manifest(folder: Path) -> dict:
     """Read and check a manifest; a corrupt or foreign one raises CdredError (never overwritten)."""
     return read_manifest_file(Path(folder) / MANIFEST)
@@ -320,9 +291,11 @@ def _lock_holder(fh: Any) -> str:
 class ArtifactStore:
     """The work dir: ``<root>/<stage>/<key>/`` folders with manifests, plus locks in ``<root>/.locks``."""
 
-    def __init__(self, root: str | os.PathLike, notify: Callable[[str], None] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, notify: Callable[[str], None] | None = None,
+                 replay: Mapping[str, Any] | None = None) -> None:
         self.root = Path(root)
         self.notify = notify or _to_stderr
+        self.replay = _plain(dict(replay)) if replay is not None else None  # written into each new manifest
 
     def folder(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -454,9 +427,8 @@ class ArtifactStore:
                     "status": "partial", "created": time.time(), "units": [], "timings": {}, "headline": {},
                     "description": description, "resumed": 0,
                 }
-                replay = replay_record()
-                if replay is not None:
-                    manifest["replay"] = replay
+                if self.replay is not None:
+                    manifest["replay"] = self.replay
                 logger.info("%s/%s: new artifact (%s)", stage, key, description or "no description")
             else:
                 manifest["resumed"] = int(manifest.get("resumed", 0)) + 1

@@ -426,14 +426,14 @@ def run(cfg: CollectConfig, store: ArtifactStore, *, force: bool = False, progre
 
 
 # ------------------------------------------------------------------------------------------ tasks x seeds
-def _seed_unit(unit: tuple[CollectConfig, str, bool, bool]) -> dict[str, Any]:
+def _seed_unit(unit: tuple[CollectConfig, str, dict[str, Any] | None, bool, bool]) -> dict[str, Any]:
     """One executor unit: collect-experts for one (task, seed), run by the stage functions in the worker.
 
     Writes the expert and demos artifacts into the work dir (a path every worker sees) and returns
-    the demos key; the driver reads the manifests.
+    the demos key; the driver reads the manifests. The driver store's replay record goes with the unit.
     """
-    cfg, workdir, force, progress = unit
-    art = run(cfg, ArtifactStore(workdir), force=force, progress=progress)
+    cfg, workdir, replay, force, progress = unit
+    art = run(cfg, ArtifactStore(workdir, replay=replay), force=force, progress=progress)
     return {"task": cfg.task, "seed": cfg.seed, "key": art.key, "expert": art.manifest["inputs"]["expert"]}
 
 
@@ -479,7 +479,7 @@ def run_units(cfg: CollectConfig, tasks: list[str] | tuple[str, ...], seeds: lis
     inline = progress and ex.kind == "local"
     root = str(Path(store.root).resolve())
     what = tasks[0] if len(tasks) == 1 else f"{len(tasks)} tasks"
-    outs = ex.map(_seed_unit, [(c, root, force, inline) for c in cfgs],
+    outs = ex.map(_seed_unit, [(c, root, store.replay, force, inline) for c in cfgs],
                   desc=f"collect-experts {what} x {len(seeds)} seeds", progress=progress)
     arts = []
     for out in outs:

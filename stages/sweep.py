@@ -178,13 +178,14 @@ class RunUnit:
     dataset: str
     workdir: str
     progress: bool = False
+    replay: dict[str, Any] | None = None  # the sweep command's record, written into the run's manifests
 
 
 def imitate_and_evaluate(unit: RunUnit) -> dict[str, str]:
     """The default runner: imitate from the task's demos, then evaluate the final agent (both cached)."""
     from cdred_pipeline.stages import evaluate, imitate
 
-    store = ArtifactStore(unit.workdir)
+    store = ArtifactStore(unit.workdir, replay=unit.replay)
     imit = imitate.run(unit.imitate, unit.dataset, store, progress=unit.progress)
     ev = evaluate.run(unit.evaluate, str(imit.path / "agent.pt"), store, progress=unit.progress)
     return {"imitate_key": imit.key, "eval_key": ev.key}
@@ -207,7 +208,8 @@ def run_unit(unit: RunUnit) -> dict[str, Any]:
         return {**row, "error": _one_line(exc)}
 
 
-def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, progress: bool) -> list[RunUnit]:
+def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, progress: bool,
+               replay: dict[str, Any] | None = None) -> list[RunUnit]:
     """Every (task, method, seed) unit whose task has demos, task-major; each config is checked here."""
     from cdred_pipeline.stages.pipeline import eval_config, imitate_config
 
@@ -221,7 +223,7 @@ def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, prog
                 if task in datasets:
                     units.append(RunUnit(task=task, method=m, seed=seed, spec=spec, imitate=icfg,
                                          evaluate=eval_config(pcfg), dataset=datasets[task], workdir=workdir,
-                                         progress=progress))
+                                         progress=progress, replay=replay))
     return units
 
 
@@ -552,7 +554,7 @@ def run(cfg: SweepConfig, store: ArtifactStore, *, executor: Any = None, progres
     demos, task_errors = prepare_tasks(cfg, store, progress)
     datasets = {t: str((a.path / DATASET_NAME).resolve()) for t, a in demos.items()}
     ex = executor if executor is not None else make_executor("local")
-    units = plan_units(cfg, datasets, workdir, progress and ex.kind == "local")
+    units = plan_units(cfg, datasets, workdir, progress and ex.kind == "local", store.replay)
     outcomes = execute(units, ex, f"sweep {cfg.name} ({len(units)} runs)", progress)
     outcomes += [{"task": t, "method": m, "seed": s, "error": err} for t, err in task_errors.items()
                  for m in cfg.methods for s in cfg.seeds]

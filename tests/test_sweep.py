@@ -13,6 +13,7 @@ match rliable's numbers.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -86,6 +87,10 @@ def test_sweep_makes_each_expert_once_and_one_run_per_cell(full):
     assert len(_complete(root, "imitate")) == 8 and len(_complete(root, "eval")) == 8
     finals = [r for r in _csv(root) if r["point"] == "final"]
     assert {r["imitate_key"] for r in finals} == {p.name for p in _complete(root, "imitate")}
+    for stage in ("experts", "demos", "imitate", "eval"):  # each records the sweep, for `cdred rerun`
+        for folder in _complete(root, stage):
+            replay = json.loads((folder / "manifest.json").read_text())["replay"]
+            assert replay["command"] == "sweep" and replay["params"]["seeds"] in ("0,1", [0, 1]), replay
 
 
 def test_sweep_summary_and_printed_table(full):
