@@ -577,11 +577,12 @@ def package_validate(path: Path, quick: bool) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output store (.zarr).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def package_merge(inputs: tuple[Path, ...], out: Path, force: bool) -> None:
+@click.pass_context
+def package_merge(ctx: click.Context, inputs: tuple[Path, ...], out: Path, force: bool) -> None:
     """Concatenate stores of the same task and dims into OUT."""
     from cdred_pipeline.stages import package as stage
 
-    s = stage.merge(list(inputs), out, force=force)
+    s = stage.merge(list(inputs), out, force=force, progress=_progress(ctx))
     click.echo(f"{out}: {s['episodes']} episodes, {s['steps']} steps from {len(inputs)} datasets")
 
 
@@ -605,7 +606,9 @@ def package_export(ctx: click.Context, dataset: str, fmt: str, out: Path, datase
     from cdred_pipeline.stages import package as stage
 
     path = stage.dataset_of(dataset, _store(ctx, write=False))
-    click.echo(f"wrote {stage.export(path, fmt, out, force=force, dataset_id=dataset_id, fps=fps, valid_fraction=valid_fraction)}")
+    written = stage.export(path, fmt, out, force=force, dataset_id=dataset_id, fps=fps, valid_fraction=valid_fraction,
+                           progress=_progress(ctx))
+    click.echo(f"wrote {written}")
 
 
 @package.command("import")
@@ -619,13 +622,15 @@ def package_export(ctx: click.Context, dataset: str, fmt: str, out: Path, datase
 @click.option("--minari-root", type=click.Path(path_type=Path), default=None,
               help="minari: data root holding the dataset id FILE (default MINARI_DATASETS_PATH).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def package_import(file: Path, out: Path, task: str | None, fmt: str, trust_pickle: bool, minari_root: Path | None,
-                   force: bool) -> None:
+@click.pass_context
+def package_import(ctx: click.Context, file: Path, out: Path, task: str | None, fmt: str, trust_pickle: bool,
+                   minari_root: Path | None, force: bool) -> None:
     """Import robomimic HDF5, a cdred HDF5/parquet export, a pickled episode list or a Minari dataset (folder,
     or id with --format minari) into a zarr store."""
     from cdred_pipeline.stages import package as stage
 
-    s = stage.import_(file, out, task=task, fmt=fmt, trust_pickle=trust_pickle, force=force, minari_root=minari_root)
+    s = stage.import_(file, out, task=task, fmt=fmt, trust_pickle=trust_pickle, force=force, minari_root=minari_root,
+                      progress=_progress(ctx))
     if s.get("notice"):
         click.echo(f"warning: {s['notice']}", err=True)
     click.echo(f"{out}: {s['episodes']} episodes, {s['steps']} steps, obs {s['obs_dim']}, action {s['action_dim']}")
