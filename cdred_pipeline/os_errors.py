@@ -47,16 +47,17 @@ def ensure_free(path: str | os.PathLike, need: int, what: str) -> None:
     cannot fail cleanly half-way, such as HDF5's C library, which crashes on a full disk)."""
     free = free_bytes(path)
     if free is not None and free < need:
-        raise StorageError(f"{what} needs about {_size(need)} at {path}, only {_size(free)} free there; "
+        raise StorageError(f"{what} needs about {human_bytes(need)} at {path}, only {human_bytes(free)} free there; "
                            "free some space or write it elsewhere")
 
 
-def _size(n: int | None) -> str:
+def human_bytes(n: float | None, unknown: str = "-") -> str:
+    """``n`` bytes as ``512 B`` / ``1.5 MB`` (powers of 1024); ``unknown`` when the size is not known."""
     if n is None:
-        return "unknown space"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        return unknown
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
 
@@ -86,5 +87,6 @@ def as_user_error(exc: BaseException, where: str | os.PathLike, hint: str = STAG
         return None
     place = err.filename or where
     if err.errno in FULL:
-        return StorageError(f"no space left on the device of {place} ({_size(free_bytes(place))} free there); {hint}")
+        free = human_bytes(free_bytes(place), unknown="unknown space")
+        return StorageError(f"no space left on the device of {place} ({free} free there); {hint}")
     return StorageError(f"cannot write {place}: {err.strerror}; choose a --workdir (or output) you can write to")

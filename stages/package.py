@@ -20,6 +20,7 @@ from cdred_pipeline.datasets import open_dataset, validate
 from cdred_pipeline.datasets import convert
 from cdred_pipeline.datasets.reader import dir_size
 from cdred_pipeline.errors import UsageError
+from cdred_pipeline.os_errors import human_bytes
 
 if TYPE_CHECKING:
     from cdred_pipeline.artifacts import ArtifactStore
@@ -86,16 +87,6 @@ def inspect(dataset: str | os.PathLike, store: "ArtifactStore | None" = None) ->
     }
 
 
-def _human(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def _pm(d: dict[str, float | None], fmt: str = ".4g") -> str:
     if d.get("mean") is None:
         return "-"
@@ -116,9 +107,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  success         {_pm(s['success'], '.3f')}",
         f"  scores          random {s['scores'].get('random')}   expert {s['scores'].get('expert')}",
         f"  source          {s['source'].get('kind', '-')}",
-        f"  size on disk    {_human(s['size_on_disk'])}   (arrays {_human(s['bytes_stored'])} stored, "
-        f"{_human(s['bytes_uncompressed'])} uncompressed, ratio {s['compression_ratio']:.2f}x)"
-        if s["compression_ratio"] else f"  size on disk    {_human(s['size_on_disk'])}",
+        f"  size on disk    {human_bytes(s['size_on_disk'])}   (arrays {human_bytes(s['bytes_stored'])} stored, "
+        f"{human_bytes(s['bytes_uncompressed'])} uncompressed, ratio {s['compression_ratio']:.2f}x)"
+        if s["compression_ratio"] else f"  size on disk    {human_bytes(s['size_on_disk'])}",
         "  keys",
     ]
     width = max((len(k) for k in s["arrays"]), default=10)
@@ -126,7 +117,7 @@ def format_summary(s: dict[str, Any]) -> str:
         shape = str(tuple(a["shape"]))
         ratio = f"{a['nbytes'] / a['stored']:.2f}x" if a["stored"] else "-"
         lines.append(f"    {key:<{width}}  {shape:<20} {a['dtype']:<8} chunk {a['chunks'][0]:<7} "
-                     f"{_human(a['stored']):>10}  {ratio}")
+                     f"{human_bytes(a['stored']):>10}  {ratio}")
     return "\n".join(lines)
 
 
