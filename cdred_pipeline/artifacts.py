@@ -383,6 +383,22 @@ class ArtifactStore:
         fh.flush()
         yield fh
 
+    def add_files(self, art: Artifact, folder: Path) -> None:
+        """List the files under ``folder`` (made inside the complete ``art``) in its manifest's inventory: read
+        again and written under the artifact's lock, so a concurrent change to the manifest is kept."""
+        with self._lock(art.stage, art.key, wait=True) as fh:
+            try:
+                manifest = read_manifest(art.path)
+                if isinstance(manifest.get("files"), dict):
+                    rel = Path(folder).resolve().relative_to(art.path.resolve()).as_posix()
+                    manifest["files"].update({f"{rel}/{name}": rec for name, rec in file_inventory(folder).items()})
+                    manifest["updated"] = time.time()
+                    _write_json_atomic(art.path / MANIFEST, manifest)
+                art.manifest = manifest
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
+
     def begin(self, stage: str, version: int, config: Mapping[str, Any] | Any,
               inputs: Mapping[str, str] | None = None, *, force: bool = False, wait: bool = True,
               description: str = "") -> Artifact:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Protocol, Sequence
 
-from cdred_pipeline.artifacts import Artifact, file_inventory
+from cdred_pipeline.artifacts import Artifact
 from cdred_pipeline.errors import MissingDependencyError, UsageError
 
 #: ``--log`` choices, with the package each needs and how to install it.
@@ -194,8 +194,7 @@ def log_cached(names: Sequence[str], art: Artifact) -> None:
 
         made = export_tensorboard(read_jsonl(metrics), art.path, art.store.root)
         if made is not None:
-            if isinstance(art.manifest.get("files"), dict):
-                art.update(files={f"{TB_DIR}/{rel}": rec for rel, rec in file_inventory(made).items()})
+            art.store.add_files(art, made)
             art.store.notify(f"note: {art.stage}/{art.key} comes from the cache; its TensorBoard events are "
                              f"exported from its metrics.jsonl to {made}")
     if "wandb" in names:

@@ -164,6 +164,19 @@ def test_manifest_lists_every_file_with_size_and_sha256(tmp_path):
     assert art.manifest["machine"]["cores"] == os.cpu_count() and art.manifest["machine"]["cpu"]
 
 
+def test_files_added_to_a_complete_artifact_keep_a_concurrent_manifest_change(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art, key = _finished(store)
+    other = store.get("demo", key)  # another reader changes the manifest after ``art`` was read
+    other.update(note="kept")
+    (art.path / "tb").mkdir()
+    (art.path / "tb" / "events.1").write_bytes(b"e" * 7)
+    store.add_files(art, art.path / "tb")
+    on_disk = json.loads((art.path / "manifest.json").read_text())
+    assert on_disk["note"] == "kept" and on_disk["files"]["tb/events.1"]["bytes"] == 7
+    assert art.manifest == on_disk and store.problems(art) == []
+
+
 def test_damaged_cached_artifact_is_refused_on_reuse(tmp_path):
     store = ArtifactStore(tmp_path)
     art, key = _finished(store)
