@@ -354,6 +354,13 @@ def replay_of(ctx: click.Context) -> dict[str, Any]:
             "params": {k: _portable(v) for k, v in ctx.params.items() if k not in _NOT_REPLAYED}}
 
 
+def log_option(what: str) -> Callable[[Any], Any]:
+    """The ``--log tensorboard|wandb`` option of a stage that trains; ``what`` says which metrics go there."""
+    return click.option("--log", type=click.Choice(("tensorboard", "wandb")), multiple=True,
+                        help=f"Also log {what} to TensorBoard (<artifact>/tb) or W&B (offline, <workdir>/.wandb); "
+                             "repeatable. metrics.jsonl stays the record; not in the cache key. docs/logging.md.")
+
+
 class StageCommand(click.Command):
     """A stage command: takes ``--config FILE.yaml`` (its options; flags win) and records its settings in the
     manifests it begins, for ``cdred rerun``."""
@@ -680,10 +687,7 @@ _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and ra
 @click.option("--num-envs", type=click.IntRange(min=1), default=default_of(CollectConfig, "num_envs"),
               show_default=True, help=_NUM_ENVS_HELP)
 @click.option("--compile/--no-compile", default=default_of(CollectConfig, "compile"), help=_COMPILE_HELP)
-@click.option("--log", type=click.Choice(("tensorboard", "wandb")), multiple=True,
-              help="Also log the expert's training metrics to TensorBoard (<artifact>/tb) or W&B (offline, "
-                   "<workdir>/.wandb); repeatable. metrics.jsonl stays the record; not in the cache key. "
-                   "docs/logging.md.")
+@log_option("the expert's training metrics")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
 def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoint: str | None,
@@ -860,10 +864,7 @@ def _imitate_default(name: str) -> Any:
               help="Log reward on expert vs random vs current-policy data at each evaluation.")
 @click.option("--device", default=_imitate_default("device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--compile/--no-compile", default=_imitate_default("compile"), help=_COMPILE_HELP)
-@click.option("--log", type=click.Choice(("tensorboard", "wandb")), multiple=True,
-              help="Also log the training metrics to TensorBoard (<artifact>/tb) or W&B (offline, "
-                   "<workdir>/.wandb); repeatable. metrics.jsonl stays the record; not in the cache key. "
-                   "docs/logging.md.")
+@log_option("the training metrics")
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
 def imitate(ctx: click.Context, dataset: str, force: bool, **opts: Any) -> None:
@@ -952,10 +953,7 @@ def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | Non
 @click.option("--expert-policy", type=click.Choice(EXPERT_POLICIES), default=default_of(PipelineConfig, "expert_policy"),
               help="Expert source (default: scripted for Meta-World, TD-MPC2 otherwise).")
 @click.option("--device", default=default_of(PipelineConfig, "device"), show_default=True, help="auto | cpu | cuda")
-@click.option("--log", type=click.Choice(("tensorboard", "wandb")), multiple=True,
-              help="Also log the expert's and the imitation's training metrics to TensorBoard (<artifact>/tb) or "
-                   "W&B (offline, <workdir>/.wandb); repeatable. metrics.jsonl stays the record; not in the cache key. "
-                   "docs/logging.md.")
+@log_option("the expert's and the imitation's training metrics")
 @click.option("--force", is_flag=True, help="Redo every stage.")
 @click.pass_context
 def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
@@ -995,6 +993,7 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 @click.option("--device", default=default_of(SweepConfig, "device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--name", default=default_of(SweepConfig, "name"), show_default=True,
               help="Output folder: <workdir>/sweeps/<name>/.")
+@log_option("every run's training metrics (the experts' and the imitations')")
 @click.pass_context
 def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, **opts: Any) -> None:
     """A grid of imitation runs: tasks x methods x seeds, with results.csv, summary.md and figures.

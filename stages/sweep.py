@@ -37,6 +37,7 @@ import numpy as np
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore, save_figure_atomic
 from cdred_pipeline.errors import CdredError, UsageError
+from cdred_pipeline.logging_sinks import check_log_names
 from cdred_pipeline.presets import PIPELINE_PRESETS
 from cdred_pipeline.stages.common import DATASET_NAME
 
@@ -101,6 +102,7 @@ class SweepConfig:
     expert_seed: int = 0              # the seed of every task's expert and demos
     device: str = "auto"
     name: str = "sweep"               # the output folder <workdir>/sweeps/<name>
+    log: tuple[str, ...] = ()         # TensorBoard / W&B views of every run's training (not in any cache key)
 
     def __post_init__(self) -> None:
         from cdred_pipeline.stages.collect_experts import parse_tasks
@@ -110,6 +112,7 @@ class SweepConfig:
         object.__setattr__(self, "tasks", tuple(parse_tasks(list(_names(self.tasks)) or [""])))
         object.__setattr__(self, "methods", _names(self.methods))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "log", check_log_names(self.log))
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise UsageError(f"--methods needs distinct names from {', '.join(METHODS)}, got {list(self.methods)}")
         for m in self.methods:
@@ -150,7 +153,7 @@ class SweepConfig:
         from cdred_pipeline.stages.pipeline import PipelineConfig
 
         return PipelineConfig(task=task, preset=self.preset, seed=seed, tremble=(0.0,), device=self.device,
-                              overrides=self.overrides)
+                              overrides=self.overrides, log=self.log)
 
     def command(self, workdir: str | os.PathLike) -> str:
         """The command line that reproduces this sweep, with every count spelled out."""
@@ -159,7 +162,8 @@ class SweepConfig:
                 "--seeds", ",".join(map(str, self.seeds)), "--methods", ",".join(self.methods),
                 "--preset", self.preset, "--num-demos", str(min(s["num_demos"], s["episodes"])),
                 "--env-steps", str(s["imitate_env_steps"]), "--eval-episodes", str(self.final_eval_episodes),
-                "--expert-seed", str(self.expert_seed), "--device", self.device, "--name", self.name]
+                "--expert-seed", str(self.expert_seed), "--device", self.device, "--name", self.name,
+                *(a for name in self.log for a in ("--log", name))]
         return " ".join(shlex.quote(a) for a in args)
 
 

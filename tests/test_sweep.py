@@ -27,6 +27,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.errors import UsageError  # noqa: E402
+from cdred_pipeline.logging_sinks import TB_DIR  # noqa: E402
 from cdred_pipeline.presets import PIPELINE_PRESETS  # noqa: E402
 from cdred_pipeline.stages import sweep as sw  # noqa: E402
 from cli_helpers import kill_cli_when, one_line_error, run_cli  # noqa: E402
@@ -34,7 +35,7 @@ from cli_helpers import kill_cli_when, one_line_error, run_cli  # noqa: E402
 torch.set_num_threads(1)
 TASKS = ("dmc:cartpole-balance", "mw:reach-wall")
 ARGS = ("--threads", "1", "sweep", "--tasks", ",".join(TASKS), "--seeds", "0,1", "--methods", "cdred,red",
-        "--preset", "smoke", "--device", "cpu")
+        "--preset", "smoke", "--device", "cpu", "--log", "tensorboard")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 SMOKE = PIPELINE_PRESETS["smoke"]
 CURVE_STEPS = [str(s) for s in range(SMOKE["eval_every"], SMOKE["imitate_env_steps"] + 1, SMOKE["eval_every"])]
@@ -91,6 +92,8 @@ def test_sweep_makes_each_expert_once_and_one_run_per_cell(full):
         for folder in _complete(root, stage):
             replay = json.loads((folder / "manifest.json").read_text())["replay"]
             assert replay["command"] == "sweep" and replay["params"]["seeds"] in ("0,1", [0, 1]), replay
+    trained = [f for f in _complete(root, "experts") if (f / "metrics.jsonl").is_file()]  # not the scripted one
+    assert len(trained) == 1 and all(any((f / TB_DIR).glob("events.*")) for f in trained + _complete(root, "imitate"))
 
 
 def test_sweep_summary_and_printed_table(full):
