@@ -994,8 +994,11 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 @click.option("--name", default=default_of(SweepConfig, "name"), show_default=True,
               help="Output folder: <workdir>/sweeps/<name>/.")
 @log_option("every run's training metrics (the experts' and the imitations')")
+@click.option("--report-only", is_flag=True,
+              help="Write results.csv, summary.md and the figures from the runs already finished in the work dir, "
+                   "starting none; the summary lists the runs not made yet (a sweep still running, or partly run).")
 @click.pass_context
-def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, **opts: Any) -> None:
+def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, report_only: bool, **opts: Any) -> None:
     """A grid of imitation runs: tasks x methods x seeds, with results.csv, summary.md and figures.
 
     Each task's expert and demos are made once and shared; each (task, method, seed) is a cached imitate
@@ -1008,11 +1011,13 @@ def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, **op
     _check_gl(ctx)
     cfg = stage.SweepConfig(**opts)
     store = _store(ctx)
-    with executor_for(workers, ray_address) as ex:
-        result = stage.run(cfg, store, executor=ex, progress=_progress(ctx))
+    with executor_for(*((None, None) if report_only else (workers, ray_address))) as ex:  # nothing to run
+        result = stage.run(cfg, store, executor=ex, progress=_progress(ctx), report_only=report_only)
     click.echo(f"results: {result.csv}\nsummary: {result.summary}\nfigures: {result.folder / 'figures'} "
                f"({len(result.figures)})\n")
     click.echo(stage.format_table(result))
+    if result.missing:
+        click.echo(f"\n{result.missing} of {result.runs} runs are not made yet (listed in {result.summary})")
     if result.failures:
         raise CdredError(f"{result.failures} of {result.runs} runs failed; see {result.summary}")
 

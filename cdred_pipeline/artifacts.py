@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cdred_pipeline import __version__
-from cdred_pipeline.errors import CdredError, InputFileError
+from cdred_pipeline.errors import CdredError, InputFileError, NotMadeError
 
 logger = logging.getLogger(__name__)
 
@@ -292,10 +292,11 @@ class ArtifactStore:
     """The work dir: ``<root>/<stage>/<key>/`` folders with manifests, plus locks in ``<root>/.locks``."""
 
     def __init__(self, root: str | os.PathLike, notify: Callable[[str], None] | None = None,
-                 replay: Mapping[str, Any] | None = None) -> None:
+                 replay: Mapping[str, Any] | None = None, read_only: bool = False) -> None:
         self.root = Path(root)
         self.notify = notify or _to_stderr
         self.replay = _plain(dict(replay)) if replay is not None else None  # written into each new manifest
+        self.read_only = read_only  # begin() gives complete artifacts only: NotMadeError for any other
 
     def folder(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -404,7 +405,8 @@ class ArtifactStore:
               description: str = "") -> Artifact:
         """Open the artifact for this (stage, version, config, inputs).
 
-        Returns the complete artifact if one exists (and not ``force``); otherwise takes the writer
+        Returns the complete artifact if one exists (and not ``force``); a read-only store raises
+        NotMadeError for any other; otherwise takes the writer
         lock (waiting for another writer when ``wait``; the second writer then finds it complete) and
         returns a partial artifact to write into, resuming the recorded units of an earlier run.
         """
@@ -415,6 +417,8 @@ class ArtifactStore:
             if done is not None:
                 logger.info("%s/%s: complete already, taken from the cache", stage, key)
                 return done
+        if self.read_only:
+            raise NotMadeError(f"{stage}/{key} is not made yet (read-only look at {self.root})")
         ctx = self._lock(stage, key, wait)
         fh = ctx.__enter__()
         try:

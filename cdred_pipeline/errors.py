@@ -66,3 +66,7 @@ class StorageError(CdredError):
     """The disk is full (or over quota), or a path cannot be written: exit code 6; work is kept for a resume."""
 
     exit_code = 6
+
+
+class NotMadeError(CdredError):
+    """A read-only store (``cdred sweep --report-only``) was asked for an artifact that is not finished yet."""

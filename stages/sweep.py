@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore, save_figure_atomic
-from cdred_pipeline.errors import CdredError, UsageError
+from cdred_pipeline.errors import CdredError, NotMadeError, UsageError
 from cdred_pipeline.logging_sinks import check_log_names
 from cdred_pipeline.presets import PIPELINE_PRESETS
 from cdred_pipeline.stages.common import DATASET_NAME
@@ -183,13 +183,14 @@ class RunUnit:
     workdir: str
     progress: bool = False
     replay: dict[str, Any] | None = None  # the sweep command's record, written into the run's manifests
+    read_only: bool = False               # --report-only: take finished artifacts, start none
 
 
 def imitate_and_evaluate(unit: RunUnit) -> dict[str, str]:
     """The default runner: imitate from the task's demos, then evaluate the final agent (both cached)."""
     from cdred_pipeline.stages import evaluate, imitate
 
-    store = ArtifactStore(unit.workdir, replay=unit.replay)
+    store = ArtifactStore(unit.workdir, replay=unit.replay, read_only=unit.read_only)
     imit = imitate.run(unit.imitate, unit.dataset, store, progress=unit.progress)
     ev = evaluate.run(unit.evaluate, str(imit.path / "agent.pt"), store, progress=unit.progress)
     return {"imitate_key": imit.key, "eval_key": ev.key}
@@ -203,17 +204,19 @@ def _one_line(exc: BaseException) -> str:
 
 def run_unit(unit: RunUnit) -> dict[str, Any]:
     """Run one (task, method, seed) with its method's runner; an exception becomes an error row, so one
-    crashed run never stops the others."""
+    crashed run never stops the others; a run not made yet (read-only) is marked ``missing``."""
     row: dict[str, Any] = {"task": unit.task, "method": unit.method, "seed": unit.seed}
     try:
         runner = unit.spec.runner or imitate_and_evaluate
         return {**row, **runner(unit), "error": None}
+    except NotMadeError as exc:
+        return {**row, "error": _one_line(exc), "missing": True}
     except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, reported in the summary
         return {**row, "error": _one_line(exc)}
 
 
 def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, progress: bool,
-               replay: dict[str, Any] | None = None) -> list[RunUnit]:
+               replay: dict[str, Any] | None = None, read_only: bool = False) -> list[RunUnit]:
     """Every (task, method, seed) unit whose task has demos, task-major; each config is checked here."""
     from cdred_pipeline.stages.pipeline import eval_config, imitate_config
 
@@ -227,7 +230,7 @@ def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, prog
                 if task in datasets:
                     units.append(RunUnit(task=task, method=m, seed=seed, spec=spec, imitate=icfg,
                                          evaluate=eval_config(pcfg), dataset=datasets[task], workdir=workdir,
-                                         progress=progress, replay=replay))
+                                         progress=progress, replay=replay, read_only=read_only))
     return units
 
 
@@ -242,14 +245,15 @@ def prepare_task(cfg: SweepConfig, task: str, store: ArtifactStore, progress: bo
     return collect_experts.collect_demos(ccfg, expert, store, progress=progress)
 
 
-def prepare_tasks(cfg: SweepConfig, store: ArtifactStore, progress: bool) -> tuple[dict[str, Artifact], dict[str, str]]:
-    """Every task's demos artifact, in order; a task whose expert or demos fail gets its one-line error."""
+def prepare_tasks(cfg: SweepConfig, store: ArtifactStore, progress: bool) -> tuple[dict[str, Artifact], dict[str, dict]]:
+    """Every task's demos artifact, in order; a task whose expert or demos fail (or are not made, read-only)
+    gets the outcome fields of its runs: the one-line error, and ``missing`` when not made."""
     demos, errors = {}, {}
     for task in cfg.tasks:
         try:
             demos[task] = prepare_task(cfg, task, store, progress)
         except Exception as exc:  # noqa: BLE001 - every run of the task fails with this error
-            errors[task] = f"expert/demos: {_one_line(exc)}"
+            errors[task] = {"error": f"expert/demos: {_one_line(exc)}", "missing": isinstance(exc, NotMadeError)}
     return demos, errors
 
 
@@ -350,7 +354,7 @@ def gather(outcomes: list[dict[str, Any]], store: ArtifactStore) -> tuple[list[d
                 continue
             except CdredError as exc:
                 out = {**out, "error": _one_line(exc)}
-        failed.append({k: out[k] for k in ("task", "method", "seed", "error")})
+        failed.append({**{k: out[k] for k in ("task", "method", "seed", "error")}, "missing": bool(out.get("missing"))})
     return sorted(rows, key=sort_key), sorted(failed, key=lambda f: (f["task"], f["method"], f["seed"]))
 
 
@@ -477,9 +481,13 @@ def summary_text(cfg: SweepConfig, workdir: str, demos: Mapping[str, Artifact], 
 
 
 def _failure_lines(failed: list[dict[str, Any]]) -> list[str]:
-    if not failed:
-        return ["## Failed runs", "", "None."]
-    return ["## Failed runs", ""] + [f"- {f['task']} {f['method']} seed {f['seed']}: {f['error']}" for f in failed]
+    """The failed runs (or None.), then the runs a report-only sweep found not made yet."""
+    broken = [f"- {f['task']} {f['method']} seed {f['seed']}: {f['error']}" for f in failed if not f["missing"]]
+    lines = ["## Failed runs", ""] + (broken or ["None."])
+    missing = [f"- {f['task']} {f['method']} seed {f['seed']}" for f in failed if f["missing"]]
+    if missing:
+        lines += ["", "## Runs not made yet (`--report-only` started none)", ""] + missing
+    return lines
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -543,24 +551,32 @@ class SweepResult:
     @property
     def failures(self) -> int:
         """The number of failed runs."""
-        return len(self.failed)
+        return sum(not f["missing"] for f in self.failed)
+
+    @property
+    def missing(self) -> int:
+        """The number of runs not made yet (a report-only sweep)."""
+        return sum(f["missing"] for f in self.failed)
 
 
-def run(cfg: SweepConfig, store: ArtifactStore, *, executor: Any = None, progress: bool = True) -> SweepResult:
+def run(cfg: SweepConfig, store: ArtifactStore, *, executor: Any = None, progress: bool = True,
+        report_only: bool = False) -> SweepResult:
     """Run (or take from the cache) every (task, method, seed) of the sweep and write its outputs.
 
     ``executor``: :func:`cdred_pipeline.executor.executor_for` (default: one run after the other here).
-    Failed runs are recorded, never raised: the result lists them (``failures``)."""
+    Failed runs are recorded, never raised: the result lists them (``failures``). ``report_only``: write
+    the outputs from the finished runs alone, starting none (the others are listed: ``missing``)."""
     from cdred_pipeline.executor import make_executor
 
     check_configs(cfg)
     workdir = str(Path(store.root).resolve())
-    demos, task_errors = prepare_tasks(cfg, store, progress)
+    look = ArtifactStore(store.root, store.notify, read_only=True) if report_only else store
+    demos, task_errors = prepare_tasks(cfg, look, progress)
     datasets = {t: str((a.path / DATASET_NAME).resolve()) for t, a in demos.items()}
-    ex = executor if executor is not None else make_executor("local")
-    units = plan_units(cfg, datasets, workdir, progress and ex.kind == "local", store.replay)
+    ex = executor if executor is not None and not report_only else make_executor("local")
+    units = plan_units(cfg, datasets, workdir, progress and ex.kind == "local", store.replay, report_only)
     outcomes = execute(units, ex, f"sweep {cfg.name} ({len(units)} runs)", progress)
-    outcomes += [{"task": t, "method": m, "seed": s, "error": err} for t, err in task_errors.items()
+    outcomes += [{"task": t, "method": m, "seed": s, **err} for t, err in task_errors.items()
                  for m in cfg.methods for s in cfg.seeds]
     rows, failed = gather(outcomes, store)
     runs = len(cfg.tasks) * len(cfg.methods) * len(cfg.seeds)

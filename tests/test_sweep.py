@@ -123,6 +123,22 @@ def test_sweep_figures(full):
         assert data[:8] == PNG_HEADER and len(data) > 5000
 
 
+def test_report_only_writes_the_finished_runs_and_starts_none(full):
+    """--report-only over a grid with one seed more than was run: the finished runs' outputs, byte for byte
+    the sweep's CSV; the others listed as not made; no artifact folder (complete or partial) appears."""
+    root = full["root"]
+    before = {stage: sorted(p.name for p in (root / stage).iterdir()) for stage in ("imitate", "eval")}
+    args = tuple("0,1,2" if a == "0,1" else a for a in ARGS) + ("--report-only", "--name", "report")
+    res = run_cli(root, *args, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert {stage: sorted(p.name for p in (root / stage).iterdir()) for stage in before} == before
+    assert (root / "sweeps" / "report" / "results.csv").read_bytes() == (root / "sweeps" / "sweep" / "results.csv").read_bytes()
+    text = (root / "sweeps" / "report" / "summary.md").read_text()
+    missing = [ln for ln in text.split("## Runs not made yet")[1].splitlines() if ln.startswith("- ")]
+    assert sorted(missing) == sorted(f"- {t} {m} seed 2" for t in TASKS for m in ("cdred", "red"))
+    assert "## Failed runs\n\nNone." in text and "4 of 12 runs are not made yet" in res.stdout
+
+
 # ------------------------------------------------------------------------------ killed and rerun
 def test_killed_sweep_resumes_with_the_same_results(full, tmp_path):
     root = tmp_path / "wd"
