@@ -239,6 +239,8 @@ def test_collect_experts_over_seeds_on_ray_equals_the_local_executor(ray_address
         man_a = json.loads((art.path / "manifest.json").read_text())
         man_b = json.loads((other / "manifest.json").read_text())
         assert man_a["inputs"] == man_b["inputs"] and man_a["scores"] == man_b["scores"]
+        # the Ray workers' artifacts record the command for `cdred rerun`; a library call records none
+        assert man_b["replay"]["command"] == "collect-experts" and "replay" not in man_a
         ck_a, ck_b = (torch.load(d / ce.EXPERT_STAGE / man_a["inputs"]["expert"] / "agent.pt", weights_only=True)
                       for d in (tmp_path / "local", tmp_path / "ray"))
         for ck in (ck_a, ck_b):
