@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from cdred_pipeline.agent.agent import TDMPC2Agent
+from cdred_pipeline.agent.compiled import compile_fn
 from cdred_pipeline.agent.config import AgentConfig
 from cdred_pipeline.agent.ops import two_hot_inv
 from cdred_pipeline.agent.reward_head import RewardHead
@@ -153,8 +154,10 @@ class RecoveredRewardHead(RewardHead):
 # ------------------------------------------------------------------------------------------ agent
 class IQMPCAgent(TDMPC2Agent):
     """:class:`TDMPC2Agent` whose world-model loss is consistency + the inverse soft-Q critic loss (no reward
-    or TD term). Batches must be ``sample_batch``'s: B behavioural then B expert rows. Its losses run
-    eagerly (``compile`` off); checkpoints load through ``TDMPC2Agent.load``."""
+    or TD term). Batches must be ``sample_batch``'s: B behavioural then B expert rows. With ``cfg.compile``
+    the critic terms (:meth:`_critic_terms`) and the policy loss run compiled; the gradient penalty, a
+    double backward that torch.compile cannot trace, stays eager. Checkpoints load through
+    ``TDMPC2Agent.load``."""
 
     def __init__(self, cfg: AgentConfig, obs_shape: Sequence[int], action_dim: int,
                  reward_head: Optional[RewardHead] = None, device: "str | torch.device" = "auto",
@@ -162,10 +165,14 @@ class IQMPCAgent(TDMPC2Agent):
         if cfg.reward_space != "latent":
             raise UsageError("IQ-MPC reads its reward from the latent critic; use reward_space='latent'")
         head = RecoveredRewardHead() if reward_head is None else reward_head
-        super().__init__(dataclasses.replace(cfg, compile=False), obs_shape, action_dim, head, device, cuda_graphs)
+        super().__init__(cfg, obs_shape, action_dim, head, device, cuda_graphs)
         self.iq = iq if iq is not None else IQConfig()
         head.bind(self.model, self.gamma, self.cfg.entropy_coef)
         self.last_loss_terms: dict[str, Tensor] = {}
+        # The world-model loss itself stays eager (the penalty's double backward); its side-effect-free
+        # part is what compiles.
+        self._model_loss_fn = self._model_loss
+        self._critic_terms_fn = compile_fn(self._critic_terms, self.device) if self.cfg.compile else self._critic_terms
 
     @classmethod
     def load(cls, path: Any, device: "str | torch.device" = "auto", *, reward_head: Optional[RewardHead] = None,
@@ -174,8 +181,10 @@ class IQMPCAgent(TDMPC2Agent):
         head = RecoveredRewardHead() if reward_head is None else reward_head
         return super().load(path, device, reward_head=head, **kw)  # type: ignore[return-value]
 
-    def _model_loss(self, obs: Tensor, action: Tensor, reward: Optional[Tensor], is_expert: Tensor) -> dict[str, Tensor]:
-        """Consistency + value_coef x the inverse soft-Q loss (IQ-MPC's ``update_iq``); keys as the parent's."""
+    def _critic_terms(self, obs: Tensor, action: Tensor, is_expert: Tensor) -> dict[str, Tensor]:
+        """The inverse soft-Q terms (``softq``, ``value``, ``chi2``), ``consistency_loss``, ``td_target`` and
+        the rollout's latents ``zs``: every part of the loss but the gradient penalty, with no side
+        effect, so torch.compile can trace it."""
         cfg, m = self.cfg, self.model
         rho = self._rho[: action.shape[0]]
         with torch.no_grad():
@@ -186,14 +195,22 @@ class IQMPCAgent(TDMPC2Agent):
         v = soft_value(m, zs, cfg.entropy_coef)                                              # (H+1, N, 1)
         v0 = masked_mean(v[0], is_expert) if self.iq.use_v0 else None
         terms = inverse_soft_q_terms(q, v[:-1], y, is_expert, gamma=self.gamma, alpha=self.iq.alpha, v0=v0)
+        return {**terms, "consistency_loss": consistency, "td_target": y.mean(), "zs": zs}
+
+    def _model_loss(self, obs: Tensor, action: Tensor, reward: Optional[Tensor], is_expert: Tensor) -> dict[str, Tensor]:
+        """Consistency + value_coef x the inverse soft-Q loss (IQ-MPC's ``update_iq``); keys as the parent's.
+        The terms come from :meth:`_critic_terms` (compiled with ``cfg.compile``); the gradient penalty and
+        the sum run eagerly after it, in the order of random draws of an all-eager loss."""
+        cfg, out = self.cfg, self._critic_terms_fn(obs, action, is_expert)
+        terms, zs = {k: out[k] for k in ("softq", "value", "chi2")}, out["zs"]
         gp = self._gradient_penalty(zs[:-1], action) if self.iq.grad_pen > 0 else None
-        critic_loss = inverse_soft_q_loss(terms, rho, gp)
+        critic_loss = inverse_soft_q_loss(terms, self._rho[: action.shape[0]], gp)
         self.last_loss_terms = {k: t.detach().mean() for k, t in terms.items()}
         if gp is not None:
             self.last_loss_terms["grad_pen"] = gp.detach().mean()
-        total = cfg.consistency_coef * consistency + cfg.value_coef * critic_loss
-        return {"total_loss": total, "consistency_loss": consistency, "reward_loss": total.new_zeros(()),
-                "value_loss": critic_loss, "td_target": y.mean(), "zs": zs}
+        total = cfg.consistency_coef * out["consistency_loss"] + cfg.value_coef * critic_loss
+        return {"total_loss": total, "consistency_loss": out["consistency_loss"], "reward_loss": total.new_zeros(()),
+                "value_loss": critic_loss, "td_target": out["td_target"], "zs": zs}
 
     def _gradient_penalty(self, z: Tensor, action: Tensor) -> Tensor:
         """The penalty (H,) between the expert half and the behavioural half of the batch, on the mean of
