@@ -37,12 +37,14 @@ def compile_unavailable(device: torch.device) -> str:
 
 
 def compile_fn(fn: F, device: torch.device) -> F:
-    """``torch.compile(fn)`` with eager random numbers; a one-line UsageError when the device has no
-    compiler toolchain (turn ``compile`` off to run eagerly)."""
+    """``torch.compile(fn)`` with eager random numbers and static shapes; a one-line UsageError when the
+    device has no compiler toolchain (turn ``compile`` off to run eagerly). Static: the losses' code is
+    shared by every agent of a process, and a second batch shape (another agent, another method) would
+    otherwise retrace with symbolic sizes, which eager random numbers (``torch.randn(shape)``) reject."""
     why = compile_unavailable(device)
     if why:
         raise UsageError(f"{why}; or run without compiling (compile=False, --no-compile)")
-    return torch.compile(fn, options={"fallback_random": True})  # type: ignore[return-value]
+    return torch.compile(fn, dynamic=False, options={"fallback_random": True})  # type: ignore[return-value]
 
 
 def resolve_compile(requested: "bool | None", preset_default: bool, device: torch.device) -> tuple[bool, str]:
