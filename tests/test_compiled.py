@@ -1,5 +1,5 @@
-"""The fast paths of the update: closed-form Mish, and the torch.compile'd losses against eager PyTorch
-(real agent, real kernels built by inductor's C++ backend; no mocks)."""
+"""The fast paths of the update: closed-form Mish, and the torch.compile'd losses of CDRED and IQ-MPC
+against eager PyTorch (real agents, real kernels built by inductor's C++ backend; no mocks)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from cdred_pipeline.agent import AgentConfig, ReplayBuffer, TDMPC2Agent
 from cdred_pipeline.agent.compiled import compile_unavailable, resolve_compile
+from cdred_pipeline.agent.iq_critic import IQConfig, IQMPCAgent
 from cdred_pipeline.agent.layers import mish
 from cdred_pipeline.agent.trainer import sample_batch
 from cdred_pipeline.errors import UsageError
@@ -34,11 +35,8 @@ def test_mish_equals_torch_mish_in_value_and_gradient():
     assert torch.isfinite(g_ours).all()
 
 
-def _agent(compile_: bool) -> tuple[TDMPC2Agent, list[ReplayBuffer]]:
-    """A tiny CDRED imitation agent and a behavioural and an expert buffer of random episodes."""
-    cfg = AgentConfig.preset("tiny", compile=compile_, episode_length=50, plan=False)
-    head = CDREDRewardHead(cfg.latent_dim, 2, CDREDConfig.preset("tiny"))
-    agent = TDMPC2Agent(cfg, (5,), 2, reward_head=head, device="cpu")
+def _buffers() -> list[ReplayBuffer]:
+    """A behavioural and an expert buffer of random episodes (5-d observations, 2-d actions)."""
     rng = np.random.default_rng(0)
     bufs = []
     for b in range(2):
@@ -47,7 +45,14 @@ def _agent(compile_: bool) -> tuple[TDMPC2Agent, list[ReplayBuffer]]:
             buf.add_episode(rng.normal(size=(51, 5)).astype(np.float32), rng.uniform(-1, 1, (50, 2)).astype(np.float32),
                             rng.normal(size=50).astype(np.float32))
         bufs.append(buf)
-    return agent, bufs
+    return bufs
+
+
+def _agent(compile_: bool) -> tuple[TDMPC2Agent, list[ReplayBuffer]]:
+    """A tiny CDRED imitation agent and a behavioural and an expert buffer of random episodes."""
+    cfg = AgentConfig.preset("tiny", compile=compile_, episode_length=50, plan=False)
+    head = CDREDRewardHead(cfg.latent_dim, 2, CDREDConfig.preset("tiny"))
+    return TDMPC2Agent(cfg, (5,), 2, reward_head=head, device="cpu"), _buffers()
 
 
 def _updates(compile_: bool, n: int = 10) -> list[dict[str, float]]:
@@ -64,6 +69,32 @@ def test_compiled_updates_match_eager_updates():
         for k in e:
             assert math.isclose(c[k], e[k], rel_tol=RTOL, abs_tol=1e-6), (step, k, e[k], c[k])
     assert eager[0]["total_loss"] != eager[-1]["total_loss"]  # the agent did learn something in between
+
+
+def _iq_updates(compile_: bool, n: int = 3) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """``n`` updates of a tiny IQ-MPC agent with the gradient penalty on (batch 2 x 16): the logged
+    metrics and the last update's loss terms."""
+    cfg = AgentConfig.preset("tiny", compile=compile_, episode_length=50, plan=False, batch_size=16)
+    agent = IQMPCAgent(cfg, (5,), 2, device="cpu", iq=IQConfig(grad_pen=1.0))
+    behavioural, expert = _buffers()
+    torch.manual_seed(0)  # dropout, the penalty's interpolation weights and the heads draw from it
+    infos = [agent.update(sample_batch(behavioural, 16, cfg.horizon, expert, agent.device)) for _ in range(n)]
+    return infos, {k: float(v) for k, v in agent.last_loss_terms.items()}
+
+
+@pytest.mark.skipif(bool(compile_unavailable(CPU)), reason=compile_unavailable(CPU) or "compiler present")
+def test_compiled_iqmpc_updates_match_eager_updates_with_the_gradient_penalty():
+    """IQ-MPC's critic terms and policy loss compiled, its gradient penalty (a double backward) eager. Run
+    after the CDRED test in one process, its policy loss (code shared by every agent) meets a second batch
+    shape: compiled losses are static, so it recompiles instead of tracing symbolic sizes."""
+    (eager, eager_terms), (compiled, compiled_terms) = _iq_updates(False), _iq_updates(True)
+    for step, (e, c) in enumerate(zip(eager, compiled)):
+        for k in e:
+            assert math.isclose(c[k], e[k], rel_tol=RTOL, abs_tol=1e-6), (step, k, e[k], c[k])
+    assert set(eager_terms) == set(compiled_terms) == {"softq", "value", "chi2", "grad_pen"}
+    for k, v in eager_terms.items():
+        assert math.isclose(compiled_terms[k], v, rel_tol=RTOL, abs_tol=1e-6), (k, v, compiled_terms[k])
+    assert eager_terms["grad_pen"] > 0 and eager[0]["total_loss"] != eager[-1]["total_loss"]
 
 
 def test_compile_without_a_toolchain_falls_back_or_says_what_to_do(monkeypatch, tmp_path):
