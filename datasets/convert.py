@@ -56,7 +56,7 @@ from .writer import EpisodeWriter, output_lock, publish
 __all__ = ["export_hdf5", "export_parquet", "train_valid_split", "check_valid_fraction", "robomimic_env_args",
            "DEFAULT_VALID_FRACTION", "ROBOMIMIC_GYM_TYPE", "import_hdf5", "import_parquet", "import_pickle",
            "import_file", "merge_datasets", "detect_format", "canonical_task", "check_disjoint", "write_output",
-           "pickle_notice", "TASK_RE", "EpisodeBar"]
+           "pickle_notice", "TASK_RE", "EpisodeBar", "episode_blocks"]
 
 #: What a task id looks like (suite:name), e.g. ``dmc:cheetah-run``, ``mw:box-close``.
 TASK_RE = re.compile(r"^[a-z0-9_]+:[A-Za-z0-9_.\-]+$")
@@ -175,7 +175,7 @@ def _spans(starts: np.ndarray, ends: np.ndarray, row: int, block_bytes: int = _B
         lo = hi
 
 
-def _episode_blocks(ds: Dataset, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, int]]:
+def episode_blocks(ds: Dataset, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, int]]:
     """Ranges of whole episodes [lo, hi) of ``ds`` whose step data is about ``block_bytes`` (at least one)."""
     row = 4 * (ds.obs_dim + ds.action_dim + 2) + 8 * ds.physics_state_dim
     row += sum(int(np.prod(ds.image_shape(c))) for c in ds.cameras)
@@ -230,7 +230,7 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     try:
         with EpisodeBar(sum(ds.num_episodes for ds in dss), "merge", progress) as bar:
             for ds in dss:
-                for lo, hi in _episode_blocks(ds):
+                for lo, hi in episode_blocks(ds):
                     data, meta = _read_block(ds, lo, hi)
                     w.append_block(data, meta)
                     bar.advance(hi - lo)
@@ -314,7 +314,7 @@ def _write_hdf5(ds: Dataset, tmp: Path, image_compression: str | None, valid_fra
             grp.attrs["cdred_array_attrs"] = json.dumps(arr_attrs)
         grp.attrs["cdred_dataset_version"] = ds.version
         with EpisodeBar(ds.num_episodes, "export hdf5", progress) as bar:
-            for lo, hi in _episode_blocks(ds):
+            for lo, hi in episode_blocks(ds):
                 data, meta = _read_block(ds, lo, hi)
                 base = int(ds.episode_starts[lo])
                 for i in range(lo, hi):
@@ -682,7 +682,7 @@ def _write_parquet_files(ds: Any, tmp: Path, columns: Mapping[str, Any], ep_colu
 
     writers: dict[str, Any] = {}
     with EpisodeBar(ds.num_episodes, "export parquet", progress) as bar:
-        for lo, hi in _episode_blocks(ds):
+        for lo, hi in episode_blocks(ds):
             for name, table in zip(("steps.parquet", "episodes.parquet"),
                                    _parquet_tables(ds, lo, hi, columns, ep_columns)):
                 if name not in writers:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import numpy as np
 from cdred_pipeline.errors import DatasetError, MissingDependencyError, UsageError
 
 from . import layout as L
-from .convert import EpisodeBar, check_disjoint, write_output
+from .convert import EpisodeBar, check_disjoint, episode_blocks, write_output
 from .reader import Dataset, open_dataset
 
 __all__ = ["export_lerobot", "CODEBASE_VERSION", "DEFAULT_FPS", "video_key"]
@@ -50,7 +49,6 @@ CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_FILE = "meta/episodes/chunk-000/file-000.parquet"
-_BLOCK_BYTES = 64 * 1024 * 1024
 _INDEX_FEATURES = ("frame_index", "episode_index", "index", "task_index")
 
 
@@ -273,19 +271,6 @@ class _Stats:
 
 
 # ---------------------------------------------------------------------------------------- writing
-def _blocks(ds: Dataset) -> Iterator[tuple[int, int]]:
-    """Ranges of whole episodes [lo, hi) of about :data:`_BLOCK_BYTES` of step data (at least one)."""
-    row = 4 * (ds.obs_dim + ds.action_dim + 2) + 8 * ds.physics_state_dim
-    row += sum(int(np.prod(ds.image_shape(c))) for c in ds.cameras)
-    lo = 0
-    while lo < ds.num_episodes:
-        hi, start = lo + 1, int(ds.episode_starts[lo])
-        while hi < ds.num_episodes and (int(ds.episode_ends[hi]) - start) * row <= _BLOCK_BYTES:
-            hi += 1
-        yield lo, hi
-        lo = hi
-
-
 def _read(ds: Dataset, lo: int, hi: int) -> dict[str, np.ndarray]:
     s, e = int(ds.episode_starts[lo]), int(ds.episode_ends[hi - 1])
     block = {k: ds.read(f"data/{k}", slice(s, e)) for k in L.DATA_KEYS}
@@ -322,7 +307,7 @@ def _write_steps(ds: Dataset, root: Path, fps: int, compact: bool, progress: boo
     sink = None
     bar = EpisodeBar(ds.num_episodes, "export lerobot", progress)
     try:
-        for lo, hi in _blocks(ds):
+        for lo, hi in episode_blocks(ds):
             block = _read(ds, lo, hi)
             table = _block_table(ds, block, lo, hi, fps)
             sink = sink or pq.ParquetWriter(path, table.schema)
