@@ -573,7 +573,7 @@ def run(cfg: SweepConfig, store: ArtifactStore, *, executor: Any = None, progres
     look = ArtifactStore(store.root, store.notify, read_only=True) if report_only else store
     demos, task_errors = prepare_tasks(cfg, look, progress)
     datasets = {t: str((a.path / DATASET_NAME).resolve()) for t, a in demos.items()}
-    ex = executor if executor is not None and not report_only else make_executor("local")
+    ex = executor if executor is not None else make_executor("local")
     units = plan_units(cfg, datasets, workdir, progress and ex.kind == "local", store.replay, report_only)
     outcomes = execute(units, ex, f"sweep {cfg.name} ({len(units)} runs)", progress)
     outcomes += [{"task": t, "method": m, "seed": s, **err} for t, err in task_errors.items()
