@@ -126,6 +126,7 @@ class LazyChoice(click.Choice):
 
 REWARD_MODES = LazyChoice("cdred_pipeline.reward.config", "MODES")
 G_CHOICES = LazyChoice("cdred_pipeline.reward.config", "G_NAMES")
+INIT_CHOICES = LazyChoice("cdred_pipeline.reward.config", "INITS")
 REWARD_SPACE_CHOICES = LazyChoice("cdred_pipeline.agent.config", "REWARD_SPACES")
 TREMBLE_LIST = CommaList(tremble_list)
 SEED_LIST = CommaList(seed_list)
@@ -846,6 +847,9 @@ def _imitate_default(name: str) -> Any:
 @click.option("--detach-reward-input", is_flag=True, default=_imitate_default("detach_reward_input"),
               help="Stop the predictor loss's gradient into the latent (encoder and dynamics); the paper's "
                    "code lets it flow.")
+@click.option("--reward-init", type=INIT_CHOICES, default=_imitate_default("reward_init"), show_default=True,
+              help="Scales of the reward model's targets and predictors: the released code's, or RND's "
+                   "(every target layer orthogonal, gain sqrt 2; predictors at nn.Linear's default).")
 @click.option("--num-demos", type=POSITIVE, default=_imitate_default("num_demos"),
               help="Use only the first N expert episodes.")
 @click.option("--tremble", type=float, default=_imitate_default("tremble"), show_default=True,
@@ -973,7 +977,7 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 @click.option("--seeds", type=SEED_LIST, default=default_of(SweepConfig, "seeds"), show_default=True,
               help="Comma list of run seeds: one imitate + evaluate run per (task, method, seed).")
 @click.option("--methods", type=NAME_LIST, default=default_of(SweepConfig, "methods"), show_default=True,
-              help="Comma list of methods (stages/sweep.py METHODS: cdred, red).")
+              help="Comma list of methods (stages/sweep.py METHODS): cdred, red, iqmpc, bc, cdred-rnd-init.")
 @click.option("--preset", type=click.Choice(list(PIPELINE_PRESETS)), default=default_of(SweepConfig, "preset"),
               show_default=True, help="Pipeline preset; its settings make every stage.")
 @click.option("--num-demos", type=click.IntRange(min=1), default=default_of(SweepConfig, "num_demos"),

@@ -58,6 +58,7 @@ class ImitateConfig:
     zeta: float | None = None   # None: the reward preset's (paper 0.8)
     alpha: float | None = None  # None: the reward preset's (paper 0.9)
     detach_reward_input: bool = False  # stop the predictor loss's gradient into the latent (paper code: flows)
+    reward_init: str = "released"      # the reward model's init scales: the released code's, or RND's ("rnd")
     num_demos: int | None = None
     tremble: float = 0.0
     seed: int = 0
@@ -77,13 +78,14 @@ class ImitateConfig:
     def __post_init__(self) -> None:
         from cdred_pipeline.agent.config import REWARD_SPACES
         from cdred_pipeline.envs import OBS_KINDS, check_tremble
-        from cdred_pipeline.reward.config import G_NAMES, MODES
+        from cdred_pipeline.reward.config import G_NAMES, INITS, MODES
 
         check_tremble(self.tremble)
         object.__setattr__(self, "log", check_log_names(self.log))
         self._resolve_method()
         for name, value, choices in (("--obs", self.obs, OBS_KINDS), ("--reward", self.reward, MODES),
-                                     ("--reward-space", self.reward_space, REWARD_SPACES), ("--g", self.g, G_NAMES)):
+                                     ("--reward-space", self.reward_space, REWARD_SPACES), ("--g", self.g, G_NAMES),
+                                     ("--reward-init", self.reward_init, INITS)):
             if value not in choices:
                 raise UsageError(f"{name} {value!r}: choose one of {', '.join(choices)}")
         for name, w in (("--zeta", self.zeta), ("--alpha", self.alpha)):
@@ -108,7 +110,7 @@ class ImitateConfig:
             return
         cdred_only = {"--reward": self.reward != "cdred", "--reward-space": self.reward_space != "latent",
                       "--g": self.g != "identity", "--zeta": self.zeta is not None, "--alpha": self.alpha is not None,
-                      "--detach-reward-input": self.detach_reward_input}
+                      "--detach-reward-input": self.detach_reward_input, "--reward-init": self.reward_init != "released"}
         given = [k for k, v in cdred_only.items() if v]
         if given:
             raise UsageError(f"{', '.join(given)}: CDRED reward-model options, and --method {self.method} has no "
@@ -121,12 +123,13 @@ class ImitateConfig:
 
     def key_config(self) -> dict[str, Any]:
         """The config keys the artifact depends on: not the device, compile or log (they do not change the
-        results' meaning), and not an unset zeta/alpha or detach_reward_input off, which are the preset's and
-        already in the key through the resolved reward-model config; the method only for the baselines
-        (cdred and red are in the key as ``reward``)."""
+        results' meaning), and not an unset zeta/alpha, detach_reward_input off or the released init, which
+        are the preset's and already in the key through the resolved reward-model config; the method only
+        for the baselines (cdred and red are in the key as ``reward``)."""
         return {k: v for k, v in self.__dict__.items()
                 if k not in ("device", "compile", "log") and not (k in ("zeta", "alpha") and v is None)
-                and not (k == "detach_reward_input" and not v) and not (k == "method" and v not in BASELINES)}
+                and not (k == "detach_reward_input" and not v) and not (k == "reward_init" and v == "released")
+                and not (k == "method" and v not in BASELINES)}
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -257,7 +260,7 @@ def reward_model_config(cfg: ImitateConfig) -> Any:
 
     weights = {k: v for k, v in (("zeta", cfg.zeta), ("alpha", cfg.alpha)) if v is not None}
     return CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed,
-                              detach_input=cfg.detach_reward_input, **weights)
+                              detach_input=cfg.detach_reward_input, init=cfg.reward_init, **weights)
 
 
 def check_demos(ds: Any, path: Path, num_demos: int | None, acfg: Any) -> int:

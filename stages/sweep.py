@@ -70,6 +70,9 @@ METHODS: dict[str, Method] = {
                     description="IQ-MPC: the world model's critic trained by the inverse soft-Q objective (Li et al. 2024)"),
     "bc": Method({"reward": "cdred", "method": "bc", "plan": False},
                  description="BC: encoder and policy prior fit to the demos' actions, no env interaction"),
+    "cdred-rnd-init": Method({"reward": "cdred", "method": "cdred", "reward_init": "rnd"},
+                             description="CDRED with the reward model at RND's init scales instead of the "
+                                         "released code's (an init ablation)"),
 }
 
 

@@ -222,6 +222,8 @@ def test_bad_method_options_are_one_line_errors(data, tmp_path):
     assert not (tmp_path / "wd" / im.STAGE).exists()
     with pytest.raises(UsageError, match="--zeta"):
         im.ImitateConfig(method="iqmpc", zeta=0.5)
+    with pytest.raises(UsageError, match="--reward-init"):
+        im.ImitateConfig(method="bc", reward_init="rnd")
     with pytest.raises(UsageError, match="--plan"):
         im.ImitateConfig(method="bc", plan=True)
 

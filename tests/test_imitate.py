@@ -129,8 +129,9 @@ def test_checkpoint_evaluates_with_the_evaluate_stage(state_run, data):
 
 # ------------------------------------------------------------------------------------- ablations
 @pytest.mark.parametrize("change", [{"reward": "red"}, {"reward_space": "obs"}, {"g": "exp"},
-                                    {"zeta": 1.0, "alpha": 0.5}, {"detach_reward_input": True}],
-                         ids=["red", "obs-space", "g-exp", "zeta-alpha", "detach"])
+                                    {"zeta": 1.0, "alpha": 0.5}, {"detach_reward_input": True},
+                                    {"reward_init": "rnd"}],
+                         ids=["red", "obs-space", "g-exp", "zeta-alpha", "detach", "rnd-init"])
 def test_ablations_run(data, change):
     art = im.run(_tiny(**change), str(data["path"]), data["store"], progress=False)
     assert art.complete
@@ -145,6 +146,7 @@ def test_ablations_run(data, change):
         assert rc["g"] == "exp"
     assert (rc["zeta"], rc["alpha"]) == (change.get("zeta", 0.8), change.get("alpha", 0.9))  # else the paper's
     assert rc["detach_input"] == change.get("detach_reward_input", False)
+    assert rc["init"] == change.get("reward_init", "released")
     x_dim = int(ck["reward_head"]["x_dim"])
     assert x_dim == (5 if change.get("reward_space") == "obs" else AgentConfig.preset("tiny").latent_dim)
     agent, extra = load_agent(art.path / "agent.pt", device="cpu")  # rebuilds the head from its config
@@ -225,9 +227,10 @@ def test_pixel_run_on_a_rendered_dataset(data):
 
 
 def test_unset_reward_weights_stay_out_of_the_cache_key():
-    """--zeta/--alpha unset mean the preset's values (already in the key through the resolved reward-model
-    config), so they stay out of the key; set, they are keyed."""
-    assert not {"zeta", "alpha", "detach_reward_input"} & set(im.ImitateConfig().key_config())
+    """--zeta/--alpha unset, detach off and the released init are the preset's (already in the key through
+    the resolved reward-model config), so they stay out of the key; set, they are keyed."""
+    assert not {"zeta", "alpha", "detach_reward_input", "reward_init"} & set(im.ImitateConfig().key_config())
     assert im.ImitateConfig(zeta=1.0).key_config()["zeta"] == 1.0
     assert im.ImitateConfig(detach_reward_input=True).key_config()["detach_reward_input"] is True
+    assert im.ImitateConfig(reward_init="rnd").key_config()["reward_init"] == "rnd"
 

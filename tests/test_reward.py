@@ -362,6 +362,25 @@ def test_targets_seeded_and_independent_of_global_rng():
         assert all(abs(float(m.weight.std()) - 0.02) < 0.004 for m in linears)
 
 
+def test_rnd_init_scales():
+    """init "rnd": every target layer orthogonal with gain sqrt 2 and zero bias; predictors at nn.Linear's
+    default (uniform in +-1/sqrt(fan_in), non-zero biases); the released init stays the default."""
+    head = CDREDRewardHead(6, 2, CDREDConfig.preset("tiny", init="rnd"))
+    for i in range(head.targets.num_layers):
+        w = getattr(head.targets, f"w{i}")[0].T  # (out, in)
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        torch.testing.assert_close(gram, 2 * torch.eye(gram.shape[0], dtype=gram.dtype), atol=1e-5, rtol=0)
+        assert not getattr(head.targets, f"b{i}").any()
+    for net in (head.expert_predictor, head.behavioral_predictor):
+        for m in (m for m in net.modules() if isinstance(m, torch.nn.Linear)):
+            bound = 1 / m.weight.shape[1] ** 0.5
+            assert m.weight.abs().max() <= bound and m.bias.abs().max() > 0
+            assert abs(float(m.weight.std()) - bound / 3**0.5) < 0.15 * bound
+    assert CDREDConfig().init == "released"
+    with pytest.raises(UsageError, match="init"):
+        CDREDConfig(init="xavier")
+
+
 def test_targets_move_with_to_dtype():
     head = CDREDRewardHead(6, 2, CDREDConfig.preset("tiny"))
     assert head.targets.w0.dtype == torch.float32

@@ -13,6 +13,7 @@ GLike = Union[str, Callable[..., Any]]
 
 MODES = ("cdred", "red")
 G_NAMES = ("identity", "exp")
+INITS = ("released", "rnd")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,13 @@ class CDREDConfig:
         eps: lower bound on the ensemble variance B2 - mu^2 (the denominator of Eq. 9).
         seed: seed of the random target initialisation (targets are drawn from their own generator,
             independent of the global RNG).
-        target_gain: gain of the orthogonal initialisation of the targets' hidden layers (released code: 1).
+        target_gain: gain of the orthogonal initialisation of the targets' hidden layers (released code: 1;
+            init "released" only).
+        init: the scales the targets and predictors are drawn at. "released" (the authors' released code):
+            target hidden layers orthogonal with gain ``target_gain``, the last target layer at nn.Linear's
+            default, predictors trunc-normal(0.02) with zero bias. "rnd" (RND's own init, Burda et al.
+            2019): every target layer orthogonal with gain sqrt 2 and zero bias, predictors at nn.Linear's
+            default.
         detach_input: stop the predictor loss's gradient into the latent x (encoder, dynamics). The
             released code lets it flow (False); the targets are always evaluated without gradient.
     """
@@ -55,6 +62,7 @@ class CDREDConfig:
     eps: float = 1e-6
     seed: int = 0
     target_gain: float = 1.0
+    init: str = "released"
     detach_input: bool = False
 
     def __post_init__(self) -> None:
@@ -73,6 +81,8 @@ class CDREDConfig:
             raise UsageError(f"sigma must be > 0, got {self.sigma}")
         if not (callable(self.g) or self.g in G_NAMES):
             raise UsageError(f"g must be one of {G_NAMES} or a callable, got {self.g!r}")
+        if self.init not in INITS:
+            raise UsageError(f"init must be one of {INITS}, got {self.init!r}")
         if self.mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not self.eps > 0.0:

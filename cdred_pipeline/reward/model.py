@@ -30,29 +30,32 @@ from cdred_pipeline.agent.reward_head import RewardHead as _RewardHeadBase
 __all__ = ["CDREDRewardHead", "NormedLinear", "RandomTargetEnsemble", "predictor_mlp"]
 
 
-def predictor_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
-    """A predictor network (App. A.1): NormedLinear-Mish layers over ``hidden``, then a plain Linear to p,
-    with TD-MPC2's init (trunc-normal 0.02 weights, zero biases), which the released code's world model
-    applies to its predictors."""
+def predictor_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, init: str = "released") -> nn.Sequential:
+    """A predictor network (App. A.1): NormedLinear-Mish layers over ``hidden``, then a plain Linear to p.
+    Init "released": TD-MPC2's (trunc-normal 0.02 weights, zero biases), which the released code's world
+    model applies to its predictors; "rnd": nn.Linear's default."""
     net = mlp(in_dim, hidden, out_dim)
-    net.apply(init_linear_)
+    if init == "released":
+        net.apply(init_linear_)
     return net
 
 
 class RandomTargetEnsemble(nn.Module):
     """K frozen random networks f_k (Eq. 4, 7), evaluated together: ``(N, D) -> (K, N, p)``.
 
-    The same layers as the predictors (App. A.1), drawn once from a generator seeded with ``seed`` at
-    the scales of the authors' released code: hidden layers orthogonal with gain ``gain`` (1 there)
-    and zero bias, the last Linear at PyTorch's default init (weights and bias uniform in
-    +-1/sqrt(fan_in)), which the released code's world-model init never reaches.
+    The same layers as the predictors (App. A.1), drawn once from a generator seeded with ``seed``. Init
+    "released" (the scales of the authors' released code): hidden layers orthogonal with gain ``gain``
+    (1 there) and zero bias, the last Linear at PyTorch's default init (weights and bias uniform in
+    +-1/sqrt(fan_in)), which the released code's world-model init never reaches. Init "rnd": every layer
+    orthogonal with gain sqrt 2 and zero bias.
     The LayerNorms have no affine parameters (a NormedLinear's LayerNorm at initialisation: weight 1,
     bias 0 — the released code never trains them). Weights are buffers ``w{i}`` of shape
     ``(K, in, out)`` and ``b{i}`` of shape ``(K, 1, out)``.
     """
 
     def __init__(
-        self, in_dim: int, hidden: tuple[int, ...], out_dim: int, num_targets: int, *, gain: float, seed: int
+        self, in_dim: int, hidden: tuple[int, ...], out_dim: int, num_targets: int, *, gain: float, seed: int,
+        init: str = "released",
     ) -> None:
         super().__init__()
         self.in_dim, self.out_dim, self.num_targets = in_dim, out_dim, num_targets
@@ -63,7 +66,9 @@ class RandomTargetEnsemble(nn.Module):
             w, b = torch.empty(num_targets, d_out, d_in), torch.zeros(num_targets, 1, d_out)
             bound = 1.0 / math.sqrt(d_in)
             for k in range(num_targets):
-                if i < self.num_layers - 1:
+                if init == "rnd":
+                    nn.init.orthogonal_(w[k], gain=math.sqrt(2.0), generator=gen)
+                elif i < self.num_layers - 1:
                     nn.init.orthogonal_(w[k], gain=gain, generator=gen)
                 else:  # nn.Linear's default: kaiming_uniform(a=sqrt 5) weights, uniform bias, both +-1/sqrt(fan_in)
                     w[k].uniform_(-bound, bound, generator=gen)
@@ -108,15 +113,16 @@ class CDREDRewardHead(_RewardHeadBase):
         self.x_dim, self.action_dim = int(x_dim), int(action_dim)
         in_dim = self.x_dim + self.action_dim
         self.targets = RandomTargetEnsemble(
-            in_dim, cfg.hidden, cfg.embed_dim, cfg.num_targets, gain=cfg.target_gain, seed=cfg.seed
+            in_dim, cfg.hidden, cfg.embed_dim, cfg.num_targets, gain=cfg.target_gain, seed=cfg.seed,
+            init=cfg.init,
         )
         # predictors drawn from the "predictor-init" stream of cfg.seed (the targets use cfg.seed itself),
         # leaving the global RNG alone: the head is built before anything seeds the global RNG, so a run
         # is only reproducible if its initial predictors do not come from there
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive(cfg.seed, "predictor-init"))
-            self.expert_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim)
-            self.behavioral_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim)
+            self.expert_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim, cfg.init)
+            self.behavioral_predictor = predictor_mlp(in_dim, cfg.hidden, cfg.embed_dim, cfg.init)
         self._g = resolve_g(cfg.g)
         #: detached per-step losses of the last ``loss()`` call, for logging without recomputation
         self.last_loss_terms: dict[str, Tensor] = {}
