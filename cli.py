@@ -977,7 +977,7 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 @click.option("--seeds", type=SEED_LIST, default=default_of(SweepConfig, "seeds"), show_default=True,
               help="Comma list of run seeds: one imitate + evaluate run per (task, method, seed).")
 @click.option("--methods", type=NAME_LIST, default=default_of(SweepConfig, "methods"), show_default=True,
-              help="Comma list of methods (stages/sweep.py METHODS): cdred, red, iqmpc, bc, cdred-rnd-init.")
+              help="Comma list of methods (stages/sweep.py METHODS): cdred, red, iqmpc, bc, cdred-plan, cdred-rnd-init.")
 @click.option("--preset", type=click.Choice(list(PIPELINE_PRESETS)), default=default_of(SweepConfig, "preset"),
               show_default=True, help="Pipeline preset; its settings make every stage.")
 @click.option("--num-demos", type=click.IntRange(min=1), default=default_of(SweepConfig, "num_demos"),

@@ -70,6 +70,9 @@ METHODS: dict[str, Method] = {
                     description="IQ-MPC: the world model's critic trained by the inverse soft-Q objective (Li et al. 2024)"),
     "bc": Method({"reward": "cdred", "method": "bc", "plan": False},
                  description="BC: encoder and policy prior fit to the demos' actions, no env interaction"),
+    "cdred-plan": Method({"reward": "cdred", "method": "cdred", "plan": True},
+                         description="CDRED acting with MPPI on the CDRED reward (Eq. 17) while it trains and "
+                                     "when it is evaluated, whatever the preset's acting"),
     "cdred-rnd-init": Method({"reward": "cdred", "method": "cdred", "reward_init": "rnd"},
                              description="CDRED with the reward model at RND's init scales instead of the "
                                          "released code's (an init ablation)"),
@@ -605,9 +608,9 @@ def write_outputs(cfg: SweepConfig, store: ArtifactStore, demos: Mapping[str, Ar
 
 def format_table(result: SweepResult) -> str:
     """The compact table printed at the end of ``cdred sweep``: final success and return means."""
-    lines = [f"{'task':<28} {'method':<10} {'seeds':>5} {'success':>8} {'return':>10}"]
+    lines = [f"{'task':<28} {'method':<14} {'seeds':>5} {'success':>8} {'return':>10}"]
     for e in result.table:
         succ = "-" if e["success"] is None else f"{e['success'][0]:.2f}"
         ret = "-" if e["return"] is None else f"{e['return'][0]:.2f}"
-        lines.append(f"{e['task']:<28} {e['method']:<10} {e['seeds']:>5} {succ:>8} {ret:>10}")
+        lines.append(f"{e['task']:<28} {e['method']:<14} {e['seeds']:>5} {succ:>8} {ret:>10}")
     return "\n".join(lines)
