@@ -848,8 +848,9 @@ def _imitate_default(name: str) -> Any:
               help="Stop the predictor loss's gradient into the latent (encoder and dynamics); the paper's "
                    "code lets it flow.")
 @click.option("--reward-init", type=INIT_CHOICES, default=_imitate_default("reward_init"), show_default=True,
-              help="Scales of the reward model's targets and predictors: the released code's, or RND's "
-                   "(every target layer orthogonal, gain sqrt 2; predictors at nn.Linear's default).")
+              help="Scales of the reward model's targets and predictors: the released code's, or rnd: targets "
+                   "drawn as RND draws them (every layer orthogonal, gain sqrt 2), predictors at nn.Linear's "
+                   "default.")
 @click.option("--num-demos", type=POSITIVE, default=_imitate_default("num_demos"),
               help="Use only the first N expert episodes.")
 @click.option("--tremble", type=float, default=_imitate_default("tremble"), show_default=True,

@@ -58,7 +58,7 @@ class ImitateConfig:
     zeta: float | None = None   # None: the reward preset's (paper 0.8)
     alpha: float | None = None  # None: the reward preset's (paper 0.9)
     detach_reward_input: bool = False  # stop the predictor loss's gradient into the latent (paper code: flows)
-    reward_init: str = "released"      # the reward model's init scales: the released code's, or RND's ("rnd")
+    reward_init: str = "released"      # the reward model's init: the released code's scales, or "rnd" (CDREDConfig.init)
     num_demos: int | None = None
     tremble: float = 0.0
     seed: int = 0

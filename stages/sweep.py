@@ -74,8 +74,8 @@ METHODS: dict[str, Method] = {
                          description="CDRED acting with MPPI on the CDRED reward (Eq. 17) while it trains and "
                                      "when it is evaluated, whatever the preset's acting"),
     "cdred-rnd-init": Method({"reward": "cdred", "method": "cdred", "reward_init": "rnd"},
-                             description="CDRED with the reward model at RND's init scales instead of the "
-                                         "released code's (an init ablation)"),
+                             description="CDRED with the targets drawn as RND draws them (orthogonal, gain "
+                                         "sqrt 2) and default-init predictors (an init ablation)"),
 }
 
 
@@ -499,7 +499,8 @@ def _failure_lines(failed: list[dict[str, Any]]) -> list[str]:
 # ------------------------------------------------------------------------------------------ figures
 def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]], scores: Mapping[str, Any]) -> None:
     """Mean over seeds (min-max band) of success (Meta-World) or return against env steps, per method, with
-    the expert's level dashed and the random policy's dotted."""
+    the expert's level dashed and the random policy's dotted. BC never steps the env: its points sit where
+    an online run has made as many updates (cdred_pipeline/agent/bc.py), and its label says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -509,7 +510,9 @@ def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]
     ref_key = "success_rate" if col == "success" else "return_mean"
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in cfg.methods:
-        _plot_method(ax, m, [r for r in rows if r["task"] == task and r["method"] == m and r["point"] == "curve"], col)
+        label = f"{m} (offline: at an online run's updates)" if method_spec(m).imitate.get("method") == "bc" else m
+        _plot_method(ax, label, [r for r in rows if r["task"] == task and r["method"] == m and r["point"] == "curve"],
+                     col)
     for name, style in (("expert", "--"), ("random", ":")):
         level = (scores.get(name) or {}).get(ref_key)
         if level is not None:
@@ -524,7 +527,7 @@ def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]
     plt.close(fig)
 
 
-def _plot_method(ax: Any, method: str, rows: list[dict[str, Any]], col: str) -> None:
+def _plot_method(ax: Any, label: str, rows: list[dict[str, Any]], col: str) -> None:
     """One method's mean line and min-max band over seeds."""
     steps = sorted({r["env_steps"] for r in rows})
     vals = [[r[col] for r in rows if r["env_steps"] == s and r[col] is not None] for s in steps]
@@ -532,7 +535,7 @@ def _plot_method(ax: Any, method: str, rows: list[dict[str, Any]], col: str) -> 
     if not pts:
         return
     x = [s for s, _ in pts]
-    line, = ax.plot(x, [np.mean(v) for _, v in pts], marker="o", label=method)
+    line, = ax.plot(x, [np.mean(v) for _, v in pts], marker="o", label=label)
     ax.fill_between(x, [min(v) for _, v in pts], [max(v) for _, v in pts], color=line.get_color(), alpha=0.2)
 
 

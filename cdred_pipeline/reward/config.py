@@ -42,9 +42,9 @@ class CDREDConfig:
             init "released" only).
         init: the scales the targets and predictors are drawn at. "released" (the authors' released code):
             target hidden layers orthogonal with gain ``target_gain``, the last target layer at nn.Linear's
-            default, predictors trunc-normal(0.02) with zero bias. "rnd" (RND's own init, Burda et al.
-            2019): every target layer orthogonal with gain sqrt 2 and zero bias, predictors at nn.Linear's
-            default.
+            default, predictors trunc-normal(0.02) with zero bias. "rnd": the targets drawn as RND
+            draws its target (Burda et al. 2019): every layer orthogonal with gain sqrt 2 and zero bias; the
+            predictors at nn.Linear's default.
         detach_input: stop the predictor loss's gradient into the latent x (encoder, dynamics). The
             released code lets it flow (False); the targets are always evaluated without gradient.
     """
