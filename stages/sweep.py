@@ -508,10 +508,10 @@ def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]
 
     col, label = ("success", "success rate") if is_metaworld(task) else ("return", "episode return")
     ref_key = "success_rate" if col == "success" else "return_mean"
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for m in cfg.methods:
-        label = f"{m} (offline: at an online run's updates)" if method_spec(m).imitate.get("method") == "bc" else m
-        _plot_method(ax, label, [r for r in rows if r["task"] == task and r["method"] == m and r["point"] == "curve"],
+        line_label = f"{m} (offline: at an online run's updates)" if method_spec(m).imitate.get("method") == "bc" else m
+        _plot_method(ax, line_label, [r for r in rows if r["task"] == task and r["method"] == m and r["point"] == "curve"],
                      col)
     for name, style in (("expert", "--"), ("random", ":")):
         level = (scores.get(name) or {}).get(ref_key)
@@ -521,7 +521,7 @@ def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]
     ax.set_ylabel(label)
     ax.set_title(f"{task}: mean over seeds, band min-max (sweep {cfg.name})", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not over them
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
