@@ -205,7 +205,7 @@ def test_bad_config_is_a_usage_error(kw, words):
 def test_cli_unknown_method_is_one_line_before_anything_runs(tmp_path):
     res = run_cli(tmp_path / "wd", "sweep", "--tasks", TASKS[0], "--methods", "cdred,gail", "--preset", "smoke")
     assert res.returncode == 2
-    assert one_line_error(res) == "error: --methods 'gail': choose from cdred, red, iqmpc, bc"
+    assert one_line_error(res) == "error: --methods 'gail': choose from cdred, red, iqmpc, bc, cdred-plan, cdred-rnd-init"
     assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
 
 
