@@ -654,9 +654,9 @@ _COMPILE_HELP = ("Run the agent's losses as torch.compile kernels (default: the 
                  "compiler is installed, ~1.6x the updates/s on CPU, results equal to eager within float rounding). "
                  "Not part of the cache key, like --device.")
 _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and random-baseline episodes), one "
-                  "batched policy call per step (MPPI: one plan per env, envs still step together; scripted: per "
-                  "env). Does not change the data: episode i has the same seed, actions and states whatever N (the "
-                  "policy prior acts on batches padded to 8 rows), so N is not part of the cache key.")
+                  "policy call per step (the policy prior and MPPI act per env, so that no row depends on the "
+                  "others; scripted: per env). Does not change the data: episode i has the same seed, actions and "
+                  "states whatever N, so N is not part of the cache key.")
 
 
 @main.command("collect-experts", cls=StageCommand)

@@ -8,7 +8,7 @@ episode records is the business of its :class:`EpisodeRecorder`.
 ```python
 results = run_eval_episodes([env], agent, seeds)                        # evaluation, (result, frames) per episode
 eps = run_trajectories(envs, seeds, random_act(seed, action_dim))       # obs (T+1, ...), action, reward, ...
-eps = run_trajectories(envs, seeds, agent_act(agent, pad_rows=8), record_state=True)
+eps = run_trajectories(envs, seeds, agent_act(agent, per_row=True), record_state=True)
 with single_thread(agent.device):                                       # batched CPU inference on one thread
     ...
 ```
@@ -128,7 +128,7 @@ def run_vector_episodes(envs: Sequence[Any], seeds: Sequence[int], act: BatchAct
     return results
 
 
-def agent_act(agent: Any, *, pad_rows: int = 1, generator_seed: Callable[[int], int] | None = None) -> BatchAct:
+def agent_act(agent: Any, *, per_row: bool = False, generator_seed: Callable[[int], int] | None = None) -> BatchAct:
     """The ``act`` of a TD-MPC2 agent in eval mode: :meth:`act_batch` with each episode's acting state
     kept in its slot. ``generator_seed(index)``: each episode draws its MPPI samples from a generator
     of its own seeded with it (rows independent of the other envs); ``None``: from the agent's own
@@ -139,7 +139,7 @@ def agent_act(agent: Any, *, pad_rows: int = 1, generator_seed: Callable[[int], 
             if "act" not in s.state:
                 seed = None if generator_seed is None or not agent.cfg.plan else generator_seed(s.index)
                 s.state["act"] = agent.new_act_state(seed)
-        return agent.act_batch(obs, [s.state["act"] for s in slots], eval_mode=True, pad_rows=pad_rows)
+        return agent.act_batch(obs, [s.state["act"] for s in slots], eval_mode=True, per_row=per_row)
 
     return act
 

@@ -37,12 +37,8 @@ from cdred_pipeline.vector import BatchAct, agent_act, random_act, run_trajector
 
 # a version changes whenever the same config would give other bytes (trainer, rollout loop, seed streams)
 EXPERT_STAGE, EXPERT_VERSION = "experts", 2
-DEMO_STAGE, DEMO_VERSION = "demos", 3
+DEMO_STAGE, DEMO_VERSION = "demos", 4
 POLICIES = ("tdmpc2", "scripted", "checkpoint")
-PAD_ROWS = 8
-"""The policy prior acts on batches padded to a multiple of this many rows, whatever --num-envs, so
-that each row's action (and so the dataset) does not depend on the number of envs (see
-:meth:`TDMPC2Agent.act_batch`)."""
 
 
 @dataclass(frozen=True)
@@ -215,8 +211,9 @@ def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[BatchAct, 
 
     * scripted (Meta-World): the stateless scripted policy, called per env (it is a Python function of
       one observation);
-    * TD-MPC2 policy prior: one forward pass for all envs (``model.encode`` + the mean of
-      ``model.pi``, paper Eq. 1-2) on a batch padded to :data:`PAD_ROWS` rows;
+    * TD-MPC2 policy prior: ``model.encode`` + the mean of ``model.pi`` (paper Eq. 1-2), one forward
+      pass per env (``per_row``), so that each episode's actions, and so the dataset, do not depend on
+      the number of envs or on the row an episode sits in;
     * TD-MPC2 MPPI (``--plan``): one plan per env (the planner takes one latent), each with its
       own warm start and its own generator seeded per episode (stream "mppi"), so episode ``i`` samples
       the same noise whatever ran before it or beside it (``slot.index`` is the episode index).
@@ -231,7 +228,7 @@ def load_expert_policy(cfg: CollectConfig, expert: Artifact) -> tuple[BatchAct, 
     agent, extra = check_expert_checkpoint(path, cfg)
     source = {"kind": "tdmpc2", "checkpoint_sha256": file_sha256(path),
               "train_env_steps": trained_env_steps(extra), "preset": extra.get("preset")}
-    act = agent_act(agent, pad_rows=PAD_ROWS, generator_seed=lambda i: derive(cfg.seed, "mppi", i))
+    act = agent_act(agent, per_row=True, generator_seed=lambda i: derive(cfg.seed, "mppi", i))
     return act, source, agent.device
 
 

@@ -365,13 +365,17 @@ def test_policy_act_modes():
         agent.act(np.ones(4, np.float32))
 
 
-def test_act_batch_prior_rows_are_bitwise_the_same_in_batches_of_1_3_8():
+def test_act_batch_prior_rows_per_row_are_bitwise_the_same_at_any_batch_size_and_place():
     agent = TDMPC2Agent(tiny(plan=False), (3,), 2, device="cpu")
     obs = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
     states = [agent.new_act_state() for _ in range(8)]
-    full = agent.act_batch(obs, states, pad_rows=8)
+    full = agent.act_batch(obs, states, per_row=True)
     for k in (1, 3, 8):
-        assert np.array_equal(agent.act_batch(obs[:k], states[:k], pad_rows=8), full[:k]), k
+        assert np.array_equal(agent.act_batch(obs[:k], states[:k], per_row=True), full[:k]), k
+    for i in range(8):  # each row alone, and the rows in reverse order: the same bits
+        assert np.array_equal(agent.act_batch(obs[i:i + 1], states[:1], per_row=True)[0], full[i]), i
+    assert np.array_equal(agent.act_batch(np.ascontiguousarray(obs[::-1]), states, per_row=True), full[::-1])
+    assert np.allclose(agent.act_batch(obs, states), full, atol=1e-6)  # one pass for all rows: up to rounding
     assert np.allclose(agent.act(obs[2], t0=True, eval_mode=True), full[2], atol=1e-6)  # one row alone, up to rounding
     with pytest.raises(ValueError, match="states"):
         agent.act_batch(obs, states[:2])

@@ -189,14 +189,13 @@ class TDMPC2Agent:
 
     @torch.no_grad()
     def act_batch(self, obs: np.ndarray, states: Sequence[ActState], eval_mode: bool = True,
-                  pad_rows: int = 1) -> np.ndarray:
+                  per_row: bool = False) -> np.ndarray:
         """Actions (K, A) for K observations of K episodes, each acting on its own :class:`ActState`.
 
         Policy prior in eval mode (paper Eq. 1-2: ``tanh(mu(z))``, ``z = h(s)``): ONE forward pass for
-        the K rows. ``pad_rows`` > 1 pads the batch with zero rows to a multiple of ``pad_rows``, so the
-        matmul shape, and with it the kernel and the rounding of every row, does not depend on K: with
-        ``pad_rows=8`` a row's action is bitwise the same in a batch of 1, 3 or 8 (collect-experts
-        relies on it). MPPI (App. B.2, Alg. 2) plans one latent at a time: one plan per row, warm-started
+        the K rows; ``per_row`` makes one pass per row instead, so that a row's action is bitwise the
+        same whatever K and whatever its place in the batch (collect-experts relies on it: CPU matmul
+        kernels can round a row differently by its position, even in a batch of fixed shape). MPPI (App. B.2, Alg. 2) plans one latent at a time: one plan per row, warm-started
         from and drawing from that row's state (rows on the agent's own generator share its draws).
         """
         if len(obs) != len(states):
@@ -204,20 +203,18 @@ class TDMPC2Agent:
         if self.cfg.plan or not eval_mode:
             rows = [self._act_one(self._obs_tensor(o), st, eval_mode) for o, st in zip(obs, states)]
             return torch.stack(rows).float().cpu().numpy()
-        return self._prior_mean_batch(obs, pad_rows)
+        return self._prior_mean_batch(obs, per_row)
 
-    def _prior_mean_batch(self, obs: np.ndarray, pad_rows: int) -> np.ndarray:
-        """``tanh(mu(encode(obs)))`` for a batch, zero-padded to a multiple of ``pad_rows`` rows."""
+    def _prior_mean_batch(self, obs: np.ndarray, per_row: bool) -> np.ndarray:
+        """``tanh(mu(encode(obs)))`` for a batch, in one pass or one pass per row."""
         x = torch.as_tensor(np.asarray(obs), device=self.device)
         if tuple(x.shape[1:]) != self.obs_shape:
             raise ValueError(f"observation shape {tuple(x.shape[1:])} does not match the agent's {self.obs_shape}")
         if not self.is_pixel:
             x = x.float()
-        rows = x.shape[0]
-        if pad_rows > 1 and rows % pad_rows:
-            x = torch.cat([x, x.new_zeros((pad_rows - rows % pad_rows, *x.shape[1:]))])
-        _, info = self.model.pi(self.model.encode(x), generator=self._batch_gen)  # the sample is not used
-        return info["mean"][:rows].float().cpu().numpy()
+        parts = x.split(1) if per_row else (x,)
+        means = [self.model.pi(self.model.encode(p), generator=self._batch_gen)[1]["mean"] for p in parts]
+        return torch.cat(means).float().cpu().numpy()  # the policy's samples are not used
 
     def _act_one(self, obs_t: Tensor, state: ActState, eval_mode: bool) -> Tensor:
         """One action (A,) for one observation (1, ...) on ``state`` (its warm start is updated)."""
