@@ -33,7 +33,7 @@ from cdred_pipeline.stages.imitate import ImitateConfig
 from cdred_pipeline.stages.package import EXPORT_FORMATS, IMPORT_FORMATS, import_
 from cdred_pipeline.stages.pipeline import EXPERT_POLICIES, PipelineConfig
 from cdred_pipeline.stages.render_visual import RenderConfig
-from cdred_pipeline.stages.sweep import SweepConfig
+from cdred_pipeline.stages.sweep import METHODS, SweepConfig
 
 logger = logging.getLogger(__name__)
 
@@ -978,7 +978,7 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 @click.option("--seeds", type=SEED_LIST, default=default_of(SweepConfig, "seeds"), show_default=True,
               help="Comma list of run seeds: one imitate + evaluate run per (task, method, seed).")
 @click.option("--methods", type=NAME_LIST, default=default_of(SweepConfig, "methods"), show_default=True,
-              help="Comma list of methods (stages/sweep.py METHODS): cdred, red, iqmpc, bc, cdred-plan, cdred-rnd-init.")
+              help=f"Comma list of methods (stages/sweep.py METHODS): {', '.join(METHODS)}.")
 @click.option("--preset", type=click.Choice(list(PIPELINE_PRESETS)), default=default_of(SweepConfig, "preset"),
               show_default=True, help="Pipeline preset; its settings make every stage.")
 @click.option("--num-demos", type=click.IntRange(min=1), default=default_of(SweepConfig, "num_demos"),

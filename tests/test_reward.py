@@ -325,6 +325,15 @@ def test_targets_identical_after_save_load():
     torch.testing.assert_close(fresh.reward(x, a), head.reward(x, a), rtol=0, atol=0)
 
 
+def _assert_orthogonal_layer(targets, i: int, gain: float) -> None:
+    """Target layer i of the first target: orthogonal with ``gain`` (W W^T or W^T W = gain^2 I on the
+    smaller side) and a zero bias."""
+    w = getattr(targets, f"w{i}")[0].T  # (out, in)
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    torch.testing.assert_close(gram, gain**2 * torch.eye(gram.shape[0], dtype=gram.dtype), atol=1e-5, rtol=0)
+    assert not getattr(targets, f"b{i}").any()
+
+
 def test_targets_seeded_and_independent_of_global_rng():
     h1 = _head(seed=5, torch_seed=0)
     h2 = _head(seed=5, torch_seed=99)
@@ -344,11 +353,7 @@ def test_targets_seeded_and_independent_of_global_rng():
     assert torch.equal(torch.get_rng_state(), before)  # building a head leaves the global RNG alone
     # the released code's scales: hidden target layers orthogonal with gain 1 (orthonormal rows), zero bias
     for i in range(h1.targets.num_layers - 1):
-        w = getattr(h1.targets, f"w{i}")[0].T  # (out, in)
-        rows_orthonormal = w.shape[0] <= w.shape[1]
-        gram = w @ w.T if rows_orthonormal else w.T @ w
-        torch.testing.assert_close(gram, torch.eye(gram.shape[0], dtype=gram.dtype), atol=1e-5, rtol=0)
-        assert not getattr(h1.targets, f"b{i}").any()
+        _assert_orthogonal_layer(h1.targets, i, gain=1.0)
     # ... the last target layer at nn.Linear's default: weights and bias uniform in +-1/sqrt(fan_in)
     last = h1.targets.num_layers - 1
     w, b = getattr(h1.targets, f"w{last}"), getattr(h1.targets, f"b{last}")
@@ -367,10 +372,7 @@ def test_rnd_init_scales():
     default (uniform in +-1/sqrt(fan_in), non-zero biases); the released init stays the default."""
     head = CDREDRewardHead(6, 2, CDREDConfig.preset("tiny", init="rnd"))
     for i in range(head.targets.num_layers):
-        w = getattr(head.targets, f"w{i}")[0].T  # (out, in)
-        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
-        torch.testing.assert_close(gram, 2 * torch.eye(gram.shape[0], dtype=gram.dtype), atol=1e-5, rtol=0)
-        assert not getattr(head.targets, f"b{i}").any()
+        _assert_orthogonal_layer(head.targets, i, gain=2**0.5)
     for net in (head.expert_predictor, head.behavioral_predictor):
         for m in (m for m in net.modules() if isinstance(m, torch.nn.Linear)):
             bound = 1 / m.weight.shape[1] ** 0.5

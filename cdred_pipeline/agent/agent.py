@@ -195,8 +195,9 @@ class TDMPC2Agent:
         Policy prior in eval mode (paper Eq. 1-2: ``tanh(mu(z))``, ``z = h(s)``): ONE forward pass for
         the K rows; ``per_row`` makes one pass per row instead, so that a row's action is bitwise the
         same whatever K and whatever its place in the batch (collect-experts relies on it: CPU matmul
-        kernels can round a row differently by its position, even in a batch of fixed shape). MPPI (App. B.2, Alg. 2) plans one latent at a time: one plan per row, warm-started
-        from and drawing from that row's state (rows on the agent's own generator share its draws).
+        kernels can round a row differently by its position, even in a batch of fixed shape). MPPI
+        (App. B.2, Alg. 2) plans one latent at a time: one plan per row, warm-started from and drawing
+        from that row's state (rows on the agent's own generator share its draws).
         """
         if len(obs) != len(states):
             raise ValueError(f"act_batch got {len(obs)} observations but {len(states)} states")
