@@ -1027,5 +1027,25 @@ def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, repo
         raise CdredError(f"{result.failures} of {result.runs} runs failed; see {result.summary}")
 
 
+@main.command("sweep-merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the merged results.csv, summary.md and figures/.")
+@click.option("--name", default=None, help="Title of the merged summary (default: the --out folder's name).")
+def sweep_merge(sources: tuple[Path, ...], out: Path, name: str | None) -> None:
+    """One table from several sweeps: SOURCES are sweep folders (or their results.csv).
+
+    Runs of a grid made in parts (other tasks, methods or seeds, other work dirs or machines) are merged by
+    (task, method, seed) into one results.csv, summary.md (final evaluation over seeds, IQM across tasks)
+    and one figure per task. The same run in two sources must be the same artifacts.
+    """
+    from cdred_pipeline.stages import sweep, sweep_merge as stage
+
+    result = stage.merge(sources, out, name=name)
+    click.echo(f"results: {result.csv}\nsummary: {result.summary}\nfigures: {result.folder / 'figures'} "
+               f"({len(result.figures)})\n")
+    click.echo(sweep.format_table(result))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

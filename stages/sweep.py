@@ -28,7 +28,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,14 +413,14 @@ def is_metaworld(task: str) -> bool:
     return task.startswith("mw:")
 
 
-def method_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def method_table(tasks: Sequence[str], methods: Sequence[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per task and method: the finished seeds and the mean and 95% bootstrap CI (over seeds) of the final
     success, return and normalised score."""
     from cdred_pipeline.stages.evaluate import bootstrap_ci
 
     out = []
-    for task in cfg.tasks:
-        for m in cfg.methods:
+    for task in tasks:
+        for m in methods:
             finals = [r for r in rows if r["point"] == "final" and r["task"] == task and r["method"] == m]
             entry: dict[str, Any] = {"task": task, "method": m, "seeds": len(finals)}
             for col in ("success", "return", "normalized_score"):
@@ -430,18 +430,20 @@ def method_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-def aggregates(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[tuple[str, str, tuple[float, float, float] | None]]:
-    """(method, metric, (IQM, CI low, CI high)) across tasks: the final normalised score over every task and
-    the final success over the Meta-World tasks (None without values)."""
+def aggregates(tasks: Sequence[str], methods: Sequence[str],
+               rows: list[dict[str, Any]]) -> list[tuple[str, str, tuple[float, float, float] | None, int, int]]:
+    """(method, metric, (IQM, CI low, CI high), tasks with a value, tasks) across tasks: the final normalised
+    score over every task and the final success over the Meta-World tasks (None without values)."""
     out = []
-    for m in cfg.methods:
-        for metric, col, tasks in (("normalised score", "normalized_score", cfg.tasks),
-                                   ("success (Meta-World)", "success", [t for t in cfg.tasks if is_metaworld(t)])):
-            if not tasks:
+    for m in methods:
+        for metric, col, over in (("normalised score", "normalized_score", tasks),
+                                  ("success (Meta-World)", "success", [t for t in tasks if is_metaworld(t)])):
+            if not over:
                 continue
             per_task = [np.array([r[col] for r in rows if r["point"] == "final" and r["task"] == t
-                                  and r["method"] == m and r[col] is not None]) for t in tasks]
-            out.append((m, metric, iqm_ci(per_task) if any(len(v) for v in per_task) else None))
+                                  and r["method"] == m and r[col] is not None]) for t in over]
+            have = sum(bool(len(v)) for v in per_task)
+            out.append((m, metric, iqm_ci(per_task) if have else None, have, len(over)))
     return out
 
 
@@ -472,18 +474,25 @@ def summary_text(cfg: SweepConfig, workdir: str, demos: Mapping[str, Artifact], 
     for task in cfg.tasks:
         sc = demos[task].manifest.get("scores", {}) if task in demos else {}
         lines.append(f"| {task} | {_score_cells(sc, 'expert')} | {_score_cells(sc, 'random')} |")
-    lines += ["", "## Final evaluation (mean [95% bootstrap CI] over seeds)", "",
-              "| task | method | seeds | success | return | normalised score |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for e in method_table(cfg, rows):
+    lines += [""] + results_lines(cfg.tasks, cfg.methods, rows) + _failure_lines(failed)
+    return "\n".join(lines) + "\n"
+
+
+def results_lines(tasks: Sequence[str], methods: Sequence[str], rows: list[dict[str, Any]]) -> list[str]:
+    """The summary's results: per task and method the final evaluation over seeds, then the IQMs across
+    tasks (shared by ``cdred sweep`` and ``cdred sweep-merge``)."""
+    lines = ["## Final evaluation (mean [95% bootstrap CI] over seeds)", "",
+             "| task | method | seeds | success | return | normalised score |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for e in method_table(tasks, methods, rows):
         lines.append(f"| {e['task']} | {e['method']} | {e['seeds']} | {_ci(e['success'])} | {_ci(e['return'])} | "
                      f"{_ci(e['normalized_score'], '.1f')} |")
     lines += ["", "## Across tasks: interquartile mean (IQM) [stratified-bootstrap 95% CI]", ""]
-    lines += [f"- IQM {metric} of {m}: {_ci(v, '.2f')}" for m, metric, v in aggregates(cfg, rows)]
+    lines += [f"- IQM {metric} of {m}: {_ci(v, '.2f')}" + (f" (over {have} of {n} tasks)" if 0 < have < n else "")
+              for m, metric, v, have, n in aggregates(tasks, methods, rows)]
     lines += ["", f"IQM: the 25% trimmed mean over all runs x tasks; CI: {IQM_BOOTSTRAP_REPS} stratified-bootstrap "
               "replicates (the runs of each task resampled), percentile interval; computed with cdred's own numpy "
               "implementation of rliable's `aggregate_iqm` and `StratifiedBootstrap`.", ""]
-    lines += _failure_lines(failed)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _failure_lines(failed: list[dict[str, Any]]) -> list[str]:
@@ -497,9 +506,11 @@ def _failure_lines(failed: list[dict[str, Any]]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ figures
-def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]], scores: Mapping[str, Any]) -> None:
+def plot_task(path: Path, task: str, methods: Sequence[str], rows: list[dict[str, Any]], scores: Mapping[str, Any],
+              source: str) -> None:
     """Mean over seeds (min-max band) of success (Meta-World) or return against env steps, per method, with
-    the expert's level dashed and the random policy's dotted. BC never steps the env: its points sit where
+    the expert's level dashed and the random policy's dotted (when ``scores`` has them); ``source`` names
+    the sweep in the title. BC never steps the env: its points sit where
     an online run has made as many updates (cdred_pipeline/agent/bc.py), and its label says so."""
     import matplotlib
 
@@ -509,8 +520,9 @@ def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]
     col, label = ("success", "success rate") if is_metaworld(task) else ("return", "episode return")
     ref_key = "success_rate" if col == "success" else "return_mean"
     fig, ax = plt.subplots(figsize=(8, 4))
-    for m in cfg.methods:
-        line_label = f"{m} (offline: at an online run's updates)" if method_spec(m).imitate.get("method") == "bc" else m
+    for m in methods:
+        offline = m in METHODS and METHODS[m].imitate.get("method") == "bc"
+        line_label = f"{m} (offline: at an online run's updates)" if offline else m
         _plot_method(ax, line_label, [r for r in rows if r["task"] == task and r["method"] == m and r["point"] == "curve"],
                      col)
     for name, style in (("expert", "--"), ("random", ":")):
@@ -519,7 +531,7 @@ def plot_task(path: Path, cfg: SweepConfig, task: str, rows: list[dict[str, Any]
             ax.axhline(float(level), color="black" if name == "expert" else "grey", linestyle=style, label=name)
     ax.set_xlabel("env steps")
     ax.set_ylabel(label)
-    ax.set_title(f"{task}: mean over seeds, band min-max (sweep {cfg.name})", fontsize=10)
+    ax.set_title(f"{task}: mean over seeds, band min-max ({source})", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not over them
     fig.tight_layout()
@@ -603,10 +615,10 @@ def write_outputs(cfg: SweepConfig, store: ArtifactStore, demos: Mapping[str, Ar
     for task in cfg.tasks:
         figures.append(folder / "figures" / figure_name(task))
         scores = demos[task].manifest.get("scores", {}) if task in demos else {}
-        plot_task(figures[-1], cfg, task, rows, scores)
+        plot_task(figures[-1], task, cfg.methods, rows, scores, f"sweep {cfg.name}")
     write_text_atomic(summary_path, summary_text(cfg, str(store.root), demos, rows, failed, runs))
     return SweepResult(folder=folder, csv=csv_path, summary=summary_path, figures=figures,
-                       table=method_table(cfg, rows), failed=failed, runs=runs)
+                       table=method_table(cfg.tasks, cfg.methods, rows), failed=failed, runs=runs)
 
 
 def format_table(result: SweepResult) -> str:

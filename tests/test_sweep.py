@@ -139,6 +139,79 @@ def test_report_only_writes_the_finished_runs_and_starts_none(full):
     assert "## Failed runs\n\nNone." in text and "4 of 12 runs are not made yet" in res.stdout
 
 
+# ------------------------------------------------------------------------------ sweep-merge
+def _split_by_method(full_root: Path, dest: Path) -> list[Path]:
+    """The full sweep's results.csv cut into one sweep folder per method (a grid made in two parts)."""
+    header, *lines = (full_root / "sweeps" / "sweep" / "results.csv").read_text().splitlines(keepends=True)
+    parts = []
+    for method in ("red", "cdred"):
+        folder = dest / method
+        folder.mkdir(parents=True)
+        (folder / "results.csv").write_text(header + "".join(ln for ln in lines if ln.split(",")[1] == method))
+        parts.append(folder)
+    return parts
+
+
+def _section(text: str, start: str, end: str) -> str:
+    return text.split(start)[1].split(end)[0]
+
+
+def test_sweep_merge_of_a_grid_made_in_parts_equals_the_whole_sweep(full, tmp_path):
+    """Two sweeps of one method each merge into the whole sweep's CSV byte for byte and its results table and
+    IQMs; a run found in two sources as the same artifacts is taken once."""
+    whole = full["root"] / "sweeps" / "sweep"
+    parts = _split_by_method(full["root"], tmp_path / "parts")
+    res = run_cli(tmp_path / "unused", "sweep-merge", *map(str, parts), str(whole), "--out", str(tmp_path / "merged"))
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "merged"
+    assert (out / "results.csv").read_bytes() == (whole / "results.csv").read_bytes()
+    text, ref = (out / "summary.md").read_text(), (whole / "summary.md").read_text()
+    assert _section(text, "## Final evaluation", "## Across") == _section(ref, "## Final evaluation", "## Across")
+    assert _section(text, "## Across", "IQM: the") == _section(ref, "## Across", "IQM: the")
+    assert f"- `{parts[0] / 'results.csv'}`: 4 runs; tasks {', '.join(TASKS)}; methods red" in text
+    assert "8 runs; env steps at the final evaluation: " in text
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["dmc_cartpole-balance.png", "mw_reach-wall.png"]
+    assert all((out / "figures" / p).read_bytes()[:8] == PNG_HEADER for p in os.listdir(out / "figures"))
+    assert any(ln.split()[:3] == [TASKS[0], "cdred", "2"] for ln in res.stdout.splitlines()), res.stdout
+
+
+def test_sweep_merge_says_when_a_method_lacks_tasks(full, tmp_path):
+    """A method run on one of two tasks: its IQM says over how many tasks it is taken."""
+    whole = full["root"] / "sweeps" / "sweep" / "results.csv"
+    header, *lines = whole.read_text().splitlines(keepends=True)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.csv").write_text(header + "".join(
+        ln for ln in lines if ln.split(",")[1] == "cdred" or ln.startswith(TASKS[1] + ",")))
+    res = run_cli(tmp_path / "unused", "sweep-merge", str(tmp_path / "a"), "--out", str(tmp_path / "m"))
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "m" / "summary.md").read_text()
+    assert "- IQM normalised score of red: " in text and "(over 1 of 2 tasks)" in text.split("of red: ")[1].splitlines()[0]
+    assert "(over" not in text.split("of cdred: ")[1].splitlines()[0]
+    assert f"| {TASKS[0]} | red | 0 | n/a | n/a | n/a |" in text
+
+
+def test_sweep_merge_bad_input_is_one_line(full, tmp_path):
+    """A different run under the same (task, method, seed), a foreign CSV, a missing source and --out onto a
+    source: exit 2, one line, and no output folder."""
+    whole = full["root"] / "sweeps" / "sweep"
+    other = tmp_path / "other"
+    other.mkdir()
+    header, first, *rest = (whole / "results.csv").read_text().splitlines(keepends=True)
+    key = first.split(",")[10]
+    (other / "results.csv").write_text(header + first.replace(key, "0" * len(key)) + "".join(rest))
+    task, method, seed = first.split(",")[:3]
+    (tmp_path / "foreign.csv").write_text("a,b\n1,2\n")
+    cases = [((str(whole), str(other)), f"{task} {method} seed {seed} is a different run in"),
+             ((str(tmp_path / "foreign.csv"),), "is not a cdred sweep results.csv: its columns are a,b"),
+             ((str(tmp_path / "nowhere"),), "nowhere not found: give a sweep folder"),
+             ((str(whole),), "is a source of the merge")]
+    for sources, words in cases:
+        out = whole if words == "is a source of the merge" else tmp_path / "out"
+        res = run_cli(tmp_path / "unused", "sweep-merge", *sources, "--out", str(out))
+        assert res.returncode == 2 and words in one_line_error(res), (sources, res.stderr)
+        assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------ killed and rerun
 def test_killed_sweep_resumes_with_the_same_results(full, tmp_path):
     root = tmp_path / "wd"
