@@ -990,6 +990,9 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
                    "preset's).")
 @click.option("--expert-seed", type=SEED, default=default_of(SweepConfig, "expert_seed"), show_default=True,
               help="Seed of each task's expert and demos (shared by every method and seed).")
+@click.option("--expert-env-steps", type=click.IntRange(min=1), default=default_of(SweepConfig, "expert_env_steps"),
+              help="Env steps of each TD-MPC2 expert's training (default: the preset's; Meta-World's scripted "
+                   "experts do not train).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Runs in this many local processes (or Ray CPUs with --ray-address local).")
 @click.option("--ray-address", default=None,

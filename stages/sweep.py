@@ -104,6 +104,7 @@ class SweepConfig:
     preset: str = "quickstart"
     num_demos: int | None = None      # demo episodes collected and used
     env_steps: int | None = None      # imitation env steps per run
+    expert_env_steps: int | None = None  # env steps of each trained (TD-MPC2) expert
     eval_episodes: int | None = None  # episodes of the final evaluation
     expert_seed: int = 0              # the seed of every task's expert and demos
     device: str = "auto"
@@ -126,7 +127,7 @@ class SweepConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"--seeds needs distinct integers, got {list(self.seeds)}")
         for opt, v in (("--num-demos", self.num_demos), ("--env-steps", self.env_steps),
-                       ("--eval-episodes", self.eval_episodes)):
+                       ("--expert-env-steps", self.expert_env_steps), ("--eval-episodes", self.eval_episodes)):
             if v is not None and v < 1:
                 raise UsageError(f"{opt} must be >= 1, got {v}")
         if not _NAME.match(self.name):
@@ -140,6 +141,8 @@ class SweepConfig:
             out.update(episodes=self.num_demos, num_demos=self.num_demos)
         if self.env_steps is not None:
             out["imitate_env_steps"] = self.env_steps
+        if self.expert_env_steps is not None:
+            out["expert_env_steps"] = self.expert_env_steps
         return out
 
     @property
@@ -168,7 +171,8 @@ class SweepConfig:
                 "--seeds", ",".join(map(str, self.seeds)), "--methods", ",".join(self.methods),
                 "--preset", self.preset, "--num-demos", str(min(s["num_demos"], s["episodes"])),
                 "--env-steps", str(s["imitate_env_steps"]), "--eval-episodes", str(self.final_eval_episodes),
-                "--expert-seed", str(self.expert_seed), "--device", self.device, "--name", self.name,
+                "--expert-seed", str(self.expert_seed), "--expert-env-steps", str(s["expert_env_steps"]),
+                "--device", self.device, "--name", self.name,
                 *(a for name in self.log for a in ("--log", name))]
         return " ".join(shlex.quote(a) for a in args)
 

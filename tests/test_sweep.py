@@ -13,6 +13,7 @@ match rliable's numbers.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -101,7 +102,8 @@ def test_sweep_summary_and_printed_table(full):
     folder = root / "sweeps" / "sweep"
     text = (folder / "summary.md").read_text()
     assert f"--tasks {','.join(TASKS)} --seeds 0,1 --methods cdred,red --preset smoke --num-demos {SMOKE['num_demos']} " \
-           f"--env-steps {SMOKE['imitate_env_steps']} --eval-episodes {SMOKE['eval_episodes']} --expert-seed 0" in text
+           f"--env-steps {SMOKE['imitate_env_steps']} --eval-episodes {SMOKE['eval_episodes']} --expert-seed 0 " \
+           f"--expert-env-steps {SMOKE['expert_env_steps']}" in text
     assert "8 runs, 8 finished" in text
     for task in TASKS:
         for method in ("cdred", "red"):
@@ -269,10 +271,23 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
     ({"tasks": ("dmc:nope",)}, "unknown task id 'dmc:nope'"),
     ({"seeds": (0, 0)}, "--seeds needs distinct integers"),
     ({"name": "../x"}, "--name '../x'"),
+    ({"expert_env_steps": 0}, "--expert-env-steps must be >= 1, got 0"),
 ])
 def test_bad_config_is_a_usage_error(kw, words):
     with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
         sw.SweepConfig(**{"tasks": (TASKS[0],), **kw})
+
+
+def test_expert_env_steps_changes_the_experts_training_and_nothing_else():
+    from cdred_pipeline.stages.pipeline import collect_config, imitate_config
+
+    base, short = (sw.SweepConfig(tasks=(TASKS[0],), preset="cpu", **kw) for kw in ({}, {"expert_env_steps": 30_000}))
+    pb, ps = base.pipeline_config(TASKS[0], 0), short.pipeline_config(TASKS[0], 0)
+    assert collect_config(pb).train_env_steps == PIPELINE_PRESETS["cpu"]["expert_env_steps"]
+    assert collect_config(ps) == dataclasses.replace(collect_config(pb), train_env_steps=30_000)
+    assert imitate_config(ps) == imitate_config(pb)
+    assert "--expert-env-steps 30000 " in short.command("wd")
+    assert f"--expert-env-steps {PIPELINE_PRESETS['cpu']['expert_env_steps']} " in base.command("wd")
 
 
 def test_cli_unknown_method_is_one_line_before_anything_runs(tmp_path):
