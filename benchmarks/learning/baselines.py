@@ -10,6 +10,11 @@ normalised score, so that unstable seeds stand out. Finished runs are cached: re
 
     python benchmarks/learning/baselines.py --workdir RUNS                          # both tasks, hours
     python benchmarks/learning/baselines.py --workdir RUNS --tasks mw:reach --workers 2   # about an hour
+
+A grid too long for one sitting can be run in parts (``--seeds``, ``--methods``), each part's sweep folder
+kept, and the parts put into one table with ``cdred sweep-merge PART1 PART2 --out DIR``. The expert and
+demos are seeded, so on the same machine and software each part makes the same ones: the expert's
+return in each part's summary.md shows it.
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ SETTINGS: dict[str, tuple[str, int]] = {"mw:reach": ("quickstart", 8_000), "dmc:
 METHODS = "cdred,red,iqmpc,bc"
 
 
-def sweep(workdir: Path, task: str, seeds: str, workers: int) -> Path:
+def sweep(workdir: Path, task: str, seeds: str, methods: str, workers: int, expert_env_steps: int | None) -> Path:
     """Run (or resume) the task's sweep with the cdred CLI beside this interpreter; its output folder."""
     preset, steps = SETTINGS[task]
     name = "baselines-" + task.replace(":", "-")
     cdred = Path(sys.executable).with_name("cdred")
     cmd = [str(cdred), "--workdir", str(workdir), "--threads", "1", "sweep", "--tasks", task, "--seeds", seeds,
-           "--methods", METHODS, "--preset", preset, "--num-demos", "100", "--env-steps", str(steps),
-           "--eval-episodes", "100", "--workers", str(workers), "--name", name]
+           "--methods", methods, "--preset", preset, "--num-demos", "100", "--env-steps", str(steps),
+           "--eval-episodes", "100", "--workers", str(workers), "--name", name,
+           *(["--expert-env-steps", str(expert_env_steps)] if expert_env_steps else [])]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
     return workdir / "sweeps" / name
@@ -44,7 +50,9 @@ def print_finals(out: Path) -> None:
     with open(out / "results.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["point"] == "final"]
     print(f"{'task':22} {'method':8} {'seed':>4} {'return':>9} {'success':>8} {'score':>7}")
-    for r in sorted(rows, key=lambda r: (r["task"], METHODS.split(",").index(r["method"]), int(r["seed"]))):
+    order = METHODS.split(",")
+    rank = lambda m: order.index(m) if m in order else len(order)  # noqa: E731
+    for r in sorted(rows, key=lambda r: (r["task"], rank(r["method"]), r["method"], int(r["seed"]))):
         success = f"{float(r['success']):.2f}" if r["success"] else "-"
         print(f"{r['task']:22} {r['method']:8} {r['seed']:>4} {float(r['return']):9.1f} {success:>8} "
               f"{float(r['normalized_score']):7.1f}")
@@ -56,12 +64,15 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--tasks", default=",".join(SETTINGS), help=f"comma list from {', '.join(SETTINGS)}")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default=METHODS, help="a part of the grid (merge the parts with cdred sweep-merge)")
     ap.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each")
+    ap.add_argument("--expert-env-steps", type=int, default=None,
+                    help="TD-MPC2 experts' training length (default: the preset's, 100k env steps)")
     args = ap.parse_args()
     for task in args.tasks.split(","):
         if task not in SETTINGS:
             ap.error(f"--tasks: {task!r} is not one of {', '.join(SETTINGS)}")
-        print_finals(sweep(args.workdir, task, args.seeds, args.workers))
+        print_finals(sweep(args.workdir, task, args.seeds, args.methods, args.workers, args.expert_env_steps))
 
 
 if __name__ == "__main__":
