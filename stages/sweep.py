@@ -514,8 +514,8 @@ def plot_task(path: Path, task: str, methods: Sequence[str], rows: list[dict[str
               source: str) -> None:
     """Mean over seeds (min-max band) of success (Meta-World) or return against env steps, per method, with
     the expert's level dashed and the random policy's dotted (when ``scores`` has them); ``source`` names
-    the sweep in the title. BC never steps the env: its points sit where
-    an online run has made as many updates (cdred_pipeline/agent/bc.py), and its label says so."""
+    the sweep in the title. BC never steps the env: its points sit where an online run has made as many
+    updates (cdred_pipeline/agent/bc.py), and its label says so."""
     import matplotlib
 
     matplotlib.use("Agg")
