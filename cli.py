@@ -1021,9 +1021,7 @@ def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, repo
     store = _store(ctx)
     with executor_for(*((None, None) if report_only else (workers, ray_address))) as ex:  # nothing to run
         result = stage.run(cfg, store, executor=ex, progress=_progress(ctx), report_only=report_only)
-    click.echo(f"results: {result.csv}\nsummary: {result.summary}\nfigures: {result.folder / 'figures'} "
-               f"({len(result.figures)})\n")
-    click.echo(stage.format_table(result))
+    _echo_sweep_result(result)
     if result.missing:
         click.echo(f"\n{result.missing} of {result.runs} runs are not made yet (listed in {result.summary})")
     if result.failures:
@@ -1042,12 +1040,19 @@ def sweep_merge(sources: tuple[Path, ...], out: Path, name: str | None) -> None:
     (task, method, seed) into one results.csv, summary.md (final evaluation over seeds, IQM across tasks)
     and one figure per task. The same run in two sources must be the same artifacts.
     """
-    from cdred_pipeline.stages import sweep, sweep_merge as stage
+    from cdred_pipeline.stages import sweep_merge as stage
 
     result = stage.merge(sources, out, name=name)
+    _echo_sweep_result(result)
+
+
+def _echo_sweep_result(result: Any) -> None:
+    """Where a sweep's (or a merge's) outputs are, then its compact table."""
+    from cdred_pipeline.stages.sweep import format_table
+
     click.echo(f"results: {result.csv}\nsummary: {result.summary}\nfigures: {result.folder / 'figures'} "
                f"({len(result.figures)})\n")
-    click.echo(sweep.format_table(result))
+    click.echo(format_table(result))
 
 
 if __name__ == "__main__":  # pragma: no cover
