@@ -844,6 +844,9 @@ def _imitate_default(name: str) -> Any:
 @click.option("--alpha", type=float, default=_imitate_default("alpha"),
               help="Eq. 6 weight of the L2 term against the sqrt(1/n) estimator (default: the reward "
                    "preset's, the paper's value).")
+@click.option("--sigma", type=float, default=_imitate_default("sigma"),
+              help="Eq. 5 decay rate sigma (default: the reward preset's, the paper's 1); with g = identity it "
+                   "scales the reward.")
 @click.option("--detach-reward-input", is_flag=True, default=_imitate_default("detach_reward_input"),
               help="Stop the predictor loss's gradient into the latent (encoder and dynamics); the paper's "
                    "code lets it flow.")

@@ -13,8 +13,8 @@ by the environment (the latter is only logged, as the evaluation return).
 
 Ablations (paper Fig. 3, 9, 11): ``reward="red"`` (uncoupled, expert predictor only),
 ``reward_space="obs"`` (the model on raw observation-action pairs), ``g="exp"``; beyond the paper:
-``zeta``/``alpha`` (Eq. 5/6 weights) and ``detach_reward_input`` (the predictor loss does not train the
-encoder and dynamics through the latent).
+``zeta``/``alpha`` (Eq. 5/6 weights), ``sigma`` (Eq. 5 decay rate) and ``detach_reward_input`` (the
+predictor loss does not train the encoder and dynamics through the latent).
 
 Seeds come from named streams of ``seed`` (:mod:`cdred_pipeline.seeding`): ``expert-replay`` (expert
 buffer sampling), ``random-episodes`` and ``random-buffer`` (the random-policy data of the reward
@@ -24,6 +24,7 @@ diagnostics), and the trainer's own streams.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class ImitateConfig:
     g: str = "identity"
     zeta: float | None = None   # None: the reward preset's (paper 0.8)
     alpha: float | None = None  # None: the reward preset's (paper 0.9)
+    sigma: float | None = None  # None: the reward preset's (paper 1)
     detach_reward_input: bool = False  # stop the predictor loss's gradient into the latent (paper code: flows)
     reward_init: str = "released"      # the reward model's init: the released code's scales, or "rnd" (CDREDConfig.init)
     num_demos: int | None = None
@@ -91,6 +93,8 @@ class ImitateConfig:
         for name, w in (("--zeta", self.zeta), ("--alpha", self.alpha)):
             if w is not None and not 0.0 <= w <= 1.0:
                 raise UsageError(f"{name} must be in [0, 1], got {w}")
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0.0):
+            raise UsageError(f"--sigma must be a finite number > 0, got {self.sigma}")
         if self.reward_space == "obs" and self.obs == "rgb":
             raise UsageError("--reward-space obs needs state observations; pixel runs use the latent space")
         if self.reward_space == "obs" and self.plan:
@@ -110,6 +114,7 @@ class ImitateConfig:
             return
         cdred_only = {"--reward": self.reward != "cdred", "--reward-space": self.reward_space != "latent",
                       "--g": self.g != "identity", "--zeta": self.zeta is not None, "--alpha": self.alpha is not None,
+                      "--sigma": self.sigma is not None,
                       "--detach-reward-input": self.detach_reward_input, "--reward-init": self.reward_init != "released"}
         given = [k for k, v in cdred_only.items() if v]
         if given:
@@ -123,11 +128,11 @@ class ImitateConfig:
 
     def key_config(self) -> dict[str, Any]:
         """The config keys the artifact depends on: not the device, compile or log (they do not change the
-        results' meaning), and not an unset zeta/alpha, detach_reward_input off or the released init, which
+        results' meaning), and not an unset zeta/alpha/sigma, detach_reward_input off or the released init, which
         are the preset's and already in the key through the resolved reward-model config; the method only
         for the baselines (cdred and red are in the key as ``reward``)."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("device", "compile", "log") and not (k in ("zeta", "alpha") and v is None)
+                if k not in ("device", "compile", "log") and not (k in ("zeta", "alpha", "sigma") and v is None)
                 and not (k == "detach_reward_input" and not v) and not (k == "reward_init" and v == "released")
                 and not (k == "method" and v not in BASELINES)}
 
@@ -255,10 +260,10 @@ def agent_config(cfg: ImitateConfig, spec: Any) -> Any:
 
 
 def reward_model_config(cfg: ImitateConfig) -> Any:
-    """The CDRED reward-model preset that goes with the agent preset, with the run's mode, g and weights."""
+    """The CDRED reward-model preset that goes with the agent preset, with the run's mode, g, weights and sigma."""
     from cdred_pipeline.reward import CDREDConfig
 
-    weights = {k: v for k, v in (("zeta", cfg.zeta), ("alpha", cfg.alpha)) if v is not None}
+    weights = {k: v for k, v in (("zeta", cfg.zeta), ("alpha", cfg.alpha), ("sigma", cfg.sigma)) if v is not None}
     return CDREDConfig.preset(REWARD_PRESET_FOR.get(cfg.preset, "small"), mode=cfg.reward, g=cfg.g, seed=cfg.seed,
                               detach_input=cfg.detach_reward_input, init=cfg.reward_init, **weights)
 

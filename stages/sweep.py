@@ -76,6 +76,9 @@ METHODS: dict[str, Method] = {
     "cdred-rnd-init": Method({"reward": "cdred", "method": "cdred", "reward_init": "rnd"},
                              description="CDRED with the targets drawn as RND draws them (orthogonal, gain "
                                          "sqrt 2) and default-init predictors (an init ablation)"),
+    "cdred-sigma5": Method({"reward": "cdred", "method": "cdred", "sigma": 5.0},
+                           description="CDRED with sigma 5 in Eq. 5 and the released init: about the reward "
+                                       "scale of the RND draw without its other changes (a scale ablation)"),
 }
 
 

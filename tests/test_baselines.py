@@ -224,6 +224,8 @@ def test_bad_method_options_are_one_line_errors(data, tmp_path):
         im.ImitateConfig(method="iqmpc", zeta=0.5)
     with pytest.raises(UsageError, match="--reward-init"):
         im.ImitateConfig(method="bc", reward_init="rnd")
+    with pytest.raises(UsageError, match="--sigma"):
+        im.ImitateConfig(method="iqmpc", sigma=5.0)
     with pytest.raises(UsageError, match="--plan"):
         im.ImitateConfig(method="bc", plan=True)
 

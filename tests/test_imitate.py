@@ -129,9 +129,9 @@ def test_checkpoint_evaluates_with_the_evaluate_stage(state_run, data):
 
 # ------------------------------------------------------------------------------------- ablations
 @pytest.mark.parametrize("change", [{"reward": "red"}, {"reward_space": "obs"}, {"g": "exp"},
-                                    {"zeta": 1.0, "alpha": 0.5}, {"detach_reward_input": True},
+                                    {"zeta": 1.0, "alpha": 0.5, "sigma": 5.0}, {"detach_reward_input": True},
                                     {"reward_init": "rnd"}],
-                         ids=["red", "obs-space", "g-exp", "zeta-alpha", "detach", "rnd-init"])
+                         ids=["red", "obs-space", "g-exp", "zeta-alpha-sigma", "detach", "rnd-init"])
 def test_ablations_run(data, change):
     art = im.run(_tiny(**change), str(data["path"]), data["store"], progress=False)
     assert art.complete
@@ -144,7 +144,8 @@ def test_ablations_run(data, change):
         assert rc["mode"] == "red"
     if "g" in change:
         assert rc["g"] == "exp"
-    assert (rc["zeta"], rc["alpha"]) == (change.get("zeta", 0.8), change.get("alpha", 0.9))  # else the paper's
+    assert (rc["zeta"], rc["alpha"], rc["sigma"]) == (change.get("zeta", 0.8), change.get("alpha", 0.9),
+                                                      change.get("sigma", 1.0))  # else the paper's
     assert rc["detach_input"] == change.get("detach_reward_input", False)
     assert rc["init"] == change.get("reward_init", "released")
     x_dim = int(ck["reward_head"]["x_dim"])
@@ -200,6 +201,8 @@ def test_bad_options_are_usage_errors(data, tmp_path):
     assert res.returncode == 2 and "tremble" in _one_line_error(res)
     res = _cli(tmp_path / "wd", "imitate", str(data["path"]), "--zeta", "1.5")
     assert res.returncode == 2 and "--zeta must be in [0, 1], got 1.5" in _one_line_error(res)
+    res = _cli(tmp_path / "wd", "imitate", str(data["path"]), "--sigma", "0")
+    assert res.returncode == 2 and "--sigma must be a finite number > 0, got 0.0" in _one_line_error(res)
     assert not (tmp_path / "wd" / im.STAGE).exists()
     from cdred_pipeline.errors import UsageError
 
@@ -227,10 +230,11 @@ def test_pixel_run_on_a_rendered_dataset(data):
 
 
 def test_unset_reward_weights_stay_out_of_the_cache_key():
-    """--zeta/--alpha unset, detach off and the released init are the preset's (already in the key through
+    """--zeta/--alpha/--sigma unset, detach off and the released init are the preset's (already in the key through
     the resolved reward-model config), so they stay out of the key; set, they are keyed."""
-    assert not {"zeta", "alpha", "detach_reward_input", "reward_init"} & set(im.ImitateConfig().key_config())
+    assert not {"zeta", "alpha", "sigma", "detach_reward_input", "reward_init"} & set(im.ImitateConfig().key_config())
     assert im.ImitateConfig(zeta=1.0).key_config()["zeta"] == 1.0
+    assert im.ImitateConfig(sigma=5.0).key_config()["sigma"] == 5.0
     assert im.ImitateConfig(detach_reward_input=True).key_config()["detach_reward_input"] is True
     assert im.ImitateConfig(reward_init="rnd").key_config()["reward_init"] == "rnd"
 

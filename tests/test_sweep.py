@@ -293,7 +293,7 @@ def test_expert_env_steps_changes_the_experts_training_and_nothing_else():
 def test_cli_unknown_method_is_one_line_before_anything_runs(tmp_path):
     res = run_cli(tmp_path / "wd", "sweep", "--tasks", TASKS[0], "--methods", "cdred,gail", "--preset", "smoke")
     assert res.returncode == 2
-    assert one_line_error(res) == "error: --methods 'gail': choose from cdred, red, iqmpc, bc, cdred-plan, cdred-rnd-init"
+    assert one_line_error(res) == "error: --methods 'gail': choose from cdred, red, iqmpc, bc, cdred-plan, cdred-rnd-init, cdred-sigma5"
     assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
 
 

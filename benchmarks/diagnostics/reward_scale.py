@@ -5,10 +5,10 @@ The targets' last layer sets the scale of what the reward measures: the L2 term 
 square of the target outputs, while the sqrt(1/n) estimator of Eq. 9 is a ratio and does not. Two inits
 that differ in that layer's scale therefore give rewards of different range, much as a different
 ``sigma`` (Eq. 5) would; the columns say by how much (``alpha*L2 / b_E``: the L2 term's share of the
-expert bonus). Inputs are latents as the encoder makes them (SimNorm: a softmax over groups of 8 of
+expert bonus), and ``--sigmas 1,5`` prints each init at each sigma to compare the two directly. Inputs are latents as the encoder makes them (SimNorm: a softmax over groups of 8 of
 random logits) and uniform actions in [-1, 1].
 
-    python benchmarks/diagnostics/reward_scale.py [--presets small,paper] [--batch 4096]    # seconds
+    python benchmarks/diagnostics/reward_scale.py [--presets small,paper] [--sigmas 1,5] [--batch 4096]    # seconds
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def simnorm_latents(n: int, dim: int, group: int, gen: torch.Generator) -> torch
     return logits.softmax(dim=-1).reshape(n, dim)
 
 
-def scale_row(preset: str, init: str, batch: int, action_dim: int, seed: int) -> dict[str, float]:
-    """The reward's figures at initialisation for one agent preset and init."""
+def scale_row(preset: str, init: str, sigma: float, batch: int, action_dim: int, seed: int) -> dict[str, float]:
+    """The reward's figures at initialisation for one agent preset, init and sigma."""
     agent = AgentConfig.preset(preset)
-    cfg = CDREDConfig.preset(REWARD_PRESET_FOR[preset], init=init, seed=seed)
+    cfg = CDREDConfig.preset(REWARD_PRESET_FOR[preset], init=init, sigma=sigma, seed=seed)
     head = CDREDRewardHead(agent.latent_dim, action_dim, cfg)
     gen = torch.Generator().manual_seed(seed)
     z = simnorm_latents(batch, agent.latent_dim, agent.simnorm_dim, gen)
@@ -52,17 +52,19 @@ def scale_row(preset: str, init: str, batch: int, action_dim: int, seed: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="small,paper", help="agent presets (their reward model's sizes)")
+    ap.add_argument("--sigmas", default="1", help="comma list of Eq. 5 decay rates (the paper's: 1)")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--action-dim", type=int, default=4, help="4: Meta-World's action size")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
     cols = ("target std", "ensemble var", "L2 term", "alpha*L2 / b_E", "reward mean", "reward std")
-    print(f"{'preset':8} {'init':9} " + " ".join(f"{c:>14}" for c in cols))
+    print(f"{'preset':8} {'init':9} {'sigma':>6} " + " ".join(f"{c:>14}" for c in cols))
     for preset in args.presets.split(","):
         for init in INITS:
-            row = scale_row(preset, init, args.batch, args.action_dim, args.seed)
-            print(f"{preset:8} {init:9} " + " ".join(f"{row[c]:14.3f}" for c in cols))
+            for sigma in (float(s) for s in args.sigmas.split(",")):
+                row = scale_row(preset, init, sigma, args.batch, args.action_dim, args.seed)
+                print(f"{preset:8} {init:9} {sigma:6g} " + " ".join(f"{row[c]:14.3f}" for c in cols))
 
 
 if __name__ == "__main__":
