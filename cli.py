@@ -21,7 +21,7 @@ from typing import Any, Callable
 import click
 
 from cdred_pipeline import __version__
-from cdred_pipeline.envs import OBS_KINDS, RENDER_PROFILES, SUITES
+from cdred_pipeline.envs import OBS_KINDS, RENDER_PROFILES, SUITES, reports_success
 from cdred_pipeline.errors import EXIT_CODES, CdredError, UsageError
 from cdred_pipeline.executor import apply_threads
 from cdred_pipeline.os_errors import as_user_error
@@ -938,7 +938,7 @@ def evaluate(ctx: click.Context, agent: str, force: bool, scores_from: str | Non
     started = time.time()
     with executor_for(workers, ray_address) as ex:
         art = stage.run(cfg, agent, store, force=force, progress=_progress(ctx), scores=scores, executor=ex)
-    click.echo(stage.format_table(art.manifest["aggregates"]))
+    click.echo(stage.format_table(art.manifest["aggregates"], success=reports_success(art.manifest["task"])))
     click.echo(f"report: {art.path / 'report.json'}\nplot:   {art.path / 'tremble.png'}")
     videos = sorted((art.path / "videos").glob("*.mp4"))
     if videos:

@@ -179,18 +179,19 @@ def return_axis_limits(aggs: list[dict[str, Any]], levels: dict[str, float]) -> 
     return lo if lo == 0.0 else lo - pad, hi + pad
 
 
-def _plot(path: Path, aggs: list[dict[str, Any]], scores: dict[str, Any], title: str) -> None:
+def _plot(path: Path, aggs: list[dict[str, Any]], scores: dict[str, Any], title: str, success: bool) -> None:
     """tremble.png: :func:`tremble_figure` saved atomically."""
     import matplotlib.pyplot as plt
 
-    fig = tremble_figure(aggs, scores, title)
+    fig = tremble_figure(aggs, scores, title, success=success)
     save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
 
 
-def tremble_figure(aggs: list[dict[str, Any]], scores: dict[str, Any], title: str) -> Any:
+def tremble_figure(aggs: list[dict[str, Any]], scores: dict[str, Any], title: str, success: bool = True) -> Any:
     """Return (mean, error bars: one std over the episodes of each p) and success against p, with the
-    expert and random returns as reference lines and the episode count in the title and legends."""
+    expert and random returns as reference lines and the episode count in the title and legends; without
+    ``success`` (a task with no success flag, see ``envs.reports_success``) the return panel alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +201,8 @@ def tremble_figure(aggs: list[dict[str, Any]], scores: dict[str, Any], title: st
     counts = sorted({a["episodes"] for a in aggs})
     n = "/".join(str(c) for c in counts)
     levels = _score_levels(scores)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2 if success else 1, figsize=(10 if success else 5.5, 4), squeeze=False)
+    ax1 = axes[0, 0]
     ax1.errorbar(ps, [a["return_mean"] for a in aggs], yerr=[a["return_std"] for a in aggs], marker="o", capsize=3,
                  label=f"agent: mean ± 1 std over {n} episodes")
     for name, style in (("expert", "--"), ("random", ":")):
@@ -210,11 +212,13 @@ def tremble_figure(aggs: list[dict[str, Any]], scores: dict[str, Any], title: st
     ax1.set_xlabel("tremble probability p")
     ax1.set_ylabel("episode return")
     ax1.legend(fontsize=7, loc="best")
-    ax2.plot(ps, [a["success_rate"] for a in aggs], marker="o", label=f"fraction of {n} episodes")
-    ax2.set_xlabel("tremble probability p")
-    ax2.set_ylabel("success rate (any step)")
-    ax2.set_ylim(-0.05, 1.05)
-    ax2.legend(fontsize=7, loc="best")
+    if success:
+        ax2 = axes[0, 1]
+        ax2.plot(ps, [a["success_rate"] for a in aggs], marker="o", label=f"fraction of {n} episodes")
+        ax2.set_xlabel("tremble probability p")
+        ax2.set_ylabel("success rate (any step)")
+        ax2.set_ylim(-0.05, 1.05)
+        ax2.legend(fontsize=7, loc="best")
     fig.suptitle(f"{title} ({n} episodes per p)")
     fig.tight_layout()
     return fig
@@ -415,7 +419,11 @@ def _write_report(folder: Path, t: _Target, config: dict[str, Any], rows: list[d
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    _plot(folder / "tremble.png", aggs, t.scores, f"{t.task}: return and success under tremble")
+    from cdred_pipeline.envs import reports_success
+
+    success = reports_success(t.task)
+    _plot(folder / "tremble.png", aggs, t.scores,
+          f"{t.task}: return {'and success ' if success else ''}under tremble", success)
 
 
 def run(cfg: EvalConfig, agent: str, store: ArtifactStore, *, force: bool = False, progress: bool = True,
@@ -469,13 +477,14 @@ def _check_obs_shape(ckpt: Path, agent: Any, env: Any) -> None:
                               "(a pixel agent on a state env or the reverse); evaluate with the agent's own obs kind")
 
 
-def format_table(aggs: list[dict[str, Any]]) -> str:
-    """A readable table of the aggregates, one row per p."""
+def format_table(aggs: list[dict[str, Any]], success: bool = True) -> str:
+    """A readable table of the aggregates, one row per p (success "-" for a task without a success flag)."""
     lines = [f"{'p':>5}  {'episodes':>8}  {'return mean ± std':>20}  {'seed mean [95% CI]':>28}  {'success':>7}  {'score':>6}"]
     for a in aggs:
         lo, hi = a["return_ci95"]
         score = "-" if a["normalized_score"] is None else f"{a['normalized_score']:.1f}"
         ret = f"{a['return_mean']:.2f} ± {a['return_std']:.2f}"
         seed = f"{a['return_seed_mean']:.2f} [{lo:.2f}, {hi:.2f}]"
-        lines.append(f"{a['p']:>5.2f}  {a['episodes']:>8d}  {ret:>20}  {seed:>28}  {a['success_rate']:>7.2f}  {score:>6}")
+        succ = f"{a['success_rate']:.2f}" if success else "-"
+        lines.append(f"{a['p']:>5.2f}  {a['episodes']:>8d}  {ret:>20}  {seed:>28}  {succ:>7}  {score:>6}")
     return "\n".join(lines)

@@ -306,6 +306,13 @@ def _f(value: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
+def _success(task: str, value: Any) -> float | None:
+    """A success rate as a finite float; None (an empty CSV cell) for a task without a success flag."""
+    from cdred_pipeline.envs import reports_success
+
+    return _f(value) if reports_success(task) else None
+
+
 def curve_rows(run: dict[str, Any], imit: Artifact) -> list[dict[str, Any]]:
     """The learning curve of one run: the imitate artifact's evaluation rows (metrics.jsonl)."""
     from cdred_pipeline.stages.evaluate import normalized_score
@@ -315,7 +322,8 @@ def curve_rows(run: dict[str, Any], imit: Artifact) -> list[dict[str, Any]]:
     for r in _eval_metrics(imit):
         ret = float(r["eval_return_mean"])
         rows.append({**run, "point": "curve", "env_steps": int(r["env_step"]), "return": ret,
-                     "success": _f(r.get("eval_success_rate")), "normalized_score": _f(normalized_score(ret, scores)),
+                     "success": _success(run["task"], r.get("eval_success_rate")),
+                     "normalized_score": _f(normalized_score(ret, scores)),
                      "episodes": int(r.get("eval_episodes", 0)), "wall_time_s": round(float(r.get("wall_s", 0)), 3)})
     return rows
 
@@ -335,7 +343,7 @@ def final_row(run: dict[str, Any], imit: Artifact, ev: Artifact) -> dict[str, An
     train = imit.manifest.get("train", {})
     wall = float(train.get("wall_s", 0.0)) + float(report.get("wall_s", 0.0))
     return {**run, "point": "final", "env_steps": int(train.get("env_step") or imit.manifest["headline"]["env_steps"]),
-            "return": float(agg["return_mean"]), "success": _f(agg["success_rate"]),
+            "return": float(agg["return_mean"]), "success": _success(run["task"], agg["success_rate"]),
             "normalized_score": _f(agg["normalized_score"]), "episodes": int(agg["episodes"]),
             "wall_time_s": round(wall, 3)}
 
@@ -459,10 +467,11 @@ def _ci(v: tuple[float, float, float] | None, fmt: str = ".2f") -> str:
     return "n/a" if v is None else f"{v[0]:{fmt}} [{v[1]:{fmt}}, {v[2]:{fmt}}]"
 
 
-def _score_cells(scores: Mapping[str, Any], name: str) -> str:
+def _score_cells(scores: Mapping[str, Any], name: str, task: str) -> str:
     s = scores.get(name) or {}
     ret = "-" if s.get("return_mean") is None else f"{s['return_mean']:.2f}"
-    succ = "-" if s.get("success_rate") is None else f"{s['success_rate']:.2f}"
+    success = _success(task, s.get("success_rate"))
+    succ = "-" if success is None else f"{success:.2f}"
     return f"{ret} | {succ}"
 
 
@@ -480,7 +489,7 @@ def summary_text(cfg: SweepConfig, workdir: str, demos: Mapping[str, Artifact], 
              "random success |", "| --- | ---: | ---: | ---: | ---: |"]
     for task in cfg.tasks:
         sc = demos[task].manifest.get("scores", {}) if task in demos else {}
-        lines.append(f"| {task} | {_score_cells(sc, 'expert')} | {_score_cells(sc, 'random')} |")
+        lines.append(f"| {task} | {_score_cells(sc, 'expert', task)} | {_score_cells(sc, 'random', task)} |")
     lines += [""] + results_lines(cfg.tasks, cfg.methods, rows) + _failure_lines(failed)
     return "\n".join(lines) + "\n"
 

@@ -185,10 +185,13 @@ def test_cli_sweep_writes_report_csv_plot_and_video(agents, tmp_path):
         csv_rows = list(csv.DictReader(fh))
     assert len(csv_rows) == len(rep["rows"])
     assert [float(r["return"]) for r in csv_rows] == pytest.approx([r["return"] for r in rep["rows"]])
-    assert (art / "tremble.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the printed table: a header and one line per p
+    png = (art / "tremble.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == 550  # the return panel alone: DMControl has no success flag
+    # the printed table: a header and one line per p, success "-" (no success flag), not 0.00
     assert "return mean" in res.stdout and f"key:    {art.name}" in res.stdout
-    assert sum(1 for ln in res.stdout.splitlines() if ln.strip().startswith(("0.00", "0.50"))) == 2
+    p_rows = [ln.split() for ln in res.stdout.splitlines() if ln.strip().startswith(("0.00", "0.50"))]
+    assert len(p_rows) == 2 and all(r[-2] == "-" for r in p_rows), p_rows
     videos = sorted((art / "videos").glob("*.mp4"))
     assert len(videos) == 1
     import imageio.v2 as imageio

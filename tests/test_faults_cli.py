@@ -294,6 +294,8 @@ def test_tremble_plot_labels_its_error_bars_and_does_not_zoom_on_a_drop():
     assert ax.get_ylim()[0] == 0.0  # a 3% drop is drawn as 3%, not across the whole axis
     assert "30 episodes per p" in fig.texts[0].get_text()
     plt.close(fig)
+    assert len(ev.tremble_figure(_aggs([1.0, 1.0, 1.0], 0.0, 3), scores, "t", success=False).axes) == 1
+    plt.close("all")
     lo, _ = ev.return_axis_limits(_aggs([-300.0, -350.0, -400.0], 5.0, 4), {"random": -500.0, "expert": -100.0})
     assert lo <= -500.0  # negative returns: the axis reaches the random level
 

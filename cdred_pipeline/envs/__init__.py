@@ -33,6 +33,7 @@ from cdred_pipeline.envs.spec import (
     closest_task_ids,
     default_camera,
     parse_task,
+    reports_success,
 )
 from cdred_pipeline.envs.tremble import TrembleWrapper, check_tremble
 
@@ -41,5 +42,6 @@ __all__ = [
     "CdredEnv", "DEFAULT_ACTION_REPEAT", "DEFAULT_EPISODE_LENGTH", "GYM_LISTED", "InvalidActionError",
     "MS2_TASKS", "ParsedTask", "OBS_KINDS", "RENDER_PROFILES", "SUITES", "TaskSpec", "TrembleWrapper", "all_task_ids",
     "check_gl_env", "check_gl_for_rendering", "check_tremble", "closest_task_ids", "default_camera",
-    "list_tasks", "make_env", "parse_task", "probe_dims", "scripted_policy", "suite_available", "task_available",
+    "list_tasks", "make_env", "parse_task", "probe_dims", "reports_success", "scripted_policy", "suite_available",
+    "task_available",
 ]

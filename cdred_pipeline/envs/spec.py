@@ -178,6 +178,16 @@ def _unknown(task: str, why: str = "unknown task id") -> UsageError:
     return UsageError(f"{why} {task!r}{near} (see `cdred envs` for the list)")
 
 
+#: Suites without a success notion (DMControl judges by return only): their success columns stay empty.
+SUITES_WITHOUT_SUCCESS = ("dmc",)
+
+
+def reports_success(task: str) -> bool:
+    """Whether the task's env has a success flag; a DMControl env's ``info["success"]`` is always False,
+    so a success rate of 0 there means nothing and is shown as missing, not as 0."""
+    return parse_task(task).suite not in SUITES_WITHOUT_SUCCESS
+
+
 def parse_task(task: str) -> ParsedTask:
     """Split and canonicalise a task id.
 
