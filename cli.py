@@ -729,8 +729,8 @@ def _echo_demos(ctx: click.Context, cfg: Any, art: Any) -> None:
     for name in ("expert", "random"):
         s = scores.get(name) or {}
         if s:
-            click.echo(f"  {name:<6} return {s['return_mean']:9.2f} ± {s['return_std']:.2f}   "
-                       f"success {s['success_rate']:.2f}")
+            success = f"   success {s['success_rate']:.2f}" if reports_success(cfg.task) else ""
+            click.echo(f"  {name:<6} return {s['return_mean']:9.2f} ± {s['return_std']:.2f}{success}")
     click.echo(f"key: {art.key}")
 
 
