@@ -1,12 +1,12 @@
 """CDRED against the baselines (RED, IQ-MPC, BC) through `cdred sweep`, and the final scores per method and seed.
 
 One sweep per task, because the tasks differ in length: ``mw:reach`` at the quickstart length (8k env
-steps, minutes per run) and ``dmc:cartpole-balance`` at 100k env steps with the ``cpu`` preset (about an
-hour per run on one core, after a TD-MPC2 expert of the same length). Both use the small agent, 100
-demonstrations and 3 seeds; every run ends with a 100-episode evaluation. Each sweep writes its CSV, its
-summary and one figure per task (curves with seed bands, the expert's level) under
-``RUNS/sweeps/baselines-<task>/``; this script then prints every run's final return, success and
-normalised score, so that unstable seeds stand out. Finished runs are cached: rerunning reads them back.
+steps, minutes per run) and ``dmc:cartpole-balance`` at 100k env steps with the ``cpu`` preset (about 45
+minutes per online run on one core beside another run, after a TD-MPC2 expert of the same length, about
+20 minutes). Both use the small agent, 100 demonstrations and 3 seeds; every run ends with a
+100-episode evaluation. Each sweep writes its CSV, its summary and one figure per task (curves with seed
+bands, the expert's level) under ``RUNS/sweeps/baselines-<task>/``; this script then prints every
+run's final return, success and normalised score, so that unstable seeds stand out. Finished runs are cached: rerunning reads them back.
 
     python benchmarks/learning/baselines.py --workdir RUNS                          # both tasks, hours
     python benchmarks/learning/baselines.py --workdir RUNS --tasks mw:reach --workers 2   # about an hour
