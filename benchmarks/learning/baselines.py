@@ -6,7 +6,8 @@ minutes per online run on one core beside another run, after a TD-MPC2 expert of
 20 minutes). Both use the small agent, 100 demonstrations and 3 seeds; every run ends with a
 100-episode evaluation. Each sweep writes its CSV, its summary and one figure per task (curves with seed
 bands, the expert's level) under ``RUNS/sweeps/baselines-<task>/``; this script then prints every
-run's final return, success and normalised score, so that unstable seeds stand out. Finished runs are cached: rerunning reads them back.
+run's final return, success and normalised score, so that unstable seeds stand out. Finished runs are
+cached: rerunning reads them back.
 
     python benchmarks/learning/baselines.py --workdir RUNS                          # both tasks, hours
     python benchmarks/learning/baselines.py --workdir RUNS --tasks mw:reach --workers 2   # about an hour
