@@ -56,7 +56,10 @@ def dataset_of(dataset: str | os.PathLike, store: "ArtifactStore | None" = None)
 
 def inspect(dataset: str | os.PathLike, store: "ArtifactStore | None" = None) -> dict[str, Any]:
     """Summary of a store (a path, or a demos/render-visual artifact key in ``store``, see
-    :func:`dataset_of`): counts, dims, return and success mean ± std, arrays, size and compression."""
+    :func:`dataset_of`): counts, dims, return and success mean ± std (none for DMControl, which has no success flag), arrays, size
+    and compression."""
+    from cdred_pipeline.envs import reports_success
+
     ds = open_dataset(dataset_of(dataset, store))
     storage = ds.storage()
     nbytes = sum(v["nbytes"] for v in storage.values())
@@ -76,7 +79,7 @@ def inspect(dataset: str | os.PathLike, store: "ArtifactStore | None" = None) ->
                            "min": int(lengths.min()) if len(lengths) else None,
                            "max": int(lengths.max()) if len(lengths) else None},
         "return": _mean_std(ds.returns),
-        "success": _mean_std(ds.successes),
+        "success": _mean_std(ds.successes if reports_success(ds.task) else np.zeros(0)),  # DMControl: none
         "scores": ds.attrs.get("scores", {}),
         "source": ds.attrs.get("source", {}),
         "arrays": storage,

@@ -50,6 +50,16 @@ def test_inspect_text_and_json(ds, tmp_path):
     assert "data/physics_state" in j["arrays"]
 
 
+def test_inspect_shows_no_success_rate_for_dmcontrol(tmp_path):
+    """DMControl has no success flag: the stored all-False flags are not reported as a success rate of 0."""
+    path, _ = write_random_dataset(tmp_path / "dmc.zarr", [20, 20], obs_dim=5, action_dim=1, state_dim=4,
+                                   task="dmc:cartpole-balance")
+    out = cdred("package", "inspect", str(path), cwd=tmp_path).stdout
+    assert next(ln for ln in out.splitlines() if ln.strip().startswith("success")).split() == ["success", "-"]
+    j = json.loads(cdred("package", "inspect", str(path), "--json", cwd=tmp_path).stdout)
+    assert j["success"] == {"mean": None, "std": None} and j["return"]["mean"] is not None
+
+
 def test_validate_ok_and_problems(ds, tmp_path):
     p = cdred("package", "validate", str(ds), cwd=tmp_path)
     assert p.returncode == 0 and "valid" in p.stdout
