@@ -145,6 +145,8 @@ def summarize(cfg: PipelineConfig, task: str, expert: Artifact, demos: Artifact,
 
 def format_summary(result: PipelineResult) -> str:
     """The table printed at the end of ``cdred pipeline``."""
+    from cdred_pipeline.envs import reports_success
+
     s = result.summary
     lines = [f"cdred pipeline {s['task']} (preset {s['preset']}, obs {s['obs']}, reward {s['reward']})", "",
              f"{'stage':<14} {'key':<17} {'wall':>9}"]
@@ -158,7 +160,8 @@ def format_summary(result: PipelineResult) -> str:
     for p, row in s["imitation"].items():
         ret = f"{row['return_mean']:.2f} ± {row['return_std']:.2f}"
         score = "-" if row["normalized_score"] is None else f"{row['normalized_score']:.1f}"
-        lines.append(f"{f'CDRED imitation, p={p:g}':<26} {ret:>18} {row['success_rate']:>8.2f} {score:>7}")
+        succ = f"{row['success_rate']:.2f}" if reports_success(s["task"]) else "-"  # DMControl: no success flag
+        lines.append(f"{f'CDRED imitation, p={p:g}':<26} {ret:>18} {succ:>8} {score:>7}")
     lines += ["", f"report:          {s['report']}", f"tremble plot:    {s['tremble_plot']}",
               f"imitation curve: {s['imitation_curve']}"]
     if Path(s["expert_curve"]).exists():

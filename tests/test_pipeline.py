@@ -78,6 +78,8 @@ def test_rerun_completes_and_prints_the_summary(interrupted):
     assert f"cdred pipeline {TASK} (preset smoke, obs state, reward cdred)" in out
     for label in ("random", "expert (demos)", "CDRED imitation, p=0 ", "CDRED imitation, p=0.1"):
         assert any(line.startswith(label) for line in out.splitlines()), (label, out)
+    imitation_rows = [ln.split() for ln in out.splitlines() if ln.startswith("CDRED imitation")]
+    assert imitation_rows and all(r[-2] == "-" for r in imitation_rows), out  # DMControl: no success flag
     root = interrupted["root"]
     ev_dir = _complete(root, "eval")[0]
     assert f"report:          {ev_dir / 'report.json'}" in out and (ev_dir / "report.json").is_file()
