@@ -128,9 +128,9 @@ class ImitateConfig:
 
     def key_config(self) -> dict[str, Any]:
         """The config keys the artifact depends on: not the device, compile or log (they do not change the
-        results' meaning), and not an unset zeta/alpha/sigma, detach_reward_input off or the released init, which
-        are the preset's and already in the key through the resolved reward-model config; the method only
-        for the baselines (cdred and red are in the key as ``reward``)."""
+        results' meaning), and not an unset zeta/alpha/sigma, detach_reward_input off or the released init,
+        which are the preset's and already in the key through the resolved reward-model config; the method
+        only for the baselines (cdred and red are in the key as ``reward``)."""
         return {k: v for k, v in self.__dict__.items()
                 if k not in ("device", "compile", "log") and not (k in ("zeta", "alpha", "sigma") and v is None)
                 and not (k == "detach_reward_input" and not v) and not (k == "reward_init" and v == "released")

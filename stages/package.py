@@ -56,8 +56,8 @@ def dataset_of(dataset: str | os.PathLike, store: "ArtifactStore | None" = None)
 
 def inspect(dataset: str | os.PathLike, store: "ArtifactStore | None" = None) -> dict[str, Any]:
     """Summary of a store (a path, or a demos/render-visual artifact key in ``store``, see
-    :func:`dataset_of`): counts, dims, return and success mean ± std (none for DMControl, which has no success flag), arrays, size
-    and compression."""
+    :func:`dataset_of`): counts, dims, return and success mean ± std (no success for DMControl, which has
+    no success flag), arrays, size and compression."""
     from cdred_pipeline.envs import reports_success
 
     ds = open_dataset(dataset_of(dataset, store))
