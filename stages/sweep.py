@@ -547,7 +547,7 @@ def plot_task(path: Path, task: str, methods: Sequence[str], rows: list[dict[str
             ax.axhline(float(level), color="black" if name == "expert" else "grey", linestyle=style, label=name)
     ax.set_xlabel("env steps")
     ax.set_ylabel(label)
-    ax.set_title(f"{task}: mean over seeds, band min-max ({source})", fontsize=10)
+    ax.set_title(f"{task}\nmean over seeds, band min-max ({source})", fontsize=10)  # two lines: fits beside the legend
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not over them
     fig.tight_layout()
