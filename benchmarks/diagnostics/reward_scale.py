@@ -5,10 +5,11 @@ The targets' last layer sets the scale of what the reward measures: the L2 term 
 square of the target outputs, while the sqrt(1/n) estimator of Eq. 9 is a ratio and does not. Two inits
 that differ in that layer's scale therefore give rewards of different range, much as a different
 ``sigma`` (Eq. 5) would; the columns say by how much (``alpha*L2 / b_E``: the L2 term's share of the
-expert bonus), and ``--sigmas 1,5`` prints each init at each sigma to compare the two directly. Inputs are latents as the encoder makes them (SimNorm: a softmax over groups of 8 of
-random logits) and uniform actions in [-1, 1].
+expert bonus), and ``--sigmas 1,5`` prints each init at each sigma to compare the two directly. Inputs
+are latents as the encoder makes them (SimNorm: a softmax over groups of 8 of random logits) and uniform
+actions in [-1, 1].
 
-    python benchmarks/diagnostics/reward_scale.py [--presets small,paper] [--sigmas 1,5] [--batch 4096]    # seconds
+    python benchmarks/diagnostics/reward_scale.py [--presets small,paper] [--sigmas 1,5] [--batch 4096]  # seconds
 """
 
 from __future__ import annotations
