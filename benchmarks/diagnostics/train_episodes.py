@@ -1,0 +1,85 @@
+"""The training episodes of a sweep's runs beside their final evaluation: a dense learning curve.
+
+A sweep's curve points come from 5 evaluation episodes every 10k env steps, too few to tell a policy
+that is still rising from one that learned and then lost the task. Every training episode is logged
+(``metrics.jsonl`` rows of kind ``train``), so the success rate (Meta-World) or the mean return (DMC)
+over each window of env steps is a curve with tens of episodes per point. Two differences from the
+evaluation: training episodes act with a sample of the policy (the evaluation with its mean), and the
+agent updates between their steps. Reads the sweep's ``results.csv`` and the runs' folders in the work
+dir the sweep ran in; starts nothing.
+
+    python benchmarks/diagnostics/train_episodes.py SWEEP_DIR --workdir RUNS [--window 10000]  # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.envs import reports_success
+from cdred_pipeline.stages.sweep_merge import read_results, results_csv
+
+
+def train_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The ``train`` rows of one imitation run (empty for BC, which never steps the env while it learns)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: give the --workdir the sweep ran in (its imitate/ holds the runs)")
+    with open(path) as fh:
+        return [row for row in map(json.loads, fh) if row.get("kind") == "train"]
+
+
+def windows(rows: list[dict[str, Any]], window: int, success: bool) -> list[tuple[int, float, int]]:
+    """(window end in env steps, success rate or mean return, episodes) per window of ``window`` env steps."""
+    groups: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        value = float(bool(row["success"])) if success else float(row["episode_return"])
+        groups[(int(row["env_step"]) - 1) // window].append(value)
+    return [((k + 1) * window, float(np.mean(v)), len(v)) for k, v in sorted(groups.items())]
+
+
+def report(sweep: Path, workdir: Path, window: int) -> str:
+    """A markdown table per task: each run's training-episode windows and its final evaluation."""
+    finals = [r for r in read_results(results_csv(sweep)) if r["point"] == "final"]
+    lines = [f"Training episodes per {window:,} env steps beside the final evaluation (`{sweep.name}`)."]
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in finals:
+        by_task[row["task"]].append(row)
+    for task, rows in by_task.items():
+        success = reports_success(task)
+        what = "success rate" if success else "mean return"
+        per_run = [(r, windows(train_rows(workdir / "imitate" / r["imitate_key"]), window, success)) for r in rows]
+        ends = sorted({end for _, w in per_run for end, _, _ in w})
+        head = ["method", "seed"] + [f"{e // 1000}k" for e in ends] + ["final eval", "eval episodes"]
+        lines += ["", f"### {task}: training-episode {what} per window", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        fmt = ".2f" if success else ".1f"
+        for r, w in per_run:
+            cells = {end: f"{v:{fmt}}" for end, v, _ in w}
+            final = r["success"] if success else r["return"]
+            lines.append("| " + " | ".join([r["method"], str(r["seed"])] + [cells.get(e, "-") for e in ends]
+                                           + [f"{final:{fmt}}", str(r["episodes"])]) + " |")
+        episodes = sorted({n for _, w in per_run for _, _, n in w})
+        if episodes:
+            lines.append(f"\n{episodes[0]}-{episodes[-1]} training episodes per window.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep", type=Path, help="a sweep's output folder (it holds results.csv)")
+    ap.add_argument("--workdir", type=Path, required=True, help="the work dir the sweep ran in")
+    ap.add_argument("--window", type=int, default=10_000, help="env steps per window")
+    args = ap.parse_args()
+    if args.window < 1:
+        raise SystemExit("--window must be at least 1 env step")
+    print(report(args.sweep, args.workdir, args.window))
+
+
+if __name__ == "__main__":
+    main()
