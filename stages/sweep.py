@@ -52,13 +52,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # ------------------------------------------------------------------------------------------ methods
 @dataclass(frozen=True)
 class Method:
-    """A sweep method: the ImitateConfig fields that make it and the module-level function that runs one
-    (task, seed) of it (``None``: :func:`imitate_and_evaluate`). A runner returns the keys of the run's
-    ``imitate`` artifact (learning curve in ``metrics.jsonl``) and ``eval`` artifact (final evaluation)."""
+    """A sweep method: the ImitateConfig fields that make it, the EvalConfig fields of its final evaluation
+    and the module-level function that runs one (task, seed) of it (``None``: :func:`imitate_and_evaluate`).
+    A runner returns the keys of the run's ``imitate`` artifact (learning curve in ``metrics.jsonl``) and
+    ``eval`` artifact (final evaluation)."""
 
     imitate: Mapping[str, Any] = field(default_factory=dict)
     runner: Callable[["RunUnit"], dict[str, str]] | None = None
     description: str = ""
+    evaluate: Mapping[str, Any] = field(default_factory=dict)
 
 
 METHODS: dict[str, Method] = {
@@ -79,6 +81,15 @@ METHODS: dict[str, Method] = {
     "cdred-sigma5": Method({"reward": "cdred", "method": "cdred", "sigma": 5.0},
                            description="CDRED with sigma 5 in Eq. 5 and the released init: about the reward "
                                        "scale of the RND draw without its other changes (a scale ablation)"),
+    "cdred-mppi-eval": Method({"reward": "cdred", "method": "cdred"}, evaluate={"plan": True},
+                              description="CDRED trained with the preset's acting (the run of `cdred`) and "
+                                          "evaluated acting with MPPI on its reward, as the paper evaluates"),
+    "cdred-rnd-init-mppi-eval": Method({"reward": "cdred", "method": "cdred", "reward_init": "rnd"},
+                                       evaluate={"plan": True},
+                                       description="the run of `cdred-rnd-init`, evaluated acting with MPPI"),
+    "iqmpc-mppi-eval": Method({"reward": "cdred", "method": "iqmpc"}, evaluate={"plan": True},
+                              description="the run of `iqmpc`, evaluated acting with MPPI on the reward its "
+                                          "critic recovers"),
 }
 
 
@@ -241,8 +252,9 @@ def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, prog
                 pcfg = cfg.pipeline_config(task, seed)
                 icfg = dataclasses.replace(imitate_config(pcfg), **dict(spec.imitate))
                 if task in datasets:
+                    ecfg = dataclasses.replace(eval_config(pcfg), **dict(spec.evaluate))
                     units.append(RunUnit(task=task, method=m, seed=seed, spec=spec, imitate=icfg,
-                                         evaluate=eval_config(pcfg), dataset=datasets[task], workdir=workdir,
+                                         evaluate=ecfg, dataset=datasets[task], workdir=workdir,
                                          progress=progress, replay=replay, read_only=read_only))
     return units
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -223,6 +224,23 @@ def test_sweep_merge_bad_input_is_one_line(full, tmp_path):
 
 
 # ------------------------------------------------------------------------------ killed and rerun
+def test_mppi_eval_method_evaluates_the_same_run_acting_with_mppi(full, tmp_path):
+    """``cdred-mppi-eval`` takes the finished ``cdred`` run from the cache and adds only an evaluation of
+    it acting with MPPI (the smoke preset trains and evaluates with the policy prior)."""
+    root = tmp_path / "wd"
+    shutil.copytree(full["root"], root)
+    res = run_cli(root, "--threads", "1", "sweep", "--tasks", TASKS[1], "--seeds", "0", "--methods",
+                  "cdred,cdred-mppi-eval", "--preset", "smoke", "--device", "cpu", "--name", "mppi", timeout=600)
+    assert res.returncode == 0, res.stderr
+    finals = {r["method"]: r for r in _csv(root, "mppi") if r["point"] == "final"}
+    assert finals["cdred-mppi-eval"]["imitate_key"] == finals["cdred"]["imitate_key"]
+    assert finals["cdred-mppi-eval"]["eval_key"] != finals["cdred"]["eval_key"]
+    assert len(_complete(root, "imitate")) == 8 and len(_complete(root, "eval")) == 9  # one new evaluation
+    plans = {m: json.loads((root / "eval" / r["eval_key"] / "report.json").read_text())["config"]["plan"]
+             for m, r in finals.items()}
+    assert plans == {"cdred": None, "cdred-mppi-eval": True}
+
+
 def test_killed_sweep_resumes_with_the_same_results(full, tmp_path):
     root = tmp_path / "wd"
     code = kill_cli_when(root, ARGS, lambda: bool(_complete(root, "imitate")), timeout=400,
@@ -301,7 +319,9 @@ def test_expert_env_steps_changes_the_experts_training_and_nothing_else():
 def test_cli_unknown_method_is_one_line_before_anything_runs(tmp_path):
     res = run_cli(tmp_path / "wd", "sweep", "--tasks", TASKS[0], "--methods", "cdred,gail", "--preset", "smoke")
     assert res.returncode == 2
-    assert one_line_error(res) == "error: --methods 'gail': choose from cdred, red, iqmpc, bc, cdred-plan, cdred-rnd-init, cdred-sigma5"
+    assert one_line_error(res) == ("error: --methods 'gail': choose from cdred, red, iqmpc, bc, cdred-plan, "
+                                   "cdred-rnd-init, cdred-sigma5, cdred-mppi-eval, cdred-rnd-init-mppi-eval, "
+                                   "iqmpc-mppi-eval")
     assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
 
 
