@@ -1,0 +1,81 @@
+"""A sweep's finished runs evaluated again acting with MPPI (paper Eq. 17), beside their final evaluation.
+
+The `cpu` and `quickstart` presets train and evaluate with the policy prior; the paper acts with MPPI
+on the learned reward. This evaluates each final agent of a sweep with MPPI on the same episodes as its
+final evaluation (same seeds, same count, no tremble) and prints both, per run and per task. The
+evaluations are cached ``eval`` artifacts of the work dir (``cdred evaluate KEY --plan``), so a killed
+run resumes. It starts from the sweep's ``results.csv``, so it also serves runs that a newer sweep no
+longer finds in the cache (after a stage's version changed). The ``*-mppi-eval`` sweep methods do the
+same inside a sweep.
+
+    python benchmarks/learning/eval_with_mppi.py RUNS/sweeps/NAME --workdir RUNS [--methods M1,M2]
+    # about 5 s per episode of the small preset on one core: 8 minutes per run of 100 episodes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdred_pipeline.artifacts import ArtifactStore
+from cdred_pipeline.envs import reports_success
+from cdred_pipeline.stages import evaluate
+from cdred_pipeline.stages.sweep_merge import read_results, results_csv
+
+
+def evaluate_with_mppi(row: dict[str, Any], store: ArtifactStore, device: str) -> dict[str, Any]:
+    """The run's agent evaluated with MPPI on its final evaluation's episodes; its p = 0 aggregate."""
+    cfg = evaluate.EvalConfig(tremble=(0.0,), episodes=int(row["episodes"]), seeds=(int(row["seed"]),),
+                              plan=True, device=device)
+    checkpoint = store.root / "imitate" / row["imitate_key"] / "agent.pt"
+    if not checkpoint.is_file():
+        raise SystemExit(f"{checkpoint} not found: give the --workdir the sweep ran in")
+    t0 = time.time()
+    art = evaluate.run(cfg, str(checkpoint), store, progress=True)
+    agg = json.loads((art.path / "report.json").read_text())["aggregates"][0]
+    return {"success": agg["success_rate"], "return": agg["return_mean"], "minutes": (time.time() - t0) / 60,
+            "eval_key": art.key}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep", type=Path, help="a sweep's output folder (it holds results.csv)")
+    ap.add_argument("--workdir", type=Path, required=True, help="the work dir the sweep ran in")
+    ap.add_argument("--methods", default="", help="comma list of the sweep's methods to evaluate (default: all "
+                                                   "but bc, whose untrained critic has nothing to plan with)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    finals = [r for r in read_results(results_csv(args.sweep)) if r["point"] == "final"]
+    methods = {m for m in args.methods.split(",") if m} or {r["method"] for r in finals} - {"bc"}
+    store = ArtifactStore(args.workdir)
+    by_task: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for row in (r for r in finals if r["method"] in methods):
+        mppi = evaluate_with_mppi(row, store, args.device)
+        by_task[row["task"]].append((row, mppi))
+        print(f"{row['task']} {row['method']} seed {row['seed']}: prior {row['success']} / {row['return']:.1f}, "
+              f"MPPI {mppi['success']} / {mppi['return']:.1f} ({mppi['minutes']:.1f} min)", flush=True)
+    print(f"\nFinal evaluation acting with the policy prior and with MPPI, same episodes (`{args.sweep.name}`)\n")
+    print("| task | method | seed | prior success | MPPI success | prior return | MPPI return | MPPI eval key |")
+    print("|---|---|---|---|---|---|---|---|")
+    means: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for task, pairs in by_task.items():
+        for row, mppi in pairs:
+            cells = ["-", "-"]
+            if reports_success(task):
+                cells = [f"{row['success']:.2f}", f"{mppi['success']:.2f}"]
+                means[row["method"]].append((row["success"], mppi["success"]))
+            print(f"| {task} | {row['method']} | {row['seed']} | {cells[0]} | {cells[1]} | {row['return']:.1f} | "
+                  f"{mppi['return']:.1f} | {mppi['eval_key']} |")
+    for method, pairs in means.items():
+        prior, plan = np.asarray(pairs).T
+        print(f"\n{method}: mean success over {len(pairs)} runs, prior {prior.mean():.2f}, MPPI {plan.mean():.2f}")
+
+
+if __name__ == "__main__":
+    main()
