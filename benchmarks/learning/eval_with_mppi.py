@@ -8,7 +8,7 @@ run resumes. It starts from the sweep's ``results.csv``, so it also serves runs 
 longer finds in the cache (after a stage's version changed). The ``*-mppi-eval`` sweep methods do the
 same inside a sweep.
 
-    python benchmarks/learning/eval_with_mppi.py RUNS/sweeps/NAME --workdir RUNS [--methods M1,M2]
+    python benchmarks/learning/eval_with_mppi.py RUNS/sweeps/NAME --workdir RUNS [--methods M1,M2] [--report-only]
     # about 5 s per episode of the small preset on one core: 8 minutes per run of 100 episodes
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cdred_pipeline.artifacts import ArtifactStore
+from cdred_pipeline.errors import NotMadeError
 from cdred_pipeline.envs import reports_success
 from cdred_pipeline.stages import evaluate
 from cdred_pipeline.stages.sweep_merge import read_results, results_csv
@@ -36,10 +36,10 @@ def evaluate_with_mppi(row: dict[str, Any], store: ArtifactStore, device: str) -
     checkpoint = store.root / "imitate" / row["imitate_key"] / "agent.pt"
     if not checkpoint.is_file():
         raise SystemExit(f"{checkpoint} not found: give the --workdir the sweep ran in")
-    t0 = time.time()
     art = evaluate.run(cfg, str(checkpoint), store, progress=True)
-    agg = json.loads((art.path / "report.json").read_text())["aggregates"][0]
-    return {"success": agg["success_rate"], "return": agg["return_mean"], "minutes": (time.time() - t0) / 60,
+    report = json.loads((art.path / "report.json").read_text())
+    agg = report["aggregates"][0]
+    return {"success": agg["success_rate"], "return": agg["return_mean"], "minutes": report["wall_s"] / 60,
             "eval_key": art.key}
 
 
@@ -50,16 +50,22 @@ def main() -> None:
     ap.add_argument("--methods", default="", help="comma list of the sweep's methods to evaluate (default: all "
                                                    "but bc, whose untrained critic has nothing to plan with)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--report-only", action="store_true", help="print the evaluations already made, start none")
     args = ap.parse_args()
     finals = [r for r in read_results(results_csv(args.sweep)) if r["point"] == "final"]
     methods = {m for m in args.methods.split(",") if m} or {r["method"] for r in finals} - {"bc"}
-    store = ArtifactStore(args.workdir)
+    store = ArtifactStore(args.workdir, read_only=args.report_only)
     by_task: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    not_made = []
     for row in (r for r in finals if r["method"] in methods):
-        mppi = evaluate_with_mppi(row, store, args.device)
+        try:
+            mppi = evaluate_with_mppi(row, store, args.device)
+        except NotMadeError:
+            not_made.append(f"{row['task']} {row['method']} seed {row['seed']}")
+            continue
         by_task[row["task"]].append((row, mppi))
         print(f"{row['task']} {row['method']} seed {row['seed']}: prior {row['success']} / {row['return']:.1f}, "
-              f"MPPI {mppi['success']} / {mppi['return']:.1f} ({mppi['minutes']:.1f} min)", flush=True)
+              f"MPPI {mppi['success']} / {mppi['return']:.1f} (MPPI evaluation {mppi['minutes']:.1f} min)", flush=True)
     print(f"\nFinal evaluation acting with the policy prior and with MPPI, same episodes (`{args.sweep.name}`)\n")
     print("| task | method | seed | prior success | MPPI success | prior return | MPPI return | MPPI eval key |")
     print("|---|---|---|---|---|---|---|---|")
@@ -75,6 +81,8 @@ def main() -> None:
     for method, pairs in means.items():
         prior, plan = np.asarray(pairs).T
         print(f"\n{method}: mean success over {len(pairs)} runs, prior {prior.mean():.2f}, MPPI {plan.mean():.2f}")
+    if not_made:
+        print(f"\nNot evaluated with MPPI yet ({len(not_made)}): " + ", ".join(not_made))
 
 
 if __name__ == "__main__":
