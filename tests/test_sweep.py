@@ -6,8 +6,9 @@ expert and demos once. The same sweep SIGKILLed after its first finished run and
 finished runs' artifacts are untouched, results.csv equals the uninterrupted sweep's in every column
 but the recorded wall time, and a further rerun writes the same bytes again. A run that fails for a
 real reason (a pixel method on a state dataset, registered through ``METHODS``) is recorded while the
-others finish, the summary lists it and the CLI exits 1. The IQM and its stratified-bootstrap CI
-match rliable's numbers.
+others finish, the summary lists it and the CLI exits 1. A method that differs only in its evaluation
+(``cdred-mppi-eval``) takes the finished run from the cache and adds one evaluation acting with MPPI.
+The IQM and its stratified-bootstrap CI match rliable's numbers.
 """
 
 from __future__ import annotations
@@ -223,7 +224,6 @@ def test_sweep_merge_bad_input_is_one_line(full, tmp_path):
         assert not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------------------ killed and rerun
 def test_mppi_eval_method_evaluates_the_same_run_acting_with_mppi(full, tmp_path):
     """``cdred-mppi-eval`` takes the finished ``cdred`` run from the cache and adds only an evaluation of
     it acting with MPPI (the smoke preset trains and evaluates with the policy prior)."""
@@ -241,6 +241,7 @@ def test_mppi_eval_method_evaluates_the_same_run_acting_with_mppi(full, tmp_path
     assert plans == {"cdred": None, "cdred-mppi-eval": True}
 
 
+# ------------------------------------------------------------------------------ killed and rerun
 def test_killed_sweep_resumes_with_the_same_results(full, tmp_path):
     root = tmp_path / "wd"
     code = kill_cli_when(root, ARGS, lambda: bool(_complete(root, "imitate")), timeout=400,
