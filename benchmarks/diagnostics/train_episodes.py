@@ -14,13 +14,13 @@ dir the sweep ran in; starts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cdred_pipeline.agent.trainer import read_jsonl
 from cdred_pipeline.envs import reports_success
 from cdred_pipeline.stages.sweep_merge import read_results, results_csv
 
@@ -30,8 +30,7 @@ def train_rows(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise SystemExit(f"{path} not found: give the --workdir the sweep ran in (its imitate/ holds the runs)")
-    with open(path) as fh:
-        return [row for row in map(json.loads, fh) if row.get("kind") == "train"]
+    return [row for row in read_jsonl(path) if row.get("kind") == "train"]
 
 
 def windows(rows: list[dict[str, Any]], window: int, success: bool) -> list[tuple[int, float, int]]:

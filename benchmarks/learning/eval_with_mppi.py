@@ -9,7 +9,7 @@ longer finds in the cache (after a stage's version changed). The ``*-mppi-eval``
 same inside a sweep.
 
     python benchmarks/learning/eval_with_mppi.py RUNS/sweeps/NAME --workdir RUNS [--methods M1,M2] [--report-only]
-    # about 5 s per episode of the small preset on one core: 8 minutes per run of 100 episodes
+    # 6-8 s per episode of the small preset on one core beside another run: 9-12 minutes per run of 100 episodes
 """
 
 from __future__ import annotations
