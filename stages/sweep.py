@@ -342,9 +342,9 @@ def curve_rows(run: dict[str, Any], imit: Artifact) -> list[dict[str, Any]]:
 
 def _eval_metrics(imit: Artifact) -> list[dict[str, Any]]:
     """The ``eval`` rows of the imitate artifact's metrics.jsonl."""
-    path = Path(imit.path) / "metrics.jsonl"
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return [r for r in rows if r.get("kind") == "eval"]
+    from cdred_pipeline.agent.trainer import read_jsonl
+
+    return [r for r in read_jsonl(Path(imit.path) / "metrics.jsonl") if r.get("kind") == "eval"]
 
 
 def final_row(run: dict[str, Any], imit: Artifact, ev: Artifact) -> dict[str, Any]:

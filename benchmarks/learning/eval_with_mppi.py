@@ -8,7 +8,8 @@ run resumes. It starts from the sweep's ``results.csv``, so it also serves runs 
 longer finds in the cache (after a stage's version changed). The ``*-mppi-eval`` sweep methods do the
 same inside a sweep.
 
-    python benchmarks/learning/eval_with_mppi.py RUNS/sweeps/NAME --workdir RUNS [--methods M1,M2] [--report-only]
+    python benchmarks/learning/eval_with_mppi.py RUNS/sweeps/NAME --workdir RUNS [--methods M1,M2] [--tasks T1,T2]
+        [--seeds 0,1] [--report-only]
     # 6-8 s per episode of the small preset on one core beside another run: 9-12 minutes per run of 100 episodes
 """
 
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, required=True, help="the work dir the sweep ran in")
     ap.add_argument("--methods", default="", help="comma list of the sweep's methods to evaluate (default: all "
                                                    "but bc, whose untrained critic has nothing to plan with)")
+    ap.add_argument("--tasks", default="", help="comma list of the sweep's tasks to evaluate (default: all)")
+    ap.add_argument("--seeds", default="", help="comma list of seeds to evaluate (default: all)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--report-only", action="store_true", help="print the evaluations already made, start none")
     args = ap.parse_args()
@@ -57,15 +60,18 @@ def main() -> None:
     store = ArtifactStore(args.workdir, read_only=args.report_only)
     by_task: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     not_made = []
-    for row in (r for r in finals if r["method"] in methods):
+    tasks = {t for t in args.tasks.split(",") if t} or {r["task"] for r in finals}
+    seeds = {int(x) for x in args.seeds.split(",") if x} or {int(r["seed"]) for r in finals}
+    for row in (r for r in finals if r["method"] in methods and r["task"] in tasks and int(r["seed"]) in seeds):
         try:
             mppi = evaluate_with_mppi(row, store, args.device)
         except NotMadeError:
             not_made.append(f"{row['task']} {row['method']} seed {row['seed']}")
             continue
         by_task[row["task"]].append((row, mppi))
-        print(f"{row['task']} {row['method']} seed {row['seed']}: prior {row['success']} / {row['return']:.1f}, "
-              f"MPPI {mppi['success']} / {mppi['return']:.1f} (MPPI evaluation {mppi['minutes']:.1f} min)", flush=True)
+        print(f"{row['task']} {row['method']} seed {row['seed']}: prior {_score(row['task'], row)}, "
+              f"MPPI {_score(row['task'], mppi)} "
+              f"(MPPI evaluation {mppi['minutes']:.1f} min)", flush=True)
     print(f"\nFinal evaluation acting with the policy prior and with MPPI, same episodes (`{args.sweep.name}`)\n")
     print("| task | method | seed | prior success | MPPI success | prior return | MPPI return | MPPI eval key |")
     print("|---|---|---|---|---|---|---|---|")
@@ -83,6 +89,12 @@ def main() -> None:
         print(f"\n{method}: mean success over {len(pairs)} runs, prior {prior.mean():.2f}, MPPI {plan.mean():.2f}")
     if not_made:
         print(f"\nNot evaluated with MPPI yet ({len(not_made)}): " + ", ".join(not_made))
+
+
+def _score(task: str, row: dict[str, Any]) -> str:
+    """'success / return' where the task reports success (Meta-World), else the return alone."""
+    ret = f"{row['return']:.1f}"
+    return f"{row['success']:.2f} / {ret}" if reports_success(task) else ret
 
 
 if __name__ == "__main__":
