@@ -358,7 +358,7 @@ def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool =
         from cdred_pipeline.agent.iq_critic import IQMPCAgent, iq_reward_diagnostics
 
         agent = IQMPCAgent(inp.agent, spec.obs_shape, spec.action_dim, device=cfg.device, iq=iq_config(cfg))
-        diagnose, method_extra = iq_reward_diagnostics, {"method": cfg.method}
+        diagnose, method_extra = iq_reward_diagnostics, {}
     else:
         x_dim = inp.agent.latent_dim if cfg.reward_space == "latent" else spec.obs_dim
         agent = TDMPC2Agent(inp.agent, spec.obs_shape, spec.action_dim,
@@ -378,10 +378,10 @@ def train(cfg: ImitateConfig, inp: RunInputs, art: Artifact, *, progress: bool =
 
 
 def checkpoint_extra(cfg: ImitateConfig, inp: RunInputs, **method_extra: Any) -> dict[str, Any]:
-    """What every method's checkpoint records beside its weights (``extra``): the task, observation kind,
-    preset, scores, dataset key and env timing/rendering, plus the method's own fields."""
-    return {"task": inp.task, "obs": cfg.obs, "preset": cfg.preset, "scores": inp.scores, "dataset": inp.input_key,
-            **method_extra, **inp.timing, **inp.render}
+    """What every method's checkpoint records beside its weights (``extra``): the method, task, observation
+    kind, preset, scores, dataset key and env timing/rendering, plus the method's own fields."""
+    return {"method": cfg.method, "task": inp.task, "obs": cfg.obs, "preset": cfg.preset, "scores": inp.scores,
+            "dataset": inp.input_key, **method_extra, **inp.timing, **inp.render}
 
 
 def train_bc_run(cfg: ImitateConfig, inp: RunInputs, art: Artifact, spec: Any, env_fn: Any, *,
@@ -394,7 +394,7 @@ def train_bc_run(cfg: ImitateConfig, inp: RunInputs, art: Artifact, spec: Any, e
     agent = TDMPC2Agent(inp.agent, spec.obs_shape, spec.action_dim, device=cfg.device, cuda_graphs=False)
     art.update(agent_params=agent.num_params(), agent_params_without_reward=agent.num_params(False))
     expert = diagnostic_buffers(cfg, inp, spec, agent.device, env_fn, random_episodes=False)["expert"]
-    extra = checkpoint_extra(cfg, inp, method=cfg.method)
+    extra = checkpoint_extra(cfg, inp)
     return train_bc(lambda: env_fn(0.0), agent, expert, trainer_config(cfg, spec.action_repeat), art.path,
                     episode_length=spec.episode_length, action_repeat=spec.action_repeat, extra=extra,
                     reference_lines=_reference_lines(inp.scores), progress=progress, log=stage_log(cfg.log, art))

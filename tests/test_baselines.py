@@ -164,7 +164,7 @@ def _tiny(**kw) -> im.ImitateConfig:
 
 @pytest.fixture(scope="module")
 def runs(data):
-    return {m: im.run(_tiny(method=m), str(data["path"]), data["store"], progress=False) for m in ("iqmpc", "bc")}
+    return {m: im.run(_tiny(method=m), str(data["path"]), data["store"], progress=False) for m in ("red", "iqmpc", "bc")}
 
 
 def _evals(art) -> list[dict]:
@@ -188,7 +188,7 @@ def test_method_run_logs_at_the_online_marks(runs, method):
         assert evals[0]["bc_loss"] is None and math.isfinite(evals[-1]["bc_loss"])
 
 
-@pytest.mark.parametrize("method", ["iqmpc", "bc"])
+@pytest.mark.parametrize("method", ["red", "iqmpc", "bc"])
 def test_cdred_evaluate_loads_the_checkpoint(runs, data, method):
     agent, extra = load_agent(runs[method].path / "agent.pt", device="cpu")
     assert type(agent) is (IQMPCAgent if method == "iqmpc" else TDMPC2Agent) and extra["method"] == method
@@ -204,7 +204,7 @@ def test_methods_have_their_own_cache_keys(runs):
     assert im.ImitateConfig(method="iqmpc").key_config()["method"] == "iqmpc"
 
 
-@pytest.mark.parametrize("method", ["iqmpc", "bc"])
+@pytest.mark.parametrize("method", ["red", "iqmpc", "bc"])
 def test_same_seed_in_two_processes_gives_the_same_run(data, tmp_path, method):
     args = ["imitate", str(data["path"]), "--method", method, "--preset", "tiny", "--steps", "120",
             "--seed-steps", "10", "--eval-every", "120", "--eval-episodes", "1", "--seed", "3", "--device", "cpu"]
