@@ -10,7 +10,7 @@ same inside a sweep.
 
     python benchmarks/learning/eval_with_mppi.py RUNS/sweeps/NAME --workdir RUNS [--methods M1,M2] [--tasks T1,T2]
         [--seeds 0,1] [--report-only]
-    # 6-8 s per episode of the small preset on one core beside another run: 9-12 minutes per run of 100 episodes
+    # 6-10 s per episode of the small preset on one core beside another run: 9-16 minutes per run of 100 episodes
 """
 
 from __future__ import annotations
