@@ -2,8 +2,8 @@
 
 Formulas against independent float64 computations (the inverse soft-Q terms, the gradient penalty of a
 linear critic), BC fitting a fixed dataset, and runs on a real 2-demo dmc:cartpole-balance dataset with
-tiny agents: the metrics both methods log at the online trainer's marks, the two-process bitwise check,
-``cdred evaluate`` on each checkpoint, and the one-line errors of bad method options.
+tiny agents: the metrics both methods log at the online trainer's marks, the two-process bitwise check
+and ``cdred evaluate`` on each checkpoint (RED's too), and the one-line errors of bad method options.
 """
 
 from __future__ import annotations

@@ -56,13 +56,13 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="print the evaluations already made, start none")
     args = ap.parse_args()
     finals = [r for r in read_results(results_csv(args.sweep)) if r["point"] == "final"]
-    methods = {m for m in args.methods.split(",") if m} or {r["method"] for r in finals} - {"bc"}
+    methods = _chosen(args.methods, "--methods", {r["method"] for r in finals}, default_drop={"bc"})
+    tasks = _chosen(args.tasks, "--tasks", {r["task"] for r in finals})
+    seeds = _chosen(args.seeds, "--seeds", {str(r["seed"]) for r in finals})
     store = ArtifactStore(args.workdir, read_only=args.report_only)
     by_task: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     not_made = []
-    tasks = {t for t in args.tasks.split(",") if t} or {r["task"] for r in finals}
-    seeds = {int(x) for x in args.seeds.split(",") if x} or {int(r["seed"]) for r in finals}
-    for row in (r for r in finals if r["method"] in methods and r["task"] in tasks and int(r["seed"]) in seeds):
+    for row in (r for r in finals if r["method"] in methods and r["task"] in tasks and str(r["seed"]) in seeds):
         try:
             mppi = evaluate_with_mppi(row, store, args.device)
         except NotMadeError:
@@ -89,6 +89,15 @@ def main() -> None:
         print(f"\n{method}: mean success over {len(pairs)} runs, prior {prior.mean():.2f}, MPPI {plan.mean():.2f}")
     if not_made:
         print(f"\nNot evaluated with MPPI yet ({len(not_made)}): " + ", ".join(not_made))
+
+
+def _chosen(text: str, option: str, in_sweep: set[str], default_drop: frozenset[str] | set[str] = frozenset()) -> set[str]:
+    """The names a comma-list option picks from the sweep's (all but ``default_drop`` when it is empty);
+    a name the sweep does not hold is a one-line error, not an empty selection."""
+    picked = {s.strip() for s in text.split(",") if s.strip()}
+    if unknown := sorted(picked - in_sweep):
+        raise SystemExit(f"{option}: {', '.join(unknown)} not in this sweep (it has {', '.join(sorted(in_sweep))})")
+    return picked or in_sweep - set(default_drop)
 
 
 def _score(task: str, row: dict[str, Any]) -> str:
