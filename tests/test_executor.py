@@ -225,7 +225,7 @@ def test_collect_experts_over_seeds_on_ray_equals_the_local_executor(ray_address
         [str(CDRED), "--workdir", str(tmp_path / "ray"), "-q", "collect-experts", TASK, "--preset", "tiny",
          "--train-steps", "200", "--episodes", "2", "--random-episodes", "1", "--episode-length", "25",
          "--no-plan", "--device", "cpu", "--seeds", "0,1", "--ray-address", ray_address],
-        capture_output=True, text=True, timeout=240, env={**os.environ, "MUJOCO_GL": "egl"})
+        capture_output=True, text=True, timeout=600, env={**os.environ, "MUJOCO_GL": "egl"})
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["seed 0", "seed 1"]
