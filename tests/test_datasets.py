@@ -396,7 +396,7 @@ def _chunk_files(store: Path) -> dict[str, tuple[int, int, int]]:
 
 def test_append_never_rewrites_a_whole_chunk(tmp_path):
     """Appending is linear in the data: once a chunk is whole it is never written again, however many
-    episodes follow, so only each array's partial tail chunk is rewritten (benchmarks/dataset_io.py
+    episodes follow, so only each array's partial tail chunk is rewritten (benchmarks/speed/dataset_io.py
     measures the time per episode over 1000 episodes)."""
     rng = np.random.default_rng(0)
     ep = random_episode(rng, 50, obs_dim=17, action_dim=6, state_dim=18)
