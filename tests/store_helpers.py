@@ -7,6 +7,13 @@ from pathlib import Path
 import numpy as np
 
 
+def file_stamps(path: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under ``path`` (relative POSIX path) with its (inode, mtime_ns, size): a file written
+    again, or replaced, gets a new stamp."""
+    return {p.relative_to(path).as_posix(): (st.st_ino, st.st_mtime_ns, st.st_size)
+            for p in path.rglob("*") if p.is_file() and (st := p.stat())}
+
+
 def zarr_arrays(group, prefix: str = "") -> dict[str, np.ndarray]:
     """Every array under a zarr group, by its path ("data/obs", "meta/episode_ends", ...)."""
     out = {}

@@ -28,6 +28,7 @@ from cdred_pipeline.datasets import layout as L  # noqa: E402
 from cdred_pipeline.errors import DatasetError, MissingDependencyError, UsageError  # noqa: E402
 from cdred_pipeline.stages import render_visual as rv  # noqa: E402
 from cli_helpers import CDRED, kill_cli_when  # noqa: E402
+from store_helpers import file_stamps  # noqa: E402
 
 DMC, MW = "dmc:cartpole-balance", "mw:reach"
 
@@ -49,10 +50,6 @@ def assert_same_store(a: Path, b: Path) -> None:
     for k in xa:
         assert xa[k].dtype == xb[k].dtype and np.array_equal(xa[k], xb[k]), k
     assert open_dataset(a).attrs == open_dataset(b).attrs
-
-
-def _tree_digest(path: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()}
 
 
 def _set_attrs(path: Path, attrs: dict) -> None:
@@ -81,9 +78,9 @@ def one_worker(data: dict[str, Path]) -> dict[str, object]:
     store = ArtifactStore(data["root"] / "runs1")
     out = {"store": store}
     for task in (DMC, MW):
-        before = _tree_digest(data[task])
+        before = file_stamps(data[task])
         out[task] = rv.run(rv.RenderConfig(chunk_episodes=1), data[task], store, progress=False)
-        assert _tree_digest(data[task]) == before, "the input dataset was modified"
+        assert file_stamps(data[task]) == before, "the input dataset was modified"
     return out
 
 
