@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +92,13 @@ def main() -> None:
         print(f"\nNot evaluated with MPPI yet ({len(not_made)}): " + ", ".join(not_made))
 
 
-def _chosen(text: str, option: str, in_sweep: set[str], default_drop: frozenset[str] | set[str] = frozenset()) -> set[str]:
+def _chosen(text: str, option: str, in_sweep: set[str], default_drop: AbstractSet[str] = frozenset()) -> set[str]:
     """The names a comma-list option picks from the sweep's (all but ``default_drop`` when it is empty);
     a name the sweep does not hold is a one-line error, not an empty selection."""
     picked = {s.strip() for s in text.split(",") if s.strip()}
     if unknown := sorted(picked - in_sweep):
         raise SystemExit(f"{option}: {', '.join(unknown)} not in this sweep (it has {', '.join(sorted(in_sweep))})")
-    return picked or in_sweep - set(default_drop)
+    return picked or in_sweep - default_drop
 
 
 def _score(task: str, row: dict[str, Any]) -> str:
