@@ -989,10 +989,13 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 @click.option("--env-steps", type=click.IntRange(min=1), default=default_of(SweepConfig, "env_steps"),
               help="Imitation env steps per run (default: the preset's).")
 @click.option("--eval-episodes", type=click.IntRange(min=1), default=default_of(SweepConfig, "eval_episodes"),
-              help="Episodes of each run's final evaluation, tremble 0 (default: 100 for cpu and paper, else the "
-                   "preset's).")
+              help="Episodes of each run's final evaluation, per tremble p (default: 100 for cpu and paper, else "
+                   "the preset's).")
 @click.option("--expert-seed", type=SEED, default=default_of(SweepConfig, "expert_seed"), show_default=True,
               help="Seed of each task's expert and demos (shared by every method and seed).")
+@click.option("--eval-tremble", type=TREMBLE_LIST, default=default_of(SweepConfig, "eval_tremble"), show_default=True,
+              help="Tremble p of each run's final evaluation, a comma list that includes 0 (e.g. 0,0.1,0.2,0.3): "
+                   "the table under noise goes to tremble.csv, the summary and figures/tremble_<task>.png.")
 @click.option("--expert-env-steps", type=click.IntRange(min=1), default=default_of(SweepConfig, "expert_env_steps"),
               help="Env steps of each TD-MPC2 expert's training (default: the preset's; Meta-World's scripted "
                    "experts do not train).")

@@ -2,8 +2,8 @@
 
 Each task's expert and demonstrations are made once (collect-experts with the pipeline preset's settings:
 a scripted expert for Meta-World, TD-MPC2 otherwise, on ``expert_seed``) and shared by every method and
-seed. Each (task, method, seed) is then one imitate run plus a final evaluation without tremble, both
-cached artifacts, run as one executor unit. The outputs under ``<workdir>/sweeps/<name>/`` are rebuilt
+seed. Each (task, method, seed) is then one imitate run plus a final evaluation without tremble (and at
+each ``--eval-tremble`` p), both cached artifacts, run as one executor unit. The outputs under ``<workdir>/sweeps/<name>/`` are rebuilt
 from the artifacts' manifests alone, so a killed sweep rerun writes the same ``results.csv`` bytes as an
 uninterrupted one:
 
@@ -12,7 +12,9 @@ uninterrupted one:
   success and return per task and method (mean and 95% bootstrap CI over seeds), the interquartile mean
   (IQM) of the final normalised score across tasks with a stratified-bootstrap 95% CI (Agarwal et al.
   2021, as rliable computes it), and the failed runs;
-* ``figures/<task>.png``: the learning curve of every method against env steps.
+* ``figures/<task>.png``: the learning curve of every method against env steps;
+* with ``--eval-tremble``: ``tremble.csv`` (every run's final evaluation at each p), its table in the
+  summary, and ``figures/tremble_<task>.png`` (final score against p, App. D.4).
 
 A method is an entry of :data:`METHODS`: the ImitateConfig overrides that make it and the function that
 runs one (task, seed) of it (default :func:`imitate_and_evaluate`), so baselines that are not reward
@@ -43,6 +45,8 @@ from cdred_pipeline.stages.common import DATASET_NAME
 
 CSV_COLUMNS = ("task", "method", "seed", "point", "env_steps", "return", "success", "normalized_score",
                "episodes", "wall_time_s", "imitate_key", "eval_key")
+#: Columns of tremble.csv: each run's final evaluation at every ``--eval-tremble`` p.
+TREMBLE_COLUMNS = ("task", "method", "seed", "p", "return", "success", "normalized_score", "episodes", "eval_key")
 #: Episodes of the final evaluation by pipeline preset; a preset not named here uses its own ``eval_episodes``.
 FINAL_EVAL_EPISODES: dict[str, int] = {"cpu": 100, "paper": 100}
 IQM_BOOTSTRAP_REPS = 10_000
@@ -81,6 +85,19 @@ METHODS: dict[str, Method] = {
     "cdred-sigma5": Method({"reward": "cdred", "method": "cdred", "sigma": 5.0},
                            description="CDRED with sigma 5 in Eq. 5 and the released init: about the reward "
                                        "scale of the RND draw without its other changes (a scale ablation)"),
+    "cdred-obs": Method({"reward": "cdred", "method": "cdred", "reward_space": "obs"},
+                        description="CDRED with the reward model on the observations instead of the world "
+                                    "model's latents (a reward-space ablation)"),
+    "cdred-gexp": Method({"reward": "cdred", "method": "cdred", "g": "exp"},
+                         description="CDRED with g = exp in Eq. 5 instead of the identity (the Fig. 11 ablation)"),
+    "cdred-demos5": Method({"reward": "cdred", "method": "cdred", "num_demos": 5},
+                           description="CDRED from the first 5 of the task's demos (a demo-count ablation, "
+                                       "App. D.2)"),
+    "cdred-demos10": Method({"reward": "cdred", "method": "cdred", "num_demos": 10},
+                            description="CDRED from the first 10 of the task's demos (a demo-count ablation)"),
+    "cdred-tremble": Method({"reward": "cdred", "method": "cdred", "tremble": 0.1},
+                            description="CDRED trained under tremble noise p = 0.1 (App. D.4); evaluated "
+                                        "without noise, and at every --eval-tremble p"),
     "cdred-mppi-eval": Method({"reward": "cdred", "method": "cdred"}, evaluate={"plan": True},
                               description="CDRED trained with the preset's acting (the run of `cdred`) and "
                                           "evaluated acting with MPPI on its reward, as the paper evaluates"),
@@ -121,11 +138,13 @@ class SweepConfig:
     expert_env_steps: int | None = None  # env steps of each trained (TD-MPC2) expert
     eval_episodes: int | None = None  # episodes of the final evaluation
     expert_seed: int = 0              # the seed of every task's expert and demos
+    eval_tremble: tuple[float, ...] = (0.0,)  # tremble p of each final evaluation (App. D.4); 0 is the result
     device: str = "auto"
     name: str = "sweep"               # the output folder <workdir>/sweeps/<name>
     log: tuple[str, ...] = ()         # TensorBoard / W&B views of every run's training (not in any cache key)
 
     def __post_init__(self) -> None:
+        from cdred_pipeline.envs import check_tremble
         from cdred_pipeline.stages.collect_experts import parse_tasks
 
         if self.preset not in PIPELINE_PRESETS:
@@ -133,6 +152,10 @@ class SweepConfig:
         object.__setattr__(self, "tasks", tuple(parse_tasks(list(_names(self.tasks)) or [""])))
         object.__setattr__(self, "methods", _names(self.methods))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "eval_tremble", tuple(check_tremble(p) for p in self.eval_tremble))
+        if 0.0 not in self.eval_tremble or len(set(self.eval_tremble)) != len(self.eval_tremble):
+            raise UsageError(f"--eval-tremble needs distinct p including 0 (the final result is the evaluation "
+                             f"without noise), got {list(self.eval_tremble)}")
         object.__setattr__(self, "log", check_log_names(self.log))
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise UsageError(f"--methods needs distinct names from {', '.join(METHODS)}, got {list(self.methods)}")
@@ -167,6 +190,11 @@ class SweepConfig:
         return FINAL_EVAL_EPISODES.get(self.preset, PIPELINE_PRESETS[self.preset]["eval_episodes"])
 
     @property
+    def trembles(self) -> bool:
+        """Whether the final evaluations also run under tremble noise (p > 0)."""
+        return len(self.eval_tremble) > 1
+
+    @property
     def settings(self) -> dict[str, Any]:
         """The pipeline preset's settings with this sweep's changes."""
         return {**PIPELINE_PRESETS[self.preset], **self.overrides}
@@ -175,7 +203,7 @@ class SweepConfig:
         """The ``cdred pipeline`` config of one run (its stage configs are the pipeline's)."""
         from cdred_pipeline.stages.pipeline import PipelineConfig
 
-        return PipelineConfig(task=task, preset=self.preset, seed=seed, tremble=(0.0,), device=self.device,
+        return PipelineConfig(task=task, preset=self.preset, seed=seed, tremble=self.eval_tremble, device=self.device,
                               overrides=self.overrides, log=self.log)
 
     def command(self, workdir: str | os.PathLike) -> str:
@@ -186,6 +214,7 @@ class SweepConfig:
                 "--preset", self.preset, "--num-demos", str(min(s["num_demos"], s["episodes"])),
                 "--env-steps", str(s["imitate_env_steps"]), "--eval-episodes", str(self.final_eval_episodes),
                 "--expert-seed", str(self.expert_seed), "--expert-env-steps", str(s["expert_env_steps"]),
+                *(("--eval-tremble", ",".join(f"{p:g}" for p in self.eval_tremble)) if self.trembles else ()),
                 "--device", self.device, "--name", self.name,
                 *(a for name in self.log for a in ("--log", name))]
         return " ".join(shlex.quote(a) for a in args)
@@ -360,8 +389,17 @@ def final_row(run: dict[str, Any], imit: Artifact, ev: Artifact) -> dict[str, An
             "wall_time_s": round(wall, 3)}
 
 
-def run_rows(out: dict[str, Any], store: ArtifactStore) -> list[dict[str, Any]]:
-    """Curve and final rows of one finished run, read from its artifacts."""
+def tremble_rows(run: dict[str, Any], ev: Artifact) -> list[dict[str, Any]]:
+    """The run's final evaluation at every tremble p of its ``eval`` artifact (tremble.csv rows)."""
+    return [{**{k: run[k] for k in ("task", "method", "seed")}, "p": float(a["p"]),
+             "return": float(a["return_mean"]), "success": _success(run["task"], a["success_rate"]),
+             "normalized_score": _f(a["normalized_score"]), "episodes": int(a["episodes"]), "eval_key": run["eval_key"]}
+            for a in sorted(ev.manifest["aggregates"], key=lambda a: float(a["p"]))]
+
+
+def run_rows(out: dict[str, Any], store: ArtifactStore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Curve and final rows of one finished run, and its final evaluation at every tremble p, read from its
+    artifacts."""
     from cdred_pipeline.stages import evaluate, imitate
 
     imit, ev = store.get(imitate.STAGE, out["imitate_key"]), store.get(evaluate.STAGE, out["eval_key"])
@@ -369,7 +407,7 @@ def run_rows(out: dict[str, Any], store: ArtifactStore) -> list[dict[str, Any]]:
         raise CdredError(f"the run reported imitate/{out['imitate_key']} and eval/{out['eval_key']} but "
                          f"{store.root} does not hold them; with Ray, --workdir must be on storage every node sees")
     run = {k: out[k] for k in ("task", "method", "seed", "imitate_key", "eval_key")}
-    return curve_rows(run, imit) + [final_row(run, imit, ev)]
+    return curve_rows(run, imit) + [final_row(run, imit, ev)], tremble_rows(run, ev)
 
 
 def sort_key(row: Mapping[str, Any]) -> tuple:
@@ -377,18 +415,22 @@ def sort_key(row: Mapping[str, Any]) -> tuple:
     return (row["task"], row["method"], int(row["seed"]), row["point"] != "curve", int(row["env_steps"]))
 
 
-def gather(outcomes: list[dict[str, Any]], store: ArtifactStore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """All result rows (sorted) and the failed runs (task, method, seed, error)."""
-    rows, failed = [], []
+def gather(outcomes: list[dict[str, Any]],
+           store: ArtifactStore) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """All result rows (sorted), the tremble rows (sorted) and the failed runs (task, method, seed, error)."""
+    rows, trows, failed = [], [], []
     for out in outcomes:
         if out.get("error") is None:
             try:
-                rows += run_rows(out, store)
+                curve_final, tremble = run_rows(out, store)
+                rows += curve_final
+                trows += tremble
                 continue
             except CdredError as exc:
                 out = {**out, "error": _one_line(exc)}
         failed.append({**{k: out[k] for k in ("task", "method", "seed", "error")}, "missing": bool(out.get("missing"))})
-    return sorted(rows, key=sort_key), sorted(failed, key=lambda f: (f["task"], f["method"], f["seed"]))
+    return (sorted(rows, key=sort_key), sorted(trows, key=lambda r: (r["task"], r["method"], r["seed"], r["p"])),
+            sorted(failed, key=lambda f: (f["task"], f["method"], f["seed"])))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -398,13 +440,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    """The rows as CSV (:data:`CSV_COLUMNS`; an unknown value is an empty cell)."""
+def csv_text(rows: list[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> str:
+    """The rows as CSV (:data:`CSV_COLUMNS` unless told; an unknown value is an empty cell)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_COLUMNS})
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
     return buf.getvalue()
 
 
@@ -488,22 +530,55 @@ def _score_cells(scores: Mapping[str, Any], name: str, task: str) -> str:
 
 
 def summary_text(cfg: SweepConfig, workdir: str, demos: Mapping[str, Artifact], rows: list[dict[str, Any]],
-                 failed: list[dict[str, Any]], runs: int) -> str:
-    """summary.md: how to reproduce, the setting, reference scores, per task/method results, IQMs, failures."""
+                 failed: list[dict[str, Any]], runs: int, trows: Sequence[dict[str, Any]] = ()) -> str:
+    """summary.md: how to reproduce, the setting, reference scores, per task/method results, IQMs, the
+    results under tremble noise (with ``--eval-tremble``), failures."""
+    noisy = ", ".join(f"{p:g}" for p in cfg.eval_tremble if p > 0)
     s = cfg.settings
     lines = [f"# cdred sweep `{cfg.name}`", "", "Reproduce (resumes from the cache in the same work dir):", "",
              "```", cfg.command(workdir), "```", "",
              f"Setting: preset `{cfg.preset}`, {s['imitate_env_steps']} env steps per run, "
              f"{min(s['num_demos'], s['episodes'])} demos (expert seed {cfg.expert_seed}), final evaluation "
-             f"{cfg.final_eval_episodes} episodes without tremble; {len(cfg.tasks)} tasks x {len(cfg.methods)} methods "
+             f"{cfg.final_eval_episodes} episodes without tremble" + (f" and at tremble p = {noisy}" if noisy else "")
+             + f"; {len(cfg.tasks)} tasks x {len(cfg.methods)} methods "
              f"x {len(cfg.seeds)} seeds = {runs} runs, {runs - len(failed)} finished.", "",
              "## Expert and random policy", "", "| task | expert return | expert success | random return | "
              "random success |", "| --- | ---: | ---: | ---: | ---: |"]
     for task in cfg.tasks:
         sc = demos[task].manifest.get("scores", {}) if task in demos else {}
         lines.append(f"| {task} | {_score_cells(sc, 'expert', task)} | {_score_cells(sc, 'random', task)} |")
-    lines += [""] + results_lines(cfg.tasks, cfg.methods, rows) + _failure_lines(failed)
-    return "\n".join(lines) + "\n"
+    lines += [""] + results_lines(cfg.tasks, cfg.methods, rows)
+    if cfg.trembles:
+        lines += tremble_lines(cfg.tasks, cfg.methods, cfg.eval_tremble, trows)
+    return "\n".join(lines + _failure_lines(failed)) + "\n"
+
+
+def _judged_by(task: str) -> tuple[str, str]:
+    """(results column, axis label) a task is judged by: success for Meta-World, else return."""
+    return ("success", "success rate") if is_metaworld(task) else ("return", "episode return")
+
+
+def tremble_lines(tasks: Sequence[str], methods: Sequence[str], ps: Sequence[float],
+                  trows: Sequence[dict[str, Any]]) -> list[str]:
+    """The summary's table of the final evaluations under tremble noise (App. D.4): per task and method, the
+    mean [95% bootstrap CI] over seeds at each p of success (Meta-World) or return."""
+    from cdred_pipeline.stages.evaluate import bootstrap_ci
+
+    lines = ["## Under tremble noise (App. D.4): final evaluation at each p (mean [95% bootstrap CI] over seeds; "
+             "success on Meta-World, else return; tremble.csv)", "",
+             "| task | method | seeds | " + " | ".join(f"p = {p:g}" for p in ps) + " |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in ps) + " |"]
+    for task in tasks:
+        col, _ = _judged_by(task)
+        for m in methods:
+            sel = [r for r in trows if r["task"] == task and r["method"] == m]
+            cells = []
+            for p in ps:
+                v = np.array([r[col] for r in sel if r["p"] == p and r[col] is not None], dtype=np.float64)
+                cells.append(_ci((float(v.mean()), *bootstrap_ci(v)) if len(v) else None,
+                                 ".2f" if col == "success" else ".1f"))
+            lines.append(f"| {task} | {m} | {len({r['seed'] for r in sel})} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def results_lines(tasks: Sequence[str], methods: Sequence[str], rows: list[dict[str, Any]]) -> list[str]:
@@ -545,7 +620,7 @@ def plot_task(path: Path, task: str, methods: Sequence[str], rows: list[dict[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    col, label = ("success", "success rate") if is_metaworld(task) else ("return", "episode return")
+    col, label = _judged_by(task)
     ref_key = "success_rate" if col == "success" else "return_mean"
     fig, ax = plt.subplots(figsize=(8, 4))
     for m in methods:
@@ -567,10 +642,32 @@ def plot_task(path: Path, task: str, methods: Sequence[str], rows: list[dict[str
     plt.close(fig)
 
 
-def _plot_method(ax: Any, label: str, rows: list[dict[str, Any]], col: str) -> None:
-    """One method's mean line and min-max band over seeds."""
-    steps = sorted({r["env_steps"] for r in rows})
-    vals = [[r[col] for r in rows if r["env_steps"] == s and r[col] is not None] for s in steps]
+def plot_tremble(path: Path, task: str, methods: Sequence[str], trows: Sequence[dict[str, Any]], source: str) -> None:
+    """Mean over seeds (min-max band) of the final success (Meta-World) or return against the tremble p of
+    the evaluation, per method (App. D.4's robustness curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    col, label = _judged_by(task)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for m in methods:
+        _plot_method(ax, m, [r for r in trows if r["task"] == task and r["method"] == m], col, x="p")
+    ax.set_xlabel("tremble probability p of the evaluation")
+    ax.set_ylabel(label)
+    ax.set_title(f"{task} under tremble noise\nmean over seeds, band min-max ({source})", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_method(ax: Any, label: str, rows: Sequence[dict[str, Any]], col: str, x: str = "env_steps") -> None:
+    """One method's mean line and min-max band over seeds, against the rows' ``x`` column."""
+    steps = sorted({r[x] for r in rows})
+    vals = [[r[col] for r in rows if r[x] == s and r[col] is not None] for s in steps]
     pts = [(s, v) for s, v in zip(steps, vals) if v]
     if not pts:
         return
@@ -627,14 +724,15 @@ def run(cfg: SweepConfig, store: ArtifactStore, *, executor: Any = None, progres
     outcomes = execute(units, ex, f"sweep {cfg.name} ({len(units)} runs)", progress)
     outcomes += [{"task": t, "method": m, "seed": s, **err} for t, err in task_errors.items()
                  for m in cfg.methods for s in cfg.seeds]
-    rows, failed = gather(outcomes, store)
+    rows, trows, failed = gather(outcomes, store)
     runs = len(cfg.tasks) * len(cfg.methods) * len(cfg.seeds)
-    return write_outputs(cfg, store, demos, rows, failed, runs)
+    return write_outputs(cfg, store, demos, rows, failed, runs, trows)
 
 
 def write_outputs(cfg: SweepConfig, store: ArtifactStore, demos: Mapping[str, Artifact], rows: list[dict[str, Any]],
-                  failed: list[dict[str, Any]], runs: int) -> SweepResult:
-    """results.csv, summary.md and figures/<task>.png under <workdir>/sweeps/<name>/, each written atomically."""
+                  failed: list[dict[str, Any]], runs: int, trows: Sequence[dict[str, Any]] = ()) -> SweepResult:
+    """results.csv, summary.md and figures/<task>.png under <workdir>/sweeps/<name>/, each written atomically;
+    with ``--eval-tremble`` also tremble.csv and figures/tremble_<task>.png."""
     folder = Path(store.root) / "sweeps" / cfg.name
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     csv_path, summary_path = folder / "results.csv", folder / "summary.md"
@@ -644,7 +742,12 @@ def write_outputs(cfg: SweepConfig, store: ArtifactStore, demos: Mapping[str, Ar
         figures.append(folder / "figures" / figure_name(task))
         scores = demos[task].manifest.get("scores", {}) if task in demos else {}
         plot_task(figures[-1], task, cfg.methods, rows, scores, f"sweep {cfg.name}")
-    write_text_atomic(summary_path, summary_text(cfg, str(store.root), demos, rows, failed, runs))
+    if cfg.trembles:
+        write_text_atomic(folder / "tremble.csv", csv_text(list(trows), TREMBLE_COLUMNS))
+        for task in cfg.tasks:
+            figures.append(folder / "figures" / f"tremble_{figure_name(task)}")
+            plot_tremble(figures[-1], task, cfg.methods, trows, f"sweep {cfg.name}")
+    write_text_atomic(summary_path, summary_text(cfg, str(store.root), demos, rows, failed, runs, trows))
     return SweepResult(folder=folder, csv=csv_path, summary=summary_path, figures=figures,
                        table=method_table(cfg.tasks, cfg.methods, rows), failed=failed, runs=runs)
 

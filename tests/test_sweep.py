@@ -130,9 +130,59 @@ def test_sweep_summary_and_printed_table(full):
 def test_sweep_figures(full):
     figures = full["root"] / "sweeps" / "sweep" / "figures"
     assert sorted(p.name for p in figures.iterdir()) == ["dmc_cartpole-balance.png", "mw_reach-wall.png"]
+    assert not (figures.parent / "tremble.csv").exists()  # no --eval-tremble: no table under noise
     for png in figures.iterdir():
         data = png.read_bytes()
         assert data[:8] == PNG_HEADER and len(data) > 5000
+
+
+def test_eval_tremble_evaluates_every_run_at_each_p(full, tmp_path):
+    """``--eval-tremble 0,0.3`` with ``cdred`` and ``cdred-tremble``: the cached cdred run is evaluated anew at
+    both p, cdred-tremble trains at p = 0.1, and tremble.csv, the summary's table and the figure hold every
+    (run, p); the p = 0 rows are results.csv's final rows."""
+    root = tmp_path / "wd"
+    shutil.copytree(full["root"], root)
+    res = run_cli(root, "--threads", "1", "sweep", "--tasks", TASKS[0], "--seeds", "0", "--methods",
+                  "cdred,cdred-tremble", "--preset", "smoke", "--device", "cpu", "--eval-tremble", "0,0.3",
+                  "--name", "noisy", timeout=600)
+    assert res.returncode == 0, res.stderr
+    folder = root / "sweeps" / "noisy"
+    finals = {r["method"]: r for r in _csv(root, "noisy") if r["point"] == "final"}
+    with open(folder / "tremble.csv", newline="") as fh:
+        trows = list(csv.DictReader(fh))
+    assert tuple(trows[0]) == sw.TREMBLE_COLUMNS
+    assert [(r["method"], r["p"]) for r in trows] == [("cdred", "0.0"), ("cdred", "0.3"), ("cdred-tremble", "0.0"),
+                                                      ("cdred-tremble", "0.3")]
+    for r in trows:
+        assert r["eval_key"] == finals[r["method"]]["eval_key"] and r["episodes"] == str(SMOKE["eval_episodes"])
+        if r["p"] == "0.0":
+            assert r["return"] == finals[r["method"]]["return"]
+    report = json.loads((root / "eval" / finals["cdred"]["eval_key"] / "report.json").read_text())
+    assert sum(e["trembles"] for e in report["rows"] if e["p"] == 0.3) > 0  # the noise is real
+    assert all(e["trembles"] == 0 for e in report["rows"] if e["p"] == 0.0)
+    first = {r["method"]: r for r in _csv(root) if r["point"] == "final" and r["task"] == TASKS[0] and r["seed"] == "0"}
+    assert finals["cdred"]["imitate_key"] == first["cdred"]["imitate_key"]  # the cached run, evaluated anew
+    assert finals["cdred"]["eval_key"] != first["cdred"]["eval_key"]
+    trained = json.loads((root / "imitate" / finals["cdred-tremble"]["imitate_key"] / "manifest.json").read_text())
+    assert trained["config"]["tremble"] == 0.1
+    text = (folder / "summary.md").read_text()
+    assert "--eval-tremble 0,0.3 " in text and "without tremble and at tremble p = 0.3;" in text
+    table = text.split("## Under tremble noise")[1].split("##")[0]
+    assert "| p = 0 | p = 0.3 |" in table and f"| {TASKS[0]} | cdred-tremble | 1 | " in table
+    assert sorted(p.name for p in (folder / "figures").iterdir()) == ["dmc_cartpole-balance.png",
+                                                                      "tremble_dmc_cartpole-balance.png"]
+
+
+def test_ablation_methods_reach_the_imitate_config():
+    """Each ablation method changes its one ImitateConfig field and nothing else of the cdred run's."""
+    cfg = sw.SweepConfig(tasks=(TASKS[0],), seeds=(0,), preset="cpu", num_demos=100, methods=(
+        "cdred", "cdred-obs", "cdred-gexp", "cdred-demos5", "cdred-demos10", "cdred-tremble"))
+    units = {u.method: u.imitate for u in sw.plan_units(cfg, {TASKS[0]: "demos.zarr"}, "wd", progress=False)}
+    changed = {m: {k: v for k, v in dataclasses.asdict(icfg).items() if v != getattr(units["cdred"], k)}
+               for m, icfg in units.items()}
+    assert changed == {"cdred": {}, "cdred-obs": {"reward_space": "obs"}, "cdred-gexp": {"g": "exp"},
+                       "cdred-demos5": {"num_demos": 5}, "cdred-demos10": {"num_demos": 10},
+                       "cdred-tremble": {"tremble": 0.1}}
 
 
 def test_report_only_writes_the_finished_runs_and_starts_none(full):
@@ -299,6 +349,8 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
     ({"seeds": (0, 0)}, "--seeds needs distinct integers"),
     ({"name": "../x"}, "--name '../x'"),
     ({"expert_env_steps": 0}, "--expert-env-steps must be >= 1, got 0"),
+    ({"eval_tremble": (0.1, 0.2)}, "--eval-tremble needs distinct p including 0"),
+    ({"eval_tremble": (0.0, 1.5)}, "tremble probability must be in .0, 1., got 1.5"),
 ])
 def test_bad_config_is_a_usage_error(kw, words):
     with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -321,7 +373,8 @@ def test_cli_unknown_method_is_one_line_before_anything_runs(tmp_path):
     res = run_cli(tmp_path / "wd", "sweep", "--tasks", TASKS[0], "--methods", "cdred,gail", "--preset", "smoke")
     assert res.returncode == 2
     assert one_line_error(res) == ("error: --methods 'gail': choose from cdred, red, iqmpc, bc, cdred-plan, "
-                                   "cdred-rnd-init, cdred-sigma5, cdred-mppi-eval, cdred-rnd-init-mppi-eval, "
+                                   "cdred-rnd-init, cdred-sigma5, cdred-obs, cdred-gexp, cdred-demos5, "
+                                   "cdred-demos10, cdred-tremble, cdred-mppi-eval, cdred-rnd-init-mppi-eval, "
                                    "iqmpc-mppi-eval")
     assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
 
