@@ -984,6 +984,9 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
               help=f"Comma list of methods (stages/sweep.py METHODS): {', '.join(METHODS)}.")
 @click.option("--preset", type=click.Choice(list(PIPELINE_PRESETS)), default=default_of(SweepConfig, "preset"),
               show_default=True, help="Pipeline preset; its settings make every stage.")
+@click.option("--obs", type=click.Choice(OBS_KINDS), default=default_of(SweepConfig, "obs"), show_default=True,
+              help="rgb: render each task's demos with render-visual (64x64, the task's camera) and learn every run "
+                   "from pixels.")
 @click.option("--num-demos", type=click.IntRange(min=1), default=default_of(SweepConfig, "num_demos"),
               help="Demo episodes collected per task and used by every run (default: the preset's).")
 @click.option("--env-steps", type=click.IntRange(min=1), default=default_of(SweepConfig, "env_steps"),

@@ -133,6 +133,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = ("cdred", "red")
     preset: str = "quickstart"
+    obs: str = "state"                # rgb: the demos rendered by render-visual, every run from pixels
     num_demos: int | None = None      # demo episodes collected and used
     env_steps: int | None = None      # imitation env steps per run
     expert_env_steps: int | None = None  # env steps of each trained (TD-MPC2) expert
@@ -149,6 +150,8 @@ class SweepConfig:
 
         if self.preset not in PIPELINE_PRESETS:
             raise UsageError(f"--preset {self.preset!r}: choose one of {', '.join(PIPELINE_PRESETS)}")
+        if self.obs not in ("state", "rgb"):
+            raise UsageError(f"--obs {self.obs!r}: choose state or rgb")
         object.__setattr__(self, "tasks", tuple(parse_tasks(list(_names(self.tasks)) or [""])))
         object.__setattr__(self, "methods", _names(self.methods))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -203,7 +206,8 @@ class SweepConfig:
         """The ``cdred pipeline`` config of one run (its stage configs are the pipeline's)."""
         from cdred_pipeline.stages.pipeline import PipelineConfig
 
-        return PipelineConfig(task=task, preset=self.preset, seed=seed, tremble=self.eval_tremble, device=self.device,
+        return PipelineConfig(task=task, preset=self.preset, obs=self.obs, seed=seed, tremble=self.eval_tremble,
+                              device=self.device,
                               overrides=self.overrides, log=self.log)
 
     def command(self, workdir: str | os.PathLike) -> str:
@@ -211,7 +215,7 @@ class SweepConfig:
         s = self.settings
         args = ["cdred", "--workdir", str(workdir), "sweep", "--tasks", ",".join(self.tasks),
                 "--seeds", ",".join(map(str, self.seeds)), "--methods", ",".join(self.methods),
-                "--preset", self.preset, "--num-demos", str(min(s["num_demos"], s["episodes"])),
+                "--preset", self.preset, *(("--obs", self.obs) if self.obs != "state" else ()), "--num-demos", str(min(s["num_demos"], s["episodes"])),
                 "--env-steps", str(s["imitate_env_steps"]), "--eval-episodes", str(self.final_eval_episodes),
                 "--expert-seed", str(self.expert_seed), "--expert-env-steps", str(s["expert_env_steps"]),
                 *(("--eval-tremble", ",".join(f"{p:g}" for p in self.eval_tremble)) if self.trembles else ()),
@@ -289,26 +293,36 @@ def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, prog
 
 
 # ------------------------------------------------------------------------------------------ experts
-def prepare_task(cfg: SweepConfig, task: str, store: ArtifactStore, progress: bool) -> Artifact:
-    """The task's expert and demos artifacts (cached), made once for every method and seed."""
+def prepare_task(cfg: SweepConfig, task: str, store: ArtifactStore, progress: bool) -> tuple[Artifact, Artifact]:
+    """The task's demos artifact and the one whose dataset every run imitates: the demos themselves, or with
+    ``--obs rgb`` their frames rendered by render-visual (all cached, made once for every method and seed)."""
     from cdred_pipeline.stages import collect_experts
     from cdred_pipeline.stages.pipeline import collect_config
 
     ccfg = collect_config(cfg.pipeline_config(task, cfg.expert_seed))
     expert = collect_experts.train_expert(ccfg, store, progress=progress)
-    return collect_experts.collect_demos(ccfg, expert, store, progress=progress)
+    demos = collect_experts.collect_demos(ccfg, expert, store, progress=progress)
+    if cfg.obs != "rgb":
+        return demos, demos
+    from cdred_pipeline.stages import render_visual
+
+    return demos, render_visual.run(render_visual.RenderConfig(), str(demos.path / DATASET_NAME), store,
+                                    progress=progress)
 
 
-def prepare_tasks(cfg: SweepConfig, store: ArtifactStore, progress: bool) -> tuple[dict[str, Artifact], dict[str, dict]]:
-    """Every task's demos artifact, in order; a task whose expert or demos fail (or are not made, read-only)
-    gets the outcome fields of its runs: the one-line error, and ``missing`` when not made."""
-    demos, errors = {}, {}
+def prepare_tasks(cfg: SweepConfig, store: ArtifactStore,
+                  progress: bool) -> tuple[dict[str, Artifact], dict[str, str], dict[str, dict]]:
+    """Every task's demos artifact and the dataset path its runs imitate, in order; a task whose expert,
+    demos or pixels fail (or are not made, read-only) gets the outcome fields of its runs: the one-line
+    error, and ``missing`` when not made."""
+    demos, datasets, errors = {}, {}, {}
     for task in cfg.tasks:
         try:
-            demos[task] = prepare_task(cfg, task, store, progress)
+            demos[task], source = prepare_task(cfg, task, store, progress)
+            datasets[task] = str((source.path / DATASET_NAME).resolve())
         except Exception as exc:  # noqa: BLE001 - every run of the task fails with this error
             errors[task] = {"error": f"expert/demos: {_one_line(exc)}", "missing": isinstance(exc, NotMadeError)}
-    return demos, errors
+    return demos, datasets, errors
 
 
 def check_configs(cfg: SweepConfig) -> None:
@@ -537,7 +551,9 @@ def summary_text(cfg: SweepConfig, workdir: str, demos: Mapping[str, Artifact], 
     s = cfg.settings
     lines = [f"# cdred sweep `{cfg.name}`", "", "Reproduce (resumes from the cache in the same work dir):", "",
              "```", cfg.command(workdir), "```", "",
-             f"Setting: preset `{cfg.preset}`, {s['imitate_env_steps']} env steps per run, "
+             f"Setting: preset `{cfg.preset}`, {s['imitate_env_steps']} env steps per run"
+             + (" from pixels (the demos rendered by render-visual, online frames from the pixel env)"
+                if cfg.obs == "rgb" else "") + ", "
              f"{min(s['num_demos'], s['episodes'])} demos (expert seed {cfg.expert_seed}), final evaluation "
              f"{cfg.final_eval_episodes} episodes without tremble" + (f" and at tremble p = {noisy}" if noisy else "")
              + f"; {len(cfg.tasks)} tasks x {len(cfg.methods)} methods "
@@ -717,8 +733,7 @@ def run(cfg: SweepConfig, store: ArtifactStore, *, executor: Any = None, progres
     check_configs(cfg)
     workdir = str(Path(store.root).resolve())
     look = ArtifactStore(store.root, store.notify, read_only=True) if report_only else store
-    demos, task_errors = prepare_tasks(cfg, look, progress)
-    datasets = {t: str((a.path / DATASET_NAME).resolve()) for t, a in demos.items()}
+    demos, datasets, task_errors = prepare_tasks(cfg, look, progress)
     ex = executor if executor is not None else make_executor("local")
     units = plan_units(cfg, datasets, workdir, progress and ex.kind == "local", store.replay, report_only)
     outcomes = execute(units, ex, f"sweep {cfg.name} ({len(units)} runs)", progress)

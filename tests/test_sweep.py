@@ -173,6 +173,25 @@ def test_eval_tremble_evaluates_every_run_at_each_p(full, tmp_path):
                                                                       "tremble_dmc_cartpole-balance.png"]
 
 
+def test_pixel_sweep_renders_the_demos_once_and_learns_from_pixels(full, tmp_path):
+    """``--obs rgb``: each task's demos (taken from the cache) are rendered once by render-visual, and every
+    run imitates the rendered dataset from pixels."""
+    root = tmp_path / "wd"
+    shutil.copytree(full["root"], root)
+    res = run_cli(root, "--threads", "1", "sweep", "--tasks", TASKS[0], "--seeds", "0,1", "--methods", "cdred",
+                  "--preset", "smoke", "--device", "cpu", "--obs", "rgb", "--name", "pixels", timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert len(_complete(root, "experts")) == 2 and len(_complete(root, "demos")) == 2  # nothing collected again
+    (rendered,) = _complete(root, "render-visual")
+    finals = [r for r in _csv(root, "pixels") if r["point"] == "final"]
+    assert [r["seed"] for r in finals] == ["0", "1"]
+    for r in finals:
+        manifest = json.loads((root / "imitate" / r["imitate_key"] / "manifest.json").read_text())
+        assert manifest["config"]["obs"] == "rgb" and manifest["inputs"]["dataset"] == rendered.name
+    text = (root / "sweeps" / "pixels" / "summary.md").read_text()
+    assert "--preset smoke --obs rgb --num-demos" in text and "per run from pixels" in text
+
+
 def test_ablation_methods_reach_the_imitate_config():
     """Each ablation method changes its one ImitateConfig field and nothing else of the cdred run's."""
     cfg = sw.SweepConfig(tasks=(TASKS[0],), seeds=(0,), preset="cpu", num_demos=100, methods=(
@@ -349,6 +368,7 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
     ({"seeds": (0, 0)}, "--seeds needs distinct integers"),
     ({"name": "../x"}, "--name '../x'"),
     ({"expert_env_steps": 0}, "--expert-env-steps must be >= 1, got 0"),
+    ({"obs": "depth"}, "--obs 'depth': choose state or rgb"),
     ({"eval_tremble": (0.1, 0.2)}, "--eval-tremble needs distinct p including 0"),
     ({"eval_tremble": (0.0, 1.5)}, "tremble probability must be in .0, 1., got 1.5"),
 ])
