@@ -3,9 +3,9 @@
 Each task's expert and demonstrations are made once (collect-experts with the pipeline preset's settings:
 a scripted expert for Meta-World, TD-MPC2 otherwise, on ``expert_seed``) and shared by every method and
 seed. Each (task, method, seed) is then one imitate run plus a final evaluation without tremble (and at
-each ``--eval-tremble`` p), both cached artifacts, run as one executor unit. The outputs under ``<workdir>/sweeps/<name>/`` are rebuilt
-from the artifacts' manifests alone, so a killed sweep rerun writes the same ``results.csv`` bytes as an
-uninterrupted one:
+each ``--eval-tremble`` p), both cached artifacts, run as one executor unit. The outputs under
+``<workdir>/sweeps/<name>/`` are rebuilt from the artifacts' manifests alone, so a killed sweep rerun
+writes the same ``results.csv`` bytes as an uninterrupted one:
 
 * ``results.csv``: one row per evaluation point of every run's learning curve and one final row per run;
 * ``summary.md``: the command that reproduces the sweep, the setting, expert and random scores, final
@@ -139,7 +139,7 @@ class SweepConfig:
     expert_env_steps: int | None = None  # env steps of each trained (TD-MPC2) expert
     eval_episodes: int | None = None  # episodes of the final evaluation
     expert_seed: int = 0              # the seed of every task's expert and demos
-    eval_tremble: tuple[float, ...] = (0.0,)  # tremble p of each final evaluation (App. D.4); 0 is the result
+    eval_tremble: tuple[float, ...] = (0.0,)  # tremble p of each final evaluation (App. D.4), sorted; 0: the result
     device: str = "auto"
     name: str = "sweep"               # the output folder <workdir>/sweeps/<name>
     log: tuple[str, ...] = ()         # TensorBoard / W&B views of every run's training (not in any cache key)
@@ -155,7 +155,7 @@ class SweepConfig:
         object.__setattr__(self, "tasks", tuple(parse_tasks(list(_names(self.tasks)) or [""])))
         object.__setattr__(self, "methods", _names(self.methods))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        object.__setattr__(self, "eval_tremble", tuple(check_tremble(p) for p in self.eval_tremble))
+        object.__setattr__(self, "eval_tremble", tuple(sorted(check_tremble(p) for p in self.eval_tremble)))
         if 0.0 not in self.eval_tremble or len(set(self.eval_tremble)) != len(self.eval_tremble):
             raise UsageError(f"--eval-tremble needs distinct p including 0 (the final result is the evaluation "
                              f"without noise), got {list(self.eval_tremble)}")
@@ -207,15 +207,15 @@ class SweepConfig:
         from cdred_pipeline.stages.pipeline import PipelineConfig
 
         return PipelineConfig(task=task, preset=self.preset, obs=self.obs, seed=seed, tremble=self.eval_tremble,
-                              device=self.device,
-                              overrides=self.overrides, log=self.log)
+                              device=self.device, overrides=self.overrides, log=self.log)
 
     def command(self, workdir: str | os.PathLike) -> str:
         """The command line that reproduces this sweep, with every count spelled out."""
         s = self.settings
         args = ["cdred", "--workdir", str(workdir), "sweep", "--tasks", ",".join(self.tasks),
                 "--seeds", ",".join(map(str, self.seeds)), "--methods", ",".join(self.methods),
-                "--preset", self.preset, *(("--obs", self.obs) if self.obs != "state" else ()), "--num-demos", str(min(s["num_demos"], s["episodes"])),
+                "--preset", self.preset, *(("--obs", self.obs) if self.obs != "state" else ()),
+                "--num-demos", str(min(s["num_demos"], s["episodes"])),
                 "--env-steps", str(s["imitate_env_steps"]), "--eval-episodes", str(self.final_eval_episodes),
                 "--expert-seed", str(self.expert_seed), "--expert-env-steps", str(s["expert_env_steps"]),
                 *(("--eval-tremble", ",".join(f"{p:g}" for p in self.eval_tremble)) if self.trembles else ()),
