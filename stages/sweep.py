@@ -398,17 +398,19 @@ def final_row(run: dict[str, Any], imit: Artifact, ev: Artifact) -> dict[str, An
     train = imit.manifest.get("train", {})
     wall = float(train.get("wall_s", 0.0)) + float(report.get("wall_s", 0.0))
     return {**run, "point": "final", "env_steps": int(train.get("env_step") or imit.manifest["headline"]["env_steps"]),
-            "return": float(agg["return_mean"]), "success": _success(run["task"], agg["success_rate"]),
-            "normalized_score": _f(agg["normalized_score"]), "episodes": int(agg["episodes"]),
-            "wall_time_s": round(wall, 3)}
+            **_aggregate_cells(run["task"], agg), "wall_time_s": round(wall, 3)}
+
+
+def _aggregate_cells(task: str, agg: Mapping[str, Any]) -> dict[str, Any]:
+    """The return, success, normalised score and episodes of one aggregate (one p) of an ``eval`` artifact."""
+    return {"return": float(agg["return_mean"]), "success": _success(task, agg["success_rate"]),
+            "normalized_score": _f(agg["normalized_score"]), "episodes": int(agg["episodes"])}
 
 
 def tremble_rows(run: dict[str, Any], ev: Artifact) -> list[dict[str, Any]]:
     """The run's final evaluation at every tremble p of its ``eval`` artifact (tremble.csv rows)."""
-    return [{**{k: run[k] for k in ("task", "method", "seed")}, "p": float(a["p"]),
-             "return": float(a["return_mean"]), "success": _success(run["task"], a["success_rate"]),
-             "normalized_score": _f(a["normalized_score"]), "episodes": int(a["episodes"]), "eval_key": run["eval_key"]}
-            for a in sorted(ev.manifest["aggregates"], key=lambda a: float(a["p"]))]
+    return [{**{k: run[k] for k in ("task", "method", "seed")}, "p": float(a["p"]), **_aggregate_cells(run["task"], a),
+             "eval_key": run["eval_key"]} for a in sorted(ev.manifest["aggregates"], key=lambda a: float(a["p"]))]
 
 
 def run_rows(out: dict[str, Any], store: ArtifactStore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -648,11 +650,19 @@ def plot_task(path: Path, task: str, methods: Sequence[str], rows: list[dict[str
         level = (scores.get(name) or {}).get(ref_key)
         if level is not None:
             ax.axhline(float(level), color="black" if name == "expert" else "grey", linestyle=style, label=name)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel(label)
-    ax.set_title(f"{task}\nmean over seeds, band min-max ({source})", fontsize=10)  # two lines: fits beside the legend
+    _finish_figure(fig, ax, path, "env steps", label, f"{task}\nmean over seeds, band min-max ({source})")
+
+
+def _finish_figure(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label the axes, title on two lines and the legend beside the curves (not over them), then save the
+    figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)  # two lines: fits beside the legend
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not over them
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
@@ -670,14 +680,8 @@ def plot_tremble(path: Path, task: str, methods: Sequence[str], trows: Sequence[
     fig, ax = plt.subplots(figsize=(8, 4))
     for m in methods:
         _plot_method(ax, m, [r for r in trows if r["task"] == task and r["method"] == m], col, x="p")
-    ax.set_xlabel("tremble probability p of the evaluation")
-    ax.set_ylabel(label)
-    ax.set_title(f"{task} under tremble noise\nmean over seeds, band min-max ({source})", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+    _finish_figure(fig, ax, path, "tremble probability p of the evaluation", label,
+                   f"{task} under tremble noise\nmean over seeds, band min-max ({source})")
 
 
 def _plot_method(ax: Any, label: str, rows: Sequence[dict[str, Any]], col: str, x: str = "env_steps") -> None:
