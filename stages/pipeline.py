@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cdred_pipeline.artifacts import Artifact, ArtifactStore
 from cdred_pipeline.errors import UsageError
@@ -104,27 +104,39 @@ def eval_config(cfg: PipelineConfig) -> Any:
                                device=cfg.device)
 
 
+def demos_chain(cfg: PipelineConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True,
+                step: Callable[[str, Callable[[], Artifact]], Artifact] = lambda name, fn: fn(),
+                ) -> tuple[Artifact, Artifact, Artifact]:
+    """The expert, its demos, and the artifact whose dataset imitation reads: the demos themselves, or
+    with ``obs='rgb'`` their frames rendered by render-visual. ``step(name, fn)`` runs each stage."""
+    from cdred_pipeline.stages import collect_experts
+
+    opts = {"force": force, "progress": progress}
+    ccfg = collect_config(cfg)
+    expert = step("expert", lambda: collect_experts.train_expert(ccfg, store, **opts))
+    demos = step("demos", lambda: collect_experts.collect_demos(ccfg, expert, store, **opts))
+    if cfg.obs != "rgb":
+        return expert, demos, demos
+    from cdred_pipeline.stages import render_visual
+
+    dataset = str(demos.path / collect_experts.DATASET_NAME)
+    return expert, demos, step("render-visual", lambda: render_visual.run(render_visual.RenderConfig(), dataset,
+                                                                          store, **opts))
+
+
 def run(cfg: PipelineConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> PipelineResult:
     """Run (or take from the cache) every stage of the chain for ``cfg.task``."""
     from cdred_pipeline.stages import collect_experts, evaluate, imitate
 
     opts = {"force": force, "progress": progress}
     stages: list[tuple[str, Artifact, float, bool]] = []
-    ccfg = collect_config(cfg)
-    expert = _timed(stages, "expert", lambda: collect_experts.train_expert(ccfg, store, **opts))
-    demos = _timed(stages, "demos", lambda: collect_experts.collect_demos(ccfg, expert, store, **opts))
-    dataset = str(demos.path / collect_experts.DATASET_NAME)
-    if cfg.obs == "rgb":
-        from cdred_pipeline.stages import render_visual
-
-        rendered = _timed(stages, "render-visual",
-                          lambda: render_visual.run(render_visual.RenderConfig(), dataset, store, **opts))
-        dataset = str(rendered.path / collect_experts.DATASET_NAME)
+    expert, demos, source = demos_chain(cfg, store, step=lambda name, fn: _timed(stages, name, fn), **opts)
+    dataset = str(source.path / collect_experts.DATASET_NAME)
     icfg = imitate_config(cfg)
     imit = _timed(stages, "imitate", lambda: imitate.run(icfg, dataset, store, **opts))
     ecfg = eval_config(cfg)
     ev = _timed(stages, "evaluate", lambda: evaluate.run(ecfg, str(imit.path / "agent.pt"), store, **opts))
-    return PipelineResult(stages, summarize(cfg, ccfg.task, expert, demos, imit, ev))
+    return PipelineResult(stages, summarize(cfg, collect_config(cfg).task, expert, demos, imit, ev))
 
 
 def summarize(cfg: PipelineConfig, task: str, expert: Artifact, demos: Artifact, imit: Artifact,

@@ -293,32 +293,17 @@ def plan_units(cfg: SweepConfig, datasets: Mapping[str, str], workdir: str, prog
 
 
 # ------------------------------------------------------------------------------------------ experts
-def prepare_task(cfg: SweepConfig, task: str, store: ArtifactStore, progress: bool) -> tuple[Artifact, Artifact]:
-    """The task's demos artifact and the one whose dataset every run imitates: the demos themselves, or with
-    ``--obs rgb`` their frames rendered by render-visual (all cached, made once for every method and seed)."""
-    from cdred_pipeline.stages import collect_experts
-    from cdred_pipeline.stages.pipeline import collect_config
-
-    ccfg = collect_config(cfg.pipeline_config(task, cfg.expert_seed))
-    expert = collect_experts.train_expert(ccfg, store, progress=progress)
-    demos = collect_experts.collect_demos(ccfg, expert, store, progress=progress)
-    if cfg.obs != "rgb":
-        return demos, demos
-    from cdred_pipeline.stages import render_visual
-
-    return demos, render_visual.run(render_visual.RenderConfig(), str(demos.path / DATASET_NAME), store,
-                                    progress=progress)
-
-
 def prepare_tasks(cfg: SweepConfig, store: ArtifactStore,
                   progress: bool) -> tuple[dict[str, Artifact], dict[str, str], dict[str, dict]]:
-    """Every task's demos artifact and the dataset path its runs imitate, in order; a task whose expert,
-    demos or pixels fail (or are not made, read-only) gets the outcome fields of its runs: the one-line
-    error, and ``missing`` when not made."""
+    """Every task's demos artifact and the dataset path its runs imitate, in order (the pipeline's chain, made
+    once for every method and seed); a task whose expert, demos or pixels fail (or are not made, read-only)
+    gets the outcome fields of its runs: the one-line error, and ``missing`` when not made."""
+    from cdred_pipeline.stages.pipeline import demos_chain
+
     demos, datasets, errors = {}, {}, {}
     for task in cfg.tasks:
         try:
-            demos[task], source = prepare_task(cfg, task, store, progress)
+            _, demos[task], source = demos_chain(cfg.pipeline_config(task, cfg.expert_seed), store, progress=progress)
             datasets[task] = str((source.path / DATASET_NAME).resolve())
         except Exception as exc:  # noqa: BLE001 - every run of the task fails with this error
             errors[task] = {"error": f"expert/demos: {_one_line(exc)}", "missing": isinstance(exc, NotMadeError)}
@@ -498,19 +483,24 @@ def is_metaworld(task: str) -> bool:
     return task.startswith("mw:")
 
 
+def _mean_ci(values: Sequence[float | None]) -> tuple[float, float, float] | None:
+    """The mean and 95% bootstrap CI of the values that are not None; None when there are none."""
+    from cdred_pipeline.stages.evaluate import bootstrap_ci
+
+    v = np.array([x for x in values if x is not None], dtype=np.float64)
+    return (float(v.mean()), *bootstrap_ci(v)) if len(v) else None
+
+
 def method_table(tasks: Sequence[str], methods: Sequence[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per task and method: the finished seeds and the mean and 95% bootstrap CI (over seeds) of the final
     success, return and normalised score."""
-    from cdred_pipeline.stages.evaluate import bootstrap_ci
-
     out = []
     for task in tasks:
         for m in methods:
             finals = [r for r in rows if r["point"] == "final" and r["task"] == task and r["method"] == m]
             entry: dict[str, Any] = {"task": task, "method": m, "seeds": len(finals)}
             for col in ("success", "return", "normalized_score"):
-                v = np.array([r[col] for r in finals if r[col] is not None], dtype=np.float64)
-                entry[col] = (float(v.mean()), *bootstrap_ci(v)) if len(v) else None
+                entry[col] = _mean_ci([r[col] for r in finals])
             out.append(entry)
     return out
 
@@ -580,8 +570,6 @@ def tremble_lines(tasks: Sequence[str], methods: Sequence[str], ps: Sequence[flo
                   trows: Sequence[dict[str, Any]]) -> list[str]:
     """The summary's table of the final evaluations under tremble noise (App. D.4): per task and method, the
     mean [95% bootstrap CI] over seeds at each p of success (Meta-World) or return."""
-    from cdred_pipeline.stages.evaluate import bootstrap_ci
-
     lines = ["## Under tremble noise (App. D.4): final evaluation at each p (mean [95% bootstrap CI] over seeds; "
              "success on Meta-World, else return; tremble.csv)", "",
              "| task | method | seeds | " + " | ".join(f"p = {p:g}" for p in ps) + " |",
@@ -592,9 +580,7 @@ def tremble_lines(tasks: Sequence[str], methods: Sequence[str], ps: Sequence[flo
             sel = [r for r in trows if r["task"] == task and r["method"] == m]
             cells = []
             for p in ps:
-                v = np.array([r[col] for r in sel if r["p"] == p and r[col] is not None], dtype=np.float64)
-                cells.append(_ci((float(v.mean()), *bootstrap_ci(v)) if len(v) else None,
-                                 ".2f" if col == "success" else ".1f"))
+                cells.append(_ci(_mean_ci([r[col] for r in sel if r["p"] == p]), ".2f" if col == "success" else ".1f"))
             lines.append(f"| {task} | {m} | {len({r['seed'] for r in sel})} | " + " | ".join(cells) + " |")
     return lines + [""]
 
