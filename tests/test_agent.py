@@ -297,6 +297,19 @@ def test_update_returns_floats_and_decreases_loss_on_a_fixed_batch():
     assert not all(torch.equal(p, q) for p, q in zip(m._Qs.parameters(), m._target_Qs.parameters()))
 
 
+def test_soft_update_is_the_polyak_average_of_alg_1():
+    m = TDMPC2Agent(tiny(plan=False), (3,), 1, device="cpu").model
+    with torch.no_grad():
+        for p in m._Qs.parameters():
+            p.add_(torch.randn_like(p))
+    online = [p.detach().double().clone() for p in m._Qs.parameters()]
+    before = [p.detach().double().clone() for p in m._target_Qs.parameters()]
+    m.soft_update_target_Q(0.01)
+    for t, b, o in zip(m._target_Qs.parameters(), before, online):
+        assert torch.allclose(t.double(), 0.99 * b + 0.01 * o, atol=1e-6)
+        assert not torch.equal(t.double(), b)
+
+
 def test_nan_loss_raises_training_diverged_and_leaves_weights():
     agent = TDMPC2Agent(tiny(), (3,), 1, device="cpu")
     batch = fill_buffer().sample(16, 3)

@@ -62,7 +62,8 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def soft_update_target_Q(self, tau: float) -> None:
         """theta^- <- (1 - tau) theta^- + tau theta for the Q ensemble (Alg. 1, last line)."""
-        torch._foreach_lerp_(list(self._target_Qs.parameters()), [p.detach() for p in self._Qs.parameters()], tau)
+        for target, online in zip(self._target_Qs.parameters(), self._Qs.parameters()):
+            target.lerp_(online, tau)
 
     def num_trainable(self, include_reward: bool = True) -> int:
         """Trainable parameter count (the target Qs and frozen buffers excluded)."""
