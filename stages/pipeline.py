@@ -126,6 +126,7 @@ def demos_chain(cfg: PipelineConfig, store: ArtifactStore, *, force: bool = Fals
 
 def run(cfg: PipelineConfig, store: ArtifactStore, *, force: bool = False, progress: bool = True) -> PipelineResult:
     """Run (or take from the cache) every stage of the chain for ``cfg.task``."""
+    from cdred_pipeline.envs import parse_task
     from cdred_pipeline.stages import collect_experts, evaluate, imitate
 
     opts = {"force": force, "progress": progress}
@@ -136,7 +137,7 @@ def run(cfg: PipelineConfig, store: ArtifactStore, *, force: bool = False, progr
     imit = _timed(stages, "imitate", lambda: imitate.run(icfg, dataset, store, **opts))
     ecfg = eval_config(cfg)
     ev = _timed(stages, "evaluate", lambda: evaluate.run(ecfg, str(imit.path / "agent.pt"), store, **opts))
-    return PipelineResult(stages, summarize(cfg, collect_config(cfg).task, expert, demos, imit, ev))
+    return PipelineResult(stages, summarize(cfg, parse_task(cfg.task).task, expert, demos, imit, ev))
 
 
 def summarize(cfg: PipelineConfig, task: str, expert: Artifact, demos: Artifact, imit: Artifact,
