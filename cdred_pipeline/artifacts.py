@@ -80,17 +80,29 @@ def environment_versions() -> dict[str, str]:
 
 def machine_facts() -> dict[str, Any]:
     """What besides the seed changes a run's floating-point results, recorded in every manifest: the
-    CPU model (its vector kernels), the core count and torch's thread count (the order of reductions)."""
+    CPU (its vector kernels: name, family/model and the instruction set torch dispatches to), the core
+    count and torch's thread count (the order of reductions). Virtual machines often show one generic
+    name ("AMD EPYC") for CPUs of different generations, hence the family/model and the ISA."""
     facts: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    try:
-        facts["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                            if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    facts.update(_cpuinfo())
     torch = sys.modules.get("torch")  # only when the stage loaded it: `status` and `package` stay torch-free
     if torch is not None:
         facts["torch_threads"] = torch.get_num_threads()
+        facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return facts
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's model name and "family/model" from /proc/cpuinfo (nothing where there is none)."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first.splitlines()))
+    out = {"cpu": fields["model name"]} if fields.get("model name") else {}
+    if "cpu family" in fields and "model" in fields:
+        out["cpu_family_model"] = f"{fields['cpu family']}/{fields['model']}"
+    return out
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:

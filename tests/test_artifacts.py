@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cdred_pipeline.artifacts import ArtifactStore, artifact_key, read_manifest, verify_file
+from cdred_pipeline.artifacts import ArtifactStore, artifact_key, machine_facts, read_manifest, verify_file
 from cdred_pipeline.errors import CdredError
 
 # A writer that records one unit file per step, sleeping between, so a test can kill it mid-way.
@@ -163,6 +163,18 @@ def test_manifest_lists_every_file_with_size_and_sha256(tmp_path):
     assert store.get("demo", key).key == key and store.problems(art) == []
     assert art.manifest["machine"]["cores"] == os.cpu_count() and art.manifest["machine"]["cpu"]
 
+
+
+def test_machine_facts_name_the_cpu_generation_and_isa_that_change_floating_point_results():
+    import torch
+
+    facts = machine_facts()
+    assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert facts["torch_threads"] == torch.get_num_threads()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "cpu family" in cpuinfo.read_text():
+        family, model = facts["cpu_family_model"].split("/")
+        assert family.isdigit() and model.isdigit()
 
 def test_files_added_to_a_complete_artifact_keep_a_concurrent_manifest_change(tmp_path):
     store = ArtifactStore(tmp_path)
