@@ -164,7 +164,6 @@ def test_manifest_lists_every_file_with_size_and_sha256(tmp_path):
     assert art.manifest["machine"]["cores"] == os.cpu_count() and art.manifest["machine"]["cpu"]
 
 
-
 def test_machine_facts_name_the_cpu_generation_and_isa_that_change_floating_point_results():
     import torch
 
@@ -175,6 +174,7 @@ def test_machine_facts_name_the_cpu_generation_and_isa_that_change_floating_poin
     if cpuinfo.exists() and "cpu family" in cpuinfo.read_text():
         family, model = facts["cpu_family_model"].split("/")
         assert family.isdigit() and model.isdigit()
+
 
 def test_files_added_to_a_complete_artifact_keep_a_concurrent_manifest_change(tmp_path):
     store = ArtifactStore(tmp_path)
