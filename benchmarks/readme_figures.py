@@ -25,17 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def load() -> str:
     """The 1-minute load average and the core count, e.g. ``load 1.02 on 2 cores``."""
     return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
@@ -86,11 +75,13 @@ def minutes(seconds: float) -> str:
 
 def measure(args: argparse.Namespace, scratch: Path) -> list[str]:
     """Run everything; the Markdown lines of the report."""
+    from cdred_pipeline.artifacts import machine_facts
+
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     if not args.warm_compile:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "inductor")
     out = [f"Measured {time.strftime('%Y-%m-%d')} by `python benchmarks/readme_figures.py"
-           f"{' --tests' if args.tests else ''}` on {cpu_model()}, {os.cpu_count()} cores, Python "
+           f"{' --tests' if args.tests else ''}` on {machine_facts()['cpu']}, {os.cpu_count()} cores, Python "
            f"{platform.python_version()}; compile cache {'warm' if args.warm_compile else 'empty at the start'}.", ""]
     wall, stdout, before, after = pipeline_run("quickstart", env, scratch)
     out += ["## make demo (`cdred pipeline mw:reach --preset quickstart`, seed 0, one torch thread)", "",
