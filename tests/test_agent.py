@@ -148,6 +148,22 @@ def test_pixel_encoder_shapes_and_shift_aug():
     assert small(obs).shape == (2, 3, 32)
 
 
+def test_shift_aug_is_replicate_pad_and_crop_in_any_dtype():
+    """Each image is the replicate-padded image cropped at its own integer offset (DrQ), the same
+    values for uint8 frames as for their float copies."""
+    frames = torch.randint(0, 256, (6, 9, 16, 16), dtype=torch.uint8)
+    torch.manual_seed(3)
+    out = ShiftAug(3)(frames)
+    torch.manual_seed(3)
+    sx, sy = torch.randint(0, 7, (6, 1, 1)), torch.randint(0, 7, (6, 1, 1))
+    padded = torch.nn.functional.pad(frames.float(), (3,) * 4, mode="replicate")
+    crops = torch.stack([padded[i, :, sy[i, 0, 0]:sy[i, 0, 0] + 16, sx[i, 0, 0]:sx[i, 0, 0] + 16] for i in range(6)])
+    assert out.dtype == torch.uint8 and torch.equal(out.float(), crops)
+    assert not torch.equal(out, frames)  # some image moved (6 draws of 49 offsets)
+    torch.manual_seed(3)
+    assert torch.equal(ShiftAug(3)(frames.float()), crops)
+
+
 def test_running_scale_tracks_percentile_range():
     s = RunningScale(tau=0.5)
     s.update(torch.linspace(0, 100, 1001).unsqueeze(-1))

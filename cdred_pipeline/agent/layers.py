@@ -126,14 +126,14 @@ class ShiftAug(nn.Module):
         n, c, h, w = x.shape
         if self.pad <= 0:
             return x
-        padded = F.pad(x, (self.pad,) * 4, mode="replicate")
-        # one integer shift per image, gathered with index arithmetic (no Python loop over images)
+        # one integer shift per image; replicate padding is the source index clamped to the image, so
+        # no padded copy is made, and any dtype works (uint8 frames: a quarter of the float traffic)
         sx = torch.randint(0, 2 * self.pad + 1, (n, 1, 1), device=x.device)
         sy = torch.randint(0, 2 * self.pad + 1, (n, 1, 1), device=x.device)
-        rows = (torch.arange(h, device=x.device).view(1, h, 1) + sy).expand(n, h, w)
-        cols = (torch.arange(w, device=x.device).view(1, 1, w) + sx).expand(n, h, w)
-        flat = rows * (w + 2 * self.pad) + cols                                   # (n, h, w)
-        out = padded.flatten(2).gather(2, flat.flatten(1).unsqueeze(1).expand(n, c, h * w))
+        rows = (torch.arange(h, device=x.device).view(1, h, 1) + sy - self.pad).clamp_(0, h - 1).expand(n, h, w)
+        cols = (torch.arange(w, device=x.device).view(1, 1, w) + sx - self.pad).clamp_(0, w - 1).expand(n, h, w)
+        flat = rows * w + cols                                                     # (n, h, w)
+        out = x.flatten(2).gather(2, flat.flatten(1).unsqueeze(1).expand(n, c, h * w))
         return out.view(n, c, h, w)
 
 
@@ -166,10 +166,10 @@ class ConvEncoder(nn.Module):
 
     def forward(self, obs: Tensor, augment: bool = False) -> Tensor:
         lead = obs.shape[: -self.obs_ndim]
-        x = obs.reshape(-1, *obs.shape[-self.obs_ndim :]).float()
+        x = obs.reshape(-1, *obs.shape[-self.obs_ndim :])
         if augment:
-            x = self.aug(x)
-        x = self.convs(x / 255.0 - 0.5)
+            x = self.aug(x)  # shifts the frames before the float conversion: same values, half the time
+        x = self.convs(x.float() / 255.0 - 0.5)
         return self.simnorm(self.proj(x)).reshape(*lead, -1)
 
 
