@@ -1038,16 +1038,18 @@ def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, repo
 
 
 @main.command("sweep-merge")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of the merged results.csv, summary.md and figures/.")
 @click.option("--name", default=None, help="Title of the merged summary (default: the --out folder's name).")
-def sweep_merge(sources: tuple[Path, ...], out: Path, name: str | None) -> None:
+def sweep_merge(sources: tuple[str, ...], out: Path, name: str | None) -> None:
     """One table from several sweeps: SOURCES are sweep folders (or their results.csv).
 
     Runs of a grid made in parts (other tasks, methods or seeds, other work dirs or machines) are merged by
     (task, method, seed) into one results.csv, summary.md (final evaluation over seeds, IQM across tasks)
-    and one figure per task. The same run in two sources must be the same artifacts.
+    and one figure per task. The same run in two sources must be the same artifacts. A source written
+    FOLDER:LABEL has LABEL added to its methods' names, to compare one method run in two settings
+    (e.g. `state-sweep:state pixel-sweep:pixels`).
     """
     from cdred_pipeline.stages import sweep_merge as stage
 

@@ -6,6 +6,10 @@ evaluation over seeds, the IQM across tasks and one figure per task with every m
 identified by (task, method, seed); the same run in two sources must be the same artifacts (imitate and
 eval keys), otherwise the merge stops. The expert and random levels are not in ``results.csv``: the
 figures show the curves only, and each source's ``summary.md`` keeps its command, setting and levels.
+
+A source given as ``FOLDER:LABEL`` has LABEL added to its methods' names (``cdred (pixels)``), so that the
+same method run in two settings (state and pixels, two machines, two code versions) becomes two curves
+of one figure instead of a clash.
 """
 
 from __future__ import annotations
@@ -23,6 +27,17 @@ from cdred_pipeline.stages.sweep import (CSV_COLUMNS, METHODS, SweepResult, csv_
 _INT = ("seed", "env_steps", "episodes")
 _FLOAT = ("return", "wall_time_s")
 _OPTIONAL_FLOAT = ("success", "normalized_score")
+
+
+def parse_source(spec: str | Path) -> tuple[Path, str | None]:
+    """A SOURCE argument: a sweep folder or results.csv, optionally followed by ``:LABEL``."""
+    path = Path(spec)
+    if path.exists() or ":" not in str(spec):
+        return path, None
+    head, _, label = str(spec).rpartition(":")
+    if not label.strip() or "," in label:
+        raise UsageError(f"{spec}: a label after ':' must be a non-empty name without commas (FOLDER:LABEL)")
+    return Path(head), label.strip()
 
 
 def results_csv(source: Path) -> Path:
@@ -72,7 +87,7 @@ def merge_rows(sources: Sequence[tuple[Path, list[dict[str, Any]]]]) -> list[dic
                 task, method, seed = run
                 raise UsageError(f"{task} {method} seed {seed} is a different run in {runs[run][0]} and in {path} "
                                  f"(imitate/eval keys {sorted(runs[run][1])} against {sorted(keys)}); merge sweeps "
-                                 "that share no run, or leave one of them out")
+                                 "that share no run, leave one of them out, or label one (FOLDER:LABEL)")
     return sorted((r for _, _, run_rows in runs.values() for r in run_rows), key=sort_key)
 
 
@@ -92,14 +107,22 @@ def summary_text(name: str, sources: Sequence[tuple[Path, list[dict[str, Any]]]]
     return "\n".join(lines + results_lines(tasks, methods, rows)) + "\n"
 
 
-def merge(sources: Sequence[Path], out: Path, *, name: str | None = None) -> SweepResult:
-    """Merge the sweeps' results.csv files into ``out``: results.csv, summary.md and figures/<task>.png."""
-    paths = [results_csv(Path(s)) for s in sources]
+def labelled(rows: list[dict[str, Any]], label: str | None) -> list[dict[str, Any]]:
+    """The rows with ``label`` added to each method's name (``cdred`` -> ``cdred (label)``); as they are
+    without one."""
+    return rows if label is None else [{**r, "method": f"{r['method']} ({label})"} for r in rows]
+
+
+def merge(sources: Sequence[str | Path], out: Path, *, name: str | None = None) -> SweepResult:
+    """Merge the sweeps' results.csv files into ``out``: results.csv, summary.md and figures/<task>.png.
+    A source ``FOLDER:LABEL`` has LABEL added to its methods' names."""
+    specs = [parse_source(s) for s in sources]
+    paths = [results_csv(path) for path, _ in specs]
     out = Path(out)
     for p in paths:
         if p.resolve().parent == out.resolve():
             raise UsageError(f"--out {out} is a source of the merge: write the merge to a folder of its own")
-    read = [(p, read_results(p)) for p in paths]
+    read = [(p, labelled(read_results(p), label)) for p, (_, label) in zip(paths, specs)]
     rows = merge_rows(read)
     finals = [r for r in rows if r["point"] == "final"]
     if not finals:

@@ -256,6 +256,25 @@ def test_sweep_merge_of_a_grid_made_in_parts_equals_the_whole_sweep(full, tmp_pa
     assert any(ln.split()[:3] == [TASKS[0], "cdred", "2"] for ln in res.stdout.splitlines()), res.stdout
 
 
+def test_sweep_merge_labels_keep_one_method_of_two_settings_apart(full, tmp_path):
+    """The same sweep given twice as FOLDER:LABEL: every run twice, under ``method (label)``, one figure per
+    task with both; the labelled merge's results table is the sweep's with the methods renamed."""
+    whole = full["root"] / "sweeps" / "sweep"
+    res = run_cli(tmp_path / "unused", "sweep-merge", f"{whole}:state", f"{whole / 'results.csv'}:pixels",
+                  "--out", str(tmp_path / "m"))
+    assert res.returncode == 0, res.stderr
+    header, *lines = (whole / "results.csv").read_text().splitlines()
+    merged = (tmp_path / "m" / "results.csv").read_text().splitlines()
+    assert merged[0] == header and len(merged) == 1 + 2 * len(lines)
+    for label in ("state", "pixels"):
+        mine = sorted(ln.replace(",cdred (" + label + "),", ",cdred,").replace(",red (" + label + "),", ",red,")
+                      for ln in merged[1:] if f" ({label})," in ln)
+        assert mine == sorted(lines)
+    text = (tmp_path / "m" / "summary.md").read_text()
+    assert f"| {TASKS[0]} | cdred (state) |" in text and f"| {TASKS[0]} | cdred (pixels) |" in text
+    assert len(list((tmp_path / "m" / "figures").iterdir())) == len(TASKS)
+
+
 def test_sweep_merge_says_when_a_method_lacks_tasks(full, tmp_path):
     """A method run on one of two tasks: its IQM says over how many tasks it is taken."""
     whole = full["root"] / "sweeps" / "sweep" / "results.csv"
@@ -285,7 +304,8 @@ def test_sweep_merge_bad_input_is_one_line(full, tmp_path):
     cases = [((str(whole), str(other)), f"{task} {method} seed {seed} is a different run in"),
              ((str(tmp_path / "foreign.csv"),), "is not a cdred sweep results.csv: its columns are a,b"),
              ((str(tmp_path / "nowhere"),), "nowhere not found: give a sweep folder"),
-             ((str(whole),), "is a source of the merge")]
+             ((str(whole),), "is a source of the merge"),
+             ((f"{whole}:",), "a label after ':' must be a non-empty name")]
     for sources, words in cases:
         out = whole if words == "is a source of the merge" else tmp_path / "out"
         res = run_cli(tmp_path / "unused", "sweep-merge", *sources, "--out", str(out))
