@@ -168,7 +168,7 @@ class ConvEncoder(nn.Module):
         lead = obs.shape[: -self.obs_ndim]
         x = obs.reshape(-1, *obs.shape[-self.obs_ndim :])
         if augment:
-            x = self.aug(x)  # shifts the frames before the float conversion: same values, half the time
+            x = self.aug(x)  # shifts the uint8 frames before the float conversion: same values, a quarter of the bytes moved
         x = self.convs(x.float() / 255.0 - 0.5)
         return self.simnorm(self.proj(x)).reshape(*lead, -1)
 
