@@ -8,12 +8,17 @@ evaluation: training episodes act with a sample of the policy (the evaluation wi
 agent updates between their steps. Reads the sweep's ``results.csv`` and the runs' folders in the work
 dir the sweep ran in; starts nothing.
 
-    python benchmarks/diagnostics/train_episodes.py SWEEP_DIR --workdir RUNS [--window 10000]  # seconds
+    python benchmarks/diagnostics/train_episodes.py SWEEP_DIR --workdir RUNS [--window 10000] [--figures DIR]
+
+``--figures DIR`` also draws ``DIR/train_<task>.png``: per method, the window values' mean over seeds with
+a min-max band, as the sweep draws its evaluation curve, with the expert's and random policy's levels
+from the runs' manifests.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ import numpy as np
 
 from cdred_pipeline.agent.trainer import read_jsonl
 from cdred_pipeline.envs import reports_success
+from cdred_pipeline.stages.sweep import figure_name, plot_task
 from cdred_pipeline.stages.sweep_merge import read_results, results_csv
 
 
@@ -40,6 +46,25 @@ def windows(rows: list[dict[str, Any]], window: int, success: bool) -> list[tupl
         value = float(bool(row["success"])) if success else float(row["episode_return"])
         groups[(int(row["env_step"]) - 1) // window].append(value)
     return [((k + 1) * window, float(np.mean(v)), len(v)) for k, v in sorted(groups.items())]
+
+
+def figures(sweep: Path, workdir: Path, window: int, out: Path) -> list[Path]:
+    """``out/train_<task>.png`` per task: every method's training-episode windows as a curve over seeds."""
+    finals = [r for r in read_results(results_csv(sweep)) if r["point"] == "final"]
+    paths = []
+    for task in sorted({r["task"] for r in finals}):
+        runs = [r for r in finals if r["task"] == task]
+        col = "success" if reports_success(task) else "return"
+        rows = [{"task": task, "method": r["method"], "point": "curve", "env_steps": end, col: value}
+                for r in runs for end, value, _ in windows(train_rows(workdir / "imitate" / r["imitate_key"]),
+                                                           window, col == "success")]
+        manifest = json.loads((workdir / "imitate" / runs[0]["imitate_key"] / "manifest.json").read_text())
+        methods = list(dict.fromkeys(r["method"] for r in runs))
+        out.mkdir(parents=True, exist_ok=True)
+        paths.append(out / f"train_{figure_name(task)}")
+        plot_task(paths[-1], task, methods, rows, manifest.get("scores", {}),
+                  f"training episodes per {window:,} env steps, {sweep.name}")
+    return paths
 
 
 def report(sweep: Path, workdir: Path, window: int) -> str:
@@ -74,10 +99,14 @@ def main() -> None:
     ap.add_argument("sweep", type=Path, help="a sweep's output folder (it holds results.csv)")
     ap.add_argument("--workdir", type=Path, required=True, help="the work dir the sweep ran in")
     ap.add_argument("--window", type=int, default=10_000, help="env steps per window")
+    ap.add_argument("--figures", type=Path, help="also draw DIR/train_<task>.png per task")
     args = ap.parse_args()
     if args.window < 1:
         raise SystemExit("--window must be at least 1 env step")
     print(report(args.sweep, args.workdir, args.window))
+    if args.figures is not None:
+        for path in figures(args.sweep, args.workdir, args.window, args.figures):
+            print(f"figure: {path}")
 
 
 if __name__ == "__main__":
