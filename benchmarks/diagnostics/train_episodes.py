@@ -48,36 +48,42 @@ def windows(rows: list[dict[str, Any]], window: int, success: bool) -> list[tupl
     return [((k + 1) * window, float(np.mean(v)), len(v)) for k, v in sorted(groups.items())]
 
 
-def figures(sweep: Path, workdir: Path, window: int, out: Path) -> list[Path]:
+RunWindows = list[tuple[dict[str, Any], list[tuple[int, float, int]]]]
+
+
+def task_windows(sweep: Path, workdir: Path, window: int) -> dict[str, RunWindows]:
+    """Per task, each run's final row of results.csv with its training-episode windows (success rate on a
+    task that reports success, else mean return)."""
+    by_task: dict[str, RunWindows] = defaultdict(list)
+    for r in read_results(results_csv(sweep)):
+        if r["point"] == "final":
+            w = windows(train_rows(workdir / "imitate" / r["imitate_key"]), window, reports_success(r["task"]))
+            by_task[r["task"]].append((r, w))
+    return dict(by_task)
+
+
+def figures(per_task: dict[str, RunWindows], workdir: Path, window: int, source: str, out: Path) -> list[Path]:
     """``out/train_<task>.png`` per task: every method's training-episode windows as a curve over seeds."""
-    finals = [r for r in read_results(results_csv(sweep)) if r["point"] == "final"]
     paths = []
-    for task in sorted({r["task"] for r in finals}):
-        runs = [r for r in finals if r["task"] == task]
+    for task, per_run in sorted(per_task.items()):
         col = "success" if reports_success(task) else "return"
         rows = [{"task": task, "method": r["method"], "point": "curve", "env_steps": end, col: value}
-                for r in runs for end, value, _ in windows(train_rows(workdir / "imitate" / r["imitate_key"]),
-                                                           window, col == "success")]
-        manifest = json.loads((workdir / "imitate" / runs[0]["imitate_key"] / "manifest.json").read_text())
-        methods = list(dict.fromkeys(r["method"] for r in runs))
+                for r, w in per_run for end, value, _ in w]
+        manifest = json.loads((workdir / "imitate" / per_run[0][0]["imitate_key"] / "manifest.json").read_text())
+        methods = list(dict.fromkeys(r["method"] for r, _ in per_run))
         out.mkdir(parents=True, exist_ok=True)
         paths.append(out / f"train_{figure_name(task)}")
         plot_task(paths[-1], task, methods, rows, manifest.get("scores", {}),
-                  f"training episodes per {window:,} env steps, {sweep.name}")
+                  f"training episodes per {window:,} env steps, {source}")
     return paths
 
 
-def report(sweep: Path, workdir: Path, window: int) -> str:
+def report(per_task: dict[str, RunWindows], window: int, source: str) -> str:
     """A markdown table per task: each run's training-episode windows and its final evaluation."""
-    finals = [r for r in read_results(results_csv(sweep)) if r["point"] == "final"]
-    lines = [f"Training episodes per {window:,} env steps beside the final evaluation (`{sweep.name}`)."]
-    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in finals:
-        by_task[row["task"]].append(row)
-    for task, rows in by_task.items():
+    lines = [f"Training episodes per {window:,} env steps beside the final evaluation (`{source}`)."]
+    for task, per_run in per_task.items():
         success = reports_success(task)
         what = "success rate" if success else "mean return"
-        per_run = [(r, windows(train_rows(workdir / "imitate" / r["imitate_key"]), window, success)) for r in rows]
         ends = sorted({end for _, w in per_run for end, _, _ in w})
         head = ["method", "seed"] + [f"{e // 1000}k" for e in ends] + ["final eval", "eval episodes"]
         lines += ["", f"### {task}: training-episode {what} per window", "",
@@ -103,9 +109,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.window < 1:
         raise SystemExit("--window must be at least 1 env step")
-    print(report(args.sweep, args.workdir, args.window))
+    per_task = task_windows(args.sweep, args.workdir, args.window)
+    print(report(per_task, args.window, args.sweep.name))
     if args.figures is not None:
-        for path in figures(args.sweep, args.workdir, args.window, args.figures):
+        for path in figures(per_task, args.workdir, args.window, args.sweep.name, args.figures):
             print(f"figure: {path}")
 
 
