@@ -40,6 +40,7 @@ test: lint
 bench: install
 	$(BIN)/python benchmarks/speed/agent_speed.py --presets tiny small --devices cpu --threads 1
 	$(BIN)/python benchmarks/speed/train_loop_speed.py --task dmc:cartpole-balance --preset small --no-plan --steps 1500 --threads 1
+	$(BIN)/python benchmarks/speed/many_runs.py --runs 1 2 --task dmc:cartpole-balance --preset small --no-plan --steps 1500
 	$(BIN)/python benchmarks/speed/vector_eval.py --presets small --num-envs 1 8
 	$(BIN)/python benchmarks/speed/vector_collect.py --presets small --num-envs 1 8
 	$(BIN)/python benchmarks/speed/render_speed.py --episodes 8

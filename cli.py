@@ -334,7 +334,7 @@ def _apply_config(ctx: click.Context, param: click.Parameter, value: Path | None
     ctx.default_map = {**(ctx.default_map or {}), **values}
 
 
-_NOT_REPLAYED = ("force", "workers", "ray_address", "log")
+_NOT_REPLAYED = ("force", "workers", "ray_address", "gpus_per_run", "log")
 """Parameters a replay leaves at their defaults: they change where, whether and with which side logs work
 runs, never its result."""
 
@@ -650,6 +650,10 @@ _WORKERS_HELP = ("With --seeds or several tasks: (task, seed) units run in this 
 _RAY_HELP = ("With --seeds or several tasks: run (task, seed) units as Ray tasks: 'local' (a private Ray on this "
              "machine), 'auto' (the cluster this machine joined) or HOST:PORT. --workdir must be on storage every "
              "node sees.")
+_GPUS_HELP = ("With --ray-address: each unit asks Ray for this fraction of one GPU (e.g. 0.125: 8 runs share a GPU); "
+              "Ray places it on a node with that much GPU free and shows it only that GPU. Without it every unit sees "
+              "every GPU and --device cuda runs on the first.")
+gpus_option = click.option("--gpus-per-run", type=click.FloatRange(0, 1, min_open=True), default=None, help=_GPUS_HELP)
 _COMPILE_HELP = ("Run the agent's losses as torch.compile kernels (default: the preset's; small compiles where a C++ "
                  "compiler is installed, ~1.6x the updates/s on CPU, results equal to eager within float rounding). "
                  "Not part of the cache key, like --device.")
@@ -682,6 +686,7 @@ _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and ra
                    "executor (--workers / --ray-address); replaces --seed.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help=_WORKERS_HELP)
 @click.option("--ray-address", default=None, help=_RAY_HELP)
+@gpus_option
 @click.option("--device", default=default_of(CollectConfig, "device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--plan/--no-plan", default=default_of(CollectConfig, "plan"),
               help="Act with MPPI planning or the policy prior (preset default).")
@@ -692,8 +697,8 @@ _NUM_ENVS_HELP = ("Environments stepped together while collecting (expert and ra
 @click.option("--force", is_flag=True, help="Redo even if a complete artifact exists.")
 @click.pass_context
 def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoint: str | None,
-                    seeds: tuple[int, ...] | None, workers: int | None, ray_address: str | None, force: bool,
-                    **opts: Any) -> None:
+                    seeds: tuple[int, ...] | None, workers: int | None, ray_address: str | None,
+                    gpus_per_run: float | None, force: bool, **opts: Any) -> None:
     """Train (or load) an expert for TASK and collect its demonstrations into demos.zarr.
 
     TASK may be a comma list (dmc:cartpole-balance,dmc:reacher-easy): one expert and dataset per
@@ -706,8 +711,8 @@ def collect_experts(ctx: click.Context, task: str, policy: str | None, checkpoin
     policy = policy or ("checkpoint" if checkpoint else default_of(CollectConfig, "policy"))
     cfg = stage.CollectConfig(task=tasks[0], policy=policy, checkpoint=checkpoint, **opts)
     store = _store(ctx)
-    if len(tasks) > 1 or seeds is not None or workers is not None or ray_address is not None:
-        _collect_units(ctx, cfg, tasks, seeds or (cfg.seed,), workers, ray_address, force)
+    if len(tasks) > 1 or seeds is not None or workers is not None or ray_address is not None or gpus_per_run:
+        _collect_units(ctx, cfg, tasks, seeds or (cfg.seed,), workers, ray_address, gpus_per_run, force)
         return
     started = time.time()
     art = stage.run(cfg, store, force=force, progress=_progress(ctx))
@@ -735,13 +740,13 @@ def _echo_demos(ctx: click.Context, cfg: Any, art: Any) -> None:
 
 
 def _collect_units(ctx: click.Context, cfg: Any, tasks: list[str], seeds: tuple[int, ...], workers: int | None,
-                   ray_address: str | None, force: bool) -> None:
+                   ray_address: str | None, gpus_per_run: float | None, force: bool) -> None:
     """collect-experts over tasks x seeds through the executor; one line per (task, seed)."""
     from cdred_pipeline.executor import executor_for
     from cdred_pipeline.stages import collect_experts as stage
 
     started = time.time()
-    with executor_for(workers, ray_address) as ex:
+    with executor_for(workers, ray_address, gpus_per_run) as ex:
         arts = stage.run_units(cfg, tasks, seeds, _store(ctx), executor=ex, force=force, progress=_progress(ctx))
     units = [(t, s) for t in tasks for s in seeds]
     for (task, seed), art in zip(units, arts):
@@ -1007,6 +1012,7 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
 @click.option("--ray-address", default=None,
               help="Run each run as a Ray task (one CPU each): 'local', 'auto' or HOST:PORT. --workdir must be on "
                    "storage every node sees.")
+@gpus_option
 @click.option("--device", default=default_of(SweepConfig, "device"), show_default=True, help="auto | cpu | cuda")
 @click.option("--name", default=default_of(SweepConfig, "name"), show_default=True,
               help="Output folder: <workdir>/sweeps/<name>/.")
@@ -1015,7 +1021,8 @@ def pipeline(ctx: click.Context, task: str, force: bool, **opts: Any) -> None:
               help="Write results.csv, summary.md and the figures from the runs already finished in the work dir, "
                    "starting none; the summary lists the runs not made yet (a sweep still running, or partly run).")
 @click.pass_context
-def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, report_only: bool, **opts: Any) -> None:
+def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, gpus_per_run: float | None,
+          report_only: bool, **opts: Any) -> None:
     """A grid of imitation runs: tasks x methods x seeds, with results.csv, summary.md and figures.
 
     Each task's expert and demos are made once and shared; each (task, method, seed) is a cached imitate
@@ -1028,7 +1035,7 @@ def sweep(ctx: click.Context, workers: int | None, ray_address: str | None, repo
     _check_gl(ctx)
     cfg = stage.SweepConfig(**opts)
     store = _store(ctx)
-    with executor_for(*((None, None) if report_only else (workers, ray_address))) as ex:  # nothing to run
+    with executor_for(*((None, None, None) if report_only else (workers, ray_address, gpus_per_run))) as ex:  # nothing to run
         result = stage.run(cfg, store, executor=ex, progress=_progress(ctx), report_only=report_only)
     _echo_sweep_result(result)
     if result.missing:

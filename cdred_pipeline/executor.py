@@ -9,7 +9,9 @@ for evaluate, episode ranges for render-visual) runs through :func:`make_executo
   ``"local"`` starts a private Ray instance on this machine with ``workers`` CPUs; ``"auto"`` joins
   the cluster this machine belongs to (``ray start`` was run); any other value is a cluster address
   (``HOST:PORT`` or ``ray://HOST:10001``). When Ray is already initialised (a test, a notebook), that
-  instance is used and left running.
+  instance is used and left running. ``gpus_per_unit`` F (0 < F <= 1) makes each unit ask Ray for F of
+  one GPU: Ray places it on a node with that much GPU free and shows it only its GPU
+  (``CUDA_VISIBLE_DEVICES``), so 1/F units share each GPU and the cluster's GPUs fill evenly.
 
 ``Executor.map(fn, units)`` calls ``fn(unit)`` for every unit and returns the results in unit order.
 ``fn`` must be a module-level function and the units picklable (they travel to other processes).
@@ -346,8 +348,19 @@ def import_ray() -> Any:
     return ray
 
 
+def check_gpus(gpus_per_unit: float, cluster_gpus: float | None = None, address: str = "") -> None:
+    """A one-line UsageError when ``gpus_per_unit`` is not a fraction of one GPU, or when the cluster
+    (``cluster_gpus`` GPUs, once joined) has less than that: Ray would hold the tasks forever, waiting
+    for a GPU that never comes."""
+    if not 0 < gpus_per_unit <= 1:
+        raise UsageError(f"--gpus-per-run takes a fraction of one GPU in (0, 1], got {gpus_per_unit:g}")
+    if cluster_gpus is not None and cluster_gpus < gpus_per_unit:
+        raise UsageError(f"--gpus-per-run {gpus_per_unit:g}: the Ray cluster at {address!r} has {cluster_gpus:g} GPUs; "
+                         "start its nodes with GPUs (ray start --num-gpus N) or drop --gpus-per-run")
+
+
 class RayExecutor(_ContextMixin):
-    """Units as Ray tasks (one CPU each).
+    """Units as Ray tasks (one CPU each, and ``gpus_per_unit`` of a GPU when given).
 
     ``address="local"`` starts a private instance with ``workers`` CPUs (shut down on :meth:`close`);
     ``"auto"`` or an address joins a running cluster. An already initialised Ray is used as it is.
@@ -357,9 +370,12 @@ class RayExecutor(_ContextMixin):
 
     kind = "ray"
 
-    def __init__(self, address: str = "local", workers: int | None = None) -> None:
+    def __init__(self, address: str = "local", workers: int | None = None, gpus_per_unit: float = 0.0) -> None:
+        if gpus_per_unit:
+            check_gpus(gpus_per_unit)  # the range now, the cluster's GPUs once it is joined
         self.ray = import_ray()  # a missing Ray is a one-line error at once; the cluster is joined on first use
         self.address = address
+        self.gpus_per_unit = float(gpus_per_unit)
         self.workers = int(workers or os.cpu_count() or 1)
         self._requested = workers
         self._started = False
@@ -380,8 +396,11 @@ class RayExecutor(_ContextMixin):
                 raise CdredError(f"cannot reach the Ray cluster at {self.address!r} ({_describe(exc)}); start it "
                                  "with `ray start --head` or pass --ray-address local", exit_code=3) from None
             self._started = True
+        resources = self.ray.cluster_resources()
         if not self._requested:
-            self.workers = int(self.ray.cluster_resources().get("CPU", 1))
+            self.workers = int(resources.get("CPU", 1))
+        if self.gpus_per_unit:
+            check_gpus(self.gpus_per_unit, float(resources.get("GPU", 0)), self.address)
         self._ready = True
 
     def map(self, fn: Callable[[Any], Any], units: Sequence[Any], *, retries: int = 2, desc: str = "units",
@@ -391,7 +410,7 @@ class RayExecutor(_ContextMixin):
         from ray.exceptions import RayTaskError
 
         track = _Tracker(len(units), retries, desc, progress, on_result)
-        remote = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(_call_unit)
+        remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_unit, max_retries=0, retry_exceptions=False)(_call_unit)
         env, threads = _worker_env(), resolve_threads()
         fn_ref = ray.put(fn)
         refs = {remote.remote(fn_ref, units[i], env, threads): i for i in range(len(units))}
@@ -420,26 +439,31 @@ class RayExecutor(_ContextMixin):
 
 
 # ------------------------------------------------------------------------------------ factory
-def make_executor(kind: str = "local", *, workers: int | None = None, ray_address: str | None = None) -> Executor:
+def make_executor(kind: str = "local", *, workers: int | None = None, ray_address: str | None = None,
+                  gpus_per_unit: float | None = None) -> Executor:
     """The executor for ``kind`` (``local`` | ``process`` | ``ray``); see the module docstring."""
     if kind not in KINDS:
         raise UsageError(f"executor kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if gpus_per_unit and kind != "ray":
+        raise UsageError("--gpus-per-run places runs on GPUs through Ray: add --ray-address (local for this machine); "
+                         "with --workers N the N processes share the GPUs this machine shows")
     if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
         raise UsageError(f"--workers must be >= 1, got {workers}")
     if kind == "local":
         return LocalExecutor()
     if kind == "process":
         return ProcessExecutor(workers)
-    return RayExecutor(ray_address or "local", workers)
+    return RayExecutor(ray_address or "local", workers, gpus_per_unit or 0.0)
 
 
-def executor_for(workers: int | None, ray_address: str | None) -> Executor:
-    """The CLI's choice: ``--ray-address`` -> Ray; ``--workers N`` (N > 1) -> process pool; else local."""
+def executor_for(workers: int | None, ray_address: str | None, gpus_per_run: float | None = None) -> Executor:
+    """The CLI's choice: ``--ray-address`` -> Ray (``--gpus-per-run`` of a GPU per unit); ``--workers N``
+    (N > 1) -> process pool; else local."""
     if ray_address:
-        return make_executor("ray", workers=workers, ray_address=ray_address)
+        return make_executor("ray", workers=workers, ray_address=ray_address, gpus_per_unit=gpus_per_run)
     if workers is not None and workers > 1:
-        return make_executor("process", workers=workers)
+        return make_executor("process", workers=workers, gpus_per_unit=gpus_per_run)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
-    return make_executor("local")
+    return make_executor("local", gpus_per_unit=gpus_per_run)
 

@@ -70,3 +70,10 @@ def always_dies(x: int) -> int:
         os._exit(9)
     time.sleep(0.05)
     return x
+
+
+def gpu_slot(seconds: float) -> tuple[str | None, float, float]:
+    """The GPUs this unit is shown (CUDA_VISIBLE_DEVICES) and when it held them (start, end)."""
+    start = time.time()
+    time.sleep(seconds)
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), start, time.time()

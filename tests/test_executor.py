@@ -5,12 +5,14 @@ Covers: local and process executors give the same results in unit order; a unit 
 retried (local, process, Ray); a lost worker process is retried; a unit that keeps failing is a
 one-line ExecutorError after the others finished (and were handed to ``on_result``); bad input
 (CdredError) is never retried; ``--ray-address`` without Ray is a one-line MissingDependencyError;
-evaluate over (p, seed) blocks gives the same report, rows, key and video bytes with the local,
+``--gpus-per-run`` makes Ray place units on its GPU (CUDA_VISIBLE_DEVICES) and no more at once than
+fit, and is a one-line error without Ray or without a GPU in the cluster; evaluate over (p, seed) blocks gives the same report, rows, key and video bytes with the local,
 process and Ray executors; ``--num-envs`` gives the single-env per-episode results; collect-experts
 over two seeds through the CLI on the test's Ray instance writes the same artifacts (keys, every
 data/ and meta/ array, attrs) as the local executor.
 
-The Ray tests start one local instance (``ray.init(num_cpus=2)``) and are skipped when Ray is not
+The Ray tests start one local instance (``ray.init(num_cpus=2, num_gpus=1)``: Ray schedules the GPU it is
+told of, whether or not the machine has one) and are skipped when Ray is not
 installed (``pip install 'cdred[ray]'``; ``make test`` installs it).
 """
 
@@ -36,7 +38,7 @@ from store_helpers import assert_same_zarr  # noqa: E402
 from cdred_pipeline.agent import AgentConfig, TDMPC2Agent  # noqa: E402
 from cdred_pipeline.artifacts import ArtifactStore  # noqa: E402
 from cdred_pipeline.errors import MissingDependencyError, UsageError  # noqa: E402
-from cdred_pipeline.executor import ExecutorError, executor_for, make_executor  # noqa: E402
+from cdred_pipeline.executor import ExecutorError, check_gpus, executor_for, make_executor  # noqa: E402
 from cdred_pipeline.stages import collect_experts as ce  # noqa: E402
 from cdred_pipeline.stages import evaluate as ev  # noqa: E402
 
@@ -58,7 +60,7 @@ def ray_address():
         pytest.skip("Ray is not installed (pip install 'cdred[ray]'; `make test` installs it)")
     import ray
 
-    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ctx = ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # one GPU for Ray to schedule
     ray.cloudpickle.register_pickle_by_value(U)
     yield ctx.address_info["address"]
     ray.shutdown()
@@ -214,6 +216,34 @@ def test_ray_retries_a_unit_that_fails_once(ray_address, tmp_path):
     import ray
 
     assert ray.is_initialized()  # an instance the executor did not start is left running
+
+
+@needs_ray
+def test_gpus_per_run_places_units_on_the_gpu_and_no_more_at_once_than_fit(ray_address):
+    def slots(gpus: float | None) -> list[tuple[str | None, float, float]]:
+        with make_executor("ray", ray_address=ray_address, gpus_per_unit=gpus) as ex:
+            return ex.map(U.gpu_slot, [1.0, 1.0], progress=False)
+
+    def overlap(res: list[tuple[str | None, float, float]]) -> float:
+        (_, s0, e0), (_, s1, e1) = res
+        return min(e0, e1) - max(s0, s1)
+
+    whole = slots(1.0)  # one unit per GPU: the second waits for the first
+    assert [v for v, _, _ in whole] == ["0", "0"] and overlap(whole) < 0
+    halves = slots(0.5)  # two share it (and the 2 CPUs): they run together
+    assert [v for v, _, _ in halves] == ["0", "0"] and overlap(halves) > 0.5
+
+
+def test_gpus_per_run_needs_ray_and_a_gpu_in_the_cluster():
+    with pytest.raises(UsageError, match="through Ray: add --ray-address"):
+        executor_for(2, None, gpus_per_run=0.5)
+    with pytest.raises(UsageError, match="through Ray"):
+        executor_for(None, None, gpus_per_run=0.5)
+    with pytest.raises(UsageError, match=r"has 0 GPUs; start its nodes with GPUs"):
+        check_gpus(0.25, 0.0, "auto")
+    with pytest.raises(UsageError, match=r"in \(0, 1\], got 2"):
+        check_gpus(2.0)
+    check_gpus(0.125, 1.0, "auto")  # eight runs share one GPU
 
 
 @needs_ray

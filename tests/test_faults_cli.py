@@ -119,6 +119,9 @@ OTHER_BAD = [
     ("sweep", "--tasks", TASK, "--methods", "cdred,cdred"),
     ("sweep", "--tasks", TASK, "--preset", "huge"),
     ("sweep", "--tasks", TASK, "--seeds", "0,1,0"),
+    ("sweep", "--tasks", TASK, "--workers", "2", "--gpus-per-run", "0.5"),
+    ("sweep", "--tasks", TASK, "--gpus-per-run", "1.5"),
+    ("collect-experts", TASK, "--seeds", "0,1", "--gpus-per-run", "0.25"),
     ("evaluate",),
 ]
 

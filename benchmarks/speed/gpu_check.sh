@@ -21,7 +21,10 @@
 #      policy act ms and achieved/limit of the measured matmul rate (OUT_DIR/agent_speed*.json);
 #   3. benchmarks/speed/train_loop_speed.py: the full training loop (env step + MPPI plan + update) on
 #      dmc:cheetah-run with the paper preset, agent steps/s (OUT_DIR/train_loop_speed.jsonl);
-#   4. a short paper-preset training through the CLI, `cdred collect-experts dmc:cheetah-run --preset
+#   4. benchmarks/speed/many_runs.py: 8 such training loops side by side on the one GPU (8 processes
+#      of the project's executor, as `cdred sweep --workers 8` runs them): aggregate agent steps/s
+#      against one run (OUT_DIR/many_runs.jsonl), and again under CUDA MPS where the daemon starts;
+#   5. a short paper-preset training through the CLI, `cdred collect-experts dmc:cheetah-run --preset
 #      paper --train-steps $TRAIN_STEPS --episodes 2 --device cuda --plan`;
 # then prints one table. Override the training length with TRAIN_STEPS=... and the presets with
 # PRESETS="tiny small paper". Needs Python 3.11, an NVIDIA driver and EGL (libegl1) for MuJoCo.
@@ -85,6 +88,25 @@ echo "== training loop: dmc:cheetah-run, paper preset, MPPI, cuda"
 "$VPY" "$REPO/benchmarks/speed/train_loop_speed.py" --task dmc:cheetah-run --preset paper --device cuda --cuda-graphs off \
     --steps 1500 --seed-steps 500 --out "$OUT/train_loop_speed.jsonl" || true
 
+echo "== many runs on one GPU: 1 and 8 training loops side by side (dmc:cheetah-run, paper preset, MPPI)"
+"$VPY" "$REPO/benchmarks/speed/many_runs.py" --runs 1 8 --task dmc:cheetah-run --preset paper --device cuda \
+    --steps 1000 --seed-steps 300 --out "$OUT/many_runs.jsonl" || true
+if command -v nvidia-cuda-mps-control > /dev/null; then
+    # Without MPS the GPU time-slices between processes (one process's kernels at a time); under MPS the
+    # kernels of several processes run at once. The daemon is this script's own and is stopped after.
+    echo "== the same under CUDA MPS"
+    export CUDA_MPS_PIPE_DIRECTORY="$OUT/mps-pipe" CUDA_MPS_LOG_DIRECTORY="$OUT/mps-log"
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d; then
+        "$VPY" "$REPO/benchmarks/speed/many_runs.py" --runs 1 8 --task dmc:cheetah-run --preset paper --device cuda \
+            --steps 1000 --seed-steps 300 --label mps --out "$OUT/many_runs.jsonl" || true
+        echo quit | nvidia-cuda-mps-control || true
+    else
+        echo "could not start the MPS daemon here; skipped"
+    fi
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+fi
+
 echo "== paper-preset training through the CLI: dmc:cheetah-run, $TRAIN_STEPS env steps, MPPI, cuda"
 T0=$(date +%s)
 "${CDRED[@]}" --workdir "$OUT/runs" collect-experts dmc:cheetah-run --preset paper \
@@ -100,6 +122,8 @@ speed = [r for g in ("on", "off") if (out / f"agent_speed_graphs_{g}.json").exis
          for r in json.loads((out / f"agent_speed_graphs_{g}.json").read_text())["results"]]
 loops = [json.loads(x) for x in (out / "train_loop_speed.jsonl").read_text().splitlines() if x.strip()] \
     if (out / "train_loop_speed.jsonl").exists() else []
+many = [json.loads(x) for x in (out / "many_runs.jsonl").read_text().splitlines() if x.strip()] \
+    if (out / "many_runs.jsonl").exists() else []
 metrics = sorted((out / "runs" / "experts").glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
 rows = [json.loads(x) for x in metrics[-1].read_text().splitlines() if x.strip()] if metrics else []
 # steady training rate: consecutive train rows after seeding with no evaluation in between
@@ -127,10 +151,15 @@ print()
 for r in loops:
     print(f"training loop {r['task']} {r['preset']} graphs {'on ' if r['cuda_graphs'] else 'off'}: "
           f"{r['agent_steps_per_s']:.1f} agent steps/s ({r['env_steps_per_s']:.1f} env steps/s) over {r['timed_agent_steps']} steps")
+for r in many:
+    print(f"{r['runs']} run(s) side by side on one GPU{' under MPS' if r.get('label') == 'mps' else ''}: "
+          f"{r['aggregate_agent_steps_per_s']:.1f} agent steps/s in all, "
+          f"{r['speedup']:.2f}x one run (target >= 5x at 8)")
 print()
 print(f"CLI paper-preset training on dmc:cheetah-run (env step + MPPI plan + update): {rate:.1f} agent steps/s "
       f"({2 * rate:.1f} env steps/s) over {int(steps)} agent steps after seeding; "
       f"{env_steps} env steps in all, {total_s} s wall for the whole command (seeding, evaluations, collection included)")
-print("target: >= 300 agent steps/s on an H100 (TD-MPC2's authors: ~90 on an RTX 3090 with compile)")
+print("target: >= 300 agent steps/s on an H100 (TD-MPC2's authors: ~90 on an RTX 3090 with compile); before: 103.1 "
+      "with CUDA graphs, 120.9 with TF32 (H100, docs/performance.md); many runs: before 1.00x (one run at a time)")
 EOF
 echo "results: $OUT/gpu_check.txt, $OUT/agent_speed_graphs_*.json, $OUT/train_loop_speed.jsonl, $OUT/runs"
