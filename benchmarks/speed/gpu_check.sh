@@ -88,9 +88,12 @@ echo "== training loop: dmc:cheetah-run, paper preset, MPPI, cuda"
 "$VPY" "$REPO/benchmarks/speed/train_loop_speed.py" --task dmc:cheetah-run --preset paper --device cuda --cuda-graphs off \
     --steps 1500 --seed-steps 500 --out "$OUT/train_loop_speed.jsonl" || true
 
+many_runs() {  # 1 and 8 paper-preset MPPI loops on dmc:cheetah-run, side by side on the GPU; extra args appended
+    "$VPY" "$REPO/benchmarks/speed/many_runs.py" --runs 1 8 --task dmc:cheetah-run --preset paper --device cuda \
+        --steps 1000 --seed-steps 300 --out "$OUT/many_runs.jsonl" "$@" || true
+}
 echo "== many runs on one GPU: 1 and 8 training loops side by side (dmc:cheetah-run, paper preset, MPPI)"
-"$VPY" "$REPO/benchmarks/speed/many_runs.py" --runs 1 8 --task dmc:cheetah-run --preset paper --device cuda \
-    --steps 1000 --seed-steps 300 --out "$OUT/many_runs.jsonl" || true
+many_runs
 if command -v nvidia-cuda-mps-control > /dev/null; then
     # Without MPS the GPU time-slices between processes (one process's kernels at a time); under MPS the
     # kernels of several processes run at once. The daemon is this script's own and is stopped after.
@@ -98,8 +101,7 @@ if command -v nvidia-cuda-mps-control > /dev/null; then
     export CUDA_MPS_PIPE_DIRECTORY="$OUT/mps-pipe" CUDA_MPS_LOG_DIRECTORY="$OUT/mps-log"
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     if nvidia-cuda-mps-control -d; then
-        "$VPY" "$REPO/benchmarks/speed/many_runs.py" --runs 1 8 --task dmc:cheetah-run --preset paper --device cuda \
-            --steps 1000 --seed-steps 300 --label mps --out "$OUT/many_runs.jsonl" || true
+        many_runs --label mps
         echo quit | nvidia-cuda-mps-control || true
     else
         echo "could not start the MPS daemon here; skipped"
