@@ -329,9 +329,9 @@ def test_dmc_model_fields_cover_resets():
 @pytest.mark.parametrize("name", PAPER_MW)
 def test_meta_world_model_fields_cover_resets(name):
     env = make_env(f"mw:{name}")
-    m = env._model
 
     def arrays():  # mesh_polynormal is collision bookkeeping MuJoCo fills lazily; it is not rendered
+        m = env._env.model  # the model of the episode's env (a new one every reset)
         return {k: getattr(m, k).copy() for k in dir(m) if not k.startswith("_") and k != "mesh_polynormal"
                 and isinstance(getattr(m, k, None), np.ndarray) and getattr(m, k).dtype.kind in "fiu"}
 

@@ -1,11 +1,14 @@
 """Meta-World v3 MT1 tasks (``mw:<name>`` -> ``<name>-v3``) as :class:`CdredEnv`, and its scripted
 expert policies.
 
-Setup as TD-MPC2's Meta-World envs (and Meta-World's "goal-observable" classes): the goal is part of
-the 39-dim observation, and every reset draws a new object/goal configuration (``rand_vec``) -- here
-from a generator seeded by the episode seed, so the same seed gives the same goal (Meta-World's own
-seeded path, ``seeded_rand_vec``; the global numpy RNG is never used). ``info["success"]`` is
-Meta-World's success flag after the last simulator step of the agent step.
+Setup as TD-MPC2's Meta-World envs: the goal is part of the 39-dim observation, and every reset draws
+a new object/goal configuration (``rand_vec``) uniformly from the task's reset space. Meta-World's
+public "goal-observable" classes give exactly that, but freeze the configuration drawn at
+construction, so each episode is one such env, built with a seed derived from the episode seed: the
+same seed gives the same goal (Meta-World seeds the global numpy RNG for that draw and restores it).
+A second, long-lived env of the task holds the scene that renders and restores physics states; the
+episode's state is copied into it before a frame is rendered. ``info["success"]`` is Meta-World's
+success flag after the last simulator step of the agent step.
 
 Physics state (float64): ``mj_getState(mjSTATE_PHYSICS | mjSTATE_MOCAP_POS | mjSTATE_MOCAP_QUAT)``
 (qpos, qvel, act, mocap pos, mocap quat) followed by ``model.body_pos`` and ``model.site_pos`` (whole
@@ -42,55 +45,40 @@ def _state_spec() -> int:
     return int(s.mjSTATE_PHYSICS | s.mjSTATE_MOCAP_POS | s.mjSTATE_MOCAP_QUAT)
 
 
-def build_mt1_env(name: str) -> Any:
-    """A raw Meta-World v3 env for ``name`` (without ``-v3``) set up as an MT1 task with the goal in
-    the observation and seeded per-reset goal sampling (``env.np_random`` drives it)."""
+def goal_observable_env(name: str, seed: int) -> Any:
+    """Meta-World's goal-observable v3 env for ``name`` (without ``-v3``) with the object/goal
+    configuration drawn from ``seed`` (a 32-bit int); its ``reset()`` returns to that configuration."""
     check_gl_env()
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ML1_ARGS_KWARGS
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
-    full = f"{name}-v3"
-    env = ALL_V3_ENVIRONMENTS[full]()
-    kwargs = dict(ML1_ARGS_KWARGS[full]["kwargs"])
-    kwargs.pop("task_id", None)
-    env._set_task_inner(**kwargs)  # noqa: SLF001
-    env._partially_observable = False  # noqa: SLF001  (MT benchmarks observe the goal)
-    env.__dict__.pop("sawyer_observation_space", None)  # cached_property: recompute with the goal bounds
-    env.observation_space = env.sawyer_observation_space
-    env._set_task_called = True  # noqa: SLF001
-    env._freeze_rand_vec = False  # noqa: SLF001  new goal every reset ...
-    env.seeded_rand_vec = True  # ... drawn from env.np_random, which we seed per episode
-    env.max_path_length = 2**31 - 1  # we truncate ourselves (Meta-World raises past its own limit)
-    return env
+    return ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{name}-v3-goal-observable"](seed=seed)
 
 
 class MetaWorldEnv(CdredEnv):
     """One Meta-World v3 task (see the module docstring)."""
 
     def __init__(self, spec: TaskSpec, seed: int | None) -> None:
+        import dataclasses
+
         import mujoco
 
-        name = spec.task.split(":", 1)[1]
-        self._env = build_mt1_env(name)
-        self._model, self._data = self._env.model, self._env.data
+        self._name = spec.task.split(":", 1)[1]
+        self._view = goal_observable_env(self._name, 0)  # the scene that renders and restores states
+        self._env = self._view  # the env that steps: a new one every episode
+        self._model, self._data = self._view.model, self._view.data
         validate_camera(spec.task, self._model, spec.camera)
         self._spec_bits = _state_spec()
         self._n_sim = int(mujoco.mj_stateSize(self._model, self._spec_bits))
         n_model = sum(getattr(self._model, f).size for f in _MODEL_FIELDS)
-        import dataclasses
-
-        spec = dataclasses.replace(spec, obs_dim=int(self._env.observation_space.shape[0]),
-                                   action_dim=int(self._env.action_space.shape[0]),
+        spec = dataclasses.replace(spec, obs_dim=int(self._view.observation_space.shape[0]),
+                                   action_dim=int(self._view.action_space.shape[0]),
                                    physics_state_dim=self._n_sim + n_model)
         super().__init__(spec, seed)
 
     def _reset_sim(self, episode_seed: int) -> np.ndarray:
-        import mujoco
-
-        self._env.np_random = np.random.default_rng(derive(episode_seed, "sim"))
+        self._close_episode_env()
+        self._env = goal_observable_env(self._name, derive(episode_seed, "sim"))
         obs, _ = self._env.reset()
-        # reset() writes goal sites into the model after its last mj_forward: make data consistent so
-        # that the first frame equals a re-render of the stored state
-        mujoco.mj_forward(self._model, self._data)
         return obs
 
     def _step_sim(self, action: np.ndarray):
@@ -101,31 +89,45 @@ class MetaWorldEnv(CdredEnv):
     def _get_state(self) -> np.ndarray:
         import mujoco
 
+        model, data = self._env.model, self._env.data
         sim = np.empty(self._n_sim, dtype=np.float64)
-        mujoco.mj_getState(self._model, self._data, sim, self._spec_bits)
-        return np.concatenate([sim] + [getattr(self._model, f).ravel() for f in _MODEL_FIELDS])
+        mujoco.mj_getState(model, data, sim, self._spec_bits)
+        return np.concatenate([sim] + [getattr(model, f).ravel() for f in _MODEL_FIELDS])
 
     def _set_state(self, state: np.ndarray) -> None:
-        import mujoco
-
-        mujoco.mj_setState(self._model, self._data, np.ascontiguousarray(state[: self._n_sim]), self._spec_bits)
-        i = self._n_sim
-        for f in _MODEL_FIELDS:
-            arr = getattr(self._model, f)
-            arr[...] = state[i:i + arr.size].reshape(arr.shape)
-            i += arr.size
-        mujoco.mj_forward(self._model, self._data)
+        _write_state(self._env.model, self._env.data, state, self._n_sim, self._spec_bits)
 
     def _scene(self):
+        if self._env is not self._view:  # the episode's env steps: show its state in the rendering scene
+            _write_state(self._model, self._data, self._get_state(), self._n_sim, self._spec_bits)
         return self._model, self._data
 
     def _resolve_camera(self, camera: str | int | None) -> tuple[int | str, bool]:
         cam, _ = super()._resolve_camera(camera)
         return cam, (cam in ROTATED_CAMERAS)
 
+    def _close_episode_env(self) -> None:
+        if self._env is not self._view:
+            self._env.close()
+            self._env = self._view
+
     def close(self) -> None:
         super().close()
-        self._env.close()
+        self._close_episode_env()
+        self._view.close()
+
+
+def _write_state(model: Any, data: Any, state: np.ndarray, n_sim: int, spec_bits: int) -> None:
+    """Restore a physics state (layout: the module docstring) into ``model``/``data``."""
+    import mujoco
+
+    mujoco.mj_setState(model, data, np.ascontiguousarray(state[:n_sim]), spec_bits)
+    i = n_sim
+    for f in _MODEL_FIELDS:
+        arr = getattr(model, f)
+        arr[...] = state[i:i + arr.size].reshape(arr.shape)
+        i += arr.size
+    mujoco.mj_forward(model, data)
 
 
 def scripted_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
