@@ -223,7 +223,7 @@ def test_reset_without_seed_follows_make_env_seed():
     assert not np.array_equal(firsts[0][0], firsts[2][0])
 
 
-def test_meta_world_goal_sampling_does_not_touch_global_rng():
+def test_meta_world_goal_sampling_leaves_the_global_rng_as_it_was():
     np.random.seed(0)
     before = np.random.get_state()[1].copy()
     env = make_env("mw:box-close", seed=0)
